@@ -1,0 +1,189 @@
+//! The command line: `mp4tomp3 convert ...` (and, later, `serve` and `user`).
+//!
+//! `main.rs` only parses and calls [`run`]; everything a command does lives here or below,
+//! so it can be tested without spawning the binary.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::convert::{self, ConvertError, ConvertOptions, Hooks, Quality};
+
+/// mp4tomp3: turn MP4 files into MP3s.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert one MP4/M4A/MOV file to MP3, locally, without a server.
+    Convert(ConvertArgs),
+}
+
+/// `mp4tomp3 convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The input file; `-` reads standard input.
+    pub input: PathBuf,
+    /// The MP3 to write; `-` writes standard output. Default: the input with `.mp3`.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Constant bitrate in kbps (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320).
+    #[arg(long, conflicts_with = "vbr")]
+    pub bitrate: Option<u16>,
+    /// Variable bitrate at LAME quality 0 (best) to 9 (smallest).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub vbr: Option<u8>,
+    /// Which audio track to convert, counting audio tracks from 0. Default: the first.
+    #[arg(long)]
+    pub track: Option<usize>,
+    /// Refuse inputs whose audio is longer than this many seconds.
+    #[arg(long)]
+    pub max_duration: Option<u64>,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The user's input or arguments are wrong: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The conversion failed.
+    #[error("{0}")]
+    Convert(#[from] ConvertError),
+    /// Something outside the input went wrong (disk, permissions): exit 1.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl CliError {
+    /// 2 for bad input, 1 for internal failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Convert(e) if e.is_input_error() => 2,
+            CliError::Convert(_) | CliError::Io(_) => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Convert(args) => run_convert(&args),
+    }
+}
+
+fn run_convert(args: &ConvertArgs) -> Result<(), CliError> {
+    let quality = match (args.bitrate, args.vbr) {
+        (_, Some(quality)) => Quality::Vbr { quality },
+        (Some(kbps), None) => Quality::Cbr { kbps },
+        (None, None) => Quality::default(),
+    }
+    .validate()?;
+    let opts = ConvertOptions {
+        quality,
+        track: args.track,
+        max_duration: args.max_duration.map(Duration::from_secs),
+    };
+    let from_stdin = args.input.as_os_str() == "-";
+    let output = match (&args.output, from_stdin) {
+        (Some(out), _) => out.clone(),
+        (None, false) => args.input.with_extension("mp3"),
+        (None, true) => {
+            return Err(CliError::Usage(
+                "reading standard input needs -o OUT (or -o - for standard output)".into(),
+            ));
+        }
+    };
+    let to_stdout = output.as_os_str() == "-";
+    if !to_stdout && output.exists() && !args.force {
+        return Err(CliError::Usage(format!(
+            "{} already exists; pass --force to overwrite it",
+            output.display()
+        )));
+    }
+    let input = if from_stdin {
+        convert::spool(io::stdin().lock())?
+    } else {
+        File::open(&args.input).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", args.input.display())))?
+    };
+
+    let bar = progress_bar();
+    let on_progress = |f: f64| bar.set_position((f * 1000.0) as u64);
+    let hooks = Hooks {
+        progress: Some(&on_progress),
+        cancel: None,
+    };
+    let result = if to_stdout {
+        let mut tmp = tempfile::tempfile()?;
+        convert::convert(input, &mut tmp, &opts, hooks)?;
+        tmp.seek(SeekFrom::Start(0))?;
+        io::copy(&mut tmp, &mut io::stdout().lock())?;
+        Ok(())
+    } else {
+        write_atomically(&output, args.force, |file| {
+            convert::convert(input, file, &opts, hooks).map(drop)
+        })
+    };
+    bar.finish_and_clear();
+    result
+}
+
+/// Writes `path` through a temp file beside it, fsynced and renamed into place, so a
+/// failed or interrupted conversion never leaves a partial MP3 under the final name.
+fn write_atomically(
+    path: &Path,
+    force: bool,
+    write: impl FnOnce(&mut File) -> Result<(), ConvertError>,
+) -> Result<(), CliError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".mp4tomp3-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| CliError::Usage(format!("cannot write in {}: {e}", dir.display())))?;
+    write(tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    let persisted = if force {
+        tmp.persist(path)
+    } else {
+        tmp.persist_noclobber(path)
+    };
+    persisted.map_err(|e| match e.error.kind() {
+        io::ErrorKind::AlreadyExists => CliError::Usage(format!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        )),
+        _ => CliError::Io(e.error),
+    })?;
+    Ok(())
+}
+
+/// A progress bar on a terminal; hidden when stderr is not one.
+fn progress_bar() -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(1000);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}

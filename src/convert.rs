@@ -1,0 +1,541 @@
+//! The conversion engine: an MP4/M4A/MOV file in, an MP3 out, streaming.
+//!
+//! ```text
+//! caller thread                                 decode thread
+//! ─────────────                                 ─────────────
+//! probe (symphonia), pick track, tags, edits
+//!                          ── spawn ──►         demux → decode (fdk-aac | symphonia)
+//!                                               → downmix → trim (edit list) → batch
+//! LAME encode ◄── bounded channel of PCM ──────
+//! finish: rewrite the Xing/LAME info frame
+//! ```
+//!
+//! Decode and encode overlap on two threads; the channel is bounded, so memory does not
+//! grow with the input's length. No actors and no I/O policy live here: callers choose
+//! where files go (the CLI writes a temp file and renames it; the service does the same
+//! under its data dir).
+
+mod decode;
+mod downmix;
+mod edit_list;
+mod encode;
+mod error;
+mod settings;
+mod tags;
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::Duration;
+
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::io::{MediaSource, MediaSourceStream};
+use symphonia::core::meta::MetadataOptions;
+
+pub use encode::{MP3_SAMPLE_RATES, mp3_rate_for};
+pub use error::{ConvertError, Result};
+pub use settings::{ConvertOptions, DEFAULT_KBPS, Quality, STANDARD_BITRATES};
+
+use decode::{Decoder, PacketError, Pcm};
+use edit_list::EditList;
+use encode::Mp3Encoder;
+
+/// Callbacks into a running conversion. Both are optional.
+#[derive(Clone, Copy, Default)]
+pub struct Hooks<'a> {
+    /// Called with the fraction done (0..=1), from the decode thread, at most every 0.5 %,
+    /// and with 1.0 once the MP3 is complete.
+    pub progress: Option<&'a (dyn Fn(f64) + Sync)>,
+    /// Checked between packets; when it becomes true the conversion stops with
+    /// [`ConvertError::Canceled`].
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl Hooks<'_> {
+    fn canceled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// What a finished conversion produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The input's audio codec.
+    pub codec: String,
+    /// Decoded sample rate of the input.
+    pub input_rate: u32,
+    /// Sample rate of the MP3.
+    pub output_rate: u32,
+    /// Channels of the MP3 (1 or 2).
+    pub channels: usize,
+    /// Duration of the audio written, after edit-list trimming.
+    pub duration: Duration,
+    /// Corrupt packets that were skipped.
+    pub skipped_packets: u64,
+}
+
+/// Frames gathered before a block is handed to the encoder thread.
+const BATCH_FRAMES: usize = 8192;
+/// Blocks in flight between the threads (≈ 4 × 8192 × 2 × 4 B = 256 KiB).
+const CHANNEL_BLOCKS: usize = 4;
+/// Errors in a row after which the input is considered corrupt, whatever came before.
+const MAX_CONSECUTIVE_BAD: u64 = 32;
+
+/// Converts the MP4 at `input` into MP3 bytes written to `out` (which must be seekable:
+/// the info frame at its start is rewritten at the end).
+pub fn convert_file<W: Write + Seek>(
+    input: &Path,
+    out: &mut W,
+    opts: &ConvertOptions,
+    hooks: Hooks<'_>,
+) -> Result<Summary> {
+    let file = File::open(input)?;
+    convert(file, out, opts, hooks)
+}
+
+/// Copies a non-seekable input (stdin, a socket) into an anonymous temp file, rewound, so
+/// it can be converted: MP4s often keep their index at the end.
+pub fn spool(mut reader: impl Read) -> io::Result<File> {
+    let mut file = tempfile::tempfile()?;
+    io::copy(&mut reader, &mut file)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+/// Converts the MP4 in `input` (read from its start) into MP3 bytes written to `out`.
+pub fn convert<W: Write + Seek>(
+    mut input: File,
+    out: &mut W,
+    opts: &ConvertOptions,
+    hooks: Hooks<'_>,
+) -> Result<Summary> {
+    let quality = opts.quality.validate()?;
+    let container = edit_list::read_container(&mut input).map_err(classify_container_io)?;
+    input.seek(SeekFrom::Start(0))?;
+    let len = input.metadata()?.len();
+    let position = Arc::new(AtomicU64::new(0));
+    let source = Tracked {
+        file: input,
+        position: position.clone(),
+        len,
+    };
+    let mut format = open_format(source, container.truncated)?;
+    let track = pick_track(format.as_ref(), opts.track)?;
+    let edit = container.edits.iter().find(|(id, _)| *id == track.id).map(|(_, e)| *e);
+    let known_secs = track.known_secs(edit);
+    if let (Some(limit), Some(secs)) = (opts.max_duration, known_secs)
+        && secs > limit.as_secs_f64()
+    {
+        return Err(ConvertError::TooLong {
+            actual_secs: secs,
+            limit_secs: limit.as_secs_f64(),
+        });
+    }
+    let id3 = tags::id3_from_metadata(format.metadata().skip_to_latest());
+    let decoder = Decoder::new(&track.params)?;
+    let codec = decode::codec_name(&track.params);
+    tracing::debug!(%codec, track = track.id, ?edit, "converting");
+
+    let job = DecodeJob {
+        track_id: track.id,
+        duration_ts: track.duration_ts,
+        edit,
+        max_duration: opts.max_duration,
+        truncated: container.truncated,
+        position,
+        len,
+        hooks,
+    };
+    let (tx, rx) = sync_channel(CHANNEL_BLOCKS);
+    std::thread::scope(|scope| {
+        let decoding = std::thread::Builder::new()
+            .name("mp4tomp3-decode".into())
+            .spawn_scoped(scope, move || job.run(format, decoder, tx))?;
+        let encoded = encode_blocks(rx, out, quality, &id3, hooks);
+        let decoded = decoding
+            .join()
+            .map_err(|_| ConvertError::Encoder("the decode thread panicked".into()))?;
+        // A decode failure explains an encoder that stopped for want of input, so it wins.
+        let stats = decoded?;
+        let (input_rate, output_rate, channels, frames) = encoded?;
+        if let Some(progress) = hooks.progress {
+            progress(1.0);
+        }
+        Ok(Summary {
+            codec,
+            input_rate,
+            output_rate,
+            channels,
+            duration: Duration::from_secs_f64(frames as f64 / f64::from(input_rate.max(1))),
+            skipped_packets: stats.bad_packets,
+        })
+    })
+}
+
+/// Encodes what the decode thread sends; returns (input rate, output rate, channels, frames).
+fn encode_blocks<W: Write + Seek>(
+    rx: Receiver<Pcm>,
+    out: &mut W,
+    quality: Quality,
+    id3: &id3::Tag,
+    hooks: Hooks<'_>,
+) -> Result<(u32, u32, usize, u64)> {
+    let Ok(first) = rx.recv() else {
+        // The decode thread ended without audio; its own result says why.
+        return Ok((0, 0, 0, 0));
+    };
+    let (rate, channels) = (first.rate, first.planes.len());
+    let mut encoder = Mp3Encoder::new(rate, channels, quality)?;
+    if id3.frames().next().is_some() {
+        id3.write_to(&mut *out, id3::Version::Id3v23)
+            .map_err(|e| ConvertError::Io(io::Error::other(e)))?;
+    }
+    let audio_start = out.stream_position()?;
+    let mut frames = 0u64;
+    for block in std::iter::once(first).chain(rx.iter()) {
+        if hooks.canceled() {
+            return Err(ConvertError::Canceled);
+        }
+        frames += block.frames() as u64;
+        encoder.encode(&block.planes, out)?;
+    }
+    encoder.finish(out, audio_start)?;
+    Ok((rate, mp3_rate_for(rate), channels, frames))
+}
+
+/// The chosen audio track.
+struct ChosenTrack {
+    id: u32,
+    params: symphonia::core::codecs::audio::AudioCodecParameters,
+    /// Track duration in its timebase, with the timebase, when the container states it.
+    duration_ts: Option<(u64, f64)>,
+}
+
+impl ChosenTrack {
+    /// The playable duration in seconds, if the container says.
+    fn known_secs(&self, edit: Option<EditList>) -> Option<f64> {
+        if let Some(e) = edit.filter(|e| e.segment_duration > 0) {
+            return Some(e.segment_duration as f64 / f64::from(e.movie_timescale));
+        }
+        self.duration_ts.map(|(d, tb)| d as f64 * tb)
+    }
+}
+
+/// Probes the input; `truncated` (from the box walk) turns probe failures into
+/// [`ConvertError::Truncated`], since a cut-off `moov` is not a different format.
+fn open_format(source: Tracked, truncated: bool) -> Result<Box<dyn FormatReader + 'static>> {
+    let mss = MediaSourceStream::new(Box::new(source), Default::default());
+    let mut hint = Hint::new();
+    hint.with_extension("mp4");
+    let format = symphonia::default::get_probe()
+        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .map_err(|e| match e {
+            SymphoniaError::IoError(io) if io.kind() != io::ErrorKind::UnexpectedEof => ConvertError::Io(io),
+            other if truncated => ConvertError::Truncated(other.to_string()),
+            other => ConvertError::NotMp4(other.to_string()),
+        })?;
+    if format.format_info().short_name != "isomp4" {
+        return Err(ConvertError::NotMp4(format!(
+            "the file is {}",
+            format.format_info().long_name
+        )));
+    }
+    Ok(format)
+}
+
+fn pick_track(format: &dyn FormatReader, wanted: Option<usize>) -> Result<ChosenTrack> {
+    let audio: Vec<_> = format
+        .tracks()
+        .iter()
+        .filter_map(|t| decode::audio_params(t.codec_params.as_ref()).map(|p| (t, p)))
+        .collect();
+    if audio.is_empty() {
+        return Err(ConvertError::NoAudioTrack);
+    }
+    let index = wanted.unwrap_or(0);
+    let (track, params) = audio.get(index).ok_or(ConvertError::NoSuchTrack {
+        requested: index,
+        available: audio.len(),
+    })?;
+    let duration_ts = match (track.duration, track.time_base) {
+        (Some(d), Some(tb)) if d.get() > 0 => Some((d.get(), f64::from(tb.numer.get()) / f64::from(tb.denom.get()))),
+        _ => None,
+    };
+    Ok(ChosenTrack {
+        id: track.id,
+        params: (*params).clone(),
+        duration_ts,
+    })
+}
+
+/// An I/O error while walking the box tree: broken structure means "not an MP4".
+fn classify_container_io(e: io::Error) -> ConvertError {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => ConvertError::NotMp4(e.to_string()),
+        _ => ConvertError::Io(e),
+    }
+}
+
+/// What the decode thread needs besides the reader and the decoder.
+struct DecodeJob<'h> {
+    track_id: u32,
+    duration_ts: Option<(u64, f64)>,
+    edit: Option<EditList>,
+    max_duration: Option<Duration>,
+    /// The box walk found the file cut short: demuxer errors mean "truncated".
+    truncated: bool,
+    position: Arc<AtomicU64>,
+    len: u64,
+    hooks: Hooks<'h>,
+}
+
+/// Counts from the decode thread.
+struct DecodeStats {
+    bad_packets: u64,
+}
+
+/// Applies the edit list: drops priming at the start and padding at the end.
+struct Trim {
+    skip: u64,
+    keep: Option<u64>,
+}
+
+impl Trim {
+    /// Cuts `pcm` in place; returns false once everything wanted has been emitted.
+    fn apply(&mut self, pcm: &mut Pcm) -> bool {
+        let frames = pcm.frames() as u64;
+        let drop_front = self.skip.min(frames);
+        self.skip -= drop_front;
+        let mut take = frames - drop_front;
+        if let Some(keep) = self.keep.as_mut() {
+            take = take.min(*keep);
+            *keep -= take;
+        }
+        let (from, to) = (drop_front as usize, (drop_front + take) as usize);
+        if from > 0 || to < frames as usize {
+            for plane in &mut pcm.planes {
+                plane.truncate(to);
+                plane.drain(..from);
+            }
+        }
+        self.keep != Some(0)
+    }
+}
+
+impl DecodeJob<'_> {
+    fn run(self, mut format: Box<dyn FormatReader>, mut decoder: Decoder, tx: SyncSender<Pcm>) -> Result<DecodeStats> {
+        let mut packets = 0u64;
+        let mut bad = 0u64;
+        let mut bad_in_a_row = 0u64;
+        let mut layout: Option<(u32, usize)> = None;
+        let mut trim = Trim { skip: 0, keep: None };
+        let mut emitted = 0u64;
+        let mut batch = Pcm::default();
+        let mut last_progress = 0.0f64;
+        loop {
+            if self.hooks.canceled() {
+                return Err(ConvertError::Canceled);
+            }
+            let packet = match format.next_packet() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(SymphoniaError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(ConvertError::Truncated(e.to_string()));
+                }
+                Err(e) if self.truncated => return Err(ConvertError::Truncated(e.to_string())),
+                Err(SymphoniaError::IoError(e)) => return Err(ConvertError::Io(e)),
+                Err(e) => return Err(ConvertError::Corrupt(e.to_string())),
+            };
+            if packet.track_id != self.track_id {
+                continue;
+            }
+            packets += 1;
+            self.report_progress(packet.pts.get(), &mut last_progress);
+            let mut pcm = match decoder.decode(&packet) {
+                Ok(Some(pcm)) => {
+                    bad_in_a_row = 0;
+                    pcm
+                }
+                Ok(None) => continue,
+                Err(PacketError::Fatal(e)) => return Err(e),
+                Err(PacketError::Skip(why)) => {
+                    bad += 1;
+                    bad_in_a_row += 1;
+                    tracing::warn!(packet = packets, %why, "skipping a corrupt audio packet");
+                    if bad_in_a_row >= MAX_CONSECUTIVE_BAD || (bad > 8 && bad * 10 > packets) {
+                        return Err(ConvertError::Corrupt(format!(
+                            "{bad} of {packets} audio packets did not decode (last: {why})"
+                        )));
+                    }
+                    continue;
+                }
+            };
+            let (rate, channels) = *layout.get_or_insert_with(|| {
+                if let Some(edit) = self.edit {
+                    trim = Trim {
+                        skip: edit.skip_frames(pcm.rate),
+                        keep: edit.keep_frames(pcm.rate),
+                    };
+                }
+                (pcm.rate, pcm.planes.len())
+            });
+            if pcm.rate != rate {
+                return Err(ConvertError::Corrupt(format!(
+                    "sample rate changes mid-stream ({rate} Hz → {} Hz)",
+                    pcm.rate
+                )));
+            }
+            fit_channels(&mut pcm.planes, channels);
+            let more = trim.apply(&mut pcm);
+            emitted += pcm.frames() as u64;
+            if let Some(limit) = self.max_duration {
+                let secs = emitted as f64 / f64::from(rate);
+                if secs > limit.as_secs_f64() {
+                    return Err(ConvertError::TooLong {
+                        actual_secs: secs,
+                        limit_secs: limit.as_secs_f64(),
+                    });
+                }
+            }
+            append(&mut batch, pcm);
+            if batch.frames() >= BATCH_FRAMES && tx.send(std::mem::take(&mut batch)).is_err() {
+                // The encoder stopped; its error is reported by the caller.
+                return Ok(DecodeStats { bad_packets: bad });
+            }
+            if !more {
+                break;
+            }
+        }
+        if layout.is_none() {
+            return Err(if bad > 0 {
+                ConvertError::Corrupt(format!("none of the {packets} audio packets decoded"))
+            } else {
+                ConvertError::Corrupt("the audio track holds no audio".into())
+            });
+        }
+        if bad * 2 > packets {
+            return Err(ConvertError::Corrupt(format!(
+                "{bad} of {packets} audio packets did not decode"
+            )));
+        }
+        if batch.frames() > 0 {
+            let _ = tx.send(batch);
+        }
+        Ok(DecodeStats { bad_packets: bad })
+    }
+
+    fn report_progress(&self, pts: i64, last: &mut f64) {
+        let Some(progress) = self.hooks.progress else {
+            return;
+        };
+        let fraction = match self.duration_ts {
+            Some((duration, _)) => pts.max(0) as f64 / duration as f64,
+            None => self.position.load(Ordering::Relaxed) as f64 / self.len.max(1) as f64,
+        }
+        .clamp(0.0, 0.999);
+        if fraction >= *last + 0.005 {
+            *last = fraction;
+            progress(fraction);
+        }
+    }
+}
+
+/// Makes `planes` have `channels` planes: mono is duplicated, stereo averaged.
+fn fit_channels(planes: &mut Vec<Vec<f32>>, channels: usize) {
+    match (planes.len(), channels) {
+        (1, 2) => planes.push(planes[0].clone()),
+        (2, 1) => {
+            let right = planes.pop().unwrap_or_default();
+            for (l, r) in planes[0].iter_mut().zip(right) {
+                *l = (*l + r) * 0.5;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn append(batch: &mut Pcm, pcm: Pcm) {
+    if batch.planes.is_empty() {
+        *batch = pcm;
+        batch.planes.iter_mut().for_each(|p| p.reserve(BATCH_FRAMES));
+        return;
+    }
+    for (dst, src) in batch.planes.iter_mut().zip(pcm.planes) {
+        dst.extend_from_slice(&src);
+    }
+}
+
+/// The input file, with its read position published for byte-based progress.
+struct Tracked {
+    file: File,
+    position: Arc<AtomicU64>,
+    len: u64,
+}
+
+impl Read for Tracked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.position.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Seek for Tracked {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let at = self.file.seek(pos)?;
+        self.position.store(at, Ordering::Relaxed);
+        Ok(at)
+    }
+}
+
+impl MediaSource for Tracked {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trim_drops_priming_and_padding_across_blocks() {
+        let mut trim = Trim {
+            skip: 1500,
+            keep: Some(1000),
+        };
+        let block = |n: usize| Pcm {
+            rate: 44_100,
+            planes: vec![(0..n).map(|i| i as f32).collect()],
+        };
+        let mut a = block(1024);
+        assert!(trim.apply(&mut a));
+        assert_eq!(a.frames(), 0);
+        let mut b = block(1024);
+        assert!(trim.apply(&mut b));
+        assert_eq!(b.frames(), 548);
+        assert_eq!(b.planes[0][0], 476.0, "starts right after the skipped samples");
+        let mut c = block(1024);
+        assert!(!trim.apply(&mut c), "the keep budget is spent");
+        assert_eq!(c.frames(), 452);
+    }
+
+    #[test]
+    fn channel_fitting_duplicates_and_averages() {
+        let mut mono = vec![vec![1.0, 2.0]];
+        fit_channels(&mut mono, 2);
+        assert_eq!(mono, vec![vec![1.0, 2.0], vec![1.0, 2.0]]);
+        let mut stereo = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        fit_channels(&mut stereo, 1);
+        assert_eq!(stereo, vec![vec![0.5, 0.5]]);
+    }
+}

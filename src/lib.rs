@@ -1,0 +1,8 @@
+//! mp4tomp3: turns MP4 files into MP3s.
+//!
+//! The conversion engine lives in [`convert`]; it is a plain library with no actors and no
+//! I/O policy, used both by the `mp4tomp3 convert` command and (later) by the service's
+//! converter actors.
+
+pub mod cli;
+pub mod convert;
