@@ -77,6 +77,8 @@ pub struct Summary {
     pub duration: Duration,
     /// Corrupt packets that were skipped.
     pub skipped_packets: u64,
+    /// The decoder that did the work: `symphonia` or `fdk-aac`.
+    pub decoder: &'static str,
 }
 
 /// Frames gathered before a block is handed to the encoder thread.
@@ -173,6 +175,7 @@ pub fn convert<W: Write + Seek>(
             channels,
             duration: Duration::from_secs_f64(frames as f64 / f64::from(input_rate.max(1))),
             skipped_packets: stats.bad_packets,
+            decoder: stats.decoder,
         })
     })
 }
@@ -297,6 +300,7 @@ struct DecodeJob<'h> {
 /// Counts from the decode thread.
 struct DecodeStats {
     bad_packets: u64,
+    decoder: &'static str,
 }
 
 /// Applies the edit list: drops priming at the start and padding at the end.
@@ -405,7 +409,10 @@ impl DecodeJob<'_> {
             append(&mut batch, pcm);
             if batch.frames() >= BATCH_FRAMES && tx.send(std::mem::take(&mut batch)).is_err() {
                 // The encoder stopped; its error is reported by the caller.
-                return Ok(DecodeStats { bad_packets: bad });
+                return Ok(DecodeStats {
+                    bad_packets: bad,
+                    decoder: decoder.name(),
+                });
             }
             if !more {
                 break;
@@ -426,7 +433,10 @@ impl DecodeJob<'_> {
         if batch.frames() > 0 {
             let _ = tx.send(batch);
         }
-        Ok(DecodeStats { bad_packets: bad })
+        Ok(DecodeStats {
+            bad_packets: bad,
+            decoder: decoder.name(),
+        })
     }
 
     fn report_progress(&self, pts: i64, last: &mut f64) {

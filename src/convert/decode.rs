@@ -1,8 +1,11 @@
 //! Audio decoders behind one interface: packets in, mono or stereo f32 planes out.
 //!
-//! AAC goes to fdk-aac, which (unlike symphonia 0.6's AAC decoder) handles HE-AAC (SBR and
-//! PS), multichannel and 96 kHz, and downmixes to stereo itself. Every other codec goes to
-//! symphonia's decoders (ALAC, MP3-in-MP4, FLAC, PCM), with our own downmix.
+//! AAC is first shown to fdk-aac, which (unlike symphonia 0.6's AAC decoder) handles HE-AAC
+//! (SBR and PS, often signalled only inside the bitstream), multichannel and 96 kHz, and
+//! downmixes to stereo itself. When its first frames show plain mono or stereo AAC-LC, the
+//! track goes to symphonia's AAC decoder instead: it is about ten times faster than
+//! fdk-aac's fixed-point one, which matters because decoding runs beside LAME. Every other
+//! codec goes to symphonia's decoders (ALAC, MP3-in-MP4, FLAC, PCM), with our own downmix.
 
 use fdk_aac::dec::{Decoder as FdkDecoder, DecoderError, Transport};
 use symphonia::core::audio::Channels;
@@ -39,8 +42,67 @@ pub(crate) enum PacketError {
 
 /// A decoder for the chosen track.
 pub(crate) enum Decoder {
+    /// AAC whose profile is not known yet: fdk-aac decodes the first frames to find out.
+    Probing(Box<AacProbe>),
     Fdk(Box<FdkAac>),
     Symphonia(Box<SymphoniaAudio>),
+}
+
+/// Packets fdk-aac may see before the AAC decoder is chosen anyway.
+const PROBE_PACKETS: usize = 8;
+
+/// The first AAC packets, held until fdk-aac has said what kind of AAC they are.
+pub(crate) struct AacProbe {
+    params: AudioCodecParameters,
+    fdk: FdkAac,
+    held: Vec<Packet>,
+    fdk_out: Vec<Pcm>,
+}
+
+impl AacProbe {
+    /// Feeds one packet; once the profile is known, returns the chosen decoder and the audio
+    /// of every packet held so far.
+    fn feed(&mut self, packet: &Packet) -> Result<Option<(Decoder, Option<Pcm>)>, PacketError> {
+        self.held.push(packet.clone());
+        match self.fdk.decode(&packet.data) {
+            Ok(Some(pcm)) => self.fdk_out.push(pcm),
+            Ok(None) | Err(PacketError::Skip(_)) => {}
+            Err(fatal) => return Err(fatal),
+        }
+        if self.fdk_out.is_empty() && self.held.len() < PROBE_PACKETS {
+            return Ok(None);
+        }
+        if !self.fdk_out.is_empty() && !self.fdk.is_plain_lc(&self.params) {
+            let fdk = std::mem::replace(&mut self.fdk, FdkAac::placeholder());
+            return Ok(Some((
+                Decoder::Fdk(Box::new(fdk)),
+                concat(std::mem::take(&mut self.fdk_out)),
+            )));
+        }
+        let mut symphonia = SymphoniaAudio::new(&self.params).map_err(PacketError::Fatal)?;
+        let mut out = Vec::new();
+        for held in &self.held {
+            match symphonia.decode(held) {
+                Ok(Some(pcm)) => out.push(pcm),
+                Ok(None) => {}
+                Err(PacketError::Skip(why)) => tracing::warn!(%why, "skipping a corrupt AAC packet"),
+                Err(fatal) => return Err(fatal),
+            }
+        }
+        Ok(Some((Decoder::Symphonia(Box::new(symphonia)), concat(out))))
+    }
+}
+
+/// Joins consecutive blocks of the same layout into one.
+fn concat(blocks: Vec<Pcm>) -> Option<Pcm> {
+    let mut blocks = blocks.into_iter();
+    let mut first = blocks.next()?;
+    for block in blocks {
+        for (dst, src) in first.planes.iter_mut().zip(block.planes) {
+            dst.extend_from_slice(&src);
+        }
+    }
+    Some(first)
 }
 
 /// The human name of a codec, for `unsupported_codec` errors.
@@ -72,23 +134,38 @@ impl Decoder {
     /// A decoder for the track's codec, or `UnsupportedCodec`.
     pub(crate) fn new(params: &AudioCodecParameters) -> Result<Self, ConvertError> {
         if params.codec == CODEC_ID_AAC {
-            return FdkAac::new(params).map(|d| Decoder::Fdk(Box::new(d)));
+            return Ok(Decoder::Probing(Box::new(AacProbe {
+                params: params.clone(),
+                fdk: FdkAac::new(params)?,
+                held: Vec::new(),
+                fdk_out: Vec::new(),
+            })));
         }
-        let decoder = symphonia::default::get_codecs()
-            .make_audio_decoder(params, &AudioDecoderOptions::default())
-            .map_err(|_| ConvertError::UnsupportedCodec(codec_name(params)))?;
-        Ok(Decoder::Symphonia(Box::new(SymphoniaAudio {
-            decoder,
-            planes: Vec::new(),
-            downmix: None,
-        })))
+        SymphoniaAudio::new(params).map(|d| Decoder::Symphonia(Box::new(d)))
     }
 
-    /// Decodes one packet. `Ok(None)` when it produced no audio (e.g. decoder warm-up).
+    /// Decodes one packet. `Ok(None)` when it produced no audio (e.g. decoder warm-up, or
+    /// AAC packets held while the profile is being found out).
     pub(crate) fn decode(&mut self, packet: &Packet) -> Result<Option<Pcm>, PacketError> {
         match self {
+            Decoder::Probing(probe) => match probe.feed(packet)? {
+                Some((chosen, pcm)) => {
+                    *self = chosen;
+                    Ok(pcm)
+                }
+                None => Ok(None),
+            },
             Decoder::Fdk(d) => d.decode(&packet.data),
             Decoder::Symphonia(d) => d.decode(packet),
+        }
+    }
+
+    /// Which decoder is at work (for logs and tests).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Decoder::Probing(_) => "aac-probe",
+            Decoder::Fdk(_) => "fdk-aac",
+            Decoder::Symphonia(_) => "symphonia",
         }
     }
 }
@@ -119,6 +196,27 @@ impl FdkAac {
             inner,
             pcm: vec![0; FDK_MAX_SAMPLES],
         })
+    }
+
+    /// An unconfigured decoder, left behind when the probe hands its real one over.
+    fn placeholder() -> Self {
+        FdkAac {
+            inner: FdkDecoder::new(Transport::Raw),
+            pcm: Vec::new(),
+        }
+    }
+
+    /// True when the frames decoded so far are mono or stereo AAC-LC without SBR or PS, at
+    /// the rate and channel count the container states: what symphonia decodes correctly.
+    fn is_plain_lc(&self, params: &AudioCodecParameters) -> bool {
+        let info = self.inner.stream_info();
+        let container_channels = params.channels.as_ref().map_or(0, |c| c.count());
+        info.aot == fdk_aac_sys::AUDIO_OBJECT_TYPE_AOT_AAC_LC
+            && info.sampleRate == info.aacSampleRate
+            && info.numChannels == info.aacNumChannels
+            && (1..=2).contains(&info.numChannels)
+            && params.sample_rate == u32::try_from(info.sampleRate).ok()
+            && container_channels <= 2
     }
 
     fn decode(&mut self, data: &[u8]) -> Result<Option<Pcm>, PacketError> {
@@ -168,13 +266,26 @@ pub(crate) struct SymphoniaAudio {
 }
 
 impl SymphoniaAudio {
+    fn new(params: &AudioCodecParameters) -> Result<Self, ConvertError> {
+        let decoder = symphonia::default::get_codecs()
+            .make_audio_decoder(params, &AudioDecoderOptions::default())
+            .map_err(|_| ConvertError::UnsupportedCodec(codec_name(params)))?;
+        Ok(SymphoniaAudio {
+            decoder,
+            planes: Vec::new(),
+            downmix: None,
+        })
+    }
+
     fn decode(&mut self, packet: &Packet) -> Result<Option<Pcm>, PacketError> {
         let buf = match self.decoder.decode(packet) {
             Ok(buf) => buf,
             Err(SymphoniaError::DecodeError(e)) => return Err(PacketError::Skip(e.to_string())),
             Err(SymphoniaError::IoError(e)) => return Err(PacketError::Skip(e.to_string())),
+            // Mid-stream, "unsupported" is what garbage looks like to the decoder: skip it
+            // like any corrupt packet (a track made only of it fails as corrupt).
             Err(SymphoniaError::Unsupported(what)) => {
-                return Err(PacketError::Fatal(ConvertError::UnsupportedCodec(what.to_string())));
+                return Err(PacketError::Skip(format!("unsupported feature: {what}")));
             }
             Err(other) => return Err(PacketError::Fatal(ConvertError::Corrupt(other.to_string()))),
         };
