@@ -313,6 +313,8 @@ fn every_standard_bitrate_is_honoured() {
             (u32::from(kbps) * 1000).to_string(),
             "{kbps} kbps"
         );
+        let secs = decode(&mp3, 2).secs();
+        assert!((secs - 2.0).abs() <= 0.050, "{kbps} kbps: decoded {secs:.4} s of 2 s");
     }
     let err = convert_to_vec(
         &input,

@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn encodes_and_writes_an_info_frame() {
-        let mut enc = Mp3Encoder::new(44_100, 2, Quality::Cbr { kbps: 56 }).unwrap();
+        let mut enc = Mp3Encoder::new(44_100, 2, Quality::Cbr { kbps: 128 }).unwrap();
         let tone: Vec<f32> = (0..44_100).map(|i| (i as f32 * 0.06).sin() * 0.5).collect();
         let mut out = std::io::Cursor::new(Vec::new());
         enc.encode(&[tone.clone(), tone], &mut out).unwrap();
