@@ -13,6 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::convert::{self, ConvertError, ConvertOptions, Hooks, Quality};
 
+/// The log filter when `RUST_LOG` is not set: our warnings, none of symphonia's chatter
+/// (every failure it reports reaches the user as our own error).
+pub const DEFAULT_LOG_FILTER: &str = "warn,symphonia_core=off,symphonia_format_isomp4=off,\
+symphonia_codec_aac=off,symphonia_codec_alac=off,symphonia_bundle_mp3=off,symphonia_bundle_flac=off";
+
 /// mp4tomp3: turn MP4 files into MP3s.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -240,6 +240,7 @@ fn open_format(source: Tracked, truncated: bool) -> Result<Box<dyn FormatReader 
         .map_err(|e| match e {
             SymphoniaError::IoError(io) if io.kind() != io::ErrorKind::UnexpectedEof => ConvertError::Io(io),
             other if truncated => ConvertError::Truncated(other.to_string()),
+            SymphoniaError::Unsupported(_) => ConvertError::NotMp4("no MP4 structure found".into()),
             other => ConvertError::NotMp4(other.to_string()),
         })?;
     if format.format_info().short_name != "isomp4" {

@@ -28,8 +28,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // symphonia logs "skipped 4 bytes of junk" for every MP4: harmless noise.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,symphonia_core::formats::probe=error")),
+                // symphonia logs through `log` ("skipped 4 bytes of junk" for every MP4, probe
+                // errors we report ourselves): keep our own one-line errors only.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(mp4tomp3::cli::DEFAULT_LOG_FILTER)),
         )
         .init();
     match cli::run(cli) {

@@ -1,0 +1,201 @@
+//! `mp4tomp3 convert` as a user runs it: the real binary, real files, exit codes and stderr.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mp4tomp3"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit status 2 with exactly one line on stderr that contains `needle`.
+fn assert_bad_input(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
+    assert!(err.contains(needle), "{err:?} mentions {needle:?}");
+}
+
+fn copy_fixture(dir: &Path, name: &str) -> std::path::PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(common::stereo_tagged(), &to).unwrap();
+    to
+}
+
+#[test]
+fn converts_next_to_the_input_and_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = copy_fixture(dir.path(), "song.m4a");
+    let out = run(&["convert", input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "quiet when stderr is not a terminal: {:?}",
+        stderr(&out)
+    );
+    let mp3 = dir.path().join("song.mp3");
+    let decoded = common::decode(&mp3, 2);
+    assert!((decoded.secs() - 5.0).abs() < 0.05);
+
+    let before = std::fs::read(&mp3).unwrap();
+    std::fs::write(&mp3, b"keep me").unwrap();
+    let again = run(&["convert", input.to_str().unwrap()]);
+    assert_bad_input(&again, "--force");
+    assert_eq!(
+        std::fs::read(&mp3).unwrap(),
+        b"keep me",
+        "the existing file is untouched"
+    );
+
+    let forced = run(&["convert", input.to_str().unwrap(), "--force", "--bitrate", "128"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let after = std::fs::read(&mp3).unwrap();
+    assert!(
+        after.len() < before.len(),
+        "128 kbps is smaller than the default 192 kbps"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, "hello, this is text, not a movie at all.............").unwrap();
+    let out_path = dir.path().join("notes.mp3");
+    assert_bad_input(&run(&["convert", text.to_str().unwrap()]), "not an MP4");
+    assert!(!out_path.exists(), "no MP3 for a failed conversion");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "and no temp file");
+
+    let input = copy_fixture(dir.path(), "song.m4a");
+    let input = input.to_str().unwrap();
+    assert_bad_input(
+        &run(&["convert", input, "--bitrate", "100"]),
+        "not a standard MP3 bitrate",
+    );
+    assert_bad_input(&run(&["convert", input, "--vbr", "12"]), "12");
+    assert_bad_input(
+        &run(&["convert", input, "--vbr", "2", "--bitrate", "128"]),
+        "cannot be used with",
+    );
+    assert_bad_input(
+        &run(&["convert", input, "--track", "3"]),
+        "audio track 3 does not exist",
+    );
+    assert_bad_input(&run(&["convert", input, "--max-duration", "2"]), "limit");
+    assert_bad_input(&run(&["convert", "/nonexistent/in.mp4"]), "cannot read");
+    assert_bad_input(
+        &run(&["convert", input, "-o", "/nonexistent/dir/out.mp3"]),
+        "cannot write",
+    );
+    assert_bad_input(&run(&["convert"]), "required");
+    let ac3 = common::tone("ac3.mp4", 440, 48_000, 1.0, 2, &["-c:a", "ac3"]);
+    assert_bad_input(
+        &run(&[
+            "convert",
+            ac3.to_str().unwrap(),
+            "-o",
+            dir.path().join("x.mp3").to_str().unwrap(),
+        ]),
+        "AC-3",
+    );
+}
+
+#[test]
+fn stdin_and_stdout_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::stereo_tagged()).unwrap();
+    let out_path = dir.path().join("piped.mp3");
+
+    let mut child = bin()
+        .args(["convert", "-", "-o", out_path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!((common::decode(&out_path, 2).secs() - 5.0).abs() < 0.05);
+
+    let mut child = bin()
+        .args(["convert", "-", "-o", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(&out.stdout[..3], b"ID3", "the MP3 comes out on stdout");
+    assert_eq!(
+        out.stdout,
+        std::fs::read(&out_path).unwrap(),
+        "same bytes as the file output"
+    );
+
+    let no_output = bin().args(["convert", "-"]).stdin(Stdio::null()).output().unwrap();
+    assert_bad_input(&no_output, "-o");
+}
+
+/// Peak RSS (KiB) of one conversion by the real binary, from wait4.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is reaped by libc::wait4, which std cannot do"
+)]
+fn peak_rss_kib(input: &Path, out: &Path) -> i64 {
+    let child = bin()
+        .args([
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--force",
+        ])
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing into locals that outlive the call.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "conversion failed"
+    );
+    usage.ru_maxrss
+}
+
+#[test]
+fn memory_does_not_grow_with_the_input_length() {
+    let short = common::tone("rss_20s.m4a", 440, 44_100, 20.0, 2, &["-c:a", "aac"]);
+    let long = common::tone("rss_600s.m4a", 440, 44_100, 600.0, 2, &["-c:a", "aac"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp3");
+    let short_kib = peak_rss_kib(&short, &out);
+    let long_kib = peak_rss_kib(&long, &out);
+    assert!(long_kib < 64 * 1024, "peak RSS {long_kib} KiB is under 64 MiB");
+    assert!(
+        long_kib < short_kib + 4 * 1024,
+        "30x longer input, peak RSS {short_kib} KiB → {long_kib} KiB: must not grow with length"
+    );
+}
