@@ -15,9 +15,9 @@
 //! where files go (the CLI writes a temp file and renames it; the service does the same
 //! under its data dir).
 
+mod container;
 mod decode;
 mod downmix;
-mod edit_list;
 mod encode;
 mod error;
 mod settings;
@@ -41,8 +41,8 @@ pub use encode::{MP3_SAMPLE_RATES, mp3_rate_for};
 pub use error::{ConvertError, Result};
 pub use settings::{ConvertOptions, DEFAULT_KBPS, Quality, STANDARD_BITRATES};
 
+use container::EditList;
 use decode::{Decoder, PacketError, Pcm};
-use edit_list::EditList;
 use encode::Mp3Encoder;
 
 /// Callbacks into a running conversion. Both are optional.
@@ -85,6 +85,10 @@ pub struct Summary {
 const BATCH_FRAMES: usize = 8192;
 /// Blocks in flight between the threads (≈ 4 × 8192 × 2 × 4 B = 256 KiB).
 const CHANNEL_BLOCKS: usize = 4;
+/// Largest audio sample (packet) accepted. AAC frames are under 8 KiB even at 8 channels,
+/// ALAC's 4096-frame packets of 8 × 32-bit channels are 128 KiB; a larger size is forged,
+/// and refusing it keeps symphonia from reading (and buffering) that much.
+const MAX_AUDIO_SAMPLE_BYTES: u32 = 4 << 20;
 /// Errors in a row after which the input is considered corrupt, whatever came before.
 const MAX_CONSECUTIVE_BAD: u64 = 32;
 
@@ -117,7 +121,7 @@ pub fn convert<W: Write + Seek>(
     hooks: Hooks<'_>,
 ) -> Result<Summary> {
     let quality = opts.quality.validate()?;
-    let container = edit_list::read_container(&mut input).map_err(classify_container_io)?;
+    let container = container::read_container(&mut input).map_err(classify_container_io)?;
     input.seek(SeekFrom::Start(0))?;
     let len = input.metadata()?.len();
     let position = Arc::new(AtomicU64::new(0));
@@ -128,6 +132,12 @@ pub fn convert<W: Write + Seek>(
     };
     let mut format = open_format(source, container.truncated)?;
     let track = pick_track(format.as_ref(), opts.track)?;
+    let max_sample = container.max_sample_sizes.iter().find(|(id, _)| *id == track.id);
+    if let Some(&(_, size)) = max_sample.filter(|(_, size)| *size > MAX_AUDIO_SAMPLE_BYTES) {
+        return Err(ConvertError::Corrupt(format!(
+            "the audio track claims a {size}-byte sample; no audio codec needs more than {MAX_AUDIO_SAMPLE_BYTES}"
+        )));
+    }
     let edit = container.edits.iter().find(|(id, _)| *id == track.id).map(|(_, e)| *e);
     let known_secs = track.known_secs(edit);
     if let (Some(limit), Some(secs)) = (opts.max_duration, known_secs)

@@ -138,3 +138,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_forged_sample_size_is_refused_before_reading() {
+    let mut data = seeds()[0].clone();
+    let stsz = data
+        .windows(4)
+        .position(|w| w == b"stsz")
+        .expect("the seed has an stsz box");
+    // type(4) + version/flags(4) + constant size(4) + count(4), then the first entry.
+    let first_entry = stsz + 16;
+    data[first_entry..first_entry + 4].copy_from_slice(&0x7FFF_FFF0u32.to_be_bytes());
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &data).unwrap();
+    std::io::Seek::rewind(&mut file).unwrap();
+    let err = convert::convert(
+        file,
+        &mut Cursor::new(Vec::new()),
+        &ConvertOptions::default(),
+        Hooks::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "corrupt_media", "{err}");
+    assert!(err.to_string().contains("2147483632-byte sample"), "{err}");
+}

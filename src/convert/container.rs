@@ -1,5 +1,7 @@
-//! Reads a track's edit list (`moov/trak/edts/elst`), which symphonia 0.6 parses but does
-//! not expose or apply.
+//! What we read from the MP4 box tree ourselves, before symphonia: each track's edit list
+//! (`moov/trak/edts/elst`), which symphonia 0.6 parses but neither exposes nor applies; each
+//! track's largest sample (`stsz`), so a forged size is refused before anything is read; and
+//! whether the file was cut short.
 //!
 //! The edit list is how an MP4 says "skip the encoder's priming samples and stop before
 //! its padding": without it, an AAC track decodes about 1024 samples too long at the start
@@ -155,6 +157,26 @@ struct TrakInfo {
     track_id: Option<u32>,
     media_timescale: Option<u32>,
     edit: Option<(u64, u64)>,
+    max_sample_size: u32,
+}
+
+/// Largest sample size in an `stsz` box (the constant size, or the largest entry).
+fn read_max_sample_size<R: Read + Seek>(r: &mut R, header: BoxHeader) -> io::Result<u32> {
+    r.seek(SeekFrom::Start(header.payload))?;
+    let _version = read_version(r)?;
+    let constant = read_u32(r)?;
+    let count = read_u32(r)?;
+    if constant != 0 {
+        return Ok(constant);
+    }
+    let fits = header.end.saturating_sub(header.payload + 12) / 4;
+    let mut entries = io::BufReader::with_capacity(64 * 1024, r.take(4 * u64::from(count).min(fits)));
+    let mut max = 0;
+    let mut entry = [0u8; 4];
+    while entries.read_exact(&mut entry).is_ok() {
+        max = max.max(u32::from_be_bytes(entry));
+    }
+    Ok(max)
 }
 
 fn read_trak<R: Read + Seek>(r: &mut R, trak: BoxHeader) -> io::Result<TrakInfo> {
@@ -163,8 +185,21 @@ fn read_trak<R: Read + Seek>(r: &mut R, trak: BoxHeader) -> io::Result<TrakInfo>
         match &child.kind {
             b"tkhd" => info.track_id = Some(read_u32_after_times(r, child)?),
             b"mdia" => for_each_child(r, child.payload, child.end, MAX_CHILDREN, |r, c| {
-                if &c.kind == b"mdhd" {
-                    info.media_timescale = Some(read_u32_after_times(r, c)?);
+                match &c.kind {
+                    b"mdhd" => info.media_timescale = Some(read_u32_after_times(r, c)?),
+                    // mdia/minf/stbl/stsz
+                    b"minf" => for_each_child(r, c.payload, c.end, MAX_CHILDREN, |r, c| {
+                        if &c.kind == b"stbl" {
+                            for_each_child(r, c.payload, c.end, MAX_CHILDREN, |r, c| {
+                                if &c.kind == b"stsz" {
+                                    info.max_sample_size = read_max_sample_size(r, c)?;
+                                }
+                                Ok(true)
+                            })?;
+                        }
+                        Ok(true)
+                    })?,
+                    _ => {}
                 }
                 Ok(true)
             })?,
@@ -186,6 +221,8 @@ fn read_trak<R: Read + Seek>(r: &mut R, trak: BoxHeader) -> io::Result<TrakInfo>
 pub(crate) struct Container {
     /// The edit list of every track that has one, as `(track_id, edit list)`.
     pub(crate) edits: Vec<(u32, EditList)>,
+    /// The largest sample of every track with an `stsz`, as `(track_id, bytes)`.
+    pub(crate) max_sample_sizes: Vec<(u32, u32)>,
     /// A top-level box runs past the end of the file: the file was cut short.
     pub(crate) truncated: bool,
 }
@@ -211,8 +248,8 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
     })?;
     let Some(moov) = moov else {
         return Ok(Container {
-            edits: Vec::new(),
             truncated,
+            ..Container::default()
         });
     };
     let mut movie_timescale = None;
@@ -226,6 +263,10 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         Ok(true)
     })?;
     let movie_timescale = movie_timescale.filter(|&t| t > 0);
+    let max_sample_sizes = traks
+        .iter()
+        .filter_map(|t| Some((t.track_id?, t.max_sample_size)))
+        .collect();
     let edits = traks
         .into_iter()
         .filter_map(|t| {
@@ -239,7 +280,11 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
             Some((t.track_id?, edit))
         })
         .collect();
-    Ok(Container { edits, truncated })
+    Ok(Container {
+        edits,
+        max_sample_sizes,
+        truncated,
+    })
 }
 
 /// The edit list of track `track_id`, if it has one.
