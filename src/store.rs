@@ -1,0 +1,192 @@
+//! Durable state of one node: SQLite (WAL, `synchronous=FULL`) under the data dir.
+//!
+//! Every write runs in a `BEGIN IMMEDIATE` transaction, so a writer takes the lock up front
+//! instead of failing half-way on a busy database. The schema is versioned with
+//! `PRAGMA user_version` and migrated forward at open. Calls block: async callers run them
+//! on a blocking thread (the actors that own a [`Store`] do).
+
+mod jobs;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+pub use jobs::{Job, JobId, JobState, NewJob, OutboxMail, Source};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (I/O, corruption, constraint).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer version of mp4tomp3.
+    #[error("database schema version {found} is newer than this build understands ({supported}); upgrade mp4tomp3")]
+    TooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+    /// A job row holds a value this build does not know (e.g. an unknown state).
+    #[error("job {job}: unreadable value {value:?} in column {column}")]
+    BadRow {
+        /// The job.
+        job: String,
+        /// The column.
+        column: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// The requested change does not apply to the job's current state.
+    #[error("job {job} is {state}, cannot {action}")]
+    Conflict {
+        /// The job.
+        job: String,
+        /// Its current state.
+        state: JobState,
+        /// What was attempted.
+        action: &'static str,
+    },
+}
+
+/// The store's result type.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Forward-only migrations; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: users, jobs, and the transactional email outbox.
+    "CREATE TABLE users (
+        email         TEXT PRIMARY KEY COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        is_admin      INTEGER NOT NULL DEFAULT 0,
+        updated_at_ms INTEGER NOT NULL
+     );
+     CREATE TABLE jobs (
+        id              TEXT PRIMARY KEY,
+        owner_email     TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        progress        REAL NOT NULL DEFAULT 0,
+        error_code      TEXT,
+        error_message   TEXT,
+        source_kind     TEXT NOT NULL,
+        source_url      TEXT,
+        file_name       TEXT NOT NULL,
+        bitrate_kbps    INTEGER,
+        vbr_quality     INTEGER,
+        idempotency_key TEXT,
+        attempt         INTEGER NOT NULL DEFAULT 0,
+        created_at_ms   INTEGER NOT NULL,
+        updated_at_ms   INTEGER NOT NULL,
+        finished_at_ms  INTEGER,
+        UNIQUE (owner_email, idempotency_key)
+     );
+     CREATE INDEX jobs_by_owner ON jobs (owner_email, created_at_ms);
+     CREATE INDEX jobs_by_state ON jobs (state);
+     CREATE TABLE outbox (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id           TEXT NOT NULL UNIQUE REFERENCES jobs (id) ON DELETE CASCADE,
+        recipient        TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER NOT NULL,
+        sent_at_ms       INTEGER,
+        last_error       TEXT
+     );",
+];
+
+/// One node's database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::setup(Connection::open(path)?)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // journal_mode answers with a row, so it is read rather than executed.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version this build writes.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let found: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let supported = Self::schema_version();
+        if found > supported {
+            return Err(StoreError::TooNew { found, supported });
+        }
+        for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f` returns `Ok`.
+    fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the store's timestamp unit.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_in_wal_with_full_sync_and_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let store = Store::open(&path).unwrap();
+        let mode: String = store.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "FULL");
+        drop(store);
+        // Reopening finds the current version and runs nothing again.
+        let store = Store::open(&path).unwrap();
+        let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, Store::schema_version());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        match Store::open(&path) {
+            Err(StoreError::TooNew { found: 99, .. }) => {}
+            other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! Jobs and their email outbox.
+//!
+//! A job's life: `queued → fetching → converting → done | failed | canceled`. Finishing a
+//! job (done or failed) writes its outbox row in the same transaction, so a crash can
+//! neither lose the mail nor send one for a job that did not finish.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{Result, Store, StoreError, now_ms};
+
+/// A job id: `<owner node>~<random>`. The owner is the stable node (pod) name that accepted
+/// the job, so any node can tell where a job lives from its id alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    /// A fresh id owned by `node`.
+    pub fn new(node: &str) -> Self {
+        let mut bytes = [0u8; 12];
+        if getrandom::fill(&mut bytes).is_err() {
+            // No OS randomness source at all (not on Linux): still unique per process.
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
+            bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        }
+        let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        JobId(format!("{node}~{random}"))
+    }
+
+    /// Parses an id from a URL; `None` for anything that is not `<node>~<hex>`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (node, random) = s.split_once('~')?;
+        let node_ok = !node.is_empty()
+            && node.len() <= 253
+            && node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        let random_ok = random.len() == 24 && random.bytes().all(|b| b.is_ascii_hexdigit());
+        (node_ok && random_ok).then(|| JobId(s.to_string()))
+    }
+
+    /// The node that owns the job.
+    pub fn owner(&self) -> &str {
+        self.0.split_once('~').map_or("", |(node, _)| node)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Accepted and persisted, waiting for a converter.
+    Queued,
+    /// Downloading its input from a URL.
+    Fetching,
+    /// A converter is at work.
+    Converting,
+    /// The MP3 is ready.
+    Done,
+    /// The job ended with an error code and message.
+    Failed,
+    /// The user canceled it.
+    Canceled,
+}
+
+impl JobState {
+    /// The state's name, as stored and as shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Fetching => "fetching",
+            JobState::Converting => "converting",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+
+    /// True once the job can no longer change.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Canceled)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "fetching" => JobState::Fetching,
+            "converting" => JobState::Converting,
+            "done" => JobState::Done,
+            "failed" => JobState::Failed,
+            "canceled" => JobState::Canceled,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// Where a job's MP4 comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Uploaded in the request and stored under the data dir.
+    Upload,
+    /// Fetched by the service from this URL.
+    Url(String),
+}
+
+/// A job as accepted, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Its id.
+    pub id: JobId,
+    /// The user it belongs to.
+    pub owner_email: String,
+    /// Upload or URL.
+    pub source: Source,
+    /// The user's name for the file (for the download's file name).
+    pub file_name: String,
+    /// CBR bitrate, if asked for.
+    pub bitrate_kbps: Option<u16>,
+    /// VBR quality, if asked for.
+    pub vbr_quality: Option<u8>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// The user it belongs to.
+    pub owner_email: String,
+    /// Where it is.
+    pub state: JobState,
+    /// 0..=1 while converting.
+    pub progress: f64,
+    /// Machine-readable reason for `failed`.
+    pub error_code: Option<String>,
+    /// Human-readable reason for `failed`.
+    pub error_message: Option<String>,
+    /// Upload or URL.
+    pub source: Source,
+    /// The user's name for the file.
+    pub file_name: String,
+    /// CBR bitrate, if asked for.
+    pub bitrate_kbps: Option<u16>,
+    /// VBR quality, if asked for.
+    pub vbr_quality: Option<u8>,
+    /// Conversion attempts so far: the fencing token of the current placement.
+    pub attempt: i64,
+    /// Accepted at (ms since the epoch).
+    pub created_at_ms: i64,
+    /// Last change (ms since the epoch).
+    pub updated_at_ms: i64,
+    /// Ended at (ms since the epoch).
+    pub finished_at_ms: Option<i64>,
+}
+
+/// An email waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMail {
+    /// The outbox row.
+    pub id: i64,
+    /// The job the mail is about.
+    pub job_id: JobId,
+    /// Where it goes.
+    pub recipient: String,
+    /// Sending attempts so far.
+    pub attempts: i64,
+}
+
+const JOB_COLUMNS: &str = "id, owner_email, state, progress, error_code, error_message, source_kind, source_url, \
+     file_name, bitrate_kbps, vbr_quality, attempt, created_at_ms, updated_at_ms, finished_at_ms";
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<std::result::Result<Job, StoreError>> {
+    let id: String = row.get(0)?;
+    let state: String = row.get(2)?;
+    let kind: String = row.get(6)?;
+    let url: Option<String> = row.get(7)?;
+    let bad = |column, value: String| StoreError::BadRow {
+        job: id.clone(),
+        column,
+        value,
+    };
+    let Ok(state) = state.parse::<JobState>() else {
+        return Ok(Err(bad("state", state)));
+    };
+    let source = match (kind.as_str(), url) {
+        ("upload", _) => Source::Upload,
+        ("url", Some(url)) => Source::Url(url),
+        _ => return Ok(Err(bad("source_kind", kind))),
+    };
+    Ok(Ok(Job {
+        id: JobId(id.clone()),
+        owner_email: row.get(1)?,
+        state,
+        progress: row.get(3)?,
+        error_code: row.get(4)?,
+        error_message: row.get(5)?,
+        source,
+        file_name: row.get(8)?,
+        bitrate_kbps: row.get(9)?,
+        vbr_quality: row.get(10)?,
+        attempt: row.get(11)?,
+        created_at_ms: row.get(12)?,
+        updated_at_ms: row.get(13)?,
+        finished_at_ms: row.get(14)?,
+    }))
+}
+
+impl Store {
+    /// Stores a new job as `queued`. With an idempotency key already used by the same user,
+    /// stores nothing and returns the earlier job (`false` says it is not new).
+    pub fn insert_job(&mut self, job: &NewJob) -> Result<(Job, bool)> {
+        let now = now_ms();
+        self.write(|tx| {
+            if let Some(key) = &job.idempotency_key {
+                let earlier = tx
+                    .query_row(
+                        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_email = ?1 AND idempotency_key = ?2"),
+                        params![job.owner_email, key],
+                        job_from_row,
+                    )
+                    .optional()?;
+                if let Some(earlier) = earlier {
+                    return Ok((earlier?, false));
+                }
+            }
+            let (kind, url) = match &job.source {
+                Source::Upload => ("upload", None),
+                Source::Url(url) => ("url", Some(url.as_str())),
+            };
+            tx.execute(
+                "INSERT INTO jobs (id, owner_email, state, source_kind, source_url, file_name, bitrate_kbps, \
+                 vbr_quality, idempotency_key, created_at_ms, updated_at_ms) \
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    job.id.as_str(),
+                    job.owner_email,
+                    kind,
+                    url,
+                    job.file_name,
+                    job.bitrate_kbps,
+                    job.vbr_quality,
+                    job.idempotency_key,
+                    now
+                ],
+            )?;
+            let stored = stored_job(tx, &job.id)?;
+            Ok((stored, true))
+        })
+    }
+
+    /// The job with this id, if stored here.
+    pub fn job(&self, id: &JobId) -> Result<Option<Job>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id.as_str()],
+                job_from_row,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// A user's jobs (or everyone's, with `None`), newest first, `limit` from `offset`.
+    pub fn list_jobs(&self, owner_email: Option<&str>, limit: u32, offset: u32) -> Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR owner_email = ?1) \
+             ORDER BY created_at_ms DESC, id DESC LIMIT ?2 OFFSET ?3"
+        ))?;
+        let rows = stmt.query_map(params![owner_email, limit, offset], job_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Jobs that were accepted but not finished: what a restarted node resumes.
+    pub fn unfinished_jobs(&self) -> Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'fetching', 'converting') ORDER BY created_at_ms"
+        ))?;
+        let rows = stmt.query_map([], job_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Moves an unfinished job to `state` (fetching or converting), bumping the attempt
+    /// (fencing token) when a conversion starts. Returns the new attempt.
+    pub fn start(&mut self, id: &JobId, state: JobState) -> Result<i64> {
+        self.write(|tx| {
+            let current = current_state(tx, id)?;
+            if current.is_final() {
+                return Err(StoreError::Conflict {
+                    job: id.to_string(),
+                    state: current,
+                    action: "start",
+                });
+            }
+            let bump = i64::from(state == JobState::Converting);
+            tx.execute(
+                "UPDATE jobs SET state = ?2, attempt = attempt + ?3, progress = 0, updated_at_ms = ?4 WHERE id = ?1",
+                params![id.as_str(), state.as_str(), bump, now_ms()],
+            )?;
+            Ok(tx.query_row("SELECT attempt FROM jobs WHERE id = ?1", [id.as_str()], |r| r.get(0))?)
+        })
+    }
+
+    /// Records progress of the conversion attempt `attempt`; stale attempts change nothing.
+    pub fn set_progress(&mut self, id: &JobId, attempt: i64, progress: f64) -> Result<bool> {
+        let changed = self.conn.execute(
+            "UPDATE jobs SET progress = ?3, updated_at_ms = ?4 WHERE id = ?1 AND attempt = ?2 AND state = 'converting'",
+            params![id.as_str(), attempt, progress.clamp(0.0, 1.0), now_ms()],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Ends attempt `attempt` of a job as done (`error = None`) or failed (`Some((code,
+    /// message))`) and queues its email in the same transaction. A stale attempt (the job
+    /// was re-placed since) or an already finished job is refused with `Conflict`.
+    pub fn finish(&mut self, id: &JobId, attempt: i64, error: Option<(&str, &str)>) -> Result<Job> {
+        let now = now_ms();
+        self.write(|tx| {
+            let (state, current_attempt, owner): (String, i64, String) = tx.query_row(
+                "SELECT state, attempt, owner_email FROM jobs WHERE id = ?1",
+                [id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let state = state.parse::<JobState>().map_err(|()| StoreError::BadRow {
+                job: id.to_string(),
+                column: "state",
+                value: state.clone(),
+            })?;
+            if state.is_final() || current_attempt != attempt {
+                return Err(StoreError::Conflict {
+                    job: id.to_string(),
+                    state,
+                    action: "finish a stale attempt",
+                });
+            }
+            let (new_state, code, message, progress) = match error {
+                None => (JobState::Done, None, None, 1.0),
+                Some((code, message)) => (JobState::Failed, Some(code), Some(message), 0.0),
+            };
+            tx.execute(
+                "UPDATE jobs SET state = ?2, error_code = ?3, error_message = ?4, progress = ?5, \
+                 updated_at_ms = ?6, finished_at_ms = ?6 WHERE id = ?1",
+                params![id.as_str(), new_state.as_str(), code, message, progress, now],
+            )?;
+            tx.execute(
+                "INSERT INTO outbox (job_id, recipient, next_attempt_ms) VALUES (?1, ?2, ?3)",
+                params![id.as_str(), owner, now],
+            )?;
+            stored_job(tx, id)
+        })
+    }
+
+    /// Cancels an unfinished job (no email: the user asked for it).
+    pub fn cancel(&mut self, id: &JobId) -> Result<Job> {
+        let now = now_ms();
+        self.write(|tx| {
+            let state = current_state(tx, id)?;
+            if state.is_final() {
+                return Err(StoreError::Conflict {
+                    job: id.to_string(),
+                    state,
+                    action: "cancel",
+                });
+            }
+            tx.execute(
+                "UPDATE jobs SET state = 'canceled', updated_at_ms = ?2, finished_at_ms = ?2 WHERE id = ?1",
+                params![id.as_str(), now],
+            )?;
+            stored_job(tx, id)
+        })
+    }
+
+    /// Mails due for sending now.
+    pub fn due_mail(&self, limit: u32) -> Result<Vec<OutboxMail>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, job_id, recipient, attempts FROM outbox \
+             WHERE sent_at_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now_ms(), limit], |r| {
+            Ok(OutboxMail {
+                id: r.get(0)?,
+                job_id: JobId(r.get(1)?),
+                recipient: r.get(2)?,
+                attempts: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks a mail sent.
+    pub fn mail_sent(&mut self, mail_id: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE outbox SET sent_at_ms = ?2, attempts = attempts + 1 WHERE id = ?1",
+                params![mail_id, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records a failed send and when to retry.
+    pub fn mail_failed(&mut self, mail_id: i64, error: &str, retry_at_ms: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_ms = ?3 WHERE id = ?1",
+                params![mail_id, error, retry_at_ms],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// The job `id`, which the caller knows exists (it just wrote it).
+fn stored_job(conn: &rusqlite::Connection, id: &JobId) -> Result<Job> {
+    conn.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+        [id.as_str()],
+        job_from_row,
+    )?
+}
+
+fn current_state(tx: &rusqlite::Transaction<'_>, id: &JobId) -> Result<JobState> {
+    let state: String = tx.query_row("SELECT state FROM jobs WHERE id = ?1", [id.as_str()], |r| r.get(0))?;
+    state.parse().map_err(|()| StoreError::BadRow {
+        job: id.to_string(),
+        column: "state",
+        value: state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job(key: Option<&str>) -> NewJob {
+        NewJob {
+            id: JobId::new("node-0"),
+            owner_email: "a@example.com".into(),
+            source: Source::Upload,
+            file_name: "song.mp4".into(),
+            bitrate_kbps: None,
+            vbr_quality: None,
+            idempotency_key: key.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn ids_name_their_owner_and_parse_strictly() {
+        let id = JobId::new("mp4tomp3-2");
+        assert_eq!(id.owner(), "mp4tomp3-2");
+        assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
+        assert_ne!(JobId::new("n"), JobId::new("n"));
+        for bad in [
+            "",
+            "~",
+            "node~xyz",
+            "node",
+            "../x~0123456789abcdef01234567",
+            "a/b~0123456789abcdef01234567",
+        ] {
+            assert_eq!(JobId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn idempotency_key_returns_the_same_job() {
+        let mut store = Store::open_in_memory().unwrap();
+        let (first, new) = store.insert_job(&new_job(Some("k1"))).unwrap();
+        assert!(new);
+        assert_eq!(first.state, JobState::Queued);
+        let (again, new) = store.insert_job(&new_job(Some("k1"))).unwrap();
+        assert!(!new);
+        assert_eq!(again.id, first.id);
+        let (other, new) = store.insert_job(&new_job(Some("k2"))).unwrap();
+        assert!(new);
+        assert_ne!(other.id, first.id);
+        assert_eq!(store.list_jobs(Some("a@example.com"), 10, 0).unwrap().len(), 2);
+        assert_eq!(store.list_jobs(Some("b@example.com"), 10, 0).unwrap().len(), 0);
+        assert_eq!(store.job(&first.id).unwrap().map(|j| j.id), Some(first.id.clone()));
+        assert_eq!(store.job(&JobId::new("node-0")).unwrap(), None);
+    }
+
+    #[test]
+    fn finishing_writes_the_outbox_row_and_fences_stale_attempts() {
+        let mut store = Store::open_in_memory().unwrap();
+        let (job, _) = store.insert_job(&new_job(None)).unwrap();
+        let first = store.start(&job.id, JobState::Converting).unwrap();
+        let second = store.start(&job.id, JobState::Converting).unwrap();
+        assert_eq!(second, first + 1, "re-placing bumps the fencing token");
+        assert!(
+            !store.set_progress(&job.id, first, 0.5).unwrap(),
+            "stale progress is ignored"
+        );
+        assert!(store.set_progress(&job.id, second, 0.5).unwrap());
+        assert!(matches!(
+            store.finish(&job.id, first, None),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.due_mail(10).unwrap().is_empty(), "no mail for a refused result");
+        let done = store.finish(&job.id, second, None).unwrap();
+        assert_eq!(done.state, JobState::Done);
+        let mail = store.due_mail(10).unwrap();
+        assert_eq!(mail.len(), 1);
+        assert_eq!(mail[0].job_id, job.id);
+        assert!(
+            matches!(store.finish(&job.id, second, None), Err(StoreError::Conflict { .. })),
+            "only once"
+        );
+        store.mail_sent(mail[0].id).unwrap();
+        assert!(store.due_mail(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failures_keep_code_and_message_and_unfinished_jobs_are_found() {
+        let mut store = Store::open_in_memory().unwrap();
+        let (a, _) = store.insert_job(&new_job(None)).unwrap();
+        let (b, _) = store.insert_job(&new_job(None)).unwrap();
+        let attempt = store.start(&a.id, JobState::Converting).unwrap();
+        let failed = store
+            .finish(&a.id, attempt, Some(("not_mp4", "not an MP4 file")))
+            .unwrap();
+        assert_eq!(failed.state, JobState::Failed);
+        assert_eq!(failed.error_code.as_deref(), Some("not_mp4"));
+        let unfinished = store.unfinished_jobs().unwrap();
+        assert_eq!(unfinished.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&b.id]);
+        store.cancel(&b.id).unwrap();
+        assert!(store.unfinished_jobs().unwrap().is_empty());
+        assert!(matches!(store.cancel(&b.id), Err(StoreError::Conflict { .. })));
+        store
+            .mail_failed(store.due_mail(1).unwrap()[0].id, "smtp down", i64::MAX)
+            .unwrap();
+        assert!(store.due_mail(10).unwrap().is_empty(), "retry waits for its time");
+    }
+}
