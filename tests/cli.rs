@@ -16,6 +16,19 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
+/// Runs with `input` on stdin, capturing stdout and stderr.
+fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -124,26 +137,11 @@ fn stdin_and_stdout_work() {
     let bytes = std::fs::read(common::stereo_tagged()).unwrap();
     let out_path = dir.path().join("piped.mp3");
 
-    let mut child = bin()
-        .args(["convert", "-", "-o", out_path.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(&["convert", "-", "-o", out_path.to_str().unwrap()], &bytes);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!((common::decode(&out_path, 2).secs() - 5.0).abs() < 0.05);
 
-    let mut child = bin()
-        .args(["convert", "-", "-o", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(&["convert", "-", "-o", "-"], &bytes);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(&out.stdout[..3], b"ID3", "the MP3 comes out on stdout");
     assert_eq!(
