@@ -130,8 +130,13 @@ pub fn convert<W: Write + Seek>(
         position: position.clone(),
         len,
     };
-    let mut format = open_format(source, container.truncated)?;
-    let track = pick_track(format.as_ref(), opts.track)?;
+    let truncated = container.truncated;
+    let (mut format, track) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let format = open_format(source, truncated)?;
+        let track = pick_track(format.as_ref(), opts.track)?;
+        Ok::<_, ConvertError>((format, track))
+    }))
+    .map_err(|_| demuxer_panic())??;
     let max_sample = container.max_sample_sizes.iter().find(|(id, _)| *id == track.id);
     if let Some(&(_, size)) = max_sample.filter(|(_, size)| *size > MAX_AUDIO_SAMPLE_BYTES) {
         return Err(ConvertError::Corrupt(format!(
@@ -169,9 +174,9 @@ pub fn convert<W: Write + Seek>(
             .name("mp4tomp3-decode".into())
             .spawn_scoped(scope, move || job.run(format, decoder, tx))?;
         let encoded = encode_blocks(rx, out, quality, &id3, hooks);
-        let decoded = decoding
-            .join()
-            .map_err(|_| ConvertError::Encoder("the decode thread panicked".into()))?;
+        // symphonia has asserts that malformed input can reach (found by tests/hostile.rs):
+        // a panic while demuxing or decoding is the input's fault, reported as corrupt.
+        let decoded = decoding.join().map_err(|_| demuxer_panic())?;
         // A decode failure explains an encoder that stopped for want of input, so it wins.
         let stats = decoded?;
         let (input_rate, output_rate, channels, frames) = encoded?;
@@ -285,6 +290,11 @@ fn pick_track(format: &dyn FormatReader, wanted: Option<usize>) -> Result<Chosen
         params: (*params).clone(),
         duration_ts,
     })
+}
+
+/// The error for a panic inside symphonia: only malformed input has been seen to cause one.
+fn demuxer_panic() -> ConvertError {
+    ConvertError::Corrupt("malformed media stopped the demuxer".into())
 }
 
 /// An I/O error while walking the box tree: broken structure means "not an MP4".

@@ -33,11 +33,18 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(mp4tomp3::cli::DEFAULT_LOG_FILTER)),
         )
         .init();
-    match cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // The engine turns panics inside its dependencies into errors; keep their reports to
+    // the debug log so stderr holds one line, and catch any other panic here.
+    std::panic::set_hook(Box::new(|info| tracing::debug!(%info, "panic")));
+    match std::panic::catch_unwind(|| cli::run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("mp4tomp3: error: {e}");
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+        Err(_) => {
+            eprintln!("mp4tomp3: internal error (a bug): run with RUST_LOG=debug for details");
+            ExitCode::from(1)
         }
     }
 }
