@@ -427,7 +427,11 @@ impl DecodeJob<'_> {
                     });
                 }
             }
-            append(&mut batch, pcm);
+            let fresh = batch.planes.is_empty();
+            batch.append(pcm);
+            if fresh {
+                batch.planes.iter_mut().for_each(|p| p.reserve(BATCH_FRAMES));
+            }
             if batch.frames() >= BATCH_FRAMES && tx.send(std::mem::take(&mut batch)).is_err() {
                 // The encoder stopped; its error is reported by the caller.
                 return Ok(DecodeStats {
@@ -487,17 +491,6 @@ fn fit_channels(planes: &mut Vec<Vec<f32>>, channels: usize) {
             }
         }
         _ => {}
-    }
-}
-
-fn append(batch: &mut Pcm, pcm: Pcm) {
-    if batch.planes.is_empty() {
-        *batch = pcm;
-        batch.planes.iter_mut().for_each(|p| p.reserve(BATCH_FRAMES));
-        return;
-    }
-    for (dst, src) in batch.planes.iter_mut().zip(pcm.planes) {
-        dst.extend_from_slice(&src);
     }
 }
 

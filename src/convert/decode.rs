@@ -29,6 +29,17 @@ impl Pcm {
     pub(crate) fn frames(&self) -> usize {
         self.planes.first().map_or(0, Vec::len)
     }
+
+    /// Appends `other` (same layout); an empty block simply becomes `other`.
+    pub(crate) fn append(&mut self, other: Pcm) {
+        if self.planes.is_empty() {
+            *self = other;
+            return;
+        }
+        for (dst, src) in self.planes.iter_mut().zip(other.planes) {
+            dst.extend_from_slice(&src);
+        }
+    }
 }
 
 /// Why one packet did not decode.
@@ -97,11 +108,7 @@ impl AacProbe {
 fn concat(blocks: Vec<Pcm>) -> Option<Pcm> {
     let mut blocks = blocks.into_iter();
     let mut first = blocks.next()?;
-    for block in blocks {
-        for (dst, src) in first.planes.iter_mut().zip(block.planes) {
-            dst.extend_from_slice(&src);
-        }
-    }
+    blocks.for_each(|block| first.append(block));
     Some(first)
 }
 
