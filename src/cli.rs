@@ -4,19 +4,33 @@
 //! so it can be tested without spawning the binary.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Seek, SeekFrom};
+use std::io::{self, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::auth::{normalize_email, password};
+use crate::config::{Config, ConfigError, ServeArgs};
 use crate::convert::{self, ConvertError, ConvertOptions, Hooks, Quality};
+use crate::store::Store;
 
 /// The log filter when `RUST_LOG` is not set: our warnings, none of symphonia's chatter
 /// (every failure it reports reaches the user as our own error).
 pub const DEFAULT_LOG_FILTER: &str = "warn,symphonia_core=off,symphonia_format_isomp4=off,\
 symphonia_codec_aac=off,symphonia_codec_alac=off,symphonia_bundle_mp3=off,symphonia_bundle_flac=off";
+
+impl Cli {
+    /// The log filter when `RUST_LOG` is not set: the service logs its work (info); the
+    /// one-shot commands only warn.
+    pub fn default_log_filter(&self) -> String {
+        match self.command {
+            Command::Serve(_) => DEFAULT_LOG_FILTER.replacen("warn", "info", 1),
+            _ => DEFAULT_LOG_FILTER.to_string(),
+        }
+    }
+}
 
 /// mp4tomp3: turn MP4 files into MP3s.
 #[derive(Debug, Parser)]
@@ -32,6 +46,32 @@ pub struct Cli {
 pub enum Command {
     /// Convert one MP4/M4A/MOV file to MP3, locally, without a server.
     Convert(ConvertArgs),
+    /// Run the service (HTTP API, conversions, emails) until SIGTERM or Ctrl-C.
+    Serve(Box<ServeArgs>),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `mp4tomp3 user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (or reset its password), reading the password from standard input.
+    /// Works while the server runs.
+    Add(UserAddArgs),
+}
+
+/// `mp4tomp3 user add`.
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    /// The user's email.
+    pub email: String,
+    /// Make the user an admin.
+    #[arg(long)]
+    pub admin: bool,
+    /// The service's data dir.
+    #[arg(long, env = "MP4TOMP3_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 }
 
 /// `mp4tomp3 convert`.
@@ -71,15 +111,21 @@ pub enum CliError {
     /// Something outside the input went wrong (disk, permissions): exit 1.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The service's configuration is invalid: exit 2.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The service failed: exit 1.
+    #[error("{0:#}")]
+    Service(#[from] anyhow::Error),
 }
 
 impl CliError {
     /// 2 for bad input, 1 for internal failures.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::Config(_) => 2,
             CliError::Convert(e) if e.is_input_error() => 2,
-            CliError::Convert(_) | CliError::Io(_) => 1,
+            CliError::Convert(_) | CliError::Io(_) | CliError::Service(_) => 1,
         }
     }
 }
@@ -88,7 +134,53 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Convert(args) => run_convert(&args),
+        Command::Serve(args) => run_serve(*args),
+        Command::User(UserCommand::Add(args)) => run_user_add(&args),
     }
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), CliError> {
+    let config = Config::from_args(args)?;
+    let listener = std::net::TcpListener::bind(config.http)
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", config.http)))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(crate::app::run(config, listener, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn run_user_add(args: &UserAddArgs) -> Result<(), CliError> {
+    let email = normalize_email(&args.email)
+        .ok_or_else(|| CliError::Usage(format!("{:?} is not an email address", args.email)))?;
+    let mut line = String::new();
+    io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    let hash = password::hash(password).map_err(|e| CliError::Usage(e.to_string()))?;
+    std::fs::create_dir_all(&args.data_dir)?;
+    let mut store = Store::open(&args.data_dir.join("node.db")).map_err(|e| CliError::Service(e.into()))?;
+    let created = store
+        .put_user(&email, &hash, args.admin)
+        .map_err(|e| CliError::Service(e.into()))?;
+    let verb = if created { "created" } else { "updated" };
+    let role = if args.admin { "admin" } else { "user" };
+    tracing::info!(%email, "user {verb}");
+    writeln!(io::stderr(), "mp4tomp3: {role} {email} {verb}")?;
+    Ok(())
 }
 
 fn run_convert(args: &ConvertArgs) -> Result<(), CliError> {

@@ -4,6 +4,13 @@
 //! I/O policy, used both by the `mp4tomp3 convert` command and (later) by the service's
 //! converter actors.
 
+pub mod actors;
+pub mod app;
+pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod convert;
+pub mod fetch;
+pub mod http;
+pub mod mail;
 pub mod store;

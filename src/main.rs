@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // symphonia logs through `log` ("skipped 4 bytes of junk" for every MP4, probe
                 // errors we report ourselves): keep our own one-line errors only.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(mp4tomp3::cli::DEFAULT_LOG_FILTER)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter())),
         )
         .init();
     // The engine turns panics inside its dependencies into errors; keep their reports to

@@ -5,14 +5,18 @@
 //! `PRAGMA user_version` and migrated forward at open. Calls block: async callers run them
 //! on a blocking thread (the actors that own a [`Store`] do).
 
+pub mod files;
 mod jobs;
+mod users;
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
+pub use files::Files;
 pub use jobs::{Job, JobId, JobState, NewJob, OutboxMail, Source};
+pub use users::User;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,9 @@ pub enum StoreError {
         /// The value found.
         value: String,
     },
+    /// The blocking thread running the call failed.
+    #[error("database worker failed: {0}")]
+    Worker(String),
     /// The requested change does not apply to the job's current state.
     #[error("job {job} is {state}, cannot {action}")]
     Conflict {
@@ -146,6 +153,43 @@ impl Store {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+}
+
+/// A [`Store`] for async code: each call runs on a blocking thread, one at a time.
+///
+/// A mutex around one connection is the point: SQLite writes are serialized anyway, and an
+/// actor that owns a `Db` handles one message at a time. Every actor opens its own.
+#[derive(Clone)]
+pub struct Db {
+    store: std::sync::Arc<std::sync::Mutex<Store>>,
+}
+
+impl Db {
+    /// Opens the database at `path` for async use.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Self::from(Store::open(path)?))
+    }
+
+    /// Runs `f` with the store on a blocking thread.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic in an earlier call poisons the lock but leaves SQLite consistent
+            // (its transaction rolled back): keep using the connection.
+            let mut guard = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+impl From<Store> for Db {
+    fn from(store: Store) -> Self {
+        Db {
+            store: std::sync::Arc::new(std::sync::Mutex::new(store)),
+        }
     }
 }
 

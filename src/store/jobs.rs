@@ -395,6 +395,21 @@ impl Store {
         })
     }
 
+    /// Deletes a finished job and its outbox row. Unfinished jobs are canceled first.
+    pub fn delete_job(&mut self, id: &JobId) -> Result<bool> {
+        self.write(|tx| {
+            let state = current_state(tx, id)?;
+            if !state.is_final() {
+                return Err(StoreError::Conflict {
+                    job: id.to_string(),
+                    state,
+                    action: "delete an unfinished job",
+                });
+            }
+            Ok(tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])? == 1)
+        })
+    }
+
     /// Mails due for sending now.
     pub fn due_mail(&self, limit: u32) -> Result<Vec<OutboxMail>> {
         let mut stmt = self.conn.prepare(

@@ -1,0 +1,101 @@
+//! The node's actors (ractor), one file each, and how the rest of the code reaches them.
+//!
+//! ```text
+//! node supervisor (supervisor.rs)   restarts any child that stops or fails
+//! ├── auth       users, argon2 checks off the runtime, JWT issue/verify, login throttle
+//! ├── request    job intake, persistence, scheduling, fetching, fencing of results
+//! ├── converter  a pool of conversion slots; CPU work on blocking threads
+//! ├── notifier   transactional outbox → SMTP or .eml files, with retries
+//! └── gateway    owns the axum server; its handlers call the others by role
+//! ```
+//!
+//! Actors find each other by [`Role`] name in ractor's registry at each call, never by a
+//! stored reference, so a restarted actor is found again at once.
+
+pub mod auth;
+pub mod converter;
+pub mod gateway;
+pub mod notifier;
+pub mod request;
+pub mod supervisor;
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorCell, Message, RpcReplyPort};
+
+/// The roles every node runs. Their names are registry names (and, in a cluster, the
+/// stems of versioned process groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Users and tokens.
+    Auth,
+    /// HTTP.
+    Gateway,
+    /// Jobs.
+    Request,
+    /// Conversions.
+    Converter,
+    /// Emails.
+    Notifier,
+}
+
+impl Role {
+    /// Every role, in start order (the gateway last: it serves the others).
+    pub const ALL: [Role; 5] = [
+        Role::Auth,
+        Role::Request,
+        Role::Converter,
+        Role::Notifier,
+        Role::Gateway,
+    ];
+
+    /// The registry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Auth => "auth",
+            Role::Gateway => "gateway",
+            Role::Request => "request",
+            Role::Converter => "converter",
+            Role::Notifier => "notifier",
+        }
+    }
+
+    /// This node's actor for the role, if it is running.
+    pub fn local(self) -> Option<ActorCell> {
+        ractor::registry::where_is(self.name())
+    }
+}
+
+/// A call to an actor that did not get an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The actor is not running (restarting, or the node is stopping).
+    #[error("the {0} service is not available")]
+    Unavailable(&'static str),
+    /// No answer in time.
+    #[error("the {0} service did not answer in time")]
+    Timeout(&'static str),
+}
+
+/// The longest any call between actors waits.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Calls this node's `role` actor with the message `make` builds, waiting at most `timeout`.
+pub async fn ask<M, T>(role: Role, make: impl FnOnce(RpcReplyPort<T>) -> M, timeout: Duration) -> Result<T, CallError>
+where
+    M: Message,
+    T: Send + 'static,
+{
+    let cell = role.local().ok_or(CallError::Unavailable(role.name()))?;
+    match ractor::rpc::call::<M, T, _>(&cell, make, Some(timeout)).await {
+        Ok(CallResult::Success(reply)) => Ok(reply),
+        Ok(CallResult::Timeout) => Err(CallError::Timeout(role.name())),
+        Ok(CallResult::SenderError) | Err(_) => Err(CallError::Unavailable(role.name())),
+    }
+}
+
+/// Sends `message` to this node's `role` actor without waiting; `false` if it is not running.
+pub fn tell<M: Message>(role: Role, message: M) -> bool {
+    role.local().is_some_and(|cell| cell.send_message(message).is_ok())
+}

@@ -1,0 +1,221 @@
+//! The auth actor: checks passwords, issues and verifies tokens, creates users, throttles
+//! logins.
+//!
+//! argon2 runs on a blocking thread; its verdict comes back as [`AuthMsg::Checked`], so the
+//! actor keeps answering (and token checks never wait behind a slow hash). The throttle's
+//! counters live in this actor's state.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::auth::jwt::TokenError;
+use crate::auth::limiter::LoginLimiter;
+use crate::auth::{Principal, normalize_email, password};
+use crate::config::Config;
+use crate::store::{Db, StoreError};
+
+/// Why an auth request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user or wrong password (deliberately not telling which).
+    #[error("invalid credentials")]
+    BadCredentials,
+    /// Too many attempts: wait this long.
+    #[error("too many login attempts; retry in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    /// The token is expired or invalid.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// The request is malformed (bad email, weak password).
+    #[error("{0}")]
+    Invalid(String),
+    /// The user exists already.
+    #[error("a user with this email exists")]
+    Exists,
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A freshly issued access token.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The JWT.
+    pub token: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+/// The auth actor's messages.
+pub enum AuthMsg {
+    /// Log in with email and password from `client`.
+    Login {
+        /// The email as typed.
+        email: String,
+        /// The password.
+        password: String,
+        /// The client's address, for the rate limit.
+        client: IpAddr,
+        /// The token, or why not.
+        reply: RpcReplyPort<Result<Issued, AuthError>>,
+    },
+    /// The blocking password check finished (sent by the actor to itself).
+    Checked {
+        /// The normalized email.
+        email: String,
+        /// The user, if the password matched.
+        user: Option<Principal>,
+        /// Where the login's answer goes.
+        reply: RpcReplyPort<Result<Issued, AuthError>>,
+    },
+    /// Verify an access token.
+    Verify {
+        /// The JWT.
+        token: String,
+        /// Who it names.
+        reply: RpcReplyPort<Result<Principal, AuthError>>,
+    },
+    /// Create a user (admins only; the gateway checks).
+    CreateUser {
+        /// Email.
+        email: String,
+        /// Password.
+        password: String,
+        /// Admin flag.
+        admin: bool,
+        /// The normalized email, or why not.
+        reply: RpcReplyPort<Result<String, AuthError>>,
+    },
+}
+
+impl ractor::Message for AuthMsg {}
+
+/// The auth actor.
+pub struct AuthActor;
+
+/// Its state.
+pub struct AuthState {
+    config: Arc<Config>,
+    db: Db,
+    limiter: LoginLimiter,
+}
+
+impl Actor for AuthActor {
+    type Msg = AuthMsg;
+    type State = AuthState;
+    type Arguments = Arc<Config>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AuthMsg>,
+        config: Arc<Config>,
+    ) -> Result<AuthState, ActorProcessingErr> {
+        Ok(AuthState {
+            db: Db::open(&config.db_path())?,
+            limiter: LoginLimiter::new(config.login_per_minute, config.lockout_after, config.lockout_for),
+            config,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AuthMsg>,
+        message: AuthMsg,
+        state: &mut AuthState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AuthMsg::Login {
+                email,
+                password,
+                client,
+                reply,
+            } => {
+                let account = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());
+                if let Err(wait) = state.limiter.check(client, &account) {
+                    let _ = reply.send(Err(AuthError::Throttled(wait)));
+                    return Ok(());
+                }
+                let lookup = account.clone();
+                let user = match state.db.run(move |s| s.user(&lookup)).await {
+                    Ok(user) => user,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return Ok(());
+                    }
+                };
+                tokio::spawn(async move {
+                    let checked = tokio::task::spawn_blocking(move || {
+                        let hash = user
+                            .as_ref()
+                            .map_or(password::dummy_hash(), |u| u.password_hash.as_str());
+                        let ok = password::verify(&password, hash);
+                        user.filter(|_| ok).map(|u| Principal {
+                            email: u.email,
+                            admin: u.is_admin,
+                        })
+                    })
+                    .await
+                    .unwrap_or(None);
+                    let _ = myself.send_message(AuthMsg::Checked {
+                        email: account,
+                        user: checked,
+                        reply,
+                    });
+                });
+            }
+            AuthMsg::Checked { email, user, reply } => {
+                let answer = match user {
+                    Some(who) => {
+                        state.limiter.succeeded(&email);
+                        let ttl = state.config.token_ttl;
+                        Ok(Issued {
+                            token: state.config.keys.issue(&who, ttl),
+                            expires_in: ttl.as_secs(),
+                        })
+                    }
+                    None => {
+                        state.limiter.failed(&email);
+                        Err(AuthError::BadCredentials)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            AuthMsg::Verify { token, reply } => {
+                let _ = reply.send(state.config.keys.verify(&token).map_err(AuthError::from));
+            }
+            AuthMsg::CreateUser {
+                email,
+                password,
+                admin,
+                reply,
+            } => {
+                let Some(email) = normalize_email(&email) else {
+                    let _ = reply.send(Err(AuthError::Invalid("not an email address".into())));
+                    return Ok(());
+                };
+                let db = state.db.clone();
+                // Hash and store off the actor: hashing takes a while, storing is independent.
+                tokio::spawn(async move {
+                    let hashed = tokio::task::spawn_blocking(move || password::hash(&password)).await;
+                    let answer = match hashed {
+                        Ok(Ok(hash)) => {
+                            let key = email.clone();
+                            match db.run(move |s| s.add_user(&key, &hash, admin)).await {
+                                Ok(true) => Ok(email),
+                                Ok(false) => Err(AuthError::Exists),
+                                Err(e) => Err(e.into()),
+                            }
+                        }
+                        Ok(Err(e)) => Err(AuthError::Invalid(e.to_string())),
+                        Err(e) => Err(AuthError::Invalid(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! The converter pool: a fixed number of slots, each running one conversion on a blocking
+//! thread (the engine in `convert/` is synchronous and CPU-bound).
+//!
+//! The request actor places work with [`ConverterMsg::Convert`], which is refused when every
+//! slot is busy. Progress and the result go back to the request actor (found by name when
+//! they are sent, so they reach a restarted one), tagged with the attempt number so a
+//! stale placement's result can be refused.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::Role;
+use super::request::RequestMsg;
+use crate::config::Config;
+use crate::convert::{self, ConvertOptions, Hooks};
+use crate::store::JobId;
+
+/// Progress is reported at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// One conversion to run.
+#[derive(Debug, Clone)]
+pub struct ConvertTask {
+    /// The job.
+    pub id: JobId,
+    /// Its attempt (fencing token).
+    pub attempt: i64,
+    /// The MP4.
+    pub input: PathBuf,
+    /// Where the MP3 goes (written atomically).
+    pub output: PathBuf,
+    /// Bitrate and limits.
+    pub options: ConvertOptions,
+}
+
+/// How a conversion ended: `Err((code, message))` for a failed job.
+pub type Outcome = Result<(), (String, String)>;
+
+/// The converter's messages.
+pub enum ConverterMsg {
+    /// Run a conversion; `false` if no slot is free.
+    Convert {
+        /// What to convert.
+        task: ConvertTask,
+        /// Accepted or not.
+        reply: RpcReplyPort<bool>,
+    },
+    /// Stop a running conversion (its result will be `canceled`).
+    Cancel {
+        /// The job.
+        id: JobId,
+    },
+    /// A slot's conversion ended (sent by the slot itself).
+    Finished {
+        /// The job.
+        id: JobId,
+    },
+    /// Busy and total slots.
+    Status {
+        /// `(busy, total)`.
+        reply: RpcReplyPort<(usize, usize)>,
+    },
+}
+
+impl ractor::Message for ConverterMsg {}
+
+/// The converter pool actor.
+pub struct ConverterActor;
+
+/// Its state: the running conversions and their cancel flags.
+pub struct ConverterState {
+    slots: usize,
+    running: HashMap<JobId, Arc<AtomicBool>>,
+}
+
+impl Actor for ConverterActor {
+    type Msg = ConverterMsg;
+    type State = ConverterState;
+    type Arguments = Arc<Config>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ConverterMsg>,
+        config: Arc<Config>,
+    ) -> Result<ConverterState, ActorProcessingErr> {
+        Ok(ConverterState {
+            slots: config.converter_slots,
+            running: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConverterMsg>,
+        message: ConverterMsg,
+        state: &mut ConverterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ConverterMsg::Convert { task, reply } => {
+                if state.running.len() >= state.slots || state.running.contains_key(&task.id) {
+                    let _ = reply.send(false);
+                    return Ok(());
+                }
+                let cancel = Arc::new(AtomicBool::new(false));
+                state.running.insert(task.id.clone(), cancel.clone());
+                let _ = reply.send(true);
+                tokio::task::spawn_blocking(move || {
+                    let id = task.id.clone();
+                    let attempt = task.attempt;
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&task, &cancel)))
+                        .unwrap_or_else(|_| {
+                            Err(("internal_error".into(), "the converter crashed on this input".into()))
+                        });
+                    match &outcome {
+                        Ok(()) => tracing::info!(job_id = %id, attempt, "converted"),
+                        Err((code, message)) => {
+                            tracing::info!(job_id = %id, attempt, code, message, "conversion failed")
+                        }
+                    }
+                    let _ = myself.send_message(ConverterMsg::Finished { id: id.clone() });
+                    if !super::tell(
+                        Role::Request,
+                        RequestMsg::Converted {
+                            id: id.clone(),
+                            attempt,
+                            outcome,
+                        },
+                    ) {
+                        tracing::warn!(job_id = %id, "request actor not running; the job resumes at the next start");
+                    }
+                });
+            }
+            ConverterMsg::Cancel { id } => {
+                if let Some(flag) = state.running.get(&id) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+            ConverterMsg::Finished { id } => {
+                state.running.remove(&id);
+                super::tell(Role::Request, RequestMsg::Dispatch);
+            }
+            ConverterMsg::Status { reply } => {
+                let _ = reply.send((state.running.len(), state.slots));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One conversion, on a blocking thread: MP4 → temp file beside the output → fsync → rename.
+fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
+    let internal = |what: &str, e: &dyn std::fmt::Display| ("io_error".to_string(), format!("{what}: {e}"));
+    let input = std::fs::File::open(&task.input).map_err(|e| internal("cannot open the input", &e))?;
+    let dir = task.output.parent().unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| internal("cannot create the output", &e))?;
+    let last = std::sync::Mutex::new(Instant::now() - PROGRESS_EVERY);
+    let (id, attempt) = (task.id.clone(), task.attempt);
+    let progress = move |fraction: f64| {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() >= PROGRESS_EVERY || fraction >= 1.0 {
+            *last = Instant::now();
+            super::tell(
+                Role::Request,
+                RequestMsg::Progress {
+                    id: id.clone(),
+                    attempt,
+                    fraction,
+                },
+            );
+        }
+    };
+    let hooks = Hooks {
+        progress: Some(&progress),
+        cancel: Some(cancel),
+    };
+    let result = convert::convert(input, tmp.as_file_mut(), &task.options, hooks);
+    match result {
+        Ok(_summary) => {
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| internal("cannot write the output", &e))?;
+            tmp.persist(&task.output)
+                .map_err(|e| internal("cannot store the output", &e.error))?;
+            crate::store::files::sync_dir(dir).map_err(|e| internal("cannot store the output", &e))?;
+            Ok(())
+        }
+        Err(e) => Err((e.code().to_string(), e.to_string())),
+    }
+}

@@ -1,0 +1,114 @@
+//! The gateway actor: owns the axum server for its lifetime.
+//!
+//! The listening socket is bound once by the caller (tests bind port 0) and cloned into
+//! each gateway incarnation, so a restarted gateway serves the same port. Stopping the
+//! gateway first stops accepting, then lets in-flight requests finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+
+/// How long in-flight requests may run after the server stops accepting.
+const REQUEST_DRAIN: Duration = Duration::from_secs(10);
+
+/// The gateway's messages.
+pub enum GatewayMsg {
+    /// Stop accepting connections; answer once in-flight requests are done (or cut off).
+    StopAccepting {
+        /// Answered when the server has stopped.
+        reply: RpcReplyPort<()>,
+    },
+}
+
+impl ractor::Message for GatewayMsg {}
+
+/// What the gateway starts with.
+pub struct GatewayArgs {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The bound HTTP socket (a clone per incarnation).
+    pub listener: std::net::TcpListener,
+}
+
+/// The gateway actor.
+pub struct GatewayActor;
+
+/// Its state: the server task and its shutdown switch.
+pub struct GatewayState {
+    shutdown: CancellationToken,
+    stopping: Arc<AtomicBool>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for GatewayActor {
+    type Msg = GatewayMsg;
+    type State = GatewayState;
+    type Arguments = GatewayArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        args: GatewayArgs,
+    ) -> Result<GatewayState, ActorProcessingErr> {
+        args.listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(args.listener)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let app = http::router(AppState::new(args.config, stopping.clone()));
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone().cancelled_owned();
+        let server = tokio::spawn(async move {
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(signal).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        Ok(GatewayState {
+            shutdown,
+            stopping,
+            server: Some(server),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        message: GatewayMsg,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GatewayMsg::StopAccepting { reply } => {
+                state.stopping.store(true, Ordering::Relaxed);
+                state.shutdown.cancel();
+                if let Some(server) = state.server.take() {
+                    let abort = server.abort_handle();
+                    if tokio::time::timeout(REQUEST_DRAIN, server).await.is_err() {
+                        tracing::warn!("requests still running after {REQUEST_DRAIN:?}; closing them");
+                        abort.abort();
+                    }
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A gateway that dies takes its server with it; the next incarnation serves the socket.
+        state.shutdown.cancel();
+        if let Some(server) = state.server.take() {
+            server.abort();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,500 @@
+//! The request actor: owns this node's jobs from intake to the end.
+//!
+//! It persists each job (and its input) before answering `202`, fetches URL imports,
+//! places conversions on the converter while it has free slots, and records results:
+//! a result is accepted only for the job's current attempt (the fencing token), and the
+//! job's email is queued in the same transaction (see `store/jobs.rs`). At start it
+//! resumes every unfinished job, so a crash loses nothing that was accepted.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::converter::{ConvertTask, ConverterMsg, Outcome};
+use super::notifier::NotifierMsg;
+use super::{CALL_TIMEOUT, Role, ask, tell};
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::fetch::{FetchError, Fetcher};
+use crate::store::{Db, Files, Job, JobId, JobState, NewJob, Source, StoreError};
+
+/// How often queued work is re-checked even without a wake-up.
+const DISPATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a job request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// No such job, or not the caller's.
+    #[error("no such job")]
+    NotFound,
+    /// The job is in the wrong state for this (e.g. downloading an unfinished job).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The files failed.
+    #[error("file error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Draining,
+}
+
+/// What a download serves.
+#[derive(Debug, Clone)]
+pub struct Mp3File {
+    /// The MP3 on disk.
+    pub path: PathBuf,
+    /// The user's original file name (sanitized by the HTTP layer).
+    pub file_name: String,
+    /// The job.
+    pub id: JobId,
+}
+
+/// The request actor's messages.
+pub enum RequestMsg {
+    /// Accept a job. `staged` is the uploaded MP4 (already on disk, fsynced) for uploads.
+    Submit {
+        /// The job.
+        job: NewJob,
+        /// The uploaded file, for `Source::Upload`.
+        staged: Option<PathBuf>,
+        /// The stored job and whether it is new (`false`: an idempotent retry).
+        reply: RpcReplyPort<Result<(Job, bool), JobError>>,
+    },
+    /// A job, if `who` may see it.
+    Get {
+        /// The job.
+        id: JobId,
+        /// The caller.
+        who: Principal,
+        /// The job.
+        reply: RpcReplyPort<Result<Job, JobError>>,
+    },
+    /// The caller's jobs (all jobs for an admin asking for them), newest first.
+    List {
+        /// The caller.
+        who: Principal,
+        /// An admin asks for everyone's.
+        all: bool,
+        /// Page size.
+        limit: u32,
+        /// Page start.
+        offset: u32,
+        /// The page.
+        reply: RpcReplyPort<Result<Vec<Job>, JobError>>,
+    },
+    /// Cancel an unfinished job (returned, now `canceled`) or delete a finished one (`None`).
+    Delete {
+        /// The job.
+        id: JobId,
+        /// The caller.
+        who: Principal,
+        /// The canceled job, or `None` when it was deleted.
+        reply: RpcReplyPort<Result<Option<Job>, JobError>>,
+    },
+    /// The MP3 of a done job: for `who`, or for a signed link (`None`).
+    Mp3 {
+        /// The job.
+        id: JobId,
+        /// The caller, or `None` for a signed link.
+        who: Option<Principal>,
+        /// The file.
+        reply: RpcReplyPort<Result<Mp3File, JobError>>,
+    },
+    /// A URL import ended (sent by its task).
+    Fetched {
+        /// The job.
+        id: JobId,
+        /// Ok, or why not.
+        result: Result<(), FetchError>,
+    },
+    /// A conversion's progress (from the converter).
+    Progress {
+        /// The job.
+        id: JobId,
+        /// The attempt reporting.
+        attempt: i64,
+        /// 0..=1.
+        fraction: f64,
+    },
+    /// A conversion ended (from the converter).
+    Converted {
+        /// The job.
+        id: JobId,
+        /// The attempt reporting.
+        attempt: i64,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// Place queued work on free converter slots.
+    Dispatch,
+    /// Stop placing work; answer with the number of running conversions once it is zero
+    /// (the caller bounds the wait with the grace period).
+    Drain {
+        /// Answered when nothing runs.
+        reply: RpcReplyPort<usize>,
+    },
+}
+
+impl ractor::Message for RequestMsg {}
+
+/// The request actor.
+pub struct RequestActor;
+
+/// Its state.
+pub struct RequestState {
+    config: Arc<Config>,
+    db: Db,
+    files: Files,
+    fetcher: Fetcher,
+    /// Jobs whose input is on disk, waiting for a slot.
+    queue: VecDeque<JobId>,
+    /// Placed conversions and their attempt.
+    running: HashMap<JobId, i64>,
+    /// URL imports in flight.
+    fetching: HashMap<JobId, (i64, tokio::task::AbortHandle)>,
+    /// Set once the node drains: callers waiting for `running` to empty.
+    draining: Option<Vec<RpcReplyPort<usize>>>,
+}
+
+impl RequestState {
+    fn visible(job: &Job, who: &Principal) -> bool {
+        who.admin || job.owner_email.eq_ignore_ascii_case(&who.email)
+    }
+
+    async fn load(&self, id: &JobId, who: Option<&Principal>) -> Result<Job, JobError> {
+        let key = id.clone();
+        let job = self.db.run(move |s| s.job(&key)).await?.ok_or(JobError::NotFound)?;
+        match who {
+            Some(who) if !Self::visible(&job, who) => Err(JobError::NotFound),
+            _ => Ok(job),
+        }
+    }
+
+    fn start_fetch(&mut self, myself: &ActorRef<RequestMsg>, job: &Job) {
+        let Source::Url(url) = &job.source else { return };
+        let (id, url, fetcher, files) = (job.id.clone(), url.clone(), self.fetcher.clone(), self.files.clone());
+        let me = myself.clone();
+        let task = tokio::spawn(async move {
+            let staged = files.tmp_dir().join(format!("fetch-{id}"));
+            let mut result = fetcher.download(&url, &staged).await.map(|_| ());
+            if result.is_ok() {
+                let (files, id, staged) = (files.clone(), id.clone(), staged.clone());
+                result = tokio::task::spawn_blocking(move || files.adopt_input(&id, &staged))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(FetchError::from);
+            } else {
+                let _ = tokio::fs::remove_file(&staged).await;
+            }
+            let _ = me.send_message(RequestMsg::Fetched { id, result });
+        });
+        self.fetching.insert(job.id.clone(), (job.attempt, task.abort_handle()));
+    }
+
+    async fn dispatch(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.draining.is_some() || self.queue.is_empty() {
+            return Ok(());
+        }
+        let Ok((busy, total)) = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await else {
+            return Ok(()); // The converter is restarting; the periodic dispatch retries.
+        };
+        let mut free = total.saturating_sub(busy);
+        while free > 0 {
+            let Some(id) = self.queue.pop_front() else { break };
+            let key = id.clone();
+            let attempt = match self.db.run(move |s| s.start(&key, JobState::Converting)).await {
+                Ok(attempt) => attempt,
+                Err(StoreError::Conflict { .. }) => continue, // canceled meanwhile
+                Err(e) => {
+                    self.queue.push_front(id);
+                    return Err(e.into());
+                }
+            };
+            let key = id.clone();
+            let job = self.db.run(move |s| s.job(&key)).await?;
+            let Some(job) = job else { continue };
+            let task = ConvertTask {
+                id: id.clone(),
+                attempt,
+                input: self.files.input(&id),
+                output: self.files.output(&id),
+                options: self.config.convert_options(job.bitrate_kbps, job.vbr_quality),
+            };
+            match ask(
+                Role::Converter,
+                |reply| ConverterMsg::Convert { task, reply },
+                CALL_TIMEOUT,
+            )
+            .await
+            {
+                Ok(true) => {
+                    tracing::info!(job_id = %id, attempt, "conversion placed");
+                    self.running.insert(id, attempt);
+                    free -= 1;
+                }
+                _ => {
+                    self.queue.push_front(id);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drained(&mut self) {
+        if self.running.is_empty() {
+            for reply in self.draining.iter_mut().flat_map(std::mem::take) {
+                let _ = reply.send(0);
+            }
+        }
+    }
+
+    async fn fail(&self, id: &JobId, attempt: i64, code: &str, message: &str) -> Result<(), StoreError> {
+        let (key, code, message) = (id.clone(), code.to_string(), message.to_string());
+        match self
+            .db
+            .run(move |s| s.finish(&key, attempt, Some((&code, &message))))
+            .await
+        {
+            Ok(_) => {
+                tell(Role::Notifier, NotifierMsg::Wake);
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Actor for RequestActor {
+    type Msg = RequestMsg;
+    type State = RequestState;
+    type Arguments = Arc<Config>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RequestMsg>,
+        config: Arc<Config>,
+    ) -> Result<RequestState, ActorProcessingErr> {
+        let db = Db::open(&config.db_path())?;
+        let files = Files::new(&config.data_dir)?;
+        let fetcher = Fetcher::new(
+            config.fetch_allow_hosts.clone(),
+            config.max_upload_bytes,
+            config.fetch_connect_timeout,
+            config.fetch_read_timeout,
+        );
+        let mut state = RequestState {
+            config,
+            db,
+            files,
+            fetcher,
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            fetching: HashMap::new(),
+            draining: None,
+        };
+        // Resume what was accepted and not finished: after a crash, a restart, or a
+        // restart of this actor alone.
+        let unfinished = state.db.run(|s| s.unfinished_jobs()).await?;
+        for job in &unfinished {
+            let has_input = state.files.input(&job.id).exists();
+            match (&job.source, has_input) {
+                (Source::Url(_), false) => state.start_fetch(&myself, job),
+                (_, true) => state.queue.push_back(job.id.clone()),
+                (Source::Upload, false) => {
+                    state
+                        .fail(&job.id, job.attempt, "io_error", "the uploaded file was lost")
+                        .await?;
+                }
+            }
+        }
+        if !unfinished.is_empty() {
+            tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
+        }
+        myself.send_interval(DISPATCH_EVERY, || RequestMsg::Dispatch);
+        myself.send_message(RequestMsg::Dispatch)?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RequestMsg>,
+        message: RequestMsg,
+        state: &mut RequestState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RequestMsg::Submit { job, staged, reply } => {
+                if state.draining.is_some() {
+                    if let Some(staged) = staged {
+                        let _ = tokio::fs::remove_file(staged).await;
+                    }
+                    let _ = reply.send(Err(JobError::Draining));
+                    return Ok(());
+                }
+                let files = state.files.clone();
+                let result = state
+                    .db
+                    .run(move |s| {
+                        // The input goes into place before the row exists, so a stored job
+                        // always has its input; an idempotent retry's upload is dropped.
+                        if let Some(staged) = &staged {
+                            files
+                                .adopt_input(&job.id, staged)
+                                .map_err(|e| StoreError::Worker(e.to_string()))?;
+                        }
+                        let (stored, new) = s.insert_job(&job)?;
+                        if !new && staged.is_some() {
+                            let _ = files.remove_job(&job.id);
+                        }
+                        Ok((stored, new))
+                    })
+                    .await;
+                if let Ok((job, true)) = &result {
+                    tracing::info!(job_id = %job.id, owner = %job.owner_email, "job accepted");
+                    match job.source {
+                        Source::Url(_) => {
+                            let key = job.id.clone();
+                            state.db.run(move |s| s.start(&key, JobState::Fetching)).await?;
+                            state.start_fetch(&myself, job);
+                        }
+                        Source::Upload => {
+                            state.queue.push_back(job.id.clone());
+                            state.dispatch().await?;
+                        }
+                    }
+                }
+                let key = result.as_ref().ok().map(|(j, _)| j.id.clone());
+                // Answer with the job as stored now (its state may have moved on).
+                let answer = match (result, key) {
+                    (Ok((_, new)), Some(key)) => state.load(&key, None).await.map(|j| (j, new)),
+                    (Err(e), _) => Err(e.into()),
+                    (Ok(_), None) => Err(JobError::NotFound),
+                };
+                let _ = reply.send(answer);
+            }
+            RequestMsg::Get { id, who, reply } => {
+                let _ = reply.send(state.load(&id, Some(&who)).await);
+            }
+            RequestMsg::List {
+                who,
+                all,
+                limit,
+                offset,
+                reply,
+            } => {
+                let owner = (!(all && who.admin)).then_some(who.email);
+                let answer = state
+                    .db
+                    .run(move |s| s.list_jobs(owner.as_deref(), limit, offset))
+                    .await;
+                let _ = reply.send(answer.map_err(JobError::from));
+            }
+            RequestMsg::Delete { id, who, reply } => {
+                let answer = match state.load(&id, Some(&who)).await {
+                    Err(e) => Err(e),
+                    Ok(job) if job.state.is_final() => {
+                        let key = id.clone();
+                        state
+                            .db
+                            .run(move |s| s.delete_job(&key))
+                            .await
+                            .map_err(JobError::from)
+                            .map(|_| None)
+                    }
+                    Ok(_) => {
+                        let key = id.clone();
+                        let canceled = state.db.run(move |s| s.cancel(&key)).await;
+                        state.queue.retain(|q| q != &id);
+                        if let Some((_, task)) = state.fetching.remove(&id) {
+                            task.abort();
+                        }
+                        if state.running.remove(&id).is_some() {
+                            tell(Role::Converter, ConverterMsg::Cancel { id: id.clone() });
+                        }
+                        state.drained();
+                        canceled.map(Some).map_err(JobError::from)
+                    }
+                };
+                if answer.is_ok() {
+                    let (files, key) = (state.files.clone(), id.clone());
+                    let _ = tokio::task::spawn_blocking(move || files.remove_job(&key)).await;
+                }
+                let _ = reply.send(answer);
+            }
+            RequestMsg::Mp3 { id, who, reply } => {
+                let answer = match state.load(&id, who.as_ref()).await {
+                    Ok(job) if job.state == JobState::Done => Ok(Mp3File {
+                        path: state.files.output(&id),
+                        file_name: job.file_name,
+                        id,
+                    }),
+                    Ok(job) => Err(JobError::Conflict(format!("the job is {}, not done", job.state))),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+            }
+            RequestMsg::Fetched { id, result } => {
+                let Some((attempt, _)) = state.fetching.remove(&id) else {
+                    return Ok(()); // canceled meanwhile
+                };
+                match result {
+                    Ok(()) => {
+                        state.queue.push_back(id);
+                        state.dispatch().await?;
+                    }
+                    Err(e) => {
+                        tracing::info!(job_id = %id, error = %e, "URL import failed");
+                        state.fail(&id, attempt, e.code(), &e.to_string()).await?;
+                    }
+                }
+            }
+            RequestMsg::Progress { id, attempt, fraction } => {
+                if state.running.get(&id) == Some(&attempt) {
+                    state.db.run(move |s| s.set_progress(&id, attempt, fraction)).await?;
+                }
+            }
+            RequestMsg::Converted { id, attempt, outcome } => {
+                if state.running.get(&id) == Some(&attempt) {
+                    state.running.remove(&id);
+                }
+                let key = id.clone();
+                let error = outcome.err();
+                let finished = state
+                    .db
+                    .run(move |s| s.finish(&key, attempt, error.as_ref().map(|(c, m)| (c.as_str(), m.as_str()))))
+                    .await;
+                match finished {
+                    Ok(job) => {
+                        tracing::info!(job_id = %id, state = %job.state, "job finished");
+                        tell(Role::Notifier, NotifierMsg::Wake);
+                    }
+                    Err(StoreError::Conflict { state: job_state, .. }) => {
+                        tracing::info!(job_id = %id, attempt, %job_state, "stale conversion result refused");
+                        if job_state == JobState::Canceled {
+                            let (files, key) = (state.files.clone(), id.clone());
+                            let _ = tokio::task::spawn_blocking(move || files.remove_job(&key)).await;
+                        }
+                    }
+                    Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => {} // deleted
+                    Err(e) => return Err(e.into()),
+                }
+                state.drained();
+                state.dispatch().await?;
+            }
+            RequestMsg::Dispatch => state.dispatch().await?,
+            RequestMsg::Drain { reply } => {
+                state.draining.get_or_insert_with(Vec::new).push(reply);
+                state.drained();
+            }
+        }
+        Ok(())
+    }
+}

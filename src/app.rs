@@ -1,0 +1,105 @@
+//! Wiring of one node: prepare the data dir, start the supervision tree, wait for the
+//! shutdown signal, and stop in order.
+//!
+//! Shutdown order: stop accepting HTTP → let running conversions finish within the grace
+//! period (what does not finish stays `converting` in SQLite and resumes at the next start)
+//! → stop the supervisor and its actors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::Actor;
+
+use crate::actors::gateway::GatewayMsg;
+use crate::actors::request::RequestMsg;
+use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::{Role, ask};
+use crate::auth::{normalize_email, password};
+use crate::config::Config;
+use crate::store::{Files, Store};
+
+/// Runs a node until `shutdown` completes (or the supervision tree gives up).
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let prepared = config.clone();
+    tokio::task::spawn_blocking(move || prepare(&prepared)).await??;
+    let address = listener.local_addr()?;
+    let (supervisor, mut tree) = Actor::spawn(
+        Some(format!("node:{}", config.node_name)),
+        NodeSupervisor,
+        SupervisorArgs {
+            config: config.clone(),
+            listener,
+        },
+    )
+    .await
+    .context("cannot start the node")?;
+    tracing::info!(%address, node = %config.node_name, slots = config.converter_slots, "mp4tomp3 serving");
+
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        _ = &mut tree => anyhow::bail!("the node's supervisor stopped; see the errors above"),
+    }
+    let _ = supervisor.cast(SupervisorMsg::ShuttingDown);
+    if let Err(e) = ask(
+        Role::Gateway,
+        |reply| GatewayMsg::StopAccepting { reply },
+        Duration::from_secs(15),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "HTTP server did not stop cleanly");
+    }
+    match ask(Role::Request, |reply| RequestMsg::Drain { reply }, config.grace).await {
+        Ok(_) => tracing::info!("running conversions finished"),
+        Err(_) => tracing::warn!(grace = ?config.grace, "conversions still running; they resume at the next start"),
+    }
+    supervisor.stop(Some("shutdown".into()));
+    let _ = tokio::time::timeout(Duration::from_secs(10), tree).await;
+    Ok(())
+}
+
+/// Migrates the database, clears interrupted uploads, creates the first admin.
+fn prepare(config: &Config) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.db_path()).context("cannot open the database")?;
+    Files::new(&config.data_dir)
+        .and_then(|files| files.clear_tmp())
+        .context("cannot prepare the data dir")?;
+    match &config.admin {
+        Some((email, password)) => {
+            let email = normalize_email(email)
+                .with_context(|| format!("MP4TOMP3_ADMIN_EMAIL {email:?} is not an email address"))?;
+            if store.user(&email)?.is_none() {
+                let (password, generated) = match password {
+                    Some(p) => (p.clone(), false),
+                    None => (random_password(), true),
+                };
+                store.add_user(&email, &password::hash(&password)?, true)?;
+                if generated {
+                    tracing::warn!(%email, %password, "created the admin account with this generated password (shown once)");
+                } else {
+                    tracing::info!(%email, "created the admin account");
+                }
+            }
+        }
+        None if store.user_count()? == 0 => {
+            let email = "admin@localhost";
+            let password = random_password();
+            store.add_user(email, &password::hash(&password)?, true)?;
+            tracing::warn!(%email, %password, "no users yet: created an admin with this generated password (shown once)");
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn random_password() -> String {
+    let mut raw = [0u8; 12];
+    let _ = getrandom::fill(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,372 @@
+//! The service's configuration: one clap struct, every flag also read from `MP4TOMP3_*`.
+//!
+//! [`ServeArgs`] is what the command line gives; [`Config::from_args`] validates it once at
+//! start-up and fills the embedded defaults (data dir `./data`, HTTP on `127.0.0.1:8080`,
+//! emails as `.eml` files, a JWT key generated into the data dir), so `mp4tomp3 serve` runs
+//! with no configuration at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::auth::jwt::Keys;
+use crate::convert::{ConvertOptions, Quality};
+
+/// How the notifier reaches the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SmtpTls {
+    /// Plain SMTP (a local relay, or tests).
+    None,
+    /// SMTP upgraded with STARTTLS (usually port 587).
+    Starttls,
+    /// Implicit TLS (usually port 465).
+    Tls,
+}
+
+/// `mp4tomp3 serve`: flags, each also read from the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where the database, the files and the generated keys live.
+    #[arg(long, env = "MP4TOMP3_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The HTTP listen address.
+    #[arg(long, env = "MP4TOMP3_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// The base URL users reach this service at, for the links in emails.
+    /// Default: `http://` + the HTTP listen address.
+    #[arg(long, env = "MP4TOMP3_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// This node's stable name (job ids carry it). Default: the pod name, else the host name.
+    #[arg(long, env = "MP4TOMP3_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Conversions run at once on this node. Default: the number of CPU cores.
+    #[arg(long, env = "MP4TOMP3_CONVERTER_SLOTS")]
+    pub converter_slots: Option<usize>,
+    /// Largest accepted upload or download, in bytes.
+    #[arg(long, env = "MP4TOMP3_MAX_UPLOAD_BYTES", default_value_t = 2 << 30)]
+    pub max_upload_bytes: u64,
+    /// Longest accepted audio, in seconds.
+    #[arg(long, env = "MP4TOMP3_MAX_DURATION_SECS", default_value_t = 6 * 3600)]
+    pub max_duration_secs: u64,
+    /// On SIGTERM, how long running conversions may take to finish (e.g. `30s`, `2m`).
+    #[arg(long, env = "MP4TOMP3_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// The HS256 key that signs tokens and download links. Default: read from, or generated
+    /// into, `DATA/jwt.key`.
+    #[arg(long, env = "MP4TOMP3_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A file holding the JWT key (for Kubernetes Secrets mounted as files).
+    #[arg(long, env = "MP4TOMP3_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// How long an access token lives.
+    #[arg(long, env = "MP4TOMP3_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+    /// How long the download link in an email works.
+    #[arg(long, env = "MP4TOMP3_LINK_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub link_ttl: Duration,
+    /// Login attempts allowed per client address per minute.
+    #[arg(long, env = "MP4TOMP3_LOGIN_PER_MINUTE", default_value_t = 20)]
+    pub login_per_minute: u32,
+    /// Failed logins in a row that lock an account.
+    #[arg(long, env = "MP4TOMP3_LOCKOUT_AFTER", default_value_t = 5)]
+    pub lockout_after: u32,
+    /// How long a locked account stays locked.
+    #[arg(long, env = "MP4TOMP3_LOCKOUT_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lockout_for: Duration,
+    /// An admin account created at first start, if missing.
+    #[arg(long, env = "MP4TOMP3_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// The password of `--admin-email`.
+    #[arg(
+        long,
+        env = "MP4TOMP3_ADMIN_PASSWORD",
+        hide_env_values = true,
+        requires = "admin_email"
+    )]
+    pub admin_password: Option<String>,
+    /// SMTP server for the emails. Without it, emails are written to `DATA/mail/*.eml`.
+    #[arg(long, env = "MP4TOMP3_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP port. Default: 25 (none), 587 (starttls), 465 (tls).
+    #[arg(long, env = "MP4TOMP3_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    /// SMTP transport security.
+    #[arg(long, env = "MP4TOMP3_SMTP_TLS", value_enum, default_value_t = SmtpTls::Starttls)]
+    pub smtp_tls: SmtpTls,
+    /// SMTP user name.
+    #[arg(long, env = "MP4TOMP3_SMTP_USER")]
+    pub smtp_user: Option<String>,
+    /// SMTP password.
+    #[arg(long, env = "MP4TOMP3_SMTP_PASSWORD", hide_env_values = true, requires = "smtp_user")]
+    pub smtp_password: Option<String>,
+    /// The sender of the emails.
+    #[arg(long, env = "MP4TOMP3_MAIL_FROM", default_value = "mp4tomp3 <mp4tomp3@localhost>")]
+    pub mail_from: String,
+    /// Hosts that URL imports may reach even on private or loopback addresses
+    /// (comma-separated host names or IPs; for tests and intranets).
+    #[arg(long, env = "MP4TOMP3_FETCH_ALLOW_HOSTS", value_delimiter = ',')]
+    pub fetch_allow_hosts: Vec<String>,
+    /// Connect timeout for URL imports.
+    #[arg(long, env = "MP4TOMP3_FETCH_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub fetch_connect_timeout: Duration,
+    /// Read timeout (between bytes) for URL imports.
+    #[arg(long, env = "MP4TOMP3_FETCH_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub fetch_read_timeout: Duration,
+}
+
+/// A configuration the service refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range or malformed.
+    #[error("invalid --{flag}: {reason}")]
+    Invalid {
+        /// The flag (without dashes).
+        flag: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What the file is for.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Where emails go.
+#[derive(Debug, Clone)]
+pub enum MailConfig {
+    /// `.eml` files in this directory.
+    Files(PathBuf),
+    /// An SMTP server.
+    Smtp {
+        /// Host name.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Transport security.
+        tls: SmtpTls,
+        /// User and password.
+        credentials: Option<(String, String)>,
+    },
+}
+
+/// The validated configuration every part of the service reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data dir (created at start).
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Base URL for links, without a trailing slash.
+    pub public_url: String,
+    /// This node's stable name.
+    pub node_name: String,
+    /// Concurrent conversions on this node.
+    pub converter_slots: usize,
+    /// Upload/download size cap in bytes.
+    pub max_upload_bytes: u64,
+    /// Longest accepted audio.
+    pub max_duration: Duration,
+    /// Drain time on SIGTERM.
+    pub grace: Duration,
+    /// Token and link signing keys.
+    pub keys: Keys,
+    /// Access token lifetime.
+    pub token_ttl: Duration,
+    /// Download link lifetime.
+    pub link_ttl: Duration,
+    /// Logins per client address per minute.
+    pub login_per_minute: u32,
+    /// Failures before an account locks.
+    pub lockout_after: u32,
+    /// Lock duration.
+    pub lockout_for: Duration,
+    /// Admin to create at start.
+    pub admin: Option<(String, Option<String>)>,
+    /// Where mail goes.
+    pub mail: MailConfig,
+    /// The `From:` of emails.
+    pub mail_from: String,
+    /// Hosts URL imports may reach despite the address checks.
+    pub fetch_allow_hosts: Vec<String>,
+    /// URL import connect timeout.
+    pub fetch_connect_timeout: Duration,
+    /// URL import read timeout.
+    pub fetch_read_timeout: Duration,
+}
+
+impl Config {
+    /// Validates `args`, creating the data dir and (if needed) the JWT key file in it.
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let invalid = |flag, reason: &str| ConfigError::Invalid {
+            flag,
+            reason: reason.to_string(),
+        };
+        std::fs::create_dir_all(&args.data_dir).map_err(|source| ConfigError::Io {
+            what: "cannot create the data dir",
+            path: args.data_dir.clone(),
+            source,
+        })?;
+        let node_name = match args.node_name {
+            Some(name) => name,
+            None => default_node_name(),
+        };
+        if crate::store::JobId::parse(&format!("{node_name}~{}", "0".repeat(24))).is_none() {
+            return Err(invalid("node-name", "use letters, digits, '-' and '.' only"));
+        }
+        let public_url = args
+            .public_url
+            .unwrap_or_else(|| format!("http://{}", args.http))
+            .trim_end_matches('/')
+            .to_string();
+        if url::Url::parse(&public_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+            return Err(invalid("public-url", "must be an http:// or https:// URL"));
+        }
+        let converter_slots = args
+            .converter_slots
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if converter_slots > 256 {
+            return Err(invalid("converter-slots", "at most 256"));
+        }
+        if args.max_upload_bytes == 0 {
+            return Err(invalid("max-upload-bytes", "must be positive"));
+        }
+        if args.login_per_minute == 0 || args.lockout_after == 0 {
+            return Err(invalid("login-per-minute", "limits must be positive"));
+        }
+        let secret = match (args.jwt_secret, args.jwt_secret_file) {
+            (Some(secret), _) => secret.into_bytes(),
+            (None, Some(path)) => std::fs::read(&path).map_err(|source| ConfigError::Io {
+                what: "cannot read the JWT key file",
+                path,
+                source,
+            })?,
+            (None, None) => generated_key(&args.data_dir.join("jwt.key"))?,
+        };
+        let secret = trim_ascii(&secret);
+        let keys = Keys::new(&secret).filter(|_| secret.len() >= 32);
+        let Some(keys) = keys else {
+            return Err(invalid("jwt-secret", "must be at least 32 bytes"));
+        };
+        let mail = match args.smtp_host {
+            None => MailConfig::Files(args.data_dir.join("mail")),
+            Some(host) => MailConfig::Smtp {
+                port: args.smtp_port.unwrap_or(match args.smtp_tls {
+                    SmtpTls::None => 25,
+                    SmtpTls::Starttls => 587,
+                    SmtpTls::Tls => 465,
+                }),
+                host,
+                tls: args.smtp_tls,
+                credentials: args.smtp_user.map(|u| (u, args.smtp_password.unwrap_or_default())),
+            },
+        };
+        if args.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid("mail-from", "not an email address"));
+        }
+        Ok(Config {
+            data_dir: args.data_dir,
+            http: args.http,
+            public_url,
+            node_name,
+            converter_slots,
+            max_upload_bytes: args.max_upload_bytes,
+            max_duration: Duration::from_secs(args.max_duration_secs),
+            grace: args.grace,
+            keys,
+            token_ttl: args.token_ttl,
+            link_ttl: args.link_ttl,
+            login_per_minute: args.login_per_minute,
+            lockout_after: args.lockout_after,
+            lockout_for: args.lockout_for,
+            admin: args.admin_email.map(|e| (e, args.admin_password)),
+            mail,
+            mail_from: args.mail_from,
+            fetch_allow_hosts: args
+                .fetch_allow_hosts
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            fetch_connect_timeout: args.fetch_connect_timeout,
+            fetch_read_timeout: args.fetch_read_timeout,
+        })
+    }
+
+    /// Conversion settings for a job that asked for `bitrate` or `vbr` (or neither).
+    pub fn convert_options(&self, bitrate: Option<u16>, vbr: Option<u8>) -> ConvertOptions {
+        let quality = match (vbr, bitrate) {
+            (Some(quality), _) => Quality::Vbr { quality },
+            (None, Some(kbps)) => Quality::Cbr { kbps },
+            (None, None) => Quality::default(),
+        };
+        ConvertOptions {
+            quality,
+            track: None,
+            max_duration: Some(self.max_duration),
+        }
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("node.db")
+    }
+}
+
+/// The pod name (StatefulSet pods get `POD_NAME` from the downward API), else the host name.
+fn default_node_name() -> String {
+    let raw = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_else(|| "node".to_string());
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "node".to_string()
+    } else {
+        cleaned
+    }
+}
+
+fn trim_ascii(bytes: &[u8]) -> Vec<u8> {
+    bytes.trim_ascii().to_vec()
+}
+
+/// Reads the key kept in the data dir, generating it (with a warning) on first start.
+fn generated_key(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let io = |what| {
+        move |source| ConfigError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    match std::fs::read(path) {
+        Ok(key) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 32];
+            getrandom::fill(&mut raw).map_err(|e| io("cannot generate the JWT key")(std::io::Error::other(e)))?;
+            let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            crate::store::files::write_atomically(path, key.as_bytes()).map_err(io("cannot write the JWT key"))?;
+            tracing::warn!(path = %path.display(), "generated a JWT signing key; set MP4TOMP3_JWT_SECRET to share one across nodes");
+            Ok(key.into_bytes())
+        }
+        Err(e) => Err(io("cannot read the JWT key")(e)),
+    }
+}

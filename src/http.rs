@@ -1,0 +1,94 @@
+//! The HTTP API (axum): one module per resource, merged here.
+//!
+//! Handlers are thin: they parse, authenticate through the auth actor, and call the
+//! request actor; `/v1` routes and the seed-compatible routes (`/login`, `/upload`,
+//! `/download`) share the same core functions and differ only in how they answer.
+
+mod auth;
+mod download;
+mod error;
+mod health;
+mod jobs;
+mod seed;
+mod upload;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+pub use error::ApiError;
+
+use crate::actors::auth::AuthMsg;
+use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::fetch::Fetcher;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// URL checks at submission.
+    pub fetcher: Fetcher,
+    /// Set when the node starts shutting down (`/readyz` turns 503).
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// The state for `config`.
+    pub fn new(config: Arc<Config>, stopping: Arc<AtomicBool>) -> Self {
+        let fetcher = Fetcher::new(
+            config.fetch_allow_hosts.clone(),
+            config.max_upload_bytes,
+            config.fetch_connect_timeout,
+            config.fetch_read_timeout,
+        );
+        AppState {
+            config,
+            fetcher,
+            stopping,
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(auth::router())
+        .merge(jobs::router())
+        .merge(download::router())
+        .merge(seed::router())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Verifies a bearer token with the auth actor.
+pub async fn verify(token: &str) -> Result<Principal, ApiError> {
+    let token = token.to_string();
+    Ok(ask(Role::Auth, |reply| AuthMsg::Verify { token, reply }, CALL_TIMEOUT).await??)
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// An authenticated caller (a valid `Authorization: Bearer` access token).
+pub struct Authed(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::missing_credentials)?;
+        verify(token).await.map(Authed)
+    }
+}

@@ -1,0 +1,129 @@
+//! MP3 downloads: `GET /v1/jobs/{id}/mp3` (Bearer) and `GET /v1/links/{token}` (the signed
+//! link from the email, no login). The seed's `GET /download?fid=` uses [`serve`].
+//!
+//! tower-http's `ServeFile` streams the file and answers Range, HEAD and conditional
+//! requests; we add the `Content-Disposition`.
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::HeaderValue;
+use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use super::{ApiError, AppState, Authed};
+use crate::actors::request::RequestMsg;
+use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::auth::Principal;
+use crate::store::JobId;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs/{id}/mp3", get(by_job))
+        .route("/v1/links/{token}", get(by_link))
+}
+
+/// Streams the MP3 of job `id` to `who` (`None`: a verified signed link).
+pub(super) async fn serve(id: JobId, who: Option<Principal>, request: Request) -> Result<Response, ApiError> {
+    let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??;
+    let response = ServeFile::new(&file.path)
+        .oneshot(request)
+        .await
+        .map_err(ApiError::internal)?;
+    if response.status() == axum::http::StatusCode::NOT_FOUND {
+        return Err(ApiError::internal(format!(
+            "MP3 of {} missing at {}",
+            file.id,
+            file.path.display()
+        )));
+    }
+    let mut response = response.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    if let Ok(value) = HeaderValue::from_str(&content_disposition(&file.file_name)) {
+        headers.insert(CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+async fn by_job(Authed(who): Authed, Path(id): Path<String>, request: Request) -> Result<Response, ApiError> {
+    serve(super::jobs::job_id(&id)?, Some(who), request).await
+}
+
+async fn by_link(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = state.config.keys.verify_link(&token)?;
+    let id = JobId::parse(&id).ok_or_else(ApiError::not_found)?;
+    serve(id, None, request).await
+}
+
+/// `attachment` with a safe name from the upload's: no path, quotes or control characters,
+/// the extension replaced by `.mp3`; an ASCII `filename` and a UTF-8 `filename*`.
+pub(super) fn content_disposition(original: &str) -> String {
+    let base = original.rsplit(['/', '\\']).next().unwrap_or("");
+    let stem = match base.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => base,
+    };
+    let clean: String = stem
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '"' | '\\' | '/' | ';' | '%' | '*'))
+        .collect::<String>()
+        .trim_matches(|c: char| c.is_whitespace() || c == '.')
+        .chars()
+        .take(120)
+        .collect();
+    let clean = if clean.is_empty() { "audio".to_string() } else { clean };
+    let ascii: String = clean
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+        .collect();
+    let encoded: String = format!("{clean}.mp3")
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{ascii}.mp3\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_disposition;
+
+    #[test]
+    fn file_names_lose_paths_quotes_and_control_characters() {
+        assert_eq!(
+            content_disposition("talk.mp4"),
+            "attachment; filename=\"talk.mp3\"; filename*=UTF-8''talk.mp3"
+        );
+        let evil = content_disposition("../../etc/\"pass\r\nwd\".mp4");
+        assert_eq!(evil, "attachment; filename=\"passwd.mp3\"; filename*=UTF-8''passwd.mp3");
+        assert_eq!(
+            content_disposition("C:\\Users\\x\\My Song.m4a"),
+            "attachment; filename=\"My Song.mp3\"; filename*=UTF-8''My%20Song.mp3"
+        );
+        assert_eq!(
+            content_disposition("Über.mp4"),
+            "attachment; filename=\"_ber.mp3\"; filename*=UTF-8''%C3%9Cber.mp3"
+        );
+        assert_eq!(
+            content_disposition(""),
+            "attachment; filename=\"audio.mp3\"; filename*=UTF-8''audio.mp3"
+        );
+        assert_eq!(
+            content_disposition("..."),
+            "attachment; filename=\"audio.mp3\"; filename*=UTF-8''audio.mp3"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! One error type for every route: status, stable code, message a human can act on.
+//!
+//! v1 routes answer `{"error":{"code","message"}}`; the seed-compatible routes keep the
+//! seed's plain-text bodies ([`ApiError::plain`]). Internal details are logged, never sent.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::actors::CallError;
+use crate::actors::auth::AuthError;
+use crate::actors::request::JobError;
+use crate::auth::jwt::TokenError;
+use crate::fetch::FetchError;
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// `Retry-After` seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+    /// Answer in plain text (seed-compatible routes).
+    pub plain: bool,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            plain: false,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401 without credentials.
+    pub fn missing_credentials() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "missing_credentials", "missing credentials")
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such job")
+    }
+
+    /// 413.
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the file is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 500; the detail goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+
+    /// Sets `Retry-After`.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        self
+    }
+
+    /// Plain-text body (the seed's style).
+    pub fn plain(mut self) -> Self {
+        self.plain = true;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = if self.plain {
+            (self.status, self.message).into_response()
+        } else {
+            let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+            (self.status, axum::Json(body)).into_response()
+        };
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).retry_after(Duration::from_secs(1))
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        let code = match e {
+            TokenError::Expired => "token_expired",
+            TokenError::Invalid => "invalid_token",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::BadCredentials => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", e.to_string()),
+            AuthError::Throttled(wait) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", e.to_string()).retry_after(wait)
+            }
+            AuthError::Token(t) => t.into(),
+            AuthError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m),
+            AuthError::Exists => ApiError::new(StatusCode::CONFLICT, "exists", e.to_string()),
+            AuthError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::NotFound => ApiError::not_found(),
+            JobError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            JobError::Draining => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+                .retry_after(Duration::from_secs(5)),
+            JobError::Store(e) => ApiError::internal(e),
+            JobError::Io(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> Self {
+        let status = match e {
+            FetchError::BadUrl(_) => StatusCode::BAD_REQUEST,
+            FetchError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            FetchError::Io(_) => return ApiError::internal(e),
+            FetchError::Forbidden(_) | FetchError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}

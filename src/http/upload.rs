@@ -1,0 +1,110 @@
+//! Multipart uploads, streamed to `DATA/tmp/` with the size cap; never whole in memory.
+
+use std::path::PathBuf;
+
+use axum::extract::Multipart;
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_LENGTH;
+use tokio::io::AsyncWriteExt;
+
+use super::ApiError;
+use crate::config::Config;
+use crate::store::Files;
+
+/// Multipart overhead allowed above the file cap in `Content-Length`.
+const MULTIPART_SLACK: u64 = 64 * 1024;
+/// Longest text field accepted.
+const MAX_FIELD: usize = 1024;
+
+/// The request's one file, on disk, and its text fields.
+pub(super) struct Upload {
+    /// The staged file (the caller hands it to the request actor or deletes it).
+    pub path: PathBuf,
+    /// The client's file name.
+    pub file_name: String,
+    /// `bitrate` field.
+    pub bitrate: Option<String>,
+    /// `vbr` field.
+    pub vbr: Option<String>,
+}
+
+/// Deletes a staged file unless it was handed on.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Refuses a body whose declared length is already over the cap.
+pub(super) fn check_length(headers: &HeaderMap, config: &Config) -> Result<(), ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > config.max_upload_bytes + MULTIPART_SLACK => Err(ApiError::too_large(config.max_upload_bytes)),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the multipart body: exactly one file part (any field name), optional `bitrate`
+/// and `vbr` text fields. `one_file` is the error for zero or several files.
+pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file: ApiError) -> Result<Upload, ApiError> {
+    let files = Files::new(&config.data_dir).map_err(ApiError::internal)?;
+    let bad = |e: axum::extract::multipart::MultipartError| ApiError::bad_request("invalid_multipart", e.body_text());
+    let mut staged = Staged(None);
+    let mut file_name = None;
+    let (mut bitrate, mut vbr) = (None, None);
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        if let Some(name) = field.file_name().map(str::to_string) {
+            if staged.0.is_some() {
+                return Err(one_file);
+            }
+            let path = files
+                .tmp_dir()
+                .join(format!("upload-{}", crate::store::JobId::new("u").as_str()));
+            let mut out = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
+            staged.0 = Some(path);
+            let mut size = 0u64;
+            while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                size += chunk.len() as u64;
+                if size > config.max_upload_bytes {
+                    return Err(ApiError::too_large(config.max_upload_bytes));
+                }
+                out.write_all(&chunk).await.map_err(ApiError::internal)?;
+            }
+            out.sync_all().await.map_err(ApiError::internal)?;
+            file_name = Some(name);
+        } else {
+            let key = field.name().unwrap_or_default().to_string();
+            let mut value = String::new();
+            while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                value.push_str(&String::from_utf8_lossy(&chunk));
+                if value.len() > MAX_FIELD {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("field {key:?} is too long"),
+                    ));
+                }
+            }
+            match key.as_str() {
+                "bitrate" => bitrate = Some(value),
+                "vbr" => vbr = Some(value),
+                _ => {}
+            }
+        }
+    }
+    match (staged.0.take(), file_name) {
+        (Some(path), Some(file_name)) => Ok(Upload {
+            path,
+            file_name,
+            bitrate,
+            vbr,
+        }),
+        _ => Err(one_file),
+    }
+}

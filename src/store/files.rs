@@ -1,0 +1,125 @@
+//! A node's files under the data dir: each job's input and MP3 in `jobs/<id>/`, uploads in
+//! flight in `tmp/`.
+//!
+//! Every file is written to a temporary name, fsynced, renamed, and the directory fsynced,
+//! so after a crash a file is either complete or absent.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::JobId;
+
+/// The file layout of one data dir.
+#[derive(Debug, Clone)]
+pub struct Files {
+    root: PathBuf,
+}
+
+impl Files {
+    /// The layout under `data_dir`; creates its directories.
+    pub fn new(data_dir: &Path) -> io::Result<Self> {
+        let files = Files {
+            root: data_dir.to_path_buf(),
+        };
+        fs::create_dir_all(files.tmp_dir())?;
+        fs::create_dir_all(files.root.join("jobs"))?;
+        Ok(files)
+    }
+
+    /// Where uploads and downloads stream before they belong to a job.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// A job's directory.
+    pub fn job_dir(&self, id: &JobId) -> PathBuf {
+        self.root.join("jobs").join(id.as_str())
+    }
+
+    /// A job's MP4.
+    pub fn input(&self, id: &JobId) -> PathBuf {
+        self.job_dir(id).join("input.mp4")
+    }
+
+    /// A job's MP3.
+    pub fn output(&self, id: &JobId) -> PathBuf {
+        self.job_dir(id).join("output.mp3")
+    }
+
+    /// Moves a completely written (and fsynced) staged file into place as the job's input.
+    pub fn adopt_input(&self, id: &JobId, staged: &Path) -> io::Result<()> {
+        let dir = self.job_dir(id);
+        fs::create_dir_all(&dir)?;
+        fs::rename(staged, self.input(id))?;
+        sync_dir(&dir)
+    }
+
+    /// Deletes a job's files (nothing to do if they are gone already).
+    pub fn remove_job(&self, id: &JobId) -> io::Result<()> {
+        match fs::remove_dir_all(self.job_dir(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Empties `tmp/`: whatever is there was in flight when the node stopped.
+    pub fn clear_tmp(&self) -> io::Result<()> {
+        for entry in fs::read_dir(self.tmp_dir())? {
+            let path = entry?.path();
+            if path.is_file() {
+                fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fsyncs a directory, so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync
+/// the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_inputs_are_adopted_and_removed_with_their_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::new(dir.path()).unwrap();
+        let id = JobId::new("n1");
+        let staged = files.tmp_dir().join("upload");
+        fs::write(&staged, b"mp4").unwrap();
+        files.adopt_input(&id, &staged).unwrap();
+        assert_eq!(fs::read(files.input(&id)).unwrap(), b"mp4");
+        assert!(!staged.exists());
+        files.remove_job(&id).unwrap();
+        assert!(!files.job_dir(&id).exists());
+        files.remove_job(&id).unwrap();
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp files left");
+    }
+}
