@@ -25,7 +25,7 @@ pub async fn run(
     listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(config);
+    let config = Arc::new(config.bound_to(listener.local_addr()?));
     let prepared = config.clone();
     tokio::task::spawn_blocking(move || prepare(&prepared)).await??;
     let address = listener.local_addr()?;

@@ -166,6 +166,8 @@ pub struct Config {
     pub http: SocketAddr,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
+    /// `public_url` was configured (not derived from the listen address).
+    pub public_url_explicit: bool,
     /// This node's stable name.
     pub node_name: String,
     /// Concurrent conversions on this node.
@@ -221,6 +223,7 @@ impl Config {
         if crate::store::JobId::parse(&format!("{node_name}~{}", "0".repeat(24))).is_none() {
             return Err(invalid("node-name", "use letters, digits, '-' and '.' only"));
         }
+        let public_url_explicit = args.public_url.is_some();
         let public_url = args
             .public_url
             .unwrap_or_else(|| format!("http://{}", args.http))
@@ -275,6 +278,7 @@ impl Config {
             data_dir: args.data_dir,
             http: args.http,
             public_url,
+            public_url_explicit,
             node_name,
             converter_slots,
             max_upload_bytes: args.max_upload_bytes,
@@ -311,6 +315,14 @@ impl Config {
             track: None,
             max_duration: Some(self.max_duration),
         }
+    }
+
+    /// Derives the default public URL from the address actually bound (e.g. port 0).
+    pub fn bound_to(mut self, addr: std::net::SocketAddr) -> Self {
+        if !self.public_url_explicit {
+            self.public_url = format!("http://{addr}");
+        }
+        self
     }
 
     /// The database file.

@@ -52,6 +52,7 @@ struct AccessClaims {
     aud: String,
     sub: String,
     exp: u64,
+    #[serde(default)]
     iat: u64,
     #[serde(default)]
     adm: bool,

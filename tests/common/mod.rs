@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod service;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;

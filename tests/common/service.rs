@@ -1,0 +1,266 @@
+//! Running the real `mp4tomp3 serve` binary (and a real SMTP server) for end-to-end tests.
+//!
+//! Every node listens on `127.0.0.1:0` and the test reads the bound address from its log,
+//! so tests never share or guess ports. Waits poll with deadlines.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The JWT key every test node uses, so tests can forge tokens with it.
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+/// The admin every test node creates.
+pub const ADMIN: (&str, &str) = ("admin@example.com", "admin-password");
+
+/// Polls `check` every 50 ms until it returns `Some`, panicking with `what` after `limit`.
+pub async fn poll<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One running `mp4tomp3 serve`.
+pub struct Node {
+    child: Option<Child>,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    /// Its data dir.
+    pub data: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts a node on `data` with extra flags, and waits until it is ready.
+    pub async fn start(data: &Path, args: &[&str]) -> Node {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data, args).await
+    }
+
+    async fn spawn(data: &Path, args: Vec<String>) -> Node {
+        std::fs::create_dir_all(data).unwrap();
+        let log = data.with_extension(format!(
+            "log{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--http", "127.0.0.1:0", "--node-name", "node-a"])
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .env("MP4TOMP3_JWT_SECRET", JWT_SECRET)
+            .env("MP4TOMP3_ADMIN_EMAIL", ADMIN.0)
+            .env("MP4TOMP3_ADMIN_PASSWORD", ADMIN.1)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut node = Node {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            data: data.to_path_buf(),
+            log,
+            args,
+        };
+        node.addr = poll(Duration::from_secs(20), "the node to log its address", || {
+            let found = node.address_in_log();
+            async move { found }
+        })
+        .await;
+        let ready = node.url("/readyz");
+        poll(Duration::from_secs(20), "/readyz", || {
+            let ready = ready.clone();
+            async move {
+                reqwest::get(&ready)
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
+        })
+        .await;
+        node
+    }
+
+    fn address_in_log(&mut self) -> Option<SocketAddr> {
+        let log = self.log_text();
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+            panic!("the node exited ({status}) before serving:\n{log}");
+        }
+        let line = log.lines().find(|l| l.contains("mp4tomp3 serving"))?;
+        let at = line.find("address=")? + "address=".len();
+        line[at..].split_whitespace().next()?.parse().ok()
+    }
+
+    /// Restarts the node on the same data dir with the same flags (after a kill or stop).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        let fresh = Self::spawn(&self.data, self.args.clone()).await;
+        *self = fresh;
+    }
+
+    /// Everything the node logged.
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the node did not stop within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The `.eml` files the node wrote (no SMTP configured).
+    pub fn eml_files(&self) -> Vec<Vec<u8>> {
+        let dir = self.data.join("mail");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "eml") {
+                out.push(std::fs::read(entry.path()).unwrap());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A free loopback port (bound and released; the caller binds it right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real SMTP server: aiosmtpd (PyPI) storing each message in a Maildir.
+pub struct Smtp {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    maildir: PathBuf,
+}
+
+impl Smtp {
+    /// Starts aiosmtpd and waits until it accepts connections.
+    pub async fn start(dir: &Path) -> Smtp {
+        let maildir = dir.join("maildir");
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd is needed (pip install aiosmtpd)");
+        let mut smtp = Smtp { child, port, maildir };
+        poll(Duration::from_secs(20), "aiosmtpd to listen", || {
+            if let Ok(Some(status)) = smtp.child.try_wait() {
+                let mut err = String::new();
+                let _ = smtp.child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+                panic!("aiosmtpd exited ({status}); is it installed (pip install aiosmtpd)? {err}");
+            }
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            async move { up.then_some(()) }
+        })
+        .await;
+        smtp
+    }
+
+    /// Every message received so far, raw.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            for entry in std::fs::read_dir(self.maildir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(std::fs::read(entry.path()).unwrap());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text/plain body of a raw message, decoded.
+pub fn mail_text(raw: &[u8]) -> String {
+    let message = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("a parsable email");
+    message.body_text(0).expect("a text part").into_owned()
+}
+
+/// A header of a raw message.
+pub fn mail_header(raw: &[u8], name: &str) -> Option<String> {
+    let message = mail_parser::MessageParser::default().parse(raw)?;
+    message.header_raw(name).map(|v| v.trim().to_string())
+}
+
+/// The first http(s) URL in a text.
+pub fn first_link(text: &str) -> Option<String> {
+    let at = text.find("http")?;
+    Some(text[at..].split_whitespace().next()?.to_string())
+}

@@ -1,0 +1,787 @@
+//! The service end to end: the real binary over real HTTP, a real SMTP server, real files.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::service::{ADMIN, JWT_SECRET, Node, Smtp, first_link, mail_header, mail_text, poll};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Api {
+    http: reqwest::Client,
+    node_url: String,
+}
+
+impl Api {
+    fn new(node: &Node) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            node_url: node.url(""),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.node_url)
+    }
+
+    /// The seed's login: HTTP Basic, the JWT as the body.
+    async fn login(&self, email: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/login"))
+            .basic_auth(email, Some(password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "login {email}");
+        r.text().await.unwrap()
+    }
+
+    async fn upload_as(&self, path: &str, token: &str, file: &Path, key: Option<&str>) -> reqwest::Response {
+        let bytes = std::fs::read(file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(bytes).file_name(name));
+        let mut req = self.http.post(self.url(path)).bearer_auth(token).multipart(form);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn upload(&self, token: &str, file: &Path) -> Value {
+        let r = self.upload_as("/upload", token, file, None).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        r.json().await.unwrap()
+    }
+
+    async fn job(&self, token: &str, id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the job until it is done, failed or canceled.
+    async fn finished(&self, token: &str, id: &str) -> Value {
+        poll(WAIT, "the job to finish", || async {
+            let job: Value = self.job(token, id).await.json().await.ok()?;
+            matches!(job["state"].as_str(), Some("done" | "failed" | "canceled")).then_some(job)
+        })
+        .await
+    }
+
+    async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+    }
+}
+
+/// Seconds of audio in an MP3 per ffprobe (which honours the LAME tag's delay/padding).
+fn duration(path: &Path) -> f64 {
+    common::probe(path)["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn save(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_upload_email_link_download_over_smtp() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(dir.path()).await;
+    let port = smtp.port.to_string();
+    let node = Node::start(
+        &dir.path().join("a"),
+        &["--smtp-host", "127.0.0.1", "--smtp-port", &port, "--smtp-tls", "none"],
+    )
+    .await;
+    let api = Api::new(&node);
+    let input = common::video(12);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+
+    let job = api.upload(&token, &input).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("node-a~"), "the id names the owner node: {id}");
+    assert!(
+        matches!(job["state"].as_str(), Some("queued" | "converting" | "done")),
+        "{job}"
+    );
+    let done = api.finished(&token, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["progress"], 1.0);
+
+    // Exactly one mail, and its link downloads the MP3 without a login.
+    let mails = poll(WAIT, "the email", || async {
+        let m = smtp.messages();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.messages().len(), 1, "exactly one mail per job");
+    let mail = &mails[0];
+    assert!(mail_header(mail, "Subject").unwrap().contains("ready"));
+    assert_eq!(mail_header(mail, "To").unwrap(), ADMIN.0);
+    let raw = String::from_utf8_lossy(mail);
+    assert!(raw.contains("text/html"), "an HTML part too");
+    let link = first_link(&mail_text(mail)).expect("a link in the mail");
+    let r = reqwest::get(&link).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "audio/mpeg");
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"video_12s.mp3\"; filename*=UTF-8''video_12s.mp3"
+    );
+    let mp3 = r.bytes().await.unwrap();
+    let path = save(dir.path(), "link.mp3", &mp3);
+    let secs = duration(&path);
+    assert!((secs - 12.0).abs() < 0.05, "the MP3 lasts {secs} s, the input 12 s");
+
+    // The same bytes through the seed's route and the v1 route; Range works.
+    let seed = api
+        .http
+        .get(api.url(&format!("/download?fid={id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seed.status(), StatusCode::OK);
+    assert_eq!(seed.bytes().await.unwrap(), mp3);
+    let part = api
+        .http
+        .get(api.url(&format!("/v1/jobs/{id}/mp3")))
+        .bearer_auth(&token)
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), mp3[100..200]);
+
+    // A tampered link is refused.
+    let bad = format!("{}x", link);
+    assert_eq!(reqwest::get(&bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A tiny file server for URL imports: serves `file` at `/a.mp4`, redirects `/r` to
+/// `target`, counts connections.
+struct FileServer {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn file_server(ip: &str, file: Option<std::path::PathBuf>, redirect_to: Option<String>) -> FileServer {
+    use axum::response::{IntoResponse, Redirect};
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let file_route = move || {
+        let file = file.clone();
+        async move {
+            match file {
+                Some(f) => std::fs::read(f).unwrap().into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    };
+    let redirect_route = move || {
+        let to = redirect_to.clone().unwrap_or_default();
+        async move { Redirect::temporary(&to) }
+    };
+    let app = axum::Router::new()
+        .route("/a.mp4", axum::routing::get(file_route))
+        .route("/r", axum::routing::get(redirect_route))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                next.run(req)
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    FileServer { addr, hits }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn url_import_from_an_allow_listed_local_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
+    let server = file_server("127.0.0.1", Some(input), None).await;
+    let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    // The seed's download request: the token in the JSON body.
+    let url = format!("http://{}/a.mp4", server.addr);
+    let r = api
+        .http
+        .post(api.url("/v1/jobs"))
+        .json(&json!({"url": url, "access_token": token, "bitrate": 128}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["source"], "url");
+    let id = job["id"].as_str().unwrap();
+    let done = api.finished(&token, id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["bitrate"], 128);
+    let mp3 = api
+        .http
+        .get(api.url(&format!("/v1/jobs/{id}/mp3")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let path = save(dir.path(), "import.mp3", &mp3);
+    assert!((duration(&path) - 7.0).abs() < 0.05);
+    assert_eq!(common::probe(&path)["streams"][0]["bit_rate"], "128000");
+    assert!(server.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // One .eml per job (no SMTP configured).
+    poll(WAIT, "the .eml", || async {
+        (node.eml_files().len() == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssrf_targets_are_refused_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
+    // The victim: a loopback server that must never see a connection.
+    let victim = file_server("127.0.0.1", Some(input), None).await;
+    let port = victim.addr.port();
+    // An allow-listed server (127.0.0.2) that redirects to the victim.
+    let redirector = file_server("127.0.0.2", None, Some(format!("http://127.0.0.1:{port}/a.mp4"))).await;
+    let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.2"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    for url in [
+        format!("http://127.0.0.1:{port}/a.mp4"),
+        format!("http://[::1]:{port}/a.mp4"),
+        format!("http://[::ffff:127.0.0.1]:{port}/a.mp4"),
+        format!("http://localhost:{port}/a.mp4"),
+        format!("http://0x7f000001:{port}/a.mp4"),
+        format!("http://2130706433:{port}/a.mp4"),
+    ] {
+        let r = api
+            .http
+            .post(api.url("/v1/jobs"))
+            .bearer_auth(&token)
+            .json(&json!({"url": url}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            Api::error_code(r).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "forbidden_url".into()),
+            "{url}"
+        );
+    }
+    for url in [
+        "ftp://127.0.0.2/a.mp4",
+        "file:///etc/passwd",
+        "http://user:pw@127.0.0.2/",
+    ] {
+        let r = api
+            .http
+            .post(api.url("/v1/jobs"))
+            .bearer_auth(&token)
+            .json(&json!({"url": url}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            Api::error_code(r).await,
+            (StatusCode::BAD_REQUEST, "invalid_url".into()),
+            "{url}"
+        );
+    }
+    // The redirect is followed only after its target is checked: the job fails.
+    let url = format!("http://{}/r", redirector.addr);
+    let r = api
+        .http
+        .post(api.url("/v1/jobs"))
+        .bearer_auth(&token)
+        .json(&json!({"url": url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let job: Value = r.json().await.unwrap();
+    let failed = api.finished(&token, job["id"].as_str().unwrap()).await;
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["error"]["code"], "forbidden_url", "{failed}");
+    assert_eq!(
+        redirector.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the redirector was asked"
+    );
+    assert_eq!(
+        victim.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the loopback victim never was"
+    );
+}
+
+/// A token signed with the test key, with chosen claims.
+fn forge(claims: Value, key: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(key.as_bytes()).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_other_users_bad_media_and_oversize_uploads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &["--max-upload-bytes", "300000"]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    let input = common::tone("small_440.m4a", 440, 44100, 3.0, 1, &["-c:a", "aac"]);
+
+    // No token, expired, forged, alg none, wrong audience.
+    let r = api.http.get(api.url("/v1/jobs")).send().await.unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "missing_credentials".into())
+    );
+    let r = api.http.post(api.url("/upload")).send().await.unwrap();
+    assert_eq!(
+        (r.status(), r.text().await.unwrap()),
+        (StatusCode::UNAUTHORIZED, "missing credentials".into())
+    );
+    let claims = |exp: u64, aud: &str| json!({"iss": "mp4tomp3", "aud": aud, "sub": ADMIN.0, "exp": exp, "adm": true});
+    let expired = forge(claims(now() - 60, "mp4tomp3"), JWT_SECRET);
+    let r = api
+        .http
+        .get(api.url("/v1/jobs"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "token_expired".into())
+    );
+    let forged = forge(claims(now() + 60, "mp4tomp3"), "some-other-key-some-other-key-0123456");
+    let wrong_aud = forge(claims(now() + 60, "mp4tomp3-download"), JWT_SECRET);
+    let none = format!("eyJhbGciOiJub25lIn0.{}.", admin.split('.').nth(1).unwrap());
+    for bad in [forged, wrong_aud, none, "garbage".to_string()] {
+        let r = api
+            .http
+            .get(api.url("/v1/jobs"))
+            .bearer_auth(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            Api::error_code(r).await,
+            (StatusCode::UNAUTHORIZED, "invalid_token".into()),
+            "{bad}"
+        );
+    }
+
+    // An admin creates Bob; Bob cannot see or download the admin's job, nor create users.
+    let r = api
+        .http
+        .post(api.url("/v1/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"email": "bob@example.com", "password": "bob-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = api
+        .http
+        .post(api.url("/v1/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"email": "bob@example.com", "password": "bob-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(Api::error_code(r).await, (StatusCode::CONFLICT, "exists".into()));
+    let r = api
+        .http
+        .post(api.url("/v1/auth/token"))
+        .json(&json!({"email": "bob@example.com", "password": "bob-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    let bob = body["access_token"].as_str().unwrap().to_string();
+    let r = api
+        .http
+        .post(api.url("/v1/users"))
+        .bearer_auth(&bob)
+        .json(&json!({"email": "eve@example.com", "password": "eve-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(Api::error_code(r).await, (StatusCode::FORBIDDEN, "forbidden".into()));
+
+    let job = api.upload(&admin, &input).await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(api.finished(&admin, id).await["state"], "done");
+    assert_eq!(
+        Api::error_code(api.job(&bob, id).await).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    let r = api
+        .http
+        .get(api.url(&format!("/v1/jobs/{id}/mp3")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = api
+        .http
+        .get(api.url(&format!("/download?fid={id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = api
+        .http
+        .delete(api.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let listed: Value = api
+        .http
+        .get(api.url("/v1/jobs"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 0);
+    let listed: Value = api
+        .http
+        .get(api.url("/v1/jobs?all=true"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"][0]["id"], id);
+
+    // Not an MP4: accepted, then failed with the converter's code, and a mail says why.
+    let text = save(dir.path(), "notes.mp4", &[b'x'; 5000]);
+    let job = api.upload(&bob, &text).await;
+    let failed = api.finished(&bob, job["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (failed["state"].as_str(), failed["error"]["code"].as_str()),
+        (Some("failed"), Some("not_mp4")),
+        "{failed}"
+    );
+    let mails = poll(WAIT, "two mails", || async {
+        let m = node.eml_files();
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+    let failure = mails
+        .iter()
+        .find(|m| mail_header(m, "To").unwrap() == "bob@example.com")
+        .unwrap();
+    assert!(mail_text(failure).contains("not_mp4"));
+
+    // Oversize: 413 from both upload routes, and nothing is left in tmp/.
+    let big = save(dir.path(), "big.mp4", &vec![0u8; 400_000]);
+    let r = api.upload_as("/v1/jobs", &bob, &big, None).await;
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into())
+    );
+    let r = api.upload_as("/upload", &bob, &big, None).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(std::fs::read_dir(node.data.join("tmp")).unwrap().count(), 0);
+
+    // Exactly one file.
+    let form = reqwest::multipart::Form::new().text("bitrate", "128");
+    let r = api
+        .http
+        .post(api.url("/upload"))
+        .bearer_auth(&bob)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status(), r.text().await.unwrap()),
+        (StatusCode::BAD_REQUEST, "exactly 1 file required".into())
+    );
+    let r = api
+        .http
+        .post(api.url("/v1/jobs"))
+        .bearer_auth(&bob)
+        .body("x")
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = api
+        .http
+        .get(api.url("/download"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status(), r.text().await.unwrap()),
+        (StatusCode::BAD_REQUEST, "fid is required".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_are_rate_limited_and_accounts_lock_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &dir.path().join("a"),
+        &["--login-per-minute", "6", "--lockout-after", "3"],
+    )
+    .await;
+    let api = Api::new(&node);
+    let wrong = || {
+        api.http
+            .post(api.url("/login"))
+            .basic_auth(ADMIN.0, Some("wrong-password"))
+            .send()
+    };
+    for _ in 0..3 {
+        let r = wrong().await.unwrap();
+        assert_eq!(
+            (r.status(), r.text().await.unwrap()),
+            (StatusCode::UNAUTHORIZED, "invalid credentials".into())
+        );
+    }
+    // Locked now, even with the right password.
+    let r = api
+        .http
+        .post(api.url("/v1/auth/token"))
+        .json(&json!({"email": ADMIN.0, "password": ADMIN.1}))
+        .send()
+        .await
+        .unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 200, "locked for minutes: {retry}");
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_requests".into())
+    );
+    // The address's budget (6/min) runs out too, for any account.
+    let mut limited = false;
+    for _ in 0..4 {
+        let r = api
+            .http
+            .post(api.url("/login"))
+            .basic_auth("nobody@example.com", Some("whatever1"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers().contains_key("retry-after"));
+            limited = true;
+        }
+    }
+    assert!(limited, "the per-address limit applies");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_conversions_then_restart_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(&dir.path().join("a"), &["--converter-slots", "1"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let input = common::video(90);
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let r = api
+            .upload_as("/v1/jobs", &token, &input, Some(&format!("key-{n}")))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let job: Value = r.json().await.unwrap();
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    // Wait until a conversion is under way, then crash.
+    poll(WAIT, "a conversion in progress", || async {
+        let job: Value = api.job(&token, &ids[0]).await.json().await.ok()?;
+        (job["state"] == "converting" && job["progress"].as_f64()? > 0.0).then_some(())
+    })
+    .await;
+    node.kill9();
+    node.restart().await;
+    let api = Api::new(&node);
+    // The client retries its submissions (it never saw some answers): same jobs come back.
+    for (n, id) in ids.iter().enumerate() {
+        let r = api
+            .upload_as("/v1/jobs", &token, &input, Some(&format!("key-{n}")))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "a retry is not a new job");
+        let job: Value = r.json().await.unwrap();
+        assert_eq!(job["id"].as_str(), Some(id.as_str()));
+    }
+    for id in &ids {
+        let done = api.finished(&token, id).await;
+        assert_eq!(done["state"], "done", "{done}");
+        let mp3 = api
+            .http
+            .get(api.url(&format!("/v1/jobs/{id}/mp3")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let path = save(dir.path(), "out.mp3", &mp3);
+        assert!((duration(&path) - 90.0).abs() < 0.05);
+    }
+    let listed: Value = api
+        .http
+        .get(api.url("/v1/jobs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 4, "no job lost or duplicated");
+    let mails = poll(WAIT, "four mails", || async {
+        let m = node.eml_files();
+        (m.len() >= 4).then_some(m)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.eml_files().len(), 4, "one mail per job");
+    let mut ids_mailed: Vec<String> = mails.iter().map(|m| mail_header(m, "Message-ID").unwrap()).collect();
+    ids_mailed.sort();
+    ids_mailed.dedup();
+    assert_eq!(ids_mailed.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_running_conversions_finish_and_cancel_deletes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(&dir.path().join("a"), &["--converter-slots", "1", "--grace", "60s"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let input = common::video(90);
+    let first = api.upload(&token, &input).await;
+    let second = api.upload(&token, &input).await;
+    let (first, second) = (
+        first["id"].as_str().unwrap().to_string(),
+        second["id"].as_str().unwrap().to_string(),
+    );
+    // Cancel the queued one: its files go, its state says canceled; deleting again removes it.
+    let r = api
+        .http
+        .delete(api.url(&format!("/v1/jobs/{second}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "canceled");
+    assert!(!node.data.join("jobs").join(&second).exists());
+    let r = api
+        .http
+        .delete(api.url(&format!("/v1/jobs/{second}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(api.job(&token, &second).await.status(), StatusCode::NOT_FOUND);
+
+    poll(WAIT, "the conversion to start", || async {
+        let job: Value = api.job(&token, &first).await.json().await.ok()?;
+        (job["state"] == "converting").then_some(())
+    })
+    .await;
+    let status = node.terminate(Duration::from_secs(60));
+    assert!(status.success(), "clean exit: {status}");
+    let log = node.log_text();
+    assert!(log.contains("running conversions finished"), "{log}");
+    node.restart().await;
+    let api = Api::new(&node);
+    let job: Value = api.job(&token, &first).await.json().await.unwrap();
+    assert_eq!(job["state"], "done", "finished before the exit, not resumed: {job}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_add_works_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
+        .args(["user", "add", "Carol@Example.com", "--data-dir"])
+        .arg(&node.data)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"carol-password\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api = Api::new(&node);
+    let token = api.login("carol@example.com", "carol-password").await;
+    let r = api
+        .http
+        .get(api.url("/v1/jobs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A short password is refused with one line and exit 2.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
+        .args(["user", "add", "dan@example.com", "--data-dir"])
+        .arg(&node.data)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
