@@ -785,3 +785,48 @@ async fn user_add_works_while_the_server_runs() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_running_job_stops_its_conversion_and_frees_the_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &["--converter-slots", "1"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let long = api.upload(&token, &common::video(600)).await;
+    let id = long["id"].as_str().unwrap().to_string();
+    poll(WAIT, "the conversion to make progress", || async {
+        let job: Value = api.job(&token, &id).await.json().await.ok()?;
+        (job["state"] == "converting" && job["progress"].as_f64()? > 0.0).then_some(())
+    })
+    .await;
+    let r = api
+        .http
+        .delete(api.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The slot comes free long before the 10-minute input could have been converted.
+    let next = api
+        .upload(
+            &token,
+            &common::tone("small_440.m4a", 440, 44100, 3.0, 1, &["-c:a", "aac"]),
+        )
+        .await;
+    let done = api.finished(&token, next["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done");
+    let job: Value = api.job(&token, &id).await.json().await.unwrap();
+    assert_eq!(job["state"], "canceled", "{job}");
+    assert!(!node.data.join("jobs").join(&id).exists(), "its files are gone");
+    poll(WAIT, "the finished job's mail", || async {
+        (node.eml_files().len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        node.eml_files().len(),
+        1,
+        "no mail for the canceled job, one for the other"
+    );
+}
