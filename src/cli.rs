@@ -97,6 +97,10 @@ pub struct ConvertArgs {
     /// Overwrite the output if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Encode in one piece on one core (by default long CBR inputs are encoded as two
+    /// halves at once and spliced).
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 /// A failed command: what to print and how to exit.
@@ -194,6 +198,7 @@ fn run_convert(args: &ConvertArgs) -> Result<(), CliError> {
         quality,
         track: args.track,
         max_duration: args.max_duration.map(Duration::from_secs),
+        sequential: args.sequential,
     };
     let from_stdin = args.input.as_os_str() == "-";
     let output = match (&args.output, from_stdin) {

@@ -314,6 +314,8 @@ impl Config {
             quality,
             track: None,
             max_duration: Some(self.max_duration),
+            // The pool runs one conversion per core already.
+            sequential: true,
         }
     }
 

@@ -20,7 +20,10 @@ mod decode;
 mod downmix;
 mod encode;
 mod error;
+mod frames;
+mod parallel;
 mod settings;
+mod split;
 mod tags;
 
 use std::fs::File;
@@ -44,6 +47,7 @@ pub use settings::{ConvertOptions, DEFAULT_KBPS, Quality, STANDARD_BITRATES};
 use container::EditList;
 use decode::{Decoder, PacketError, Pcm};
 use encode::Mp3Encoder;
+use parallel::{SplitContext, SplitPlan, convert_split};
 
 /// Callbacks into a running conversion. Both are optional.
 #[derive(Clone, Copy, Default)]
@@ -79,6 +83,8 @@ pub struct Summary {
     pub skipped_packets: u64,
     /// The decoder that did the work: `symphonia` or `fdk-aac`.
     pub decoder: &'static str,
+    /// Encoded as two halves at once and spliced (see `parallel.rs`).
+    pub split: bool,
 }
 
 /// Frames gathered before a block is handed to the encoder thread.
@@ -121,6 +127,8 @@ pub fn convert<W: Write + Seek>(
     hooks: Hooks<'_>,
 ) -> Result<Summary> {
     let quality = opts.quality.validate()?;
+    // A second and third view of the same file, for the halves of a split encoding.
+    let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&input));
     let container = container::read_container(&mut input).map_err(classify_container_io)?;
     input.seek(SeekFrom::Start(0))?;
     let len = input.metadata()?.len();
@@ -167,7 +175,27 @@ pub fn convert<W: Write + Seek>(
         position,
         len,
         hooks,
+        window: None,
     };
+    if let Some(plan) = SplitPlan::new(&track, quality, known_secs).filter(|_| !opts.sequential)
+        && let Some(summary) = convert_split(
+            &plan,
+            &reopen,
+            SplitContext {
+                track: opts.track,
+                truncated: container.truncated,
+                edit,
+                max_duration: opts.max_duration,
+                quality,
+                hooks,
+                id3: &id3,
+                codec: codec.clone(),
+            },
+            out,
+        )?
+    {
+        return Ok(summary);
+    }
     let (tx, rx) = sync_channel(CHANNEL_BLOCKS);
     std::thread::scope(|scope| {
         let decoding = std::thread::Builder::new()
@@ -191,6 +219,7 @@ pub fn convert<W: Write + Seek>(
             duration: Duration::from_secs_f64(frames as f64 / f64::from(input_rate.max(1))),
             skipped_packets: stats.bad_packets,
             decoder: stats.decoder,
+            split: false,
         })
     })
 }
@@ -316,6 +345,8 @@ struct DecodeJob<'h> {
     position: Arc<AtomicU64>,
     len: u64,
     hooks: Hooks<'h>,
+    /// Only these samples (after the edit list) go to the encoder: one half of a split.
+    window: Option<Trim>,
 }
 
 /// Counts from the decode thread.
@@ -353,7 +384,12 @@ impl Trim {
 }
 
 impl DecodeJob<'_> {
-    fn run(self, mut format: Box<dyn FormatReader>, mut decoder: Decoder, tx: SyncSender<Pcm>) -> Result<DecodeStats> {
+    fn run(
+        mut self,
+        mut format: Box<dyn FormatReader>,
+        mut decoder: Decoder,
+        tx: SyncSender<Pcm>,
+    ) -> Result<DecodeStats> {
         let mut packets = 0u64;
         let mut bad = 0u64;
         let mut bad_in_a_row = 0u64;
@@ -416,7 +452,10 @@ impl DecodeJob<'_> {
                 )));
             }
             fit_channels(&mut pcm.planes, channels);
-            let more = trim.apply(&mut pcm);
+            let mut more = trim.apply(&mut pcm);
+            if let Some(window) = self.window.as_mut() {
+                more &= window.apply(&mut pcm);
+            }
             emitted += pcm.frames() as u64;
             if let Some(limit) = self.max_duration {
                 let secs = emitted as f64 / f64::from(rate);

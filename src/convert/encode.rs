@@ -46,6 +46,15 @@ impl Mp3Encoder {
     /// An encoder taking `channels` (1 or 2) planes at `in_rate`; LAME resamples to
     /// [`mp3_rate_for`] when needed.
     pub(crate) fn new(in_rate: u32, channels: usize, quality: Quality) -> Result<Self> {
+        Self::build(in_rate, channels, quality, true)
+    }
+
+    /// The same without the info frame: for the second half of a split encoding.
+    pub(crate) fn untagged(in_rate: u32, channels: usize, quality: Quality) -> Result<Self> {
+        Self::build(in_rate, channels, quality, false)
+    }
+
+    fn build(in_rate: u32, channels: usize, quality: Quality, tagged: bool) -> Result<Self> {
         let mut b = Builder::new().ok_or_else(|| ConvertError::Encoder("LAME could not allocate".into()))?;
         let (count, mode) = match channels {
             1 => (1, Mode::Mono),
@@ -57,7 +66,7 @@ impl Mp3Encoder {
         b.set_sample_rate(in_rate).map_err(|e| lame_error("input rate", e))?;
         b.set_output_sample_rate(NonZeroU32::new(mp3_rate_for(in_rate)))
             .map_err(|e| lame_error("output rate", e))?;
-        b.set_to_write_vbr_tag(true).map_err(|e| lame_error("info tag", e))?;
+        b.set_to_write_vbr_tag(tagged).map_err(|e| lame_error("info tag", e))?;
         match quality {
             Quality::Cbr { kbps } => {
                 b.set_vbr_mode(VbrMode::Off).map_err(|e| lame_error("vbr mode", e))?;
@@ -105,6 +114,12 @@ impl Mp3Encoder {
     /// Flushes LAME, then rewrites the info frame at `audio_start` (where the first MP3
     /// frame was written) and leaves `out` positioned at its end.
     pub(crate) fn finish<W: Write + Seek>(mut self, out: &mut W, audio_start: u64) -> Result<()> {
+        self.flush(out)?;
+        self.write_tag(out, audio_start)
+    }
+
+    /// Flushes LAME's last frames into `out`.
+    pub(crate) fn flush(&mut self, out: &mut impl Write) -> Result<()> {
         self.buf.clear();
         self.buf.reserve(7200 * 2);
         let n = self
@@ -112,6 +127,11 @@ impl Mp3Encoder {
             .flush_to_vec::<FlushGap>(&mut self.buf)
             .map_err(|e| lame_error("flush", e))?;
         out.write_all(&self.buf[..n])?;
+        Ok(())
+    }
+
+    /// Overwrites the info frame at `audio_start` (after [`Self::flush`]).
+    pub(crate) fn write_tag<W: Write + Seek>(mut self, out: &mut W, audio_start: u64) -> Result<()> {
         let end = out.stream_position()?;
         self.buf.clear();
         self.buf.reserve(self.lame.lame_tag_size().max(2880));

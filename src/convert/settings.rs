@@ -55,6 +55,9 @@ pub struct ConvertOptions {
     pub track: Option<usize>,
     /// Refuse inputs whose audio is longer than this.
     pub max_duration: Option<Duration>,
+    /// Encode in one piece even where two halves could be encoded at once (for comparisons;
+    /// the output is equivalent either way).
+    pub sequential: bool,
 }
 
 #[cfg(test)]
