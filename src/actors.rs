@@ -13,6 +13,7 @@
 //! stored reference, so a restarted actor is found again at once.
 
 pub mod auth;
+pub mod cluster;
 pub mod converter;
 pub mod gateway;
 pub mod notifier;
@@ -38,6 +39,8 @@ pub enum Role {
     Converter,
     /// Emails.
     Notifier,
+    /// Cluster membership (only on nodes with `--cluster-listen`).
+    Cluster,
 }
 
 impl Role {
@@ -58,6 +61,7 @@ impl Role {
             Role::Request => "request",
             Role::Converter => "converter",
             Role::Notifier => "notifier",
+            Role::Cluster => "cluster",
         }
     }
 

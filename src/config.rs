@@ -108,6 +108,20 @@ pub struct ServeArgs {
     /// (comma-separated host names or IPs; for tests and intranets).
     #[arg(long, env = "MP4TOMP3_FETCH_ALLOW_HOSTS", value_delimiter = ',')]
     pub fetch_allow_hosts: Vec<String>,
+    /// Where this node listens for cluster peers (e.g. `0.0.0.0:4697`). Without it the
+    /// node runs alone.
+    #[arg(long, env = "MP4TOMP3_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// The `host:port` peers reach this node at. Default: the listen address, or
+    /// `$POD_IP:port` when listening on all interfaces.
+    #[arg(long, env = "MP4TOMP3_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// The shared secret of the cluster handshake (required with peers).
+    #[arg(long, env = "MP4TOMP3_CLUSTER_COOKIE", hide_env_values = true)]
+    pub cluster_cookie: Option<String>,
+    /// Static discovery: the other nodes' `host:port` (comma-separated). None: one node.
+    #[arg(long, env = "MP4TOMP3_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
     /// Connect timeout for URL imports.
     #[arg(long, env = "MP4TOMP3_FETCH_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub fetch_connect_timeout: Duration,
@@ -157,6 +171,19 @@ pub enum MailConfig {
     },
 }
 
+/// How this node joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// `host:port` peers reach us at.
+    pub advertise: String,
+    /// The handshake secret.
+    pub cookie: String,
+    /// Static peers (`host:port`), without ourselves.
+    pub peers: Vec<String>,
+}
+
 /// The validated configuration every part of the service reads.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -202,6 +229,8 @@ pub struct Config {
     pub fetch_connect_timeout: Duration,
     /// URL import read timeout.
     pub fetch_read_timeout: Duration,
+    /// The cluster, if this node is part of one.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -274,7 +303,14 @@ impl Config {
         if args.mail_from.parse::<lettre::message::Mailbox>().is_err() {
             return Err(invalid("mail-from", "not an email address"));
         }
+        let cluster = cluster_config(
+            args.cluster_listen,
+            args.cluster_advertise,
+            args.cluster_cookie,
+            args.peers,
+        )?;
         Ok(Config {
+            cluster,
             data_dir: args.data_dir,
             http: args.http,
             public_url,
@@ -333,6 +369,64 @@ impl Config {
     }
 }
 
+fn cluster_config(
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    cookie: Option<String>,
+    peers: Vec<String>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let invalid = |flag, reason: &str| ConfigError::Invalid {
+        flag,
+        reason: reason.to_string(),
+    };
+    let peers: Vec<String> = peers
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let Some(listen) = listen else {
+        if !peers.is_empty() {
+            return Err(invalid("cluster-listen", "is required when --peers are given"));
+        }
+        return Ok(None);
+    };
+    let cookie = cookie.filter(|c| !c.is_empty());
+    let Some(cookie) = cookie else {
+        return Err(invalid(
+            "cluster-cookie",
+            "set MP4TOMP3_CLUSTER_COOKIE: every node of a cluster needs the shared cookie",
+        ));
+    };
+    let advertise = match advertise {
+        Some(a) => a,
+        None if !listen.ip().is_unspecified() => listen.to_string(),
+        None => match std::env::var("POD_IP") {
+            Ok(ip) if !ip.is_empty() => format!("{ip}:{}", listen.port()),
+            _ => {
+                return Err(invalid(
+                    "cluster-advertise",
+                    "needed when listening on all interfaces without POD_IP",
+                ));
+            }
+        },
+    };
+    for peer in &peers {
+        if peer
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid("peers", &format!("{peer:?} is not host:port")));
+        }
+    }
+    let peers = peers.into_iter().filter(|p| *p != advertise).collect();
+    Ok(Some(ClusterConfig {
+        listen,
+        advertise,
+        cookie,
+        peers,
+    }))
+}
+
 /// The pod name (StatefulSet pods get `POD_NAME` from the downward API), else the host name.
 fn default_node_name() -> String {
     let raw = std::env::var("POD_NAME")
@@ -382,5 +476,51 @@ fn generated_key(path: &Path) -> Result<Vec<u8>, ConfigError> {
             Ok(key.into_bytes())
         }
         Err(e) => Err(io("cannot read the JWT key")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_cluster_needs_a_listen_address_and_a_cookie() {
+        let listen: SocketAddr = "127.0.0.2:4697".parse().unwrap();
+        assert!(
+            cluster_config(None, None, None, Vec::new()).unwrap().is_none(),
+            "no peers: one node"
+        );
+        assert!(matches!(
+            cluster_config(None, None, Some("c".into()), peers(&["127.0.0.3:4697"])),
+            Err(ConfigError::Invalid {
+                flag: "cluster-listen",
+                ..
+            })
+        ));
+        assert!(matches!(
+            cluster_config(Some(listen), None, None, peers(&["127.0.0.3:4697"])),
+            Err(ConfigError::Invalid {
+                flag: "cluster-cookie",
+                ..
+            })
+        ));
+        assert!(matches!(
+            cluster_config(Some(listen), None, Some("c".into()), peers(&["no-port"])),
+            Err(ConfigError::Invalid { flag: "peers", .. })
+        ));
+        let ok = cluster_config(
+            Some(listen),
+            None,
+            Some("c".into()),
+            peers(&["127.0.0.2:4697", "127.0.0.3:4697"]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ok.advertise, "127.0.0.2:4697");
+        assert_eq!(ok.peers, peers(&["127.0.0.3:4697"]), "ourselves removed from the peers");
     }
 }

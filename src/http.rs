@@ -5,6 +5,7 @@
 //! `/download`) share the same core functions and differ only in how they answer.
 
 mod auth;
+mod cluster;
 mod download;
 mod error;
 mod health;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(auth::router())
+        .merge(cluster::router())
         .merge(jobs::router())
         .merge(download::router())
         .merge(seed::router())

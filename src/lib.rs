@@ -8,6 +8,7 @@ pub mod actors;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod fetch;

@@ -18,6 +18,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::Role;
 use super::auth::AuthActor;
+use super::cluster::ClusterActor;
 use super::converter::ConverterActor;
 use super::gateway::{GatewayActor, GatewayArgs};
 use super::notifier::NotifierActor;
@@ -86,6 +87,9 @@ impl NodeSupervisor {
             Role::Notifier => Actor::spawn_linked(name, NotifierActor, config, cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
+            Role::Cluster => Actor::spawn_linked(name, ClusterActor, config, cell)
+                .await
+                .map(|(r, _)| r.get_cell()),
             Role::Gateway => {
                 let args = GatewayArgs {
                     config,
@@ -128,7 +132,8 @@ impl Actor for NodeSupervisor {
             restarts: VecDeque::new(),
             stopping: false,
         };
-        for role in Role::ALL {
+        let cluster = state.config.cluster.is_some().then_some(Role::Cluster);
+        for role in Role::ALL.into_iter().chain(cluster) {
             // At start a failure is fatal (bad data dir, port in use): report it.
             let before = state.children.len();
             self.start_child(&myself, &mut state, role).await?;

@@ -64,8 +64,14 @@ impl Node {
             .arg("serve")
             .arg("--data-dir")
             .arg(data)
-            .args(["--http", "127.0.0.1:0", "--node-name", "node-a"])
+            .args(["--http", "127.0.0.1:0"])
+            .args(if args.iter().any(|a| a == "--node-name") {
+                &[][..]
+            } else {
+                &["--node-name", "node-a"][..]
+            })
             .args(&args)
+            .env("MP4TOMP3_CLUSTER_COOKIE", "test-cookie")
             .env_remove("RUST_LOG")
             .env("MP4TOMP3_JWT_SECRET", JWT_SECRET)
             .env("MP4TOMP3_ADMIN_EMAIL", ADMIN.0)
@@ -139,6 +145,13 @@ impl Node {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT, ...) to the node.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, signal) };
     }
 
     /// SIGTERM, and wait for the exit.

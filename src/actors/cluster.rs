@@ -1,0 +1,381 @@
+//! The cluster actor: runs this node's ractor_cluster `NodeServer`, dials the static peers,
+//! tracks members, and fences peers that stop answering heartbeats.
+//!
+//! ```text
+//! cluster
+//! ├── NodeServer (ractor_cluster)   sessions, cookie handshake
+//! └── probe                         answers peers' heartbeats (pg group probe.v1)
+//! ```
+//!
+//! Membership: a peer is `up` once its session is ready and its probe answers; each
+//! missed heartbeat makes it `suspect`; [`MAX_MISSES`] in a row stop its session (a frozen
+//! process is fenced, not only a dead one). Lost sessions are redialled with jittered
+//! exponential backoff, one dial per address at a time, by the lexically smaller address.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage};
+
+use crate::cluster::probe::{NodeStatus, ProbeActor, ProbeMsg};
+use crate::cluster::{PROBE_GROUP, stable_name};
+use crate::config::{ClusterConfig, Config};
+
+/// How often peers are dialled and probed.
+pub const TICK: Duration = Duration::from_millis(500);
+/// How long a heartbeat may take.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Missed heartbeats in a row that fence a peer.
+pub const MAX_MISSES: u32 = 3;
+/// Longest wait between dials of an unreachable peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A member as `/v1/cluster` shows it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// Incarnation name.
+    pub name: String,
+    /// Stable (pod) name.
+    pub node: String,
+    /// Its cluster address.
+    pub address: String,
+    /// `up` or `suspect`.
+    pub state: &'static str,
+    /// Its last heartbeat answer.
+    pub status: Option<NodeStatus>,
+}
+
+/// The cluster actor's messages.
+pub enum ClusterMsg {
+    /// Dial and probe.
+    Tick,
+    /// A session finished its handshake.
+    SessionReady {
+        /// The peer's incarnation name.
+        name: String,
+        /// The address it advertises.
+        address: String,
+        /// The session's node id (names its remote actors).
+        node_id: u64,
+        /// The session actor (stopped to fence the peer).
+        session: ActorRef<NodeSessionMessage>,
+    },
+    /// A session ended.
+    SessionDown {
+        /// The peer's incarnation name.
+        name: String,
+    },
+    /// A dial ended.
+    Dialed {
+        /// The address.
+        address: String,
+        /// It connected.
+        ok: bool,
+    },
+    /// A heartbeat ended.
+    Heartbeat {
+        /// The peer.
+        name: String,
+        /// Its answer, or `None` on timeout/error.
+        status: Option<NodeStatus>,
+    },
+    /// The current members.
+    Members {
+        /// The answer.
+        reply: RpcReplyPort<Vec<MemberView>>,
+    },
+}
+
+impl ractor::Message for ClusterMsg {}
+
+struct Member {
+    address: String,
+    node_id: u64,
+    session: ActorRef<NodeSessionMessage>,
+    misses: u32,
+    probing: bool,
+    since: Instant,
+    status: Option<NodeStatus>,
+}
+
+struct Dialing {
+    failures: u32,
+    next: Instant,
+    in_flight: bool,
+}
+
+/// The cluster actor.
+pub struct ClusterActor;
+
+/// Its state.
+pub struct ClusterState {
+    cluster: ClusterConfig,
+    server: ActorRef<NodeServerMessage>,
+    members: HashMap<String, Member>,
+    dials: HashMap<String, Dialing>,
+}
+
+/// Forwards ractor_cluster's session events to the cluster actor.
+struct Events(ActorRef<ClusterMsg>);
+
+impl Events {
+    fn ready(&self, ses: NodeServerSessionInformation) {
+        if let Some(peer) = ses.peer_name {
+            let _ = self.0.send_message(ClusterMsg::SessionReady {
+                name: peer.name,
+                address: peer.connection_string,
+                node_id: ses.node_id,
+                session: ses.actor,
+            });
+        }
+    }
+}
+
+impl NodeEventSubscription for Events {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        if let Some(peer) = ses.peer_name {
+            let _ = self.0.send_message(ClusterMsg::SessionDown { name: peer.name });
+        }
+    }
+
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        self.ready(ses);
+    }
+}
+
+fn jitter(base: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let frac = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX);
+    base.mul_f64(0.75 + frac * 0.5)
+}
+
+impl ClusterState {
+    fn connected(&self, address: &str) -> bool {
+        self.members.values().any(|m| m.address == address)
+    }
+
+    fn dial(&mut self, myself: &ActorRef<ClusterMsg>) {
+        let now = Instant::now();
+        for address in self.cluster.peers.clone() {
+            // One side dials: the smaller address. Never dial ourselves or a live peer.
+            if address <= self.cluster.advertise || self.connected(&address) {
+                continue;
+            }
+            let entry = self.dials.entry(address.clone()).or_insert(Dialing {
+                failures: 0,
+                next: now,
+                in_flight: false,
+            });
+            if entry.in_flight || entry.next > now {
+                continue;
+            }
+            entry.in_flight = true;
+            let (server, me) = (self.server.clone(), myself.clone());
+            tokio::spawn(async move {
+                let dial = ractor_cluster::client_connect(&server, address.as_str());
+                let ok = matches!(tokio::time::timeout(Duration::from_secs(3), dial).await, Ok(Ok(())));
+                let _ = me.send_message(ClusterMsg::Dialed { address, ok });
+            });
+        }
+    }
+
+    fn probe(&mut self, myself: &ActorRef<ClusterMsg>) {
+        let probes = ractor::pg::get_members(&PROBE_GROUP.to_string());
+        for (name, member) in &mut self.members {
+            if member.probing {
+                continue;
+            }
+            let probe = probes
+                .iter()
+                .find(|p| !p.get_id().is_local() && p.get_id().node() == member.node_id)
+                .cloned();
+            let Some(probe) = probe else {
+                // The peer's groups arrive just after its session: give it a moment.
+                if member.since.elapsed() > HEARTBEAT_TIMEOUT * MAX_MISSES {
+                    member.misses += 1;
+                }
+                continue;
+            };
+            member.probing = true;
+            let (me, name) = (myself.clone(), name.clone());
+            tokio::spawn(async move {
+                let answer =
+                    ractor::rpc::call::<ProbeMsg, NodeStatus, _>(&probe, ProbeMsg::Status, Some(HEARTBEAT_TIMEOUT))
+                        .await;
+                let status = match answer {
+                    Ok(CallResult::Success(status)) => Some(status),
+                    _ => None,
+                };
+                let _ = me.send_message(ClusterMsg::Heartbeat { name, status });
+            });
+        }
+        self.fence();
+    }
+
+    fn fence(&mut self) {
+        let dead: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.misses >= MAX_MISSES)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in dead {
+            if let Some(member) = self.members.remove(&name) {
+                tracing::warn!(peer = %name, misses = member.misses, "peer stopped answering; fencing it");
+                member.session.stop(Some("fenced: heartbeats missed".into()));
+            }
+        }
+    }
+}
+
+impl Actor for ClusterActor {
+    type Msg = ClusterMsg;
+    type State = ClusterState;
+    type Arguments = Arc<Config>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ClusterMsg>,
+        config: Arc<Config>,
+    ) -> Result<ClusterState, ActorProcessingErr> {
+        let cluster = config
+            .cluster
+            .clone()
+            .ok_or("the cluster actor needs --cluster-listen")?;
+        let incarnation = crate::cluster::incarnation_name(&config.node_name);
+        let host = cluster
+            .advertise
+            .rsplit_once(':')
+            .map_or(cluster.advertise.as_str(), |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        let server = NodeServer::new(
+            cluster.listen.port(),
+            cluster.cookie.clone(),
+            incarnation.clone(),
+            host,
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(cluster.listen.ip());
+        let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "membership".into(),
+            subscription: Box::new(Events(myself.clone())),
+        })?;
+        Actor::spawn_linked(
+            Some("probe".into()),
+            ProbeActor,
+            (config.clone(), incarnation.clone()),
+            myself.get_cell(),
+        )
+        .await?;
+        tracing::info!(%incarnation, listen = %cluster.listen, peers = ?cluster.peers, "cluster node started");
+        myself.send_interval(TICK, || ClusterMsg::Tick);
+        Ok(ClusterState {
+            cluster,
+            server,
+            members: HashMap::new(),
+            dials: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ClusterMsg>,
+        message: ClusterMsg,
+        state: &mut ClusterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ClusterMsg::Tick => {
+                state.dial(&myself);
+                state.probe(&myself);
+            }
+            ClusterMsg::SessionReady {
+                name,
+                address,
+                node_id,
+                session,
+            } => {
+                tracing::info!(peer = %name, %address, "node up");
+                state.members.insert(
+                    name,
+                    Member {
+                        address,
+                        node_id,
+                        session,
+                        misses: 0,
+                        probing: false,
+                        since: Instant::now(),
+                        status: None,
+                    },
+                );
+            }
+            ClusterMsg::SessionDown { name } => {
+                if state.members.remove(&name).is_some() {
+                    tracing::warn!(peer = %name, "node down");
+                }
+            }
+            ClusterMsg::Dialed { address, ok } => {
+                if let Some(dial) = state.dials.get_mut(&address) {
+                    dial.in_flight = false;
+                    if ok {
+                        dial.failures = 0;
+                        // The session needs a moment to become ready; don't redial at once.
+                        dial.next = Instant::now() + Duration::from_secs(2);
+                    } else {
+                        dial.failures += 1;
+                        let backoff =
+                            (Duration::from_millis(250) * 2u32.saturating_pow(dial.failures.min(8))).min(MAX_BACKOFF);
+                        dial.next = Instant::now() + jitter(backoff);
+                    }
+                }
+            }
+            ClusterMsg::Heartbeat { name, status } => {
+                if let Some(member) = state.members.get_mut(&name) {
+                    member.probing = false;
+                    match status {
+                        Some(status) => {
+                            member.misses = 0;
+                            member.status = Some(status);
+                        }
+                        None => {
+                            member.misses += 1;
+                            tracing::debug!(peer = %name, misses = member.misses, "heartbeat missed");
+                        }
+                    }
+                }
+                state.fence();
+            }
+            ClusterMsg::Members { reply } => {
+                let mut members: Vec<MemberView> = state
+                    .members
+                    .iter()
+                    .map(|(name, m)| MemberView {
+                        name: name.clone(),
+                        node: stable_name(name).to_string(),
+                        address: m.address.clone(),
+                        state: if m.misses == 0 && m.status.is_some() {
+                            "up"
+                        } else {
+                            "suspect"
+                        },
+                        status: m.status.clone(),
+                    })
+                    .collect();
+                members.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(members);
+            }
+        }
+        Ok(())
+    }
+}

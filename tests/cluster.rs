@@ -1,0 +1,124 @@
+//! Multi-process cluster tests: real binaries on 127.0.0.x, static discovery.
+
+mod common;
+
+use std::time::Duration;
+
+use common::service::{ADMIN, Node, free_port, poll};
+use serde_json::Value;
+
+/// The (node, state) pairs a node's `/v1/cluster` lists.
+async fn members(node: &Node) -> Vec<(String, String)> {
+    let http = reqwest::Client::new();
+    let Ok(r) = http
+        .post(node.url("/login"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let token = r.text().await.unwrap_or_default();
+    let Ok(r) = http.get(node.url("/v1/cluster")).bearer_auth(token).send().await else {
+        return Vec::new();
+    };
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let mut out: Vec<(String, String)> = body["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["node"].as_str().unwrap_or("").to_string(),
+                m["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn up(names: &[&str]) -> Vec<(String, String)> {
+    names.iter().map(|n| (n.to_string(), "up".to_string())).collect()
+}
+
+async fn start(dir: &std::path::Path, name: &str, ip: &str, port: u16, peers: &str, extra: &[&str]) -> Node {
+    let listen = format!("{ip}:{port}");
+    let mut args = vec!["--node-name", name, "--cluster-listen", &listen, "--peers", peers];
+    args.extend_from_slice(extra);
+    Node::start(&dir.join(name), &args).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_a_wrong_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
+    let peers = format!("{},{},{}", addr(0), addr(1), addr(2));
+    let a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &[]).await;
+    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &[]).await;
+    let mut c = start(dir.path(), "node-c", "127.0.0.4", ports[2], &peers, &[]).await;
+    let wait = Duration::from_secs(15);
+    for (node, others) in [
+        (&a, ["node-b", "node-c"]),
+        (&b, ["node-a", "node-c"]),
+        (&c, ["node-a", "node-b"]),
+    ] {
+        poll(wait, "a full mesh", || async {
+            (members(node).await == up(&others)).then_some(())
+        })
+        .await;
+    }
+
+    // A node with the wrong cookie (on 127.0.0.1, so it is the one that dials) is refused.
+    let intruder_peers = format!("127.0.0.1:{},{peers}", ports[3]);
+    let intruder = start(
+        dir.path(),
+        "node-x",
+        "127.0.0.1",
+        ports[3],
+        &intruder_peers,
+        &["--cluster-cookie", "wrong"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(members(&intruder).await, Vec::new(), "the intruder joined nobody");
+    assert_eq!(
+        members(&a).await,
+        up(&["node-b", "node-c"]),
+        "nobody lists the intruder"
+    );
+
+    // SIGSTOP: the frozen node is fenced within seconds; after SIGCONT it comes back.
+    c.signal(libc::SIGSTOP);
+    poll(wait, "the frozen node to be fenced", || async {
+        (members(&a).await == up(&["node-b"])).then_some(())
+    })
+    .await;
+    poll(wait, "the frozen node to be fenced on b", || async {
+        (members(&b).await == up(&["node-a"])).then_some(())
+    })
+    .await;
+    c.signal(libc::SIGCONT);
+    poll(wait, "the node to rejoin", || async {
+        (members(&a).await == up(&["node-b", "node-c"])).then_some(())
+    })
+    .await;
+
+    // kill -9: peers drop it at once (the session's socket closes).
+    c.kill9();
+    poll(Duration::from_secs(3), "the dead node to leave", || async {
+        (members(&a).await == up(&["node-b"])).then_some(())
+    })
+    .await;
+    // Restarted with the same stable name and data dir: a new incarnation joins.
+    c.restart().await;
+    poll(wait, "the restarted node to join", || async {
+        (members(&a).await == up(&["node-b", "node-c"])).then_some(())
+    })
+    .await;
+    poll(wait, "the restarted node to see its peers", || async {
+        (members(&c).await == up(&["node-a", "node-b"])).then_some(())
+    })
+    .await;
+}
