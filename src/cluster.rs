@@ -7,6 +7,7 @@
 //! dial per address at a time, retried every tick with jitter. A probe actor on every node
 //! answers heartbeats; three missed heartbeats fence the peer (its session is stopped).
 
+pub mod jobs;
 pub mod probe;
 
 /// The process group of every node's probe actor (versioned: a rolling upgrade never casts

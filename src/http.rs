@@ -10,6 +10,7 @@ mod download;
 mod error;
 mod health;
 mod jobs;
+mod route;
 mod seed;
 mod upload;
 

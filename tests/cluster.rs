@@ -122,3 +122,127 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_node_answers_for_any_job_and_says_503_while_its_owner_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
+    let mut a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &[]).await;
+    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &[]).await;
+    poll(Duration::from_secs(15), "a and b to meet", || async {
+        (members(&b).await == up(&["node-a"])).then_some(())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let token = http
+        .post(a.url("/login"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let input = common::tone("cluster_440.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(&input).unwrap()).file_name("tone.m4a"),
+    );
+    let job: Value = http
+        .post(a.url("/upload"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("node-a~"));
+
+    // Status through b, until done.
+    let done: Value = poll(Duration::from_secs(30), "the job, seen from b", || async {
+        let job: Value = http
+            .get(b.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (job["state"] == "done").then_some(job)
+    })
+    .await;
+    assert_eq!(done["id"], id.as_str());
+    // The MP3 through b equals the owner's, whole and by range.
+    let get = |node: &Node, range: Option<&str>| {
+        let mut req = http.get(node.url(&format!("/v1/jobs/{id}/mp3"))).bearer_auth(&token);
+        if let Some(r) = range {
+            req = req.header("Range", r);
+        }
+        req.send()
+    };
+    let local = get(&a, None).await.unwrap().bytes().await.unwrap();
+    let remote = get(&b, None).await.unwrap();
+    assert_eq!(remote.status(), reqwest::StatusCode::OK);
+    assert_eq!(remote.headers()["content-type"], "audio/mpeg");
+    assert_eq!(
+        remote.headers()["content-disposition"],
+        "attachment; filename=\"tone.mp3\"; filename*=UTF-8''tone.mp3"
+    );
+    assert_eq!(remote.bytes().await.unwrap(), local);
+    let part = get(&b, Some("bytes=1000-2999")).await.unwrap();
+    assert_eq!(part.status(), reqwest::StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), local[1000..3000]);
+    let seed = http
+        .get(b.url(&format!("/download?fid={id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seed.bytes().await.unwrap(), local);
+    // The list from b gathers a's jobs.
+    let listed: Value = http
+        .get(b.url("/v1/jobs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+
+    // The owner goes away: b answers 503 with Retry-After, not 404.
+    a.kill9();
+    poll(Duration::from_secs(5), "a to leave", || async {
+        members(&b).await.is_empty().then_some(())
+    })
+    .await;
+    let r = http
+        .get(b.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "owner_unavailable");
+    // Back: served again.
+    a.restart().await;
+    poll(Duration::from_secs(15), "a's job through b again", || async {
+        let r = http
+            .get(b.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}

@@ -21,6 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage};
 
+use crate::cluster::jobs::JobsActor;
 use crate::cluster::probe::{NodeStatus, ProbeActor, ProbeMsg};
 use crate::cluster::{PROBE_GROUP, stable_name};
 use crate::config::{ClusterConfig, Config};
@@ -267,6 +268,7 @@ impl Actor for ClusterActor {
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr(cluster.listen.ip());
+        Actor::spawn_linked(Some("jobs".into()), JobsActor, config.clone(), myself.get_cell()).await?;
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "membership".into(),

@@ -26,7 +26,15 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// Streams the MP3 of job `id` to `who` (`None`: a verified signed link).
-pub(super) async fn serve(id: JobId, who: Option<Principal>, request: Request) -> Result<Response, ApiError> {
+pub(super) async fn serve(
+    state: &AppState,
+    id: JobId,
+    who: Option<Principal>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if let Some(owner) = super::route::remote_owner(state, &id) {
+        return super::route::remote_mp3(owner, &id, who.as_ref(), request.headers()).await;
+    }
     let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??;
     let response = ServeFile::new(&file.path)
         .oneshot(request)
@@ -49,8 +57,13 @@ pub(super) async fn serve(id: JobId, who: Option<Principal>, request: Request) -
     Ok(response)
 }
 
-async fn by_job(Authed(who): Authed, Path(id): Path<String>, request: Request) -> Result<Response, ApiError> {
-    serve(super::jobs::job_id(&id)?, Some(who), request).await
+async fn by_job(
+    State(state): State<AppState>,
+    Authed(who): Authed,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    serve(&state, super::jobs::job_id(&id)?, Some(who), request).await
 }
 
 async fn by_link(
@@ -60,7 +73,7 @@ async fn by_link(
 ) -> Result<Response, ApiError> {
     let id = state.config.keys.verify_link(&token)?;
     let id = JobId::parse(&id).ok_or_else(ApiError::not_found)?;
-    serve(id, None, request).await
+    serve(&state, id, None, request).await
 }
 
 /// `attachment` with a safe name from the upload's: no path, quotes or control characters,

@@ -233,6 +233,7 @@ struct Page {
 }
 
 async fn list(
+    State(state): State<AppState>,
     Authed(who): Authed,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -243,18 +244,7 @@ async fn list(
     if all && !who.admin {
         return Err(ApiError::forbidden("only admins list every user's jobs"));
     }
-    let jobs = ask(
-        Role::Request,
-        |reply| RequestMsg::List {
-            who,
-            all,
-            limit,
-            offset,
-            reply,
-        },
-        CALL_TIMEOUT,
-    )
-    .await??;
+    let jobs = super::route::list(&state, who, all, limit, offset).await?;
     let next = (jobs.len() as u32 == limit).then_some(offset + limit);
     Ok(Json(serde_json::json!({
         "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
@@ -269,20 +259,23 @@ pub(super) fn job_id(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse(raw).ok_or_else(ApiError::not_found)
 }
 
-async fn status(Authed(who): Authed, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn status(
+    State(state): State<AppState>,
+    Authed(who): Authed,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let id = job_id(&id)?;
-    let job = ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT).await??;
+    let job = super::route::get(&state, id, who).await?;
     Ok(Json(job_json(&job)))
 }
 
-async fn remove(Authed(who): Authed, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    Authed(who): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let canceled = ask(
-        Role::Request,
-        |reply| RequestMsg::Delete { id, who, reply },
-        CALL_TIMEOUT,
-    )
-    .await??;
+    let canceled = super::route::delete(&state, id, who).await?;
     Ok(match canceled {
         Some(job) => Json(job_json(&job)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),

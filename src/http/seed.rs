@@ -73,12 +73,19 @@ struct Fid {
     fid: Option<String>,
 }
 
-async fn download_file(headers: HeaderMap, Query(fid): Query<Fid>, request: Request) -> Result<Response, ApiError> {
+async fn download_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(fid): Query<Fid>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let who = seed_principal(&headers).await?;
     let fid = fid
         .fid
         .filter(|f| !f.is_empty())
         .ok_or_else(|| ApiError::bad_request("invalid_request", "fid is required").plain())?;
     let id = jobs::job_id(&fid).map_err(ApiError::plain)?;
-    download::serve(id, Some(who), request).await.map_err(ApiError::plain)
+    download::serve(&state, id, Some(who), request)
+        .await
+        .map_err(ApiError::plain)
 }

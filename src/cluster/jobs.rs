@@ -1,0 +1,446 @@
+//! Jobs across nodes: every node's jobs actor (pg group `jobs.v1:<stable name>`) answers
+//! status, list, cancel/delete and MP3 chunks for the jobs it owns, so any node's gateway
+//! can serve any job. Messages are protobuf (prost) structs: typed, and extensible by
+//! adding fields with new tags.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+
+use crate::actors::request::{JobError, RequestMsg};
+use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::store::{Job, JobId, JobState, Source};
+
+/// Bytes per MP3 chunk (frames are capped at 16 MiB; stay far below).
+pub const CHUNK: u32 = 1 << 20;
+/// How long a cross-node call may take.
+pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The group of `node`'s jobs actor.
+pub fn group(node: &str) -> String {
+    format!("jobs.v1:{node}")
+}
+
+/// Answer codes.
+pub mod status {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// No such job (or not the caller's).
+    pub const NOT_FOUND: i32 = 1;
+    /// Wrong state.
+    pub const CONFLICT: i32 = 2;
+    /// The owner failed.
+    pub const ERROR: i32 = 3;
+    /// The owner is shutting down.
+    pub const DRAINING: i32 = 4;
+}
+
+/// Who asks, about which job.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobQuery {
+    /// The job.
+    #[prost(string, tag = "1")]
+    pub job_id: String,
+    /// The caller's email (empty for a signed link).
+    #[prost(string, tag = "2")]
+    pub email: String,
+    /// The caller is an admin.
+    #[prost(bool, tag = "3")]
+    pub admin: bool,
+    /// A verified signed link: no caller.
+    #[prost(bool, tag = "4")]
+    pub link: bool,
+    /// First byte (chunks only).
+    #[prost(uint64, tag = "5")]
+    pub offset: u64,
+}
+
+/// A job on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobView {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    owner_email: String,
+    #[prost(string, tag = "3")]
+    state: String,
+    #[prost(double, tag = "4")]
+    progress: f64,
+    #[prost(string, optional, tag = "5")]
+    error_code: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    error_message: Option<String>,
+    #[prost(string, optional, tag = "7")]
+    source_url: Option<String>,
+    #[prost(string, tag = "8")]
+    file_name: String,
+    #[prost(uint32, optional, tag = "9")]
+    bitrate_kbps: Option<u32>,
+    #[prost(uint32, optional, tag = "10")]
+    vbr_quality: Option<u32>,
+    #[prost(int64, tag = "11")]
+    attempt: i64,
+    #[prost(int64, tag = "12")]
+    created_at_ms: i64,
+    #[prost(int64, tag = "13")]
+    updated_at_ms: i64,
+    #[prost(int64, optional, tag = "14")]
+    finished_at_ms: Option<i64>,
+}
+
+/// One job, or why not.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobAnswer {
+    /// A [`status`] code.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Why not.
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// The job (absent after a delete).
+    #[prost(message, optional, tag = "3")]
+    pub job: Option<JobView>,
+}
+
+/// A page of jobs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListQuery {
+    /// The caller.
+    #[prost(string, tag = "1")]
+    pub email: String,
+    /// An admin...
+    #[prost(bool, tag = "2")]
+    pub admin: bool,
+    /// ...asking for everyone's.
+    #[prost(bool, tag = "3")]
+    pub all: bool,
+    /// Most jobs wanted.
+    #[prost(uint32, tag = "4")]
+    pub limit: u32,
+}
+
+/// The jobs found.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListAnswer {
+    /// A [`status`] code.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Newest first.
+    #[prost(message, repeated, tag = "2")]
+    pub jobs: Vec<JobView>,
+}
+
+/// A piece of an MP3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunkAnswer {
+    /// A [`status`] code.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Why not.
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// The user's file name.
+    #[prost(string, tag = "3")]
+    pub file_name: String,
+    /// The MP3's size.
+    #[prost(uint64, tag = "4")]
+    pub total: u64,
+    /// Up to [`CHUNK`] bytes from the query's offset.
+    #[prost(bytes = "vec", tag = "5")]
+    pub data: Vec<u8>,
+}
+
+ractor_cluster::derive_serialization_for_prost_type! {JobQuery}
+ractor_cluster::derive_serialization_for_prost_type! {JobAnswer}
+ractor_cluster::derive_serialization_for_prost_type! {ListQuery}
+ractor_cluster::derive_serialization_for_prost_type! {ListAnswer}
+ractor_cluster::derive_serialization_for_prost_type! {ChunkAnswer}
+
+/// The jobs actor's messages (these cross nodes).
+#[derive(RactorClusterMessage)]
+pub enum JobsMsg {
+    /// A job's status.
+    #[rpc]
+    Get(JobQuery, RpcReplyPort<JobAnswer>),
+    /// Cancel or delete a job.
+    #[rpc]
+    Delete(JobQuery, RpcReplyPort<JobAnswer>),
+    /// Jobs of a user (or all).
+    #[rpc]
+    List(ListQuery, RpcReplyPort<ListAnswer>),
+    /// A chunk of a done job's MP3.
+    #[rpc]
+    Chunk(JobQuery, RpcReplyPort<ChunkAnswer>),
+}
+
+impl From<&Job> for JobView {
+    fn from(job: &Job) -> Self {
+        JobView {
+            id: job.id.to_string(),
+            owner_email: job.owner_email.clone(),
+            state: job.state.to_string(),
+            progress: job.progress,
+            error_code: job.error_code.clone(),
+            error_message: job.error_message.clone(),
+            source_url: match &job.source {
+                Source::Url(url) => Some(url.clone()),
+                Source::Upload => None,
+            },
+            file_name: job.file_name.clone(),
+            bitrate_kbps: job.bitrate_kbps.map(u32::from),
+            vbr_quality: job.vbr_quality.map(u32::from),
+            attempt: job.attempt,
+            created_at_ms: job.created_at_ms,
+            updated_at_ms: job.updated_at_ms,
+            finished_at_ms: job.finished_at_ms,
+        }
+    }
+}
+
+impl JobView {
+    /// Back to a [`Job`]; `None` if a field is not understood.
+    pub fn to_job(&self) -> Option<Job> {
+        Some(Job {
+            id: JobId::parse(&self.id)?,
+            owner_email: self.owner_email.clone(),
+            state: self.state.parse::<JobState>().ok()?,
+            progress: self.progress,
+            error_code: self.error_code.clone(),
+            error_message: self.error_message.clone(),
+            source: self.source_url.clone().map_or(Source::Upload, Source::Url),
+            file_name: self.file_name.clone(),
+            bitrate_kbps: self.bitrate_kbps.and_then(|b| u16::try_from(b).ok()),
+            vbr_quality: self.vbr_quality.and_then(|q| u8::try_from(q).ok()),
+            attempt: self.attempt,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            finished_at_ms: self.finished_at_ms,
+        })
+    }
+}
+
+fn code(e: &JobError) -> i32 {
+    match e {
+        JobError::NotFound => status::NOT_FOUND,
+        JobError::Conflict(_) => status::CONFLICT,
+        JobError::Draining => status::DRAINING,
+        JobError::Store(_) | JobError::Io(_) => status::ERROR,
+    }
+}
+
+/// The error an answer's status stands for.
+pub fn error(status: i32, message: String) -> JobError {
+    match status {
+        status::NOT_FOUND => JobError::NotFound,
+        status::CONFLICT => JobError::Conflict(message),
+        status::DRAINING => JobError::Draining,
+        _ => JobError::Io(std::io::Error::other(format!("on the owner node: {message}"))),
+    }
+}
+
+fn principal(q: &JobQuery) -> Option<Principal> {
+    (!q.link).then(|| Principal {
+        email: q.email.clone(),
+        admin: q.admin,
+    })
+}
+
+fn job_answer(result: Result<Option<Job>, JobError>) -> JobAnswer {
+    match result {
+        Ok(job) => JobAnswer {
+            status: status::OK,
+            message: String::new(),
+            job: job.as_ref().map(JobView::from),
+        },
+        Err(e) => JobAnswer {
+            status: code(&e),
+            message: e.to_string(),
+            job: None,
+        },
+    }
+}
+
+async fn answer(message: JobsMsg) {
+    match message {
+        JobsMsg::Get(q, reply) => {
+            let (id, who) = (JobId::parse(&q.job_id), principal(&q));
+            let result = match (id, who) {
+                (Some(id), Some(who)) => ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT)
+                    .await
+                    .map_err(|e| JobError::Io(std::io::Error::other(e)))
+                    .and_then(|r| r)
+                    .map(Some),
+                _ => Err(JobError::NotFound),
+            };
+            let _ = reply.send(job_answer(result));
+        }
+        JobsMsg::Delete(q, reply) => {
+            let (id, who) = (JobId::parse(&q.job_id), principal(&q));
+            let result = match (id, who) {
+                (Some(id), Some(who)) => ask(
+                    Role::Request,
+                    |reply| RequestMsg::Delete { id, who, reply },
+                    CALL_TIMEOUT,
+                )
+                .await
+                .map_err(|e| JobError::Io(std::io::Error::other(e)))
+                .and_then(|r| r),
+                _ => Err(JobError::NotFound),
+            };
+            let _ = reply.send(job_answer(result));
+        }
+        JobsMsg::List(q, reply) => {
+            let who = Principal {
+                email: q.email,
+                admin: q.admin,
+            };
+            let (all, limit) = (q.all, q.limit);
+            let result = ask(
+                Role::Request,
+                |reply| RequestMsg::List {
+                    who,
+                    all,
+                    limit,
+                    offset: 0,
+                    reply,
+                },
+                CALL_TIMEOUT,
+            )
+            .await;
+            let answer = match result {
+                Ok(Ok(jobs)) => ListAnswer {
+                    status: status::OK,
+                    jobs: jobs.iter().map(JobView::from).collect(),
+                },
+                _ => ListAnswer {
+                    status: status::ERROR,
+                    jobs: Vec::new(),
+                },
+            };
+            let _ = reply.send(answer);
+        }
+        JobsMsg::Chunk(q, reply) => {
+            let Some(id) = JobId::parse(&q.job_id) else {
+                let _ = reply.send(chunk_error(JobError::NotFound));
+                return;
+            };
+            let who = principal(&q);
+            let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT)
+                .await
+                .map_err(|e| JobError::Io(std::io::Error::other(e)))
+                .and_then(|r| r);
+            let answer = match file {
+                Ok(file) => {
+                    let offset = q.offset;
+                    let file_name = file.file_name.clone();
+                    let read = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Vec<u8>)> {
+                        let mut f = std::fs::File::open(&file.path)?;
+                        let total = f.metadata()?.len();
+                        f.seek(SeekFrom::Start(offset.min(total)))?;
+                        let mut data = Vec::with_capacity(CHUNK as usize);
+                        f.take(u64::from(CHUNK)).read_to_end(&mut data)?;
+                        Ok((total, data))
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok((total, data))) => ChunkAnswer {
+                            status: status::OK,
+                            message: String::new(),
+                            file_name,
+                            total,
+                            data,
+                        },
+                        Ok(Err(e)) => chunk_error(JobError::Io(e)),
+                        Err(e) => chunk_error(JobError::Io(std::io::Error::other(e))),
+                    }
+                }
+                Err(e) => chunk_error(e),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+fn chunk_error(e: JobError) -> ChunkAnswer {
+    ChunkAnswer {
+        status: code(&e),
+        message: e.to_string(),
+        file_name: String::new(),
+        total: 0,
+        data: Vec::new(),
+    }
+}
+
+/// The jobs actor: answers other nodes about this node's jobs.
+pub struct JobsActor;
+
+impl Actor for JobsActor {
+    type Msg = JobsMsg;
+    type State = ();
+    type Arguments = Arc<Config>;
+
+    async fn pre_start(&self, myself: ActorRef<JobsMsg>, config: Arc<Config>) -> Result<(), ActorProcessingErr> {
+        ractor::pg::join(group(&config.node_name), vec![myself.get_cell()]);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<JobsMsg>,
+        message: JobsMsg,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        // Each request runs on its own task: one slow download never holds up a status call.
+        tokio::spawn(answer(message));
+        Ok(())
+    }
+}
+
+/// Why a remote call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No session to the owner (down, restarting, or fenced).
+    #[error("node {0} is not reachable right now")]
+    OwnerDown(String),
+    /// No answer in time.
+    #[error("node {0} did not answer in time")]
+    Timeout(String),
+}
+
+/// The owner's jobs actor, if connected.
+fn owner_actor(owner: &str) -> Option<ActorCell> {
+    ractor::pg::get_members(&group(owner))
+        .into_iter()
+        .find(|c| !c.get_id().is_local())
+}
+
+/// Calls `owner`'s jobs actor.
+pub async fn call<T: Send + 'static + ractor::BytesConvertable>(
+    owner: &str,
+    make: impl FnOnce(RpcReplyPort<T>) -> JobsMsg,
+) -> Result<T, RemoteError> {
+    let cell = owner_actor(owner).ok_or_else(|| RemoteError::OwnerDown(owner.to_string()))?;
+    match ractor::rpc::call::<JobsMsg, T, _>(&cell, make, Some(REMOTE_TIMEOUT)).await {
+        Ok(CallResult::Success(answer)) => Ok(answer),
+        Ok(CallResult::Timeout) => Err(RemoteError::Timeout(owner.to_string())),
+        _ => Err(RemoteError::OwnerDown(owner.to_string())),
+    }
+}
+
+/// The stable names of the other nodes whose jobs actors are connected.
+pub fn other_owners(own: &str) -> Vec<String> {
+    let mut owners: Vec<String> = ractor::pg::which_groups()
+        .into_iter()
+        .filter_map(|g| g.strip_prefix("jobs.v1:").map(str::to_string))
+        .filter(|n| n != own && owner_actor(n).is_some())
+        .collect();
+    owners.sort();
+    owners.dedup();
+    owners
+}
