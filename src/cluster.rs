@@ -9,6 +9,7 @@
 
 pub mod jobs;
 pub mod probe;
+pub mod users;
 
 /// The process group of every node's probe actor (versioned: a rolling upgrade never casts
 /// to a mismatched message type).

@@ -124,12 +124,14 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn any_node_answers_for_any_job_and_says_503_while_its_owner_is_down() {
+async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
     let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
-    let mut a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &[]).await;
-    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &[]).await;
+    // Logins are polled below: no throttling in this test.
+    let open = ["--login-per-minute", "100000", "--lockout-after", "100000"];
+    let mut a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &open).await;
+    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &open).await;
     poll(Duration::from_secs(15), "a and b to meet", || async {
         (members(&b).await == up(&["node-a"])).then_some(())
     })
@@ -217,10 +219,36 @@ async fn any_node_answers_for_any_job_and_says_503_while_its_owner_is_down() {
         .unwrap();
     assert_eq!(listed["jobs"][0]["id"], id.as_str());
 
+    // A user created on b logs in on a at once; a node that joins later catches up.
+    let r = http
+        .post(b.url("/v1/users"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"email": "bob@example.com", "password": "bob-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let login = |node: &Node| {
+        http.post(node.url("/login"))
+            .basic_auth("bob@example.com", Some("bob-password"))
+            .send()
+    };
+    poll(Duration::from_secs(3), "bob on a", || async {
+        (login(&a).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    let port_c = free_port();
+    let peers_c = format!("127.0.0.1:{port_c},{peers}");
+    let c = start(dir.path(), "node-c", "127.0.0.1", port_c, &peers_c, &open).await;
+    poll(Duration::from_secs(15), "bob on the late node", || async {
+        (login(&c).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+
     // The owner goes away: b answers 503 with Retry-After, not 404.
     a.kill9();
     poll(Duration::from_secs(5), "a to leave", || async {
-        members(&b).await.is_empty().then_some(())
+        (!members(&b).await.iter().any(|(n, _)| n == "node-a")).then_some(())
     })
     .await;
     let r = http

@@ -23,6 +23,7 @@ use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, NodeS
 
 use crate::cluster::jobs::JobsActor;
 use crate::cluster::probe::{NodeStatus, ProbeActor, ProbeMsg};
+use crate::cluster::users::UsersActor;
 use crate::cluster::{PROBE_GROUP, stable_name};
 use crate::config::{ClusterConfig, Config};
 
@@ -269,6 +270,7 @@ impl Actor for ClusterActor {
         )
         .with_listen_addr(cluster.listen.ip());
         Actor::spawn_linked(Some("jobs".into()), JobsActor, config.clone(), myself.get_cell()).await?;
+        Actor::spawn_linked(Some("users".into()), UsersActor, config.clone(), myself.get_cell()).await?;
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "membership".into(),

@@ -67,6 +67,36 @@ impl Store {
             .optional()?)
     }
 
+    /// Applies a user from another node if it is newer than ours (last writer wins).
+    /// Returns `true` if it changed anything.
+    pub fn merge_user(&mut self, user: &User) -> Result<bool> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "INSERT INTO users (email, password_hash, is_admin, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4 \
+                 WHERE excluded.updated_at_ms > users.updated_at_ms",
+                params![user.email, user.password_hash, user.is_admin, user.updated_at_ms],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// Users changed after `since_ms` (all with 0), oldest change first.
+    pub fn users_changed_since(&self, since_ms: i64) -> Result<Vec<User>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT email, password_hash, is_admin, updated_at_ms FROM users WHERE updated_at_ms > ?1 ORDER BY updated_at_ms",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| {
+            Ok(User {
+                email: r.get(0)?,
+                password_hash: r.get(1)?,
+                is_admin: r.get(2)?,
+                updated_at_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// How many users exist.
     pub fn user_count(&self) -> Result<i64> {
         Ok(self.conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
@@ -89,5 +119,35 @@ mod tests {
         assert_eq!((ann.password_hash.as_str(), ann.is_admin), ("h3", true));
         assert_eq!(store.user_count().unwrap(), 1);
         assert_eq!(store.user("bob@example.com").unwrap(), None);
+    }
+
+    #[test]
+    fn merging_keeps_the_newest_version_of_a_user() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.add_user("ann@example.com", "h1", false).unwrap();
+        let ours = store.user("ann@example.com").unwrap().unwrap();
+        let older = User {
+            password_hash: "old".into(),
+            updated_at_ms: ours.updated_at_ms - 1,
+            ..ours.clone()
+        };
+        assert!(!store.merge_user(&older).unwrap());
+        let newer = User {
+            password_hash: "new".into(),
+            is_admin: true,
+            updated_at_ms: ours.updated_at_ms + 1,
+            ..ours.clone()
+        };
+        assert!(store.merge_user(&newer).unwrap());
+        assert_eq!(store.user("ann@example.com").unwrap().unwrap(), newer);
+        let bob = User {
+            email: "bob@example.com".into(),
+            password_hash: "b".into(),
+            is_admin: false,
+            updated_at_ms: 5,
+        };
+        assert!(store.merge_user(&bob).unwrap(), "unknown users are added");
+        assert_eq!(store.users_changed_since(ours.updated_at_ms).unwrap(), vec![newer]);
+        assert_eq!(store.users_changed_since(0).unwrap().len(), 2);
     }
 }
