@@ -8,6 +8,7 @@
 //! answers heartbeats; three missed heartbeats fence the peer (its session is stopped).
 
 pub mod jobs;
+pub mod kube;
 pub mod probe;
 pub mod users;
 

@@ -25,6 +25,15 @@ pub enum SmtpTls {
     Tls,
 }
 
+/// How peers are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Discovery {
+    /// The `--peers` list (none: a single node).
+    Static,
+    /// The pods of our StatefulSet, through the kube API.
+    Kube,
+}
+
 /// `mp4tomp3 serve`: flags, each also read from the environment.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -119,6 +128,16 @@ pub struct ServeArgs {
     /// The shared secret of the cluster handshake (required with peers).
     #[arg(long, env = "MP4TOMP3_CLUSTER_COOKIE", hide_env_values = true)]
     pub cluster_cookie: Option<String>,
+    /// How peers are found.
+    #[arg(long, env = "MP4TOMP3_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
+    pub discovery: Discovery,
+    /// `--discovery kube`: the label selector of our pods.
+    #[arg(
+        long,
+        env = "MP4TOMP3_KUBE_SELECTOR",
+        default_value = "app.kubernetes.io/name=mp4tomp3"
+    )]
+    pub kube_selector: String,
     /// Static discovery: the other nodes' `host:port` (comma-separated). None: one node.
     #[arg(long, env = "MP4TOMP3_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
@@ -182,6 +201,10 @@ pub struct ClusterConfig {
     pub cookie: String,
     /// Static peers (`host:port`), without ourselves.
     pub peers: Vec<String>,
+    /// Kube discovery: the label selector (`None`: static discovery).
+    pub kube_selector: Option<String>,
+    /// Kube discovery: the namespace (`POD_NAMESPACE`, else the client's default).
+    pub kube_namespace: Option<String>,
 }
 
 /// The validated configuration every part of the service reads.
@@ -303,12 +326,22 @@ impl Config {
         if args.mail_from.parse::<lettre::message::Mailbox>().is_err() {
             return Err(invalid("mail-from", "not an email address"));
         }
-        let cluster = cluster_config(
+        let mut cluster = cluster_config(
             args.cluster_listen,
             args.cluster_advertise,
             args.cluster_cookie,
             args.peers,
         )?;
+        if args.discovery == Discovery::Kube {
+            let Some(cluster) = cluster.as_mut() else {
+                return Err(invalid(
+                    "discovery",
+                    "kube needs --cluster-listen and MP4TOMP3_CLUSTER_COOKIE",
+                ));
+            };
+            cluster.kube_selector = Some(args.kube_selector);
+            cluster.kube_namespace = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty());
+        }
         Ok(Config {
             cluster,
             data_dir: args.data_dir,
@@ -424,6 +457,8 @@ fn cluster_config(
         advertise,
         cookie,
         peers,
+        kube_selector: None,
+        kube_namespace: None,
     }))
 }
 

@@ -70,12 +70,12 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
         .await;
     }
 
-    // A node with the wrong cookie (on 127.0.0.1, so it is the one that dials) is refused.
-    let intruder_peers = format!("127.0.0.1:{},{peers}", ports[3]);
+    // A node with the wrong cookie (on 127.0.0.10, whose address sorts first, so it dials) is refused.
+    let intruder_peers = format!("127.0.0.10:{},{peers}", ports[3]);
     let intruder = start(
         dir.path(),
         "node-x",
-        "127.0.0.1",
+        "127.0.0.10",
         ports[3],
         &intruder_peers,
         &["--cluster-cookie", "wrong"],
@@ -238,8 +238,8 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
     })
     .await;
     let port_c = free_port();
-    let peers_c = format!("127.0.0.1:{port_c},{peers}");
-    let c = start(dir.path(), "node-c", "127.0.0.1", port_c, &peers_c, &open).await;
+    let peers_c = format!("127.0.0.10:{port_c},{peers}");
+    let c = start(dir.path(), "node-c", "127.0.0.10", port_c, &peers_c, &open).await;
     poll(Duration::from_secs(15), "bob on the late node", || async {
         (login(&c).await.ok()?.status() == 200).then_some(())
     })

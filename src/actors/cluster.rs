@@ -85,6 +85,11 @@ pub enum ClusterMsg {
         /// Its answer, or `None` on timeout/error.
         status: Option<NodeStatus>,
     },
+    /// Discovery found these peers (kube discovery; replaces the list).
+    Peers {
+        /// `host:port` of every wanted pod (ourselves included).
+        addresses: Vec<String>,
+    },
     /// The current members.
     Members {
         /// The answer.
@@ -119,6 +124,7 @@ pub struct ClusterState {
     server: ActorRef<NodeServerMessage>,
     members: HashMap<String, Member>,
     dials: HashMap<String, Dialing>,
+    discovery: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Forwards ractor_cluster's session events to the cluster actor.
@@ -240,6 +246,17 @@ impl ClusterState {
 }
 
 impl Actor for ClusterActor {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ClusterMsg>,
+        state: &mut ClusterState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(task) = state.discovery.take() {
+            task.abort();
+        }
+        Ok(())
+    }
+
     type Msg = ClusterMsg;
     type State = ClusterState;
     type Arguments = Arc<Config>;
@@ -285,7 +302,12 @@ impl Actor for ClusterActor {
         .await?;
         tracing::info!(%incarnation, listen = %cluster.listen, peers = ?cluster.peers, "cluster node started");
         myself.send_interval(TICK, || ClusterMsg::Tick);
+        let discovery = cluster.kube_selector.clone().map(|selector| {
+            let (namespace, port, me) = (cluster.kube_namespace.clone(), cluster.listen.port(), myself.clone());
+            tokio::spawn(crate::cluster::kube::discover(namespace, selector, port, me))
+        });
         Ok(ClusterState {
+            discovery,
             cluster,
             server,
             members: HashMap::new(),
@@ -359,6 +381,23 @@ impl Actor for ClusterActor {
                     }
                 }
                 state.fence();
+            }
+            ClusterMsg::Peers { addresses } => {
+                let own = state.cluster.advertise.clone();
+                state.cluster.peers = addresses.into_iter().filter(|a| *a != own).collect();
+                // Pods that are gone (deleted, terminating) leave the cluster now.
+                let gone: Vec<String> = state
+                    .members
+                    .iter()
+                    .filter(|(_, m)| !state.cluster.peers.contains(&m.address))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in gone {
+                    if let Some(member) = state.members.remove(&name) {
+                        tracing::info!(peer = %name, "pod left; closing its session");
+                        member.session.stop(Some("pod deleted".into()));
+                    }
+                }
             }
             ClusterMsg::Members { reply } => {
                 let mut members: Vec<MemberView> = state

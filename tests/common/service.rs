@@ -42,16 +42,23 @@ pub struct Node {
     pub data: PathBuf,
     log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
     /// Starts a node on `data` with extra flags, and waits until it is ready.
     pub async fn start(data: &Path, args: &[&str]) -> Node {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data, args).await
+        Self::start_with_env(data, args, &[]).await
     }
 
-    async fn spawn(data: &Path, args: Vec<String>) -> Node {
+    /// The same with extra environment variables.
+    pub async fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::spawn(data, args, env).await
+    }
+
+    async fn spawn(data: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Node {
         std::fs::create_dir_all(data).unwrap();
         let log = data.with_extension(format!(
             "log{}",
@@ -72,6 +79,7 @@ impl Node {
             })
             .args(&args)
             .env("MP4TOMP3_CLUSTER_COOKIE", "test-cookie")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .env("MP4TOMP3_JWT_SECRET", JWT_SECRET)
             .env("MP4TOMP3_ADMIN_EMAIL", ADMIN.0)
@@ -87,6 +95,7 @@ impl Node {
             data: data.to_path_buf(),
             log,
             args,
+            env,
         };
         node.addr = poll(Duration::from_secs(20), "the node to log its address", || {
             let found = node.address_in_log();
@@ -121,7 +130,7 @@ impl Node {
     /// Restarts the node on the same data dir with the same flags (after a kill or stop).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
-        let fresh = Self::spawn(&self.data, self.args.clone()).await;
+        let fresh = Self::spawn(&self.data, self.args.clone(), self.env.clone()).await;
         *self = fresh;
     }
 
