@@ -139,12 +139,7 @@ pub fn convert<W: Write + Seek>(
         len,
     };
     let truncated = container.truncated;
-    let (mut format, track) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let format = open_format(source, truncated)?;
-        let track = pick_track(format.as_ref(), opts.track)?;
-        Ok::<_, ConvertError>((format, track))
-    }))
-    .map_err(|_| demuxer_panic())??;
+    let (mut format, track) = open_track(source, truncated, opts.track)?;
     let max_sample = container.max_sample_sizes.iter().find(|(id, _)| *id == track.id);
     if let Some(&(_, size)) = max_sample.filter(|(_, size)| *size > MAX_AUDIO_SAMPLE_BYTES) {
         return Err(ConvertError::Corrupt(format!(
@@ -294,6 +289,21 @@ fn open_format(source: Tracked, truncated: bool) -> Result<Box<dyn FormatReader 
         )));
     }
     Ok(format)
+}
+
+/// Probes the input and picks its audio track. symphonia can panic on malformed input
+/// (see tests/hostile.rs): a panic here is reported as corrupt media.
+fn open_track(
+    source: Tracked,
+    truncated: bool,
+    wanted: Option<usize>,
+) -> Result<(Box<dyn FormatReader + 'static>, ChosenTrack)> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let format = open_format(source, truncated)?;
+        let track = pick_track(format.as_ref(), wanted)?;
+        Ok((format, track))
+    }))
+    .map_err(|_| demuxer_panic())?
 }
 
 fn pick_track(format: &dyn FormatReader, wanted: Option<usize>) -> Result<ChosenTrack> {

@@ -78,8 +78,8 @@ pub async fn verify(token: &str) -> Result<Principal, ApiError> {
 }
 
 /// The bearer token of a request, if it has one.
-pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -91,7 +91,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(ApiError::missing_credentials)?;
+        let token = bearer(&parts.headers).ok_or_else(ApiError::missing_credentials)?;
         verify(token).await.map(Authed)
     }
 }

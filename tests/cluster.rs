@@ -9,33 +9,7 @@ use serde_json::Value;
 
 /// The (node, state) pairs a node's `/v1/cluster` lists.
 async fn members(node: &Node) -> Vec<(String, String)> {
-    let http = reqwest::Client::new();
-    let Ok(r) = http
-        .post(node.url("/login"))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .send()
-        .await
-    else {
-        return Vec::new();
-    };
-    let token = r.text().await.unwrap_or_default();
-    let Ok(r) = http.get(node.url("/v1/cluster")).bearer_auth(token).send().await else {
-        return Vec::new();
-    };
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    let mut out: Vec<(String, String)> = body["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            (
-                m["node"].as_str().unwrap_or("").to_string(),
-                m["state"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
+    common::service::cluster_members(node).await
 }
 
 fn up(names: &[&str]) -> Vec<(String, String)> {

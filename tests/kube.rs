@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use common::service::{ADMIN, Node, free_port, poll};
+use common::service::{Node, free_port, poll};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -87,27 +87,12 @@ async fn pods(State(stub): State<Stub>, Query(q): Query<BTreeMap<String, String>
         .unwrap()
 }
 
+/// The nodes a node's `/v1/cluster` lists as up.
 async fn members(node: &Node) -> Vec<String> {
-    let http = reqwest::Client::new();
-    let Ok(r) = http
-        .post(node.url("/login"))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .send()
-        .await
-    else {
-        return Vec::new();
-    };
-    let token = r.text().await.unwrap_or_default();
-    let Ok(r) = http.get(node.url("/v1/cluster")).bearer_auth(token).send().await else {
-        return Vec::new();
-    };
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    body["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["state"] == "up")
-        .map(|m| m["node"].as_str().unwrap_or("").to_string())
+    let all = common::service::cluster_members(node).await;
+    all.into_iter()
+        .filter(|(_, state)| state == "up")
+        .map(|(node, _)| node)
         .collect()
 }
 

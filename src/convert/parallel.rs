@@ -21,9 +21,7 @@ use super::error::{ConvertError, Result};
 use super::frames::{Frame, FrameWriter};
 use super::settings::Quality;
 use super::split::{self, Halves, WARMUP_MAX};
-use super::{
-    CHANNEL_BLOCKS, ChosenTrack, DecodeJob, Hooks, Summary, Tracked, Trim, demuxer_panic, open_format, pick_track,
-};
+use super::{CHANNEL_BLOCKS, ChosenTrack, DecodeJob, Hooks, Summary, Tracked, Trim, demuxer_panic, open_track};
 
 /// Shorter inputs are not worth a second pipeline.
 pub(crate) const MIN_SPLIT_SECS: f64 = 20.0;
@@ -121,13 +119,7 @@ fn decode_half(
         len,
     };
     let truncated = ctx.truncated;
-    let wanted = ctx.track;
-    let (format, track) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let format = open_format(source, truncated)?;
-        let track = pick_track(format.as_ref(), wanted)?;
-        Ok::<_, ConvertError>((format, track))
-    }))
-    .map_err(|_| demuxer_panic())??;
+    let (format, track) = open_track(source, truncated, ctx.track)?;
     let decoder = Decoder::new(&track.params)?;
     let job = DecodeJob {
         track_id: track.id,

@@ -174,7 +174,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         .unwrap_or("")
         .to_ascii_lowercase();
     let (parts, body) = request.into_parts();
-    let header_auth = super::bearer(&parts).map(str::to_string);
+    let header_auth = super::bearer(&parts.headers).map(str::to_string);
     if content_type.starts_with("multipart/form-data") {
         let token = header_auth.ok_or_else(ApiError::missing_credentials)?;
         let who = super::verify(&token).await?;

@@ -43,13 +43,8 @@ async fn login(ConnectInfo(client): ConnectInfo<SocketAddr>, headers: HeaderMap)
 }
 
 async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, ApiError> {
-    let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let token = value
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_string())
-        .ok_or_else(|| ApiError::missing_credentials().plain())?;
-    super::verify(&token).await.map_err(ApiError::plain)
+    let token = super::bearer(headers).ok_or_else(|| ApiError::missing_credentials().plain())?;
+    super::verify(token).await.map_err(ApiError::plain)
 }
 
 async fn upload_file(

@@ -286,3 +286,34 @@ pub fn first_link(text: &str) -> Option<String> {
     let at = text.find("http")?;
     Some(text[at..].split_whitespace().next()?.to_string())
 }
+
+/// The (node, state) pairs a node's `/v1/cluster` lists, sorted; empty if it cannot answer.
+pub async fn cluster_members(node: &Node) -> Vec<(String, String)> {
+    let http = reqwest::Client::new();
+    let Ok(r) = http
+        .post(node.url("/login"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let token = r.text().await.unwrap_or_default();
+    let Ok(r) = http.get(node.url("/v1/cluster")).bearer_auth(token).send().await else {
+        return Vec::new();
+    };
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    let mut out: Vec<(String, String)> = body["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["node"].as_str().unwrap_or("").to_string(),
+                m["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
