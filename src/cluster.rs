@@ -6,11 +6,49 @@
 //! dialled by one side only (the lexically smaller address dials the larger), at most one
 //! dial per address at a time, retried every tick with jitter. A probe actor on every node
 //! answers heartbeats; three missed heartbeats fence the peer (its session is stopped).
+//!
+//! Actors that other nodes reach are found through `ractor::pg` groups (versioned, e.g.
+//! `jobs.v1:<node>`, `converter.v1`) and are spawned **without a registry name**: ractor
+//! 0.16.5 gives a peer's stub of a named actor that name, and when the session ends the
+//! stub's stop unregisters the name here, which would hide our own actor of that name.
 
 pub mod jobs;
 pub mod kube;
+pub mod placement;
 pub mod probe;
 pub mod users;
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorCell, RpcReplyPort};
+
+/// How long a cross-node call may take.
+pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a remote call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No session to the node (down, restarting, or fenced).
+    #[error("node {0} is not reachable right now")]
+    OwnerDown(String),
+    /// No answer in time.
+    #[error("node {0} did not answer in time")]
+    Timeout(String),
+}
+
+/// Calls `cell`, an actor on `node`, waiting at most [`REMOTE_TIMEOUT`].
+pub async fn call_actor<M: ractor::Message, T: Send + 'static>(
+    cell: &ActorCell,
+    node: &str,
+    make: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, RemoteError> {
+    match ractor::rpc::call::<M, T, _>(cell, make, Some(REMOTE_TIMEOUT)).await {
+        Ok(CallResult::Success(answer)) => Ok(answer),
+        Ok(CallResult::Timeout) => Err(RemoteError::Timeout(node.to_string())),
+        _ => Err(RemoteError::OwnerDown(node.to_string())),
+    }
+}
 
 /// The process group of every node's probe actor (versioned: a rolling upgrade never casts
 /// to a mismatched message type).

@@ -22,6 +22,7 @@ use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage};
 
 use crate::cluster::jobs::JobsActor;
+use crate::cluster::placement::HostActor;
 use crate::cluster::probe::{NodeStatus, ProbeActor, ProbeMsg};
 use crate::cluster::users::UsersActor;
 use crate::cluster::{PROBE_GROUP, stable_name};
@@ -286,15 +287,18 @@ impl Actor for ClusterActor {
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr(cluster.listen.ip());
-        Actor::spawn_linked(Some("jobs".into()), JobsActor, config.clone(), myself.get_cell()).await?;
-        Actor::spawn_linked(Some("users".into()), UsersActor, config.clone(), myself.get_cell()).await?;
+        // Actors that join process groups are spawned without a name: a peer's stub of a
+        // named actor unregisters that name here when its session ends (ractor 0.16.5).
+        Actor::spawn_linked(None, JobsActor, config.clone(), myself.get_cell()).await?;
+        Actor::spawn_linked(None, UsersActor, config.clone(), myself.get_cell()).await?;
+        Actor::spawn_linked(None, HostActor, config.clone(), myself.get_cell()).await?;
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "membership".into(),
             subscription: Box::new(Events(myself.clone())),
         })?;
         Actor::spawn_linked(
-            Some("probe".into()),
+            None,
             ProbeActor,
             (config.clone(), incarnation.clone()),
             myself.get_cell(),

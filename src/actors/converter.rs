@@ -16,6 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Role;
 use super::request::RequestMsg;
+use crate::cluster::placement::{self, HostMsg, tell_host};
 use crate::config::Config;
 use crate::convert::{self, ConvertOptions, Hooks};
 use crate::store::JobId;
@@ -36,6 +37,53 @@ pub struct ConvertTask {
     pub output: PathBuf,
     /// Bitrate and limits.
     pub options: ConvertOptions,
+    /// Who hears about progress and the result.
+    pub report: ReportTo,
+}
+
+/// Who a conversion reports to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportTo {
+    /// This node's request actor (its own jobs).
+    Request,
+    /// This node's host actor (another node's job, which it hands back).
+    Host,
+}
+
+impl ConvertTask {
+    fn progress(&self, fraction: f64) {
+        let (id, attempt) = (self.id.clone(), self.attempt);
+        match self.report {
+            ReportTo::Request => {
+                super::tell(Role::Request, RequestMsg::Progress { id, attempt, fraction });
+            }
+            ReportTo::Host => {
+                tell_host(HostMsg::Progress(placement::Progress {
+                    job_id: id.to_string(),
+                    attempt,
+                    fraction,
+                }));
+            }
+        }
+    }
+
+    fn finished(&self, outcome: Outcome) -> bool {
+        let (id, attempt) = (self.id.clone(), self.attempt);
+        match self.report {
+            ReportTo::Request => super::tell(Role::Request, RequestMsg::Converted { id, attempt, outcome }),
+            ReportTo::Host => {
+                let (error_code, error_message) = outcome.err().unwrap_or_default();
+                tell_host(HostMsg::Done(placement::Piece {
+                    job_id: id.to_string(),
+                    attempt,
+                    last: true,
+                    error_code,
+                    error_message,
+                    ..placement::Piece::default()
+                }))
+            }
+        }
+    }
 }
 
 /// How a conversion ended: `Err((code, message))` for a failed job.
@@ -123,15 +171,8 @@ impl Actor for ConverterActor {
                         }
                     }
                     let _ = myself.send_message(ConverterMsg::Finished { id: id.clone() });
-                    if !super::tell(
-                        Role::Request,
-                        RequestMsg::Converted {
-                            id: id.clone(),
-                            attempt,
-                            outcome,
-                        },
-                    ) {
-                        tracing::warn!(job_id = %id, "request actor not running; the job resumes at the next start");
+                    if !task.finished(outcome) {
+                        tracing::warn!(job_id = %id, "nobody took the result; its owner places the job again");
                     }
                 });
             }
@@ -162,19 +203,11 @@ fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
         .tempfile_in(dir)
         .map_err(|e| internal("cannot create the output", &e))?;
     let last = std::sync::Mutex::new(Instant::now() - PROGRESS_EVERY);
-    let (id, attempt) = (task.id.clone(), task.attempt);
     let progress = move |fraction: f64| {
         let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
         if last.elapsed() >= PROGRESS_EVERY || fraction >= 1.0 {
             *last = Instant::now();
-            super::tell(
-                Role::Request,
-                RequestMsg::Progress {
-                    id: id.clone(),
-                    attempt,
-                    fraction,
-                },
-            );
+            task.progress(fraction);
         }
     };
     let hooks = Hooks {

@@ -9,14 +9,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::pg::GroupChangeMessage;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::converter::{ConvertTask, ConverterMsg, Outcome};
+use super::cluster::ClusterMsg;
+use super::converter::{ConvertTask, ConverterMsg, Outcome, ReportTo};
 use super::notifier::NotifierMsg;
 use super::{CALL_TIMEOUT, Role, ask, tell};
 use crate::auth::Principal;
+use crate::cluster::placement::{self, PlaceError};
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
 use crate::store::{Db, Files, Job, JobId, JobState, NewJob, Source, StoreError};
@@ -131,7 +134,40 @@ pub enum RequestMsg {
         /// How it ended.
         outcome: Outcome,
     },
-    /// Place queued work on free converter slots.
+    /// A placement on another node started (its MP4 is there and converting) or failed.
+    Placed {
+        /// The job.
+        id: JobId,
+        /// The attempt placed.
+        attempt: i64,
+        /// The node.
+        node: String,
+        /// Started, or why not.
+        result: Result<(), PlaceError>,
+    },
+    /// Is `attempt` the job's current placement on another node? (Asked before a result
+    /// from another node is taken.)
+    IsCurrent {
+        /// The job.
+        id: JobId,
+        /// The attempt reporting.
+        attempt: i64,
+        /// Current or not.
+        reply: RpcReplyPort<bool>,
+    },
+    /// Another node's conversion of a job arrived whole in `staged`: take it if `attempt` is
+    /// still current (`false`: refused, the caller deletes it).
+    Delivered {
+        /// The job.
+        id: JobId,
+        /// The attempt reporting.
+        attempt: i64,
+        /// The MP3, fsynced, in `tmp/`.
+        staged: PathBuf,
+        /// Taken or refused.
+        reply: RpcReplyPort<bool>,
+    },
+    /// Place queued work on free converter slots (and expire placements' leases).
     Dispatch,
     /// Stop placing work; answer with the number of running conversions once it is zero
     /// (the caller bounds the wait with the grace period).
@@ -154,15 +190,92 @@ pub struct RequestState {
     fetcher: Fetcher,
     /// Jobs whose input is on disk, waiting for a slot.
     queue: VecDeque<JobId>,
-    /// Placed conversions and their attempt.
-    running: HashMap<JobId, i64>,
+    /// Placed conversions.
+    running: HashMap<JobId, Placement>,
+    /// Nodes that just refused an offer, and until when they are skipped.
+    busy_until: HashMap<String, Instant>,
     /// URL imports in flight.
     fetching: HashMap<JobId, (i64, tokio::task::AbortHandle)>,
     /// Set once the node drains: callers waiting for `running` to empty.
     draining: Option<Vec<RpcReplyPort<usize>>>,
 }
 
+/// Where a conversion runs.
+struct Placement {
+    /// Its fencing token.
+    attempt: i64,
+    /// `None`: on this node.
+    remote: Option<Remote>,
+}
+
+/// A conversion on another node.
+struct Remote {
+    /// The node's stable name.
+    node: String,
+    /// Its host actor (its leaving the group means the node is gone).
+    host: Option<ActorId>,
+    /// Last heard of (progress); the lease.
+    heard: Instant,
+    /// The MP4 is there and converting (the lease runs from then).
+    started: bool,
+}
+
 impl RequestState {
+    fn current(&self, id: &JobId, attempt: i64) -> bool {
+        self.running.get(id).is_some_and(|p| p.attempt == attempt)
+    }
+
+    fn current_remote(&self, id: &JobId, attempt: i64) -> bool {
+        self.running
+            .get(id)
+            .is_some_and(|p| p.attempt == attempt && p.remote.is_some())
+    }
+
+    /// Takes a placement back and queues the job again (its next start bumps the attempt,
+    /// which fences the old placement).
+    fn replace(&mut self, id: &JobId, why: &str) {
+        let Some(placement) = self.running.remove(id) else {
+            return;
+        };
+        if let Some(remote) = &placement.remote {
+            tracing::warn!(job_id = %id, attempt = placement.attempt, node = %remote.node, why, "placing the job again");
+            placement::withdraw(&remote.node, id, placement.attempt);
+        }
+        self.queue.push_front(id.clone());
+    }
+
+    /// Free slots on other nodes, most first; empty on a single node.
+    async fn remote_free(&self) -> Vec<(String, usize)> {
+        if self.config.cluster.is_none() {
+            return Vec::new();
+        }
+        let Ok(members) = ask(
+            Role::Cluster,
+            |reply| ClusterMsg::Members { reply },
+            Duration::from_secs(2),
+        )
+        .await
+        else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        members
+            .into_iter()
+            .filter(|m| m.state == "up" && self.busy_until.get(&m.node).is_none_or(|t| *t <= now))
+            .filter_map(|m| {
+                let status = m.status?;
+                // Offers in flight are not in the node's last heartbeat yet.
+                let offered = self
+                    .running
+                    .values()
+                    .filter(|p| p.remote.as_ref().is_some_and(|r| r.node == m.node && !r.started))
+                    .count();
+                let free = (status.total_slots as usize).saturating_sub(status.busy_slots as usize + offered);
+                (free > 0 && placement::host_actor(&m.node).is_some()).then_some((m.node, free))
+            })
+            .collect()
+    }
+
     fn visible(job: &Job, who: &Principal) -> bool {
         who.admin || job.owner_email.eq_ignore_ascii_case(&who.email)
     }
@@ -198,15 +311,33 @@ impl RequestState {
         self.fetching.insert(job.id.clone(), (job.attempt, task.abort_handle()));
     }
 
-    async fn dispatch(&mut self) -> Result<(), ActorProcessingErr> {
+    /// Places queued jobs: each on the converter with the most free slots in the cluster,
+    /// this node's winning ties.
+    async fn dispatch(&mut self, myself: &ActorRef<RequestMsg>) -> Result<(), ActorProcessingErr> {
+        self.expire_leases();
         if self.draining.is_some() || self.queue.is_empty() {
             return Ok(());
         }
-        let Ok((busy, total)) = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await else {
-            return Ok(()); // The converter is restarting; the periodic dispatch retries.
-        };
-        let mut free = total.saturating_sub(busy);
-        while free > 0 {
+        let status = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await;
+        // The converter may be restarting: then only other nodes take work.
+        let mut local = status.map_or(0, |(busy, total)| total.saturating_sub(busy));
+        let mut remote = self.remote_free().await;
+        while !self.queue.is_empty() {
+            let best = remote
+                .iter_mut()
+                .filter(|(_, free)| *free > 0)
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
+            let target = match best {
+                Some((node, free)) if *free > local => {
+                    *free -= 1;
+                    Some(node.clone())
+                }
+                _ if local > 0 => {
+                    local -= 1;
+                    None
+                }
+                _ => break,
+            };
             let Some(id) = self.queue.pop_front() else { break };
             let key = id.clone();
             let attempt = match self.db.run(move |s| s.start(&key, JobState::Converting)).await {
@@ -220,12 +351,17 @@ impl RequestState {
             let key = id.clone();
             let job = self.db.run(move |s| s.job(&key)).await?;
             let Some(job) = job else { continue };
+            if let Some(node) = target {
+                self.place_remote(myself, &job, attempt, node);
+                continue;
+            }
             let task = ConvertTask {
                 id: id.clone(),
                 attempt,
                 input: self.files.input(&id),
                 output: self.files.output(&id),
                 options: self.config.convert_options(job.bitrate_kbps, job.vbr_quality),
+                report: ReportTo::Request,
             };
             match ask(
                 Role::Converter,
@@ -235,9 +371,8 @@ impl RequestState {
             .await
             {
                 Ok(true) => {
-                    tracing::info!(job_id = %id, attempt, "conversion placed");
-                    self.running.insert(id, attempt);
-                    free -= 1;
+                    tracing::info!(job_id = %id, attempt, "conversion placed on this node");
+                    self.running.insert(id, Placement { attempt, remote: None });
                 }
                 _ => {
                     self.queue.push_front(id);
@@ -245,6 +380,81 @@ impl RequestState {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Starts streaming `job` to `node`; the task reports back with `Placed`.
+    fn place_remote(&mut self, myself: &ActorRef<RequestMsg>, job: &Job, attempt: i64, node: String) {
+        let host = placement::host_actor(&node).map(|c| c.get_id());
+        self.running.insert(
+            job.id.clone(),
+            Placement {
+                attempt,
+                remote: Some(Remote {
+                    node: node.clone(),
+                    host,
+                    heard: Instant::now(),
+                    started: false,
+                }),
+            },
+        );
+        let (id, input, me) = (job.id.clone(), self.files.input(&job.id), myself.clone());
+        let (bitrate, vbr) = (job.bitrate_kbps, job.vbr_quality);
+        tokio::spawn(async move {
+            let result = placement::place(&node, &id, attempt, &input, bitrate, vbr).await;
+            let _ = me.send_message(RequestMsg::Placed {
+                id,
+                attempt,
+                node,
+                result,
+            });
+        });
+    }
+
+    /// Re-places remote conversions not heard of for a [`placement::LEASE`].
+    fn expire_leases(&mut self) {
+        let expired: Vec<JobId> = self
+            .running
+            .iter()
+            .filter(|(_, p)| {
+                p.remote
+                    .as_ref()
+                    .is_some_and(|r| r.started && r.heard.elapsed() > placement::LEASE)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.replace(&id, "lease expired");
+        }
+    }
+
+    /// Records how a conversion ended (from this node's converter or another node's).
+    async fn converted(&mut self, id: JobId, attempt: i64, outcome: Outcome) -> Result<(), ActorProcessingErr> {
+        if self.current(&id, attempt) {
+            self.running.remove(&id);
+        }
+        let key = id.clone();
+        let error = outcome.err();
+        let finished = self
+            .db
+            .run(move |s| s.finish(&key, attempt, error.as_ref().map(|(c, m)| (c.as_str(), m.as_str()))))
+            .await;
+        match finished {
+            Ok(job) => {
+                tracing::info!(job_id = %id, state = %job.state, "job finished");
+                tell(Role::Notifier, NotifierMsg::Wake);
+            }
+            Err(StoreError::Conflict { state: job_state, .. }) => {
+                tracing::info!(job_id = %id, attempt, %job_state, "stale conversion result refused");
+                if job_state == JobState::Canceled {
+                    let (files, key) = (self.files.clone(), id.clone());
+                    let _ = tokio::task::spawn_blocking(move || files.remove_job(&key)).await;
+                }
+            }
+            Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => {} // deleted
+            Err(e) => return Err(e.into()),
+        }
+        self.drained();
         Ok(())
     }
 
@@ -298,6 +508,7 @@ impl Actor for RequestActor {
             fetcher,
             queue: VecDeque::new(),
             running: HashMap::new(),
+            busy_until: HashMap::new(),
             fetching: HashMap::new(),
             draining: None,
         };
@@ -319,6 +530,8 @@ impl Actor for RequestActor {
         if !unfinished.is_empty() {
             tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
         }
+        // Another node's converter leaving (its node died or was fenced) re-places its jobs.
+        ractor::pg::monitor(placement::GROUP.to_string(), myself.get_cell());
         myself.send_interval(DISPATCH_EVERY, || RequestMsg::Dispatch);
         myself.send_message(RequestMsg::Dispatch)?;
         Ok(state)
@@ -367,7 +580,7 @@ impl Actor for RequestActor {
                         }
                         Source::Upload => {
                             state.queue.push_back(job.id.clone());
-                            state.dispatch().await?;
+                            state.dispatch(&myself).await?;
                         }
                     }
                 }
@@ -416,8 +629,15 @@ impl Actor for RequestActor {
                         if let Some((_, task)) = state.fetching.remove(&id) {
                             task.abort();
                         }
-                        if state.running.remove(&id).is_some() {
-                            tell(Role::Converter, ConverterMsg::Cancel { id: id.clone() });
+                        match state.running.remove(&id) {
+                            Some(Placement {
+                                attempt,
+                                remote: Some(remote),
+                            }) => placement::withdraw(&remote.node, &id, attempt),
+                            Some(_) => {
+                                tell(Role::Converter, ConverterMsg::Cancel { id: id.clone() });
+                            }
+                            None => {}
                         }
                         state.drained();
                         canceled.map(Some).map_err(JobError::from)
@@ -448,7 +668,7 @@ impl Actor for RequestActor {
                 match result {
                     Ok(()) => {
                         state.queue.push_back(id);
-                        state.dispatch().await?;
+                        state.dispatch(&myself).await?;
                     }
                     Err(e) => {
                         tracing::info!(job_id = %id, error = %e, "URL import failed");
@@ -457,43 +677,113 @@ impl Actor for RequestActor {
                 }
             }
             RequestMsg::Progress { id, attempt, fraction } => {
-                if state.running.get(&id) == Some(&attempt) {
+                if let Some(remote) = state
+                    .running
+                    .get_mut(&id)
+                    .filter(|p| p.attempt == attempt)
+                    .and_then(|p| p.remote.as_mut())
+                {
+                    remote.heard = Instant::now();
+                }
+                if state.current(&id, attempt) {
                     state.db.run(move |s| s.set_progress(&id, attempt, fraction)).await?;
                 }
             }
             RequestMsg::Converted { id, attempt, outcome } => {
-                if state.running.get(&id) == Some(&attempt) {
-                    state.running.remove(&id);
-                }
-                let key = id.clone();
-                let error = outcome.err();
-                let finished = state
-                    .db
-                    .run(move |s| s.finish(&key, attempt, error.as_ref().map(|(c, m)| (c.as_str(), m.as_str()))))
-                    .await;
-                match finished {
-                    Ok(job) => {
-                        tracing::info!(job_id = %id, state = %job.state, "job finished");
-                        tell(Role::Notifier, NotifierMsg::Wake);
-                    }
-                    Err(StoreError::Conflict { state: job_state, .. }) => {
-                        tracing::info!(job_id = %id, attempt, %job_state, "stale conversion result refused");
-                        if job_state == JobState::Canceled {
-                            let (files, key) = (state.files.clone(), id.clone());
-                            let _ = tokio::task::spawn_blocking(move || files.remove_job(&key)).await;
+                state.converted(id, attempt, outcome).await?;
+                state.dispatch(&myself).await?;
+            }
+            RequestMsg::Placed {
+                id,
+                attempt,
+                node,
+                result,
+            } => {
+                let current = state.current(&id, attempt);
+                match result {
+                    Ok(()) if current => {
+                        tracing::info!(job_id = %id, attempt, %node, "conversion placed on another node");
+                        if let Some(remote) = state.running.get_mut(&id).and_then(|p| p.remote.as_mut()) {
+                            remote.started = true;
+                            remote.heard = Instant::now();
                         }
                     }
-                    Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => {} // deleted
-                    Err(e) => return Err(e.into()),
+                    Ok(()) => placement::withdraw(&node, &id, attempt), // canceled meanwhile
+                    Err(e) => {
+                        tracing::info!(job_id = %id, attempt, %node, error = %e, "placement refused");
+                        if matches!(e, PlaceError::Busy(_)) {
+                            state.busy_until.insert(node, Instant::now() + Duration::from_secs(1));
+                        }
+                        if current {
+                            state.running.remove(&id);
+                            state.queue.push_front(id);
+                            state.drained();
+                            state.dispatch(&myself).await?;
+                        }
+                    }
                 }
-                state.drained();
-                state.dispatch().await?;
             }
-            RequestMsg::Dispatch => state.dispatch().await?,
+            RequestMsg::IsCurrent { id, attempt, reply } => {
+                let _ = reply.send(state.current_remote(&id, attempt));
+            }
+            RequestMsg::Delivered {
+                id,
+                attempt,
+                staged,
+                reply,
+            } => {
+                if !state.current_remote(&id, attempt) {
+                    let _ = reply.send(false);
+                    return Ok(());
+                }
+                let (files, key) = (state.files.clone(), id.clone());
+                let adopted = tokio::task::spawn_blocking(move || files.adopt_output(&key, &staged))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                let outcome = adopted.map_err(|e| ("io_error".to_string(), format!("cannot store the MP3: {e}")));
+                let _ = reply.send(true);
+                state.converted(id, attempt, outcome).await?;
+                state.dispatch(&myself).await?;
+            }
+            RequestMsg::Dispatch => state.dispatch(&myself).await?,
             RequestMsg::Drain { reply } => {
                 state.draining.get_or_insert_with(Vec::new).push(reply);
                 state.drained();
             }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RequestMsg>,
+        event: SupervisionEvent,
+        state: &mut RequestState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, cells)) = event else {
+            return Ok(());
+        };
+        if group != placement::GROUP {
+            return Ok(());
+        }
+        let gone: Vec<ActorId> = cells.iter().map(ActorCell::get_id).collect();
+        let lost: Vec<JobId> = state
+            .running
+            .iter()
+            .filter(|(_, p)| {
+                p.remote
+                    .as_ref()
+                    .and_then(|r| r.host)
+                    .is_some_and(|host| gone.contains(&host))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &lost {
+            state.replace(id, "its node left the cluster");
+        }
+        if !lost.is_empty() {
+            state.dispatch(&myself).await?;
         }
         Ok(())
     }

@@ -5,22 +5,20 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
-use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
+use super::placement;
 use crate::actors::request::{JobError, RequestMsg};
-use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::store::{Job, JobId, JobState, Source};
 
 /// Bytes per MP3 chunk (frames are capped at 16 MiB; stay far below).
 pub const CHUNK: u32 = 1 << 20;
-/// How long a cross-node call may take.
-pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::RemoteError;
 
 /// The group of `node`'s jobs actor.
 pub fn group(node: &str) -> String {
@@ -177,6 +175,11 @@ pub enum JobsMsg {
     /// A chunk of a done job's MP3.
     #[rpc]
     Chunk(JobQuery, RpcReplyPort<ChunkAnswer>),
+    /// Progress of one of this node's jobs, converting on another node.
+    Progress(placement::Progress),
+    /// A piece of the result of one of this node's jobs, converted on another node.
+    #[rpc]
+    Result(placement::Piece, RpcReplyPort<placement::Answer>),
 }
 
 impl From<&Job> for JobView {
@@ -266,8 +269,17 @@ fn job_answer(result: Result<Option<Job>, JobError>) -> JobAnswer {
     }
 }
 
-async fn answer(message: JobsMsg) {
+async fn answer(config: Arc<Config>, message: JobsMsg) {
     match message {
+        JobsMsg::Progress(p) => {
+            if let Some(id) = JobId::parse(&p.job_id) {
+                let (attempt, fraction) = (p.attempt, p.fraction);
+                tell(Role::Request, RequestMsg::Progress { id, attempt, fraction });
+            }
+        }
+        JobsMsg::Result(piece, reply) => {
+            let _ = reply.send(placement::receive(&config, piece).await);
+        }
         JobsMsg::Get(q, reply) => {
             let (id, who) = (JobId::parse(&q.job_id), principal(&q));
             let result = match (id, who) {
@@ -382,39 +394,32 @@ pub struct JobsActor;
 
 impl Actor for JobsActor {
     type Msg = JobsMsg;
-    type State = ();
+    type State = Arc<Config>;
     type Arguments = Arc<Config>;
 
-    async fn pre_start(&self, myself: ActorRef<JobsMsg>, config: Arc<Config>) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<JobsMsg>,
+        config: Arc<Config>,
+    ) -> Result<Arc<Config>, ActorProcessingErr> {
         ractor::pg::join(group(&config.node_name), vec![myself.get_cell()]);
-        Ok(())
+        Ok(config)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<JobsMsg>,
         message: JobsMsg,
-        _state: &mut (),
+        config: &mut Arc<Config>,
     ) -> Result<(), ActorProcessingErr> {
         // Each request runs on its own task: one slow download never holds up a status call.
-        tokio::spawn(answer(message));
+        tokio::spawn(answer(config.clone(), message));
         Ok(())
     }
 }
 
-/// Why a remote call got no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    /// No session to the owner (down, restarting, or fenced).
-    #[error("node {0} is not reachable right now")]
-    OwnerDown(String),
-    /// No answer in time.
-    #[error("node {0} did not answer in time")]
-    Timeout(String),
-}
-
 /// The owner's jobs actor, if connected.
-fn owner_actor(owner: &str) -> Option<ActorCell> {
+pub fn owner_actor(owner: &str) -> Option<ActorCell> {
     ractor::pg::get_members(&group(owner))
         .into_iter()
         .find(|c| !c.get_id().is_local())
@@ -426,11 +431,7 @@ pub async fn call<T: Send + 'static + ractor::BytesConvertable>(
     make: impl FnOnce(RpcReplyPort<T>) -> JobsMsg,
 ) -> Result<T, RemoteError> {
     let cell = owner_actor(owner).ok_or_else(|| RemoteError::OwnerDown(owner.to_string()))?;
-    match ractor::rpc::call::<JobsMsg, T, _>(&cell, make, Some(REMOTE_TIMEOUT)).await {
-        Ok(CallResult::Success(answer)) => Ok(answer),
-        Ok(CallResult::Timeout) => Err(RemoteError::Timeout(owner.to_string())),
-        _ => Err(RemoteError::OwnerDown(owner.to_string())),
-    }
+    super::call_actor(&cell, owner, make).await
 }
 
 /// The stable names of the other nodes whose jobs actors are connected.

@@ -1,7 +1,7 @@
 //! `/v1/jobs`: submit (multipart upload or JSON URL import), list, status, cancel/delete.
 //! The seed's `POST /upload` reuses [`submit`].
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,6 +52,7 @@ pub(super) fn job_json(job: &Job) -> serde_json::Value {
         "url": url,
         "bitrate": job.bitrate_kbps,
         "vbr": job.vbr_quality,
+        "attempt": job.attempt,
         "created_at": time(job.created_at_ms),
         "updated_at": time(job.updated_at_ms),
         "finished_at": job.finished_at_ms.map(time),
@@ -178,11 +179,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     if content_type.starts_with("multipart/form-data") {
         let token = header_auth.ok_or_else(ApiError::missing_credentials)?;
         let who = super::verify(&token).await?;
-        upload::check_length(&headers, &state.config)?;
-        let request = Request::from_parts(parts, body);
-        let multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+        let multipart = upload::multipart(Request::from_parts(parts, body), &state).await?;
         let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required");
         let upload = upload::receive(multipart, &state.config, one_file).await?;
         submit_upload(&state, who, upload, key).await

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Multipart, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::response::Response;
@@ -47,15 +47,15 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
     super::verify(token).await.map_err(ApiError::plain)
 }
 
-async fn upload_file(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<Response, ApiError> {
-    let who = seed_principal(&headers).await?;
-    upload::check_length(&headers, &state.config).map_err(ApiError::plain)?;
-    let multipart =
-        multipart.map_err(|_| ApiError::bad_request("invalid_request", "exactly 1 file required").plain())?;
+async fn upload_file(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let who = seed_principal(request.headers()).await?;
+    let multipart = upload::multipart(request, &state).await.map_err(|e| {
+        if e.status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            e.plain()
+        } else {
+            ApiError::bad_request("invalid_request", "exactly 1 file required").plain()
+        }
+    })?;
     let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required").plain();
     let upload = upload::receive(multipart, &state.config, one_file)
         .await

@@ -2,17 +2,20 @@
 
 use std::path::PathBuf;
 
-use axum::extract::Multipart;
-use axum::http::HeaderMap;
+use axum::extract::multipart::Field;
+use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header::CONTENT_LENGTH;
+use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::ApiError;
+use super::{ApiError, AppState};
 use crate::config::Config;
 use crate::store::Files;
 
 /// Multipart overhead allowed above the file cap in `Content-Length`.
 const MULTIPART_SLACK: u64 = 64 * 1024;
+/// Most bytes of a refused body read (and discarded) so the client gets the answer.
+const DRAIN_LIMIT: u64 = 16 << 20;
 /// Longest text field accepted.
 const MAX_FIELD: usize = 1024;
 
@@ -39,15 +42,37 @@ impl Drop for Staged {
     }
 }
 
-/// Refuses a body whose declared length is already over the cap.
-pub(super) fn check_length(headers: &HeaderMap, config: &Config) -> Result<(), ApiError> {
-    let declared = headers
+/// Refuses a body whose declared length is already over the cap, else reads it as multipart.
+///
+/// A refused body of moderate size is read and discarded first: a client still sending
+/// would otherwise meet a reset connection instead of the `413`.
+pub(super) async fn multipart(request: Request, state: &AppState) -> Result<Multipart, ApiError> {
+    let declared = request
+        .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > config.max_upload_bytes + MULTIPART_SLACK => Err(ApiError::too_large(config.max_upload_bytes)),
-        _ => Ok(()),
+    let cap = state.config.max_upload_bytes;
+    if let Some(n) = declared.filter(|n| *n > cap + MULTIPART_SLACK) {
+        if n <= cap + DRAIN_LIMIT {
+            let mut body = request.into_body().into_data_stream();
+            while let Some(Ok(_)) = body.next().await {}
+        }
+        return Err(ApiError::too_large(cap));
+    }
+    Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))
+}
+
+/// Reads and discards the rest of a refused multipart body, up to [`DRAIN_LIMIT`].
+async fn drain(mut field: Field<'_>) {
+    let mut read = 0u64;
+    while let Ok(Some(chunk)) = field.chunk().await {
+        read += chunk.len() as u64;
+        if read > DRAIN_LIMIT {
+            return;
+        }
     }
 }
 
@@ -73,6 +98,7 @@ pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file:
             while let Some(chunk) = field.chunk().await.map_err(bad)? {
                 size += chunk.len() as u64;
                 if size > config.max_upload_bytes {
+                    drain(field).await;
                     return Err(ApiError::too_large(config.max_upload_bytes));
                 }
                 out.write_all(&chunk).await.map_err(ApiError::internal)?;

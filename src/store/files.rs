@@ -49,9 +49,18 @@ impl Files {
 
     /// Moves a completely written (and fsynced) staged file into place as the job's input.
     pub fn adopt_input(&self, id: &JobId, staged: &Path) -> io::Result<()> {
+        self.adopt(id, staged, self.input(id))
+    }
+
+    /// Moves a completely written (and fsynced) MP3 into place as the job's output.
+    pub fn adopt_output(&self, id: &JobId, staged: &Path) -> io::Result<()> {
+        self.adopt(id, staged, self.output(id))
+    }
+
+    fn adopt(&self, id: &JobId, staged: &Path, to: PathBuf) -> io::Result<()> {
         let dir = self.job_dir(id);
         fs::create_dir_all(&dir)?;
-        fs::rename(staged, self.input(id))?;
+        fs::rename(staged, to)?;
         sync_dir(&dir)
     }
 

@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod api;
 pub mod service;
 
 use std::path::{Path, PathBuf};

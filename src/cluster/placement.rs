@@ -1,0 +1,662 @@
+//! Conversions placed on other nodes.
+//!
+//! The owner's request actor offers a job to another node's host actor (pg groups
+//! `converter.v1` and `converter.v1:<stable name>`), streams the MP4 to it in chunks, and
+//! the host runs it on its own converter pool. Progress goes back to the owner's jobs actor
+//! as it happens (it doubles as the lease: an owner that hears nothing for [`LEASE`]
+//! re-places the job), and the MP3 goes back in chunks when done. Every message carries the
+//! job's attempt, the fencing token: the owner accepts a result only for the attempt it
+//! placed last, so a late result from a fenced or re-placed host is refused.
+//!
+//! ```text
+//! owner: request ──Offer/Input──▶ host ──Convert──▶ converter (host's pool)
+//! owner: jobs    ◀──Progress/Result── host
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::jobs::{self, CHUNK, JobsMsg, RemoteError};
+use crate::actors::converter::{ConvertTask, ConverterMsg, Outcome, ReportTo};
+use crate::actors::request::RequestMsg;
+use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
+use crate::config::Config;
+use crate::store::JobId;
+
+/// The group every node's host actor joins (the converter role, cluster-wide).
+pub const GROUP: &str = "converter.v1";
+/// An owner that hears nothing from a placed conversion for this long re-places it.
+pub const LEASE: Duration = Duration::from_secs(20);
+/// A reception that gets no input for this long is dropped.
+const RECEIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long a host keeps trying to hand a result to an unreachable owner.
+const DELIVERY_GIVE_UP: Duration = Duration::from_secs(600);
+
+/// The group of `node`'s host actor.
+pub fn group(node: &str) -> String {
+    format!("{GROUP}:{node}")
+}
+
+/// Answer codes.
+pub mod status {
+    /// Accepted.
+    pub const OK: i32 = 0;
+    /// No free slot (or this job's older attempt still runs here).
+    pub const BUSY: i32 = 1;
+    /// Not the current attempt (fenced), or unknown.
+    pub const REFUSED: i32 = 2;
+    /// Something failed.
+    pub const ERROR: i32 = 3;
+}
+
+/// A job offered to a host.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Offer {
+    /// The job (its owner is in its id).
+    #[prost(string, tag = "1")]
+    pub job_id: String,
+    /// The fencing token.
+    #[prost(int64, tag = "2")]
+    pub attempt: i64,
+    /// The MP4's size.
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// CBR bitrate asked for.
+    #[prost(uint32, optional, tag = "4")]
+    pub bitrate_kbps: Option<u32>,
+    /// VBR quality asked for.
+    #[prost(uint32, optional, tag = "5")]
+    pub vbr_quality: Option<u32>,
+}
+
+/// A piece of a file: the MP4 going to the host, or the MP3 coming back (with the outcome
+/// on the last piece).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Piece {
+    /// The job.
+    #[prost(string, tag = "1")]
+    pub job_id: String,
+    /// The fencing token.
+    #[prost(int64, tag = "2")]
+    pub attempt: i64,
+    /// Where `data` starts.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+    /// At most [`CHUNK`] bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+    /// The last piece.
+    #[prost(bool, tag = "5")]
+    pub last: bool,
+    /// The file's size (on the last piece).
+    #[prost(uint64, tag = "6")]
+    pub total: u64,
+    /// A failed conversion's error code (the last and only piece).
+    #[prost(string, tag = "7")]
+    pub error_code: String,
+    /// ...and message.
+    #[prost(string, tag = "8")]
+    pub error_message: String,
+}
+
+/// An answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Answer {
+    /// A [`status`] code.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Why not.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// One attempt of one job.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Attempt {
+    /// The job.
+    #[prost(string, tag = "1")]
+    pub job_id: String,
+    /// The fencing token.
+    #[prost(int64, tag = "2")]
+    pub attempt: i64,
+}
+
+/// A placed conversion's progress.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Progress {
+    /// The job.
+    #[prost(string, tag = "1")]
+    pub job_id: String,
+    /// The fencing token.
+    #[prost(int64, tag = "2")]
+    pub attempt: i64,
+    /// 0..=1.
+    #[prost(double, tag = "3")]
+    pub fraction: f64,
+}
+
+ractor_cluster::derive_serialization_for_prost_type! {Offer}
+ractor_cluster::derive_serialization_for_prost_type! {Piece}
+ractor_cluster::derive_serialization_for_prost_type! {Answer}
+ractor_cluster::derive_serialization_for_prost_type! {Attempt}
+ractor_cluster::derive_serialization_for_prost_type! {Progress}
+
+/// The host actor's messages. `Offer`, `Input` and `Cancel` come from owners on other
+/// nodes; the rest are local.
+#[derive(RactorClusterMessage)]
+pub enum HostMsg {
+    /// Reserve a slot for a job.
+    #[rpc]
+    Offer(Offer, RpcReplyPort<Answer>),
+    /// The next piece of its MP4; the last one starts the conversion.
+    #[rpc]
+    Input(Piece, RpcReplyPort<Answer>),
+    /// The owner gave up on this attempt.
+    Cancel(Attempt),
+    /// From this node's converter.
+    Progress(Progress),
+    /// From this node's converter: the last piece, without data.
+    Done(Piece),
+    /// A result was handed over (or given up on).
+    Delivered(Attempt),
+    /// Drop stalled receptions.
+    Sweep,
+}
+
+fn answer(status: i32, message: impl Into<String>) -> Answer {
+    Answer {
+        status,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    Receiving,
+    Converting,
+    Delivering,
+}
+
+struct Hosted {
+    options: Offer,
+    received: u64,
+    file: Option<tokio::fs::File>,
+    last_input: Instant,
+    phase: Phase,
+    canceled: bool,
+}
+
+/// The host actor: runs other nodes' conversions on this node's converter.
+pub struct HostActor;
+
+/// Its state.
+pub struct HostState {
+    config: Arc<Config>,
+    dir: PathBuf,
+    hosted: HashMap<(JobId, i64), Hosted>,
+}
+
+impl HostState {
+    fn input(&self, id: &JobId, attempt: i64) -> PathBuf {
+        self.dir.join(format!("{id}.{attempt}.mp4"))
+    }
+
+    fn output(&self, id: &JobId, attempt: i64) -> PathBuf {
+        self.dir.join(format!("{id}.{attempt}.mp3"))
+    }
+
+    async fn forget(&mut self, id: &JobId, attempt: i64) {
+        self.hosted.remove(&(id.clone(), attempt));
+        let _ = tokio::fs::remove_file(self.input(id, attempt)).await;
+        let _ = tokio::fs::remove_file(self.output(id, attempt)).await;
+    }
+
+    async fn offer(&mut self, offer: Offer) -> Answer {
+        let Some(id) = JobId::parse(&offer.job_id) else {
+            return answer(status::ERROR, "bad job id");
+        };
+        let key = (id.clone(), offer.attempt);
+        if self.hosted.contains_key(&key) {
+            return answer(status::OK, "");
+        }
+        let receiving = self.hosted.values().filter(|h| h.phase == Phase::Receiving).count();
+        let slots = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await;
+        match slots {
+            Ok((busy, total)) if busy + receiving < total => {}
+            Ok(_) => return answer(status::BUSY, "no free converter slot"),
+            Err(e) => return answer(status::BUSY, e.to_string()),
+        }
+        let file = match tokio::fs::File::create(self.input(&id, offer.attempt)).await {
+            Ok(file) => file,
+            Err(e) => return answer(status::ERROR, format!("cannot store the input: {e}")),
+        };
+        tracing::info!(job_id = %id, attempt = offer.attempt, bytes = offer.size, "receiving a job to convert");
+        self.hosted.insert(
+            key,
+            Hosted {
+                options: offer,
+                received: 0,
+                file: Some(file),
+                last_input: Instant::now(),
+                phase: Phase::Receiving,
+                canceled: false,
+            },
+        );
+        answer(status::OK, "")
+    }
+
+    async fn receive_input(&mut self, piece: Piece) -> Answer {
+        let Some(id) = JobId::parse(&piece.job_id) else {
+            return answer(status::ERROR, "bad job id");
+        };
+        let key = (id.clone(), piece.attempt);
+        let Some(hosted) = self.hosted.get_mut(&key) else {
+            return answer(status::REFUSED, "no such placement");
+        };
+        if hosted.phase != Phase::Receiving || piece.offset != hosted.received {
+            return answer(status::ERROR, "out of order");
+        }
+        let Some(file) = hosted.file.as_mut() else {
+            return answer(status::ERROR, "no input file");
+        };
+        let mut written = file.write_all(&piece.data).await;
+        hosted.received += piece.data.len() as u64;
+        hosted.last_input = Instant::now();
+        if written.is_ok() && piece.last {
+            written = file.sync_all().await;
+        }
+        if let Err(e) = written {
+            self.forget(&id, piece.attempt).await;
+            return answer(status::ERROR, format!("cannot store the input: {e}"));
+        }
+        if !piece.last {
+            return answer(status::OK, "");
+        }
+        if hosted.received != hosted.options.size {
+            self.forget(&id, piece.attempt).await;
+            return answer(status::ERROR, "the input is incomplete");
+        }
+        hosted.file = None;
+        let options = self.config.convert_options(
+            hosted.options.bitrate_kbps.and_then(|b| u16::try_from(b).ok()),
+            hosted.options.vbr_quality.and_then(|q| u8::try_from(q).ok()),
+        );
+        let task = ConvertTask {
+            id: id.clone(),
+            attempt: piece.attempt,
+            input: self.input(&id, piece.attempt),
+            output: self.output(&id, piece.attempt),
+            options,
+            report: ReportTo::Host,
+        };
+        match ask(
+            Role::Converter,
+            |reply| ConverterMsg::Convert { task, reply },
+            CALL_TIMEOUT,
+        )
+        .await
+        {
+            Ok(true) => {
+                tracing::info!(job_id = %id, attempt = piece.attempt, "converting a job for its owner");
+                if let Some(hosted) = self.hosted.get_mut(&key) {
+                    hosted.phase = Phase::Converting;
+                }
+                answer(status::OK, "")
+            }
+            _ => {
+                self.forget(&id, piece.attempt).await;
+                answer(status::BUSY, "no free converter slot")
+            }
+        }
+    }
+
+    fn done(&mut self, myself: &ActorRef<HostMsg>, piece: Piece) {
+        let Some(id) = JobId::parse(&piece.job_id) else { return };
+        let attempt = piece.attempt;
+        let Some(hosted) = self.hosted.get_mut(&(id.clone(), attempt)) else {
+            return;
+        };
+        hosted.phase = Phase::Delivering;
+        let canceled = hosted.canceled;
+        let (output, me) = (self.output(&id, attempt), myself.clone());
+        tokio::spawn(async move {
+            if !canceled {
+                deliver(&id, piece, &output).await;
+            }
+            let _ = me.send_message(HostMsg::Delivered(Attempt {
+                job_id: id.to_string(),
+                attempt,
+            }));
+        });
+    }
+}
+
+/// Hands a result to its owner, retrying while the owner is unreachable.
+async fn deliver(id: &JobId, outcome: Piece, output: &Path) {
+    let started = Instant::now();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match send_result(id, &outcome, output).await {
+            Ok(answer) if answer.status == status::OK => {
+                tracing::info!(job_id = %id, attempt = outcome.attempt, owner = id.owner(), "result handed to its owner");
+                return;
+            }
+            Ok(answer) if answer.status == status::REFUSED => {
+                tracing::info!(job_id = %id, attempt = outcome.attempt, reason = %answer.message,
+                    "the owner refused this result (stale attempt)");
+                return;
+            }
+            Ok(answer) => tracing::warn!(job_id = %id, reason = %answer.message, "the owner could not take the result"),
+            Err(e) => tracing::info!(job_id = %id, error = %e, "cannot reach the owner; will retry"),
+        }
+        if started.elapsed() > DELIVERY_GIVE_UP {
+            tracing::warn!(job_id = %id, "giving up handing this result to its owner");
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One try at handing the result over: the MP3 in pieces, or the error.
+async fn send_result(id: &JobId, outcome: &Piece, output: &Path) -> Result<Answer, RemoteError> {
+    let owner = id.owner();
+    if !outcome.error_code.is_empty() {
+        let piece = outcome.clone();
+        return jobs::call(owner, |reply| JobsMsg::Result(piece, reply)).await;
+    }
+    let mut file = match tokio::fs::File::open(output).await {
+        Ok(file) => file,
+        Err(e) => return Ok(answer(status::ERROR, format!("the MP3 is gone: {e}"))),
+    };
+    let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let mut offset = 0u64;
+    loop {
+        let mut data = Vec::with_capacity(CHUNK as usize);
+        if let Err(e) = (&mut file).take(u64::from(CHUNK)).read_to_end(&mut data).await {
+            return Ok(answer(status::ERROR, format!("cannot read the MP3: {e}")));
+        }
+        let len = data.len() as u64;
+        let piece = Piece {
+            job_id: id.to_string(),
+            attempt: outcome.attempt,
+            offset,
+            data,
+            last: offset + len >= total,
+            total,
+            ..Piece::default()
+        };
+        let last = piece.last;
+        let answer = jobs::call(owner, |reply| JobsMsg::Result(piece, reply)).await?;
+        if answer.status != status::OK || last {
+            return Ok(answer);
+        }
+        offset += len;
+    }
+}
+
+impl Actor for HostActor {
+    type Msg = HostMsg;
+    type State = HostState;
+    type Arguments = Arc<Config>;
+
+    async fn pre_start(&self, myself: ActorRef<HostMsg>, config: Arc<Config>) -> Result<HostState, ActorProcessingErr> {
+        // Whatever a previous incarnation received is stale: its owners have re-placed it.
+        let dir = config.data_dir.join("remote");
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::create_dir_all(&dir).await?;
+        ractor::pg::join(GROUP.to_string(), vec![myself.get_cell()]);
+        ractor::pg::join(group(&config.node_name), vec![myself.get_cell()]);
+        myself.send_interval(Duration::from_secs(10), || HostMsg::Sweep);
+        Ok(HostState {
+            config,
+            dir,
+            hosted: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HostMsg>,
+        message: HostMsg,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HostMsg::Offer(offer, reply) => {
+                let _ = reply.send(state.offer(offer).await);
+            }
+            HostMsg::Input(piece, reply) => {
+                let _ = reply.send(state.receive_input(piece).await);
+            }
+            HostMsg::Cancel(a) => {
+                let Some(id) = JobId::parse(&a.job_id) else {
+                    return Ok(());
+                };
+                let Some(hosted) = state.hosted.get_mut(&(id.clone(), a.attempt)) else {
+                    return Ok(());
+                };
+                tracing::info!(job_id = %id, attempt = a.attempt, "the owner withdrew this job");
+                match hosted.phase {
+                    Phase::Receiving => state.forget(&id, a.attempt).await,
+                    Phase::Converting => {
+                        hosted.canceled = true;
+                        tell(Role::Converter, ConverterMsg::Cancel { id });
+                    }
+                    Phase::Delivering => {}
+                }
+            }
+            HostMsg::Progress(p) => {
+                if let Some(owner) = JobId::parse(&p.job_id).and_then(|id| jobs::owner_actor(id.owner())) {
+                    let _ = owner.send_message(JobsMsg::Progress(p));
+                }
+            }
+            HostMsg::Done(piece) => state.done(&myself, piece),
+            HostMsg::Delivered(a) => {
+                if let Some(id) = JobId::parse(&a.job_id) {
+                    state.forget(&id, a.attempt).await;
+                }
+            }
+            HostMsg::Sweep => {
+                let stalled: Vec<(JobId, i64)> = state
+                    .hosted
+                    .iter()
+                    .filter(|(_, h)| h.phase == Phase::Receiving && h.last_input.elapsed() > RECEIVE_IDLE)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for (id, attempt) in stalled {
+                    tracing::info!(job_id = %id, attempt, "dropping a stalled reception");
+                    state.forget(&id, attempt).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends `message` to this node's host actor (from the converter). The host is found
+/// through its process group, not by name: see [`crate::cluster`] on names.
+pub fn tell_host(message: HostMsg) -> bool {
+    ractor::pg::get_local_members(&GROUP.to_string())
+        .first()
+        .is_some_and(|cell| cell.send_message(message).is_ok())
+}
+
+/// `node`'s host actor, if connected.
+pub fn host_actor(node: &str) -> Option<ActorCell> {
+    ractor::pg::get_members(&group(node))
+        .into_iter()
+        .find(|c| !c.get_id().is_local())
+}
+
+/// Why a placement did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// The host has no free slot.
+    #[error("{0} has no free converter slot")]
+    Busy(String),
+    /// The host is unreachable or failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Offers attempt `attempt` of job `id` to `node` and streams it the MP4 at `input`.
+pub async fn place(
+    node: &str,
+    id: &JobId,
+    attempt: i64,
+    input: &Path,
+    bitrate_kbps: Option<u16>,
+    vbr_quality: Option<u8>,
+) -> Result<(), PlaceError> {
+    let failed = |e: &dyn std::fmt::Display| PlaceError::Failed(format!("placing on {node}: {e}"));
+    let host = host_actor(node).ok_or_else(|| failed(&"not connected"))?;
+    let mut file = tokio::fs::File::open(input).await.map_err(|e| failed(&e))?;
+    let size = file.metadata().await.map_err(|e| failed(&e))?.len();
+    let offer = Offer {
+        job_id: id.to_string(),
+        attempt,
+        size,
+        bitrate_kbps: bitrate_kbps.map(u32::from),
+        vbr_quality: vbr_quality.map(u32::from),
+    };
+    let answer = super::call_actor(&host, node, |reply| HostMsg::Offer(offer, reply))
+        .await
+        .map_err(|e| failed(&e))?;
+    match answer.status {
+        status::OK => {}
+        status::BUSY => return Err(PlaceError::Busy(node.to_string())),
+        _ => return Err(failed(&answer.message)),
+    }
+    file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| failed(&e))?;
+    let mut offset = 0u64;
+    loop {
+        let mut data = Vec::with_capacity(CHUNK as usize);
+        (&mut file)
+            .take(u64::from(CHUNK))
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| failed(&e))?;
+        let len = data.len() as u64;
+        let last = offset + len >= size;
+        let piece = Piece {
+            job_id: id.to_string(),
+            attempt,
+            offset,
+            data,
+            last,
+            total: size,
+            ..Piece::default()
+        };
+        let answer = super::call_actor(&host, node, |reply| HostMsg::Input(piece, reply))
+            .await
+            .map_err(|e| failed(&e))?;
+        match answer.status {
+            status::OK if last => return Ok(()),
+            status::OK => offset += len,
+            status::BUSY => return Err(PlaceError::Busy(node.to_string())),
+            _ => return Err(failed(&answer.message)),
+        }
+    }
+}
+
+/// Tells `node`'s host to drop attempt `attempt` of `id` (best effort).
+pub fn withdraw(node: &str, id: &JobId, attempt: i64) {
+    if let Some(host) = host_actor(node) {
+        let _ = host.send_message(HostMsg::Cancel(Attempt {
+            job_id: id.to_string(),
+            attempt,
+        }));
+    }
+}
+
+/// The owner's side of a result piece (called by the jobs actor): checks the fencing token
+/// with the request actor, stages the MP3 in `tmp/`, and hands it over on the last piece.
+pub async fn receive(config: &Config, piece: Piece) -> Answer {
+    let Some(id) = JobId::parse(&piece.job_id) else {
+        return answer(status::ERROR, "bad job id");
+    };
+    let attempt = piece.attempt;
+    if piece.offset == 0 || piece.last {
+        let current = ask(
+            Role::Request,
+            |reply| RequestMsg::IsCurrent {
+                id: id.clone(),
+                attempt,
+                reply,
+            },
+            CALL_TIMEOUT,
+        )
+        .await;
+        match current {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(job_id = %id, attempt, "stale conversion result refused");
+                return answer(status::REFUSED, "this attempt was fenced; the job was placed again");
+            }
+            Err(e) => return answer(status::ERROR, e.to_string()),
+        }
+    }
+    if !piece.error_code.is_empty() {
+        let outcome: Outcome = Err((piece.error_code, piece.error_message));
+        tell(Role::Request, RequestMsg::Converted { id, attempt, outcome });
+        return answer(status::OK, "");
+    }
+    let staged = config.data_dir.join("tmp").join(format!("result-{id}.{attempt}.part"));
+    let written = async {
+        let mut file = if piece.offset == 0 {
+            tokio::fs::File::create(&staged).await?
+        } else {
+            let mut file = tokio::fs::OpenOptions::new().write(true).open(&staged).await?;
+            if file.metadata().await?.len() != piece.offset {
+                return Err(std::io::Error::other("out of order"));
+            }
+            file.seek(std::io::SeekFrom::Start(piece.offset)).await?;
+            file
+        };
+        file.write_all(&piece.data).await?;
+        if piece.last {
+            file.sync_all().await?;
+            if file.metadata().await?.len() != piece.total {
+                return Err(std::io::Error::other("the MP3 arrived incomplete"));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&staged).await;
+        return answer(status::ERROR, e.to_string());
+    }
+    if !piece.last {
+        return answer(status::OK, "");
+    }
+    let taken = ask(
+        Role::Request,
+        |reply| RequestMsg::Delivered {
+            id: id.clone(),
+            attempt,
+            staged: staged.clone(),
+            reply,
+        },
+        CALL_TIMEOUT,
+    )
+    .await;
+    match taken {
+        Ok(true) => answer(status::OK, ""),
+        Ok(false) => {
+            let _ = tokio::fs::remove_file(&staged).await;
+            tracing::info!(job_id = %id, attempt, "stale conversion result refused");
+            answer(status::REFUSED, "this attempt was fenced; the job was placed again")
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&staged).await;
+            answer(status::ERROR, e.to_string())
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! A small client for the service's HTTP API, shared by the end-to-end tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::service::{Node, poll};
+
+/// One node's API.
+pub struct Api {
+    /// The client.
+    pub http: reqwest::Client,
+    node_url: String,
+}
+
+impl Api {
+    pub fn new(node: &Node) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            node_url: node.url(""),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.node_url)
+    }
+
+    /// The seed's login: HTTP Basic, the JWT as the body.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/login"))
+            .basic_auth(email, Some(password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "login {email}");
+        r.text().await.unwrap()
+    }
+
+    pub async fn upload_as(&self, path: &str, token: &str, file: &Path, key: Option<&str>) -> reqwest::Response {
+        let bytes = std::fs::read(file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(bytes).file_name(name));
+        let mut req = self.http.post(self.url(path)).bearer_auth(token).multipart(form);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn upload(&self, token: &str, file: &Path) -> Value {
+        let r = self.upload_as("/upload", token, file, None).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        r.json().await.unwrap()
+    }
+
+    pub async fn job(&self, token: &str, id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the job until it is done, failed or canceled.
+    pub async fn finished(&self, token: &str, id: &str) -> Value {
+        poll(Duration::from_secs(120), "the job to finish", || async {
+            let job: Value = self.job(token, id).await.json().await.ok()?;
+            matches!(job["state"].as_str(), Some("done" | "failed" | "canceled")).then_some(job)
+        })
+        .await
+    }
+
+    pub async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+    }
+}

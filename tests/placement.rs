@@ -1,0 +1,216 @@
+//! Conversions placed across the cluster: real binaries on 127.0.0.x, static discovery.
+//!
+//! Nodes with `--converter-slots 0` force placement elsewhere. Which node converts is read
+//! from the nodes' logs ("converting a job for its owner"), the fencing from the owner's
+//! log ("stale conversion result refused").
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::api::Api;
+use common::service::{ADMIN, Node, free_port, poll};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Cluster {
+    nodes: Vec<Node>,
+}
+
+/// Starts one node per slot count on 127.0.0.2, .3, ..., all peers of each other.
+async fn cluster(dir: &Path, slots: &[usize]) -> Cluster {
+    let ports: Vec<u16> = slots.iter().map(|_| free_port()).collect();
+    let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
+    let peers = (0..slots.len()).map(addr).collect::<Vec<_>>().join(",");
+    let mut nodes = Vec::new();
+    for (i, n) in slots.iter().enumerate() {
+        let (name, listen, n) = (node_name(i), addr(i), n.to_string());
+        let args = [
+            "--node-name",
+            &name,
+            "--cluster-listen",
+            &listen,
+            "--peers",
+            &peers,
+            "--converter-slots",
+            &n,
+        ];
+        nodes.push(Node::start(&dir.join(&name), &args).await);
+    }
+    let all: Vec<String> = (0..slots.len()).map(node_name).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let others: Vec<(String, String)> = all
+            .iter()
+            .filter(|n| **n != node_name(i))
+            .map(|n| (n.clone(), "up".to_string()))
+            .collect();
+        poll(Duration::from_secs(20), "a full mesh", || async {
+            (common::service::cluster_members(node).await == others).then_some(())
+        })
+        .await;
+    }
+    Cluster { nodes }
+}
+
+fn node_name(i: usize) -> String {
+    format!("node-{}", (b'a' + i as u8) as char)
+}
+
+/// The index of the node that logs converting `id` (attempt `attempt`) for its owner.
+async fn converting_node(c: &Cluster, id: &str, attempt: i64) -> usize {
+    poll(WAIT, "a node to convert the job", || async {
+        c.nodes.iter().position(|n| converts(n, id, attempt))
+    })
+    .await
+}
+
+fn converts(node: &Node, id: &str, attempt: i64) -> bool {
+    node.log_text().lines().any(|l| {
+        l.contains("converting a job for its owner") && l.contains(id) && l.contains(&format!("attempt={attempt}"))
+    })
+}
+
+async fn mp3(api: &Api, token: &str, id: &str) -> Vec<u8> {
+    let r = api
+        .http
+        .get(api.url(&format!("/v1/jobs/{id}/mp3")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    r.bytes().await.unwrap().to_vec()
+}
+
+/// Seconds of audio in an MP3, per ffprobe.
+fn duration(dir: &Path, bytes: &[u8]) -> f64 {
+    let path = dir.join("check.mp3");
+    std::fs::write(&path, bytes).unwrap();
+    common::probe(&path)["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Files in a node's reception dir (`DATA/remote`).
+fn remote_files(dir: &Path, name: &str) -> usize {
+    std::fs::read_dir(dir.join(name).join("remote")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conversions_go_to_free_slots_anywhere_and_any_node_serves_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only b converts: a and c have no slots.
+    let mut c = cluster(dir.path(), &[0, 1, 0]).await;
+    let (a, b, via_c) = (Api::new(&c.nodes[0]), Api::new(&c.nodes[1]), Api::new(&c.nodes[2]));
+    let token = a.login(ADMIN.0, ADMIN.1).await;
+    let input = common::tone("placement_8s.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
+    let mut ids = Vec::new();
+    for api in [&a, &a, &via_c] {
+        let job = api.upload(&token, &input).await;
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    assert!(ids[0].starts_with("node-a~") && ids[2].starts_with("node-c~"));
+    for id in &ids {
+        let done = via_c.finished(&token, id).await;
+        assert_eq!(done["state"], "done", "{done}");
+        assert!(
+            converts(&c.nodes[1], id, done["attempt"].as_i64().unwrap()),
+            "b converted {id}"
+        );
+    }
+    // The MP3 is the same through every node, and it is the whole input.
+    let whole = mp3(&a, &token, &ids[0]).await;
+    assert_eq!(mp3(&via_c, &token, &ids[0]).await, whole);
+    assert_eq!(mp3(&b, &token, &ids[0]).await, whole);
+    let secs = duration(dir.path(), &whole);
+    assert!((secs - 8.0).abs() < 0.05, "{secs} s");
+    // One email per job, from its owner; nothing left in b's reception dir.
+    assert_eq!(c.nodes[0].eml_files().len(), 2);
+    assert_eq!(c.nodes[2].eml_files().len(), 1);
+    poll(Duration::from_secs(5), "b's received files to be cleaned", || async {
+        (remote_files(dir.path(), "node-b") == 0).then_some(())
+    })
+    .await;
+
+    // Stop c (SIGTERM): a and b keep serving their own jobs and converting.
+    let status = c.nodes[2].terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    for api in [&a, &b] {
+        let job = api.upload(&token, &input).await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let done = api.finished(&token, &id).await;
+        assert_eq!(done["state"], "done", "{done}");
+        assert_eq!(mp3(api, &token, &id).await.len(), whole.len());
+    }
+    assert_eq!(mp3(&b, &token, &ids[1]).await, mp3(&a, &token, &ids[1]).await);
+}
+
+/// Uploads a 5-minute input on a (no slots) and returns its id and the node converting it.
+async fn long_job_placed(c: &Cluster, token: &str) -> (String, usize) {
+    let a = Api::new(&c.nodes[0]);
+    let input = common::tone("placement_300s.m4a", 440, 44100, 300.0, 2, &["-c:a", "aac"]);
+    let job = a.upload(token, &input).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let at = converting_node(c, &id, 1).await;
+    assert_ne!(at, 0, "a has no slots");
+    (id, at)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_converting_node_loses_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), &[0, 1, 1]).await;
+    let a = Api::new(&c.nodes[0]);
+    let token = a.login(ADMIN.0, ADMIN.1).await;
+    let (id, at) = long_job_placed(&c, &token).await;
+    c.nodes[at].kill9();
+    let other = 3 - at;
+    let done = a.finished(&token, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let attempt = done["attempt"].as_i64().unwrap();
+    assert!(attempt >= 2, "placed again: {done}");
+    assert!(converts(&c.nodes[other], &id, attempt), "the survivor converted it");
+    let secs = duration(dir.path(), &mp3(&a, &token, &id).await);
+    assert!((secs - 300.0).abs() < 0.05, "{secs} s");
+    // Exactly one email.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.nodes[0].eml_files().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_converting_node_is_fenced_and_its_late_result_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), &[0, 1, 1]).await;
+    let a = Api::new(&c.nodes[0]);
+    let token = a.login(ADMIN.0, ADMIN.1).await;
+    let (id, at) = long_job_placed(&c, &token).await;
+    c.nodes[at].signal(libc::SIGSTOP);
+    let done = a.finished(&token, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let attempt = done["attempt"].as_i64().unwrap();
+    assert!(converts(&c.nodes[3 - at], &id, attempt), "the other node converted it");
+    let first = mp3(&a, &token, &id).await;
+
+    // Thawed, the old placement finishes and hands in its result: the owner refuses it.
+    c.nodes[at].signal(libc::SIGCONT);
+    poll(WAIT, "the late result to be refused", || async {
+        c.nodes[0]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("stale conversion result refused") && l.contains(&id) && l.contains("attempt=1"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        c.nodes[at].log_text().contains("the owner refused this result"),
+        "the old host was told"
+    );
+    assert_eq!(mp3(&a, &token, &id).await, first, "the accepted MP3 is unchanged");
+    let job: Value = a.job(&token, &id).await.json().await.unwrap();
+    assert_eq!(job["attempt"], attempt);
+    assert_eq!(c.nodes[0].eml_files().len(), 1, "one email");
+}
