@@ -214,3 +214,38 @@ async fn a_frozen_converting_node_is_fenced_and_its_late_result_refused() {
     assert_eq!(job["attempt"], attempt);
     assert_eq!(c.nodes[0].eml_files().len(), 1, "one email");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_owner_resumes_its_placed_and_queued_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), &[0, 1]).await;
+    let a = Api::new(&c.nodes[0]);
+    let token = a.login(ADMIN.0, ADMIN.1).await;
+    // One job converting on b, one waiting for b's only slot.
+    let (placed, at) = long_job_placed(&c, &token).await;
+    assert_eq!(at, 1);
+    let input = common::tone("placement_8s.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
+    let queued = a.upload(&token, &input).await["id"].as_str().unwrap().to_string();
+
+    c.nodes[0].kill9();
+    c.nodes[0].restart().await;
+    let a = Api::new(&c.nodes[0]);
+    let token = a.login(ADMIN.0, ADMIN.1).await;
+    for (id, secs) in [(&placed, 300.0), (&queued, 8.0)] {
+        let done = a.finished(&token, id).await;
+        assert_eq!(done["state"], "done", "{done}");
+        let got = duration(dir.path(), &mp3(&a, &token, id).await);
+        assert!((got - secs).abs() < 0.05, "{got} s");
+    }
+    // b's result for the first placement came back to a new incarnation: refused.
+    poll(WAIT, "the pre-restart result to be refused", || async {
+        c.nodes[1]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("the owner refused this result") && l.contains(&placed) && l.contains("attempt=1"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.nodes[0].eml_files().len(), 2, "one email per job");
+}

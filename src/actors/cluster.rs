@@ -50,6 +50,8 @@ pub struct MemberView {
     pub state: &'static str,
     /// Its last heartbeat answer.
     pub status: Option<NodeStatus>,
+    /// How long that heartbeat (a small cross-node call) took.
+    pub rtt: Option<Duration>,
 }
 
 /// The cluster actor's messages.
@@ -85,6 +87,8 @@ pub enum ClusterMsg {
         name: String,
         /// Its answer, or `None` on timeout/error.
         status: Option<NodeStatus>,
+        /// The call's round-trip time.
+        rtt: Duration,
     },
     /// Discovery found these peers (kube discovery; replaces the list).
     Peers {
@@ -108,6 +112,7 @@ struct Member {
     probing: bool,
     since: Instant,
     status: Option<NodeStatus>,
+    rtt: Option<Duration>,
 }
 
 struct Dialing {
@@ -217,6 +222,7 @@ impl ClusterState {
             member.probing = true;
             let (me, name) = (myself.clone(), name.clone());
             tokio::spawn(async move {
+                let sent = Instant::now();
                 let answer =
                     ractor::rpc::call::<ProbeMsg, NodeStatus, _>(&probe, ProbeMsg::Status, Some(HEARTBEAT_TIMEOUT))
                         .await;
@@ -224,7 +230,8 @@ impl ClusterState {
                     Ok(CallResult::Success(status)) => Some(status),
                     _ => None,
                 };
-                let _ = me.send_message(ClusterMsg::Heartbeat { name, status });
+                let rtt = sent.elapsed();
+                let _ = me.send_message(ClusterMsg::Heartbeat { name, status, rtt });
             });
         }
         self.fence();
@@ -347,6 +354,7 @@ impl Actor for ClusterActor {
                         probing: false,
                         since: Instant::now(),
                         status: None,
+                        rtt: None,
                     },
                 );
             }
@@ -370,13 +378,14 @@ impl Actor for ClusterActor {
                     }
                 }
             }
-            ClusterMsg::Heartbeat { name, status } => {
+            ClusterMsg::Heartbeat { name, status, rtt } => {
                 if let Some(member) = state.members.get_mut(&name) {
                     member.probing = false;
                     match status {
                         Some(status) => {
                             member.misses = 0;
                             member.status = Some(status);
+                            member.rtt = Some(rtt);
                         }
                         None => {
                             member.misses += 1;
@@ -417,6 +426,7 @@ impl Actor for ClusterActor {
                             "suspect"
                         },
                         status: m.status.clone(),
+                        rtt: m.rtt,
                     })
                     .collect();
                 members.sort_by(|a, b| a.name.cmp(&b.name));

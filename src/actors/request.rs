@@ -6,7 +6,7 @@
 //! job's email is queued in the same transaction (see `store/jobs.rs`). At start it
 //! resumes every unfinished job, so a crash loses nothing that was accepted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -194,6 +194,9 @@ pub struct RequestState {
     running: HashMap<JobId, Placement>,
     /// Nodes that just refused an offer, and until when they are skipped.
     busy_until: HashMap<String, Instant>,
+    /// Nodes that just finished one of our jobs: they have a free slot even if their last
+    /// heartbeat (up to a tick old) says otherwise.
+    freed: HashSet<String>,
     /// URL imports in flight.
     fetching: HashMap<JobId, (i64, tokio::task::AbortHandle)>,
     /// Set once the node drains: callers waiting for `running` to empty.
@@ -270,7 +273,10 @@ impl RequestState {
                     .values()
                     .filter(|p| p.remote.as_ref().is_some_and(|r| r.node == m.node && !r.started))
                     .count();
-                let free = (status.total_slots as usize).saturating_sub(status.busy_slots as usize + offered);
+                let mut free = (status.total_slots as usize).saturating_sub(status.busy_slots as usize + offered);
+                if self.freed.contains(&m.node) {
+                    free = free.max(1);
+                }
                 (free > 0 && placement::host_actor(&m.node).is_some()).then_some((m.node, free))
             })
             .collect()
@@ -322,6 +328,7 @@ impl RequestState {
         // The converter may be restarting: then only other nodes take work.
         let mut local = status.map_or(0, |(busy, total)| total.saturating_sub(busy));
         let mut remote = self.remote_free().await;
+        self.freed.clear();
         while !self.queue.is_empty() {
             let best = remote
                 .iter_mut()
@@ -431,7 +438,12 @@ impl RequestState {
     /// Records how a conversion ended (from this node's converter or another node's).
     async fn converted(&mut self, id: JobId, attempt: i64, outcome: Outcome) -> Result<(), ActorProcessingErr> {
         if self.current(&id, attempt) {
-            self.running.remove(&id);
+            if let Some(Placement {
+                remote: Some(remote), ..
+            }) = self.running.remove(&id)
+            {
+                self.freed.insert(remote.node);
+            }
         }
         let key = id.clone();
         let error = outcome.err();
@@ -509,6 +521,7 @@ impl Actor for RequestActor {
             queue: VecDeque::new(),
             running: HashMap::new(),
             busy_until: HashMap::new(),
+            freed: HashSet::new(),
             fetching: HashMap::new(),
             draining: None,
         };

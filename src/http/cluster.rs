@@ -1,5 +1,5 @@
 //! `GET /v1/cluster` (admins): this node and every member it sees, their roles, state,
-//! converter slots and version.
+//! converter slots, version, and the round-trip time of the last heartbeat to it.
 
 use axum::extract::State;
 use axum::routing::get;
@@ -45,6 +45,7 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
             v["incarnation"] = m.name.clone().into();
             v["address"] = m.address.clone().into();
             v["state"] = m.state.into();
+            v["heartbeat_rtt_ms"] = m.rtt.map(|d| d.as_secs_f64() * 1000.0).into();
             v
         })
         .collect();
