@@ -437,13 +437,12 @@ impl RequestState {
 
     /// Records how a conversion ended (from this node's converter or another node's).
     async fn converted(&mut self, id: JobId, attempt: i64, outcome: Outcome) -> Result<(), ActorProcessingErr> {
-        if self.current(&id, attempt) {
-            if let Some(Placement {
+        if self.current(&id, attempt)
+            && let Some(Placement {
                 remote: Some(remote), ..
             }) = self.running.remove(&id)
-            {
-                self.freed.insert(remote.node);
-            }
+        {
+            self.freed.insert(remote.node);
         }
         let key = id.clone();
         let error = outcome.err();
