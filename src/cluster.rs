@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod kube;
 pub mod placement;
 pub mod probe;
+pub mod tls;
 pub mod users;
 
 use std::time::Duration;

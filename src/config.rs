@@ -128,6 +128,21 @@ pub struct ServeArgs {
     /// The shared secret of the cluster handshake (required with peers).
     #[arg(long, env = "MP4TOMP3_CLUSTER_COOKIE", hide_env_values = true)]
     pub cluster_cookie: Option<String>,
+    /// TLS between nodes: this node's certificate chain (PEM). With `--cluster-tls-key` and
+    /// `--cluster-tls-ca`; every node then accepts and dials only TLS peers whose
+    /// certificate the CA signed (mutual TLS).
+    #[arg(long, env = "MP4TOMP3_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// TLS between nodes: this node's private key (PEM).
+    #[arg(long, env = "MP4TOMP3_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// TLS between nodes: the CA certificate(s) that sign node certificates (PEM).
+    #[arg(long, env = "MP4TOMP3_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// TLS between nodes: the DNS name every node certificate carries (peers are dialled by
+    /// IP, so this shared name is what dialers verify).
+    #[arg(long, env = "MP4TOMP3_CLUSTER_TLS_SERVER_NAME", default_value = crate::cluster::tls::DEFAULT_SERVER_NAME)]
+    pub cluster_tls_server_name: String,
     /// How peers are found.
     #[arg(long, env = "MP4TOMP3_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
     pub discovery: Discovery,
@@ -205,6 +220,8 @@ pub struct ClusterConfig {
     pub kube_selector: Option<String>,
     /// Kube discovery: the namespace (`POD_NAMESPACE`, else the client's default).
     pub kube_namespace: Option<String>,
+    /// TLS between nodes (`None`: plain TCP, authenticated by the cookie only).
+    pub tls: Option<crate::cluster::tls::ClusterTls>,
 }
 
 /// The validated configuration every part of the service reads.
@@ -296,20 +313,6 @@ impl Config {
         if args.login_per_minute == 0 || args.lockout_after == 0 {
             return Err(invalid("login-per-minute", "limits must be positive"));
         }
-        let secret = match (args.jwt_secret, args.jwt_secret_file) {
-            (Some(secret), _) => secret.into_bytes(),
-            (None, Some(path)) => std::fs::read(&path).map_err(|source| ConfigError::Io {
-                what: "cannot read the JWT key file",
-                path,
-                source,
-            })?,
-            (None, None) => generated_key(&args.data_dir.join("jwt.key"))?,
-        };
-        let secret = trim_ascii(&secret);
-        let keys = Keys::new(&secret).filter(|_| secret.len() >= 32);
-        let Some(keys) = keys else {
-            return Err(invalid("jwt-secret", "must be at least 32 bytes"));
-        };
         let mail = match args.smtp_host {
             None => MailConfig::Files(args.data_dir.join("mail")),
             Some(host) => MailConfig::Smtp {
@@ -342,6 +345,40 @@ impl Config {
             cluster.kube_selector = Some(args.kube_selector);
             cluster.kube_namespace = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty());
         }
+        let tls_files = (args.cluster_tls_cert, args.cluster_tls_key, args.cluster_tls_ca);
+        match (tls_files, cluster.as_mut()) {
+            ((None, None, None), _) => {}
+            ((Some(cert), Some(key), Some(ca)), Some(cluster)) => {
+                let tls = crate::cluster::tls::ClusterTls::load(&cert, &key, &ca, &args.cluster_tls_server_name)
+                    .map_err(|reason| ConfigError::Invalid {
+                        flag: "cluster-tls-cert",
+                        reason,
+                    })?;
+                cluster.tls = Some(tls);
+            }
+            (_, None) => return Err(invalid("cluster-tls-cert", "TLS between nodes needs --cluster-listen")),
+            _ => {
+                return Err(invalid(
+                    "cluster-tls-cert",
+                    "--cluster-tls-cert, --cluster-tls-key and --cluster-tls-ca go together",
+                ));
+            }
+        }
+        // Last: a generated key is written to the data dir, so only once all else is valid.
+        let secret = match (args.jwt_secret, args.jwt_secret_file) {
+            (Some(secret), _) => secret.into_bytes(),
+            (None, Some(path)) => std::fs::read(&path).map_err(|source| ConfigError::Io {
+                what: "cannot read the JWT key file",
+                path,
+                source,
+            })?,
+            (None, None) => generated_key(&args.data_dir.join("jwt.key"))?,
+        };
+        let secret = trim_ascii(&secret);
+        let keys = Keys::new(&secret).filter(|_| secret.len() >= 32);
+        let Some(keys) = keys else {
+            return Err(invalid("jwt-secret", "must be at least 32 bytes"));
+        };
         Ok(Config {
             cluster,
             data_dir: args.data_dir,
@@ -459,6 +496,7 @@ fn cluster_config(
         peers,
         kube_selector: None,
         kube_namespace: None,
+        tls: None,
     }))
 }
 

@@ -197,3 +197,38 @@ fn memory_does_not_grow_with_the_input_length() {
         "30x longer input, peak RSS {short_kib} KiB → {long_kib} KiB: must not grow with length"
     );
 }
+
+#[test]
+fn bad_cluster_tls_settings_are_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let missing = dir.path().join("missing.pem");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--cluster-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        bin()
+            .args(&args)
+            .env("MP4TOMP3_CLUSTER_COOKIE", "cookie")
+            .output()
+            .unwrap()
+    };
+    let m = missing.to_str().unwrap();
+    let j = junk.to_str().unwrap();
+    assert_bad_input(&serve(&["--cluster-tls-cert", j]), "go together");
+    assert_bad_input(
+        &serve(&["--cluster-tls-cert", m, "--cluster-tls-key", m, "--cluster-tls-ca", m]),
+        "missing.pem",
+    );
+    assert_bad_input(
+        &serve(&["--cluster-tls-cert", j, "--cluster-tls-key", j, "--cluster-tls-ca", j]),
+        "junk.pem",
+    );
+}

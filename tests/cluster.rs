@@ -265,3 +265,60 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
     })
     .await;
 }
+
+/// Writes a CA and a node certificate (for `mp4tomp3-cluster`) signed by it under `dir`;
+/// returns (cert, key, ca) paths.
+fn node_pki(dir: &std::path::Path) -> [String; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["mp4tomp3-cluster".to_string()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let paths = ["node.pem", "node.key", "ca.pem"].map(|f| dir.join(f).to_string_lossy().into_owned());
+    std::fs::write(&paths[0], cert.pem()).unwrap();
+    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
+    std::fs::write(&paths[2], ca.pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_only_peers_certified_by_the_cluster_ca_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let [cert, key, ca] = node_pki(&dir.path().join("pki"));
+    let [rogue_cert, rogue_key, _] = node_pki(&dir.path().join("rogue"));
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
+    let peers = (0..4).map(addr).collect::<Vec<_>>().join(",");
+    let tls = |cert: &str, key: &str| {
+        vec![
+            "--cluster-tls-cert".to_string(),
+            cert.to_string(),
+            "--cluster-tls-key".to_string(),
+            key.to_string(),
+            "--cluster-tls-ca".to_string(),
+            ca.clone(),
+        ]
+    };
+    let good = tls(&cert, &key);
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &good).await;
+    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &good).await;
+    // c speaks plain TCP; d has a certificate from another CA (and trusts ours).
+    let c = start(dir.path(), "node-c", "127.0.0.4", ports[2], &peers, &[]).await;
+    let rogue = tls(&rogue_cert, &rogue_key);
+    let rogue: Vec<&str> = rogue.iter().map(String::as_str).collect();
+    let d = start(dir.path(), "node-d", "127.0.0.5", ports[3], &peers, &rogue).await;
+    poll(Duration::from_secs(15), "a and b to meet over TLS", || async {
+        (members(&a).await == up(&["node-b"]) && members(&b).await == up(&["node-a"])).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(members(&a).await, up(&["node-b"]), "neither c nor d joined a");
+    assert_eq!(members(&b).await, up(&["node-a"]), "neither c nor d joined b");
+    assert_eq!(members(&c).await, Vec::new(), "the plain node joined nobody");
+    assert_eq!(members(&d).await, Vec::new(), "the rogue node joined nobody");
+}

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage};
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage,
+};
 
 use crate::cluster::jobs::JobsActor;
 use crate::cluster::placement::HostActor;
@@ -193,10 +195,30 @@ impl ClusterState {
                 continue;
             }
             entry.in_flight = true;
-            let (server, me) = (self.server.clone(), myself.clone());
+            let (server, me, tls) = (self.server.clone(), myself.clone(), self.cluster.tls.clone());
             tokio::spawn(async move {
-                let dial = ractor_cluster::client_connect(&server, address.as_str());
-                let ok = matches!(tokio::time::timeout(Duration::from_secs(3), dial).await, Ok(Ok(())));
+                let dial = async {
+                    match tls {
+                        Some(tls) => {
+                            ractor_cluster::client_connect_enc(
+                                &server,
+                                address.as_str(),
+                                tls.connector,
+                                tls.server_name,
+                            )
+                            .await
+                        }
+                        None => ractor_cluster::client_connect(&server, address.as_str()).await,
+                    }
+                };
+                let ok = match tokio::time::timeout(Duration::from_secs(3), dial).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%address, error = %e, "dial failed");
+                        false
+                    }
+                    Err(_) => false,
+                };
                 let _ = me.send_message(ClusterMsg::Dialed { address, ok });
             });
         }
@@ -290,7 +312,10 @@ impl Actor for ClusterActor {
             cluster.cookie.clone(),
             incarnation.clone(),
             host,
-            None,
+            cluster
+                .tls
+                .as_ref()
+                .map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr(cluster.listen.ip());
