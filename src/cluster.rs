@@ -8,9 +8,18 @@
 //! answers heartbeats; three missed heartbeats fence the peer (its session is stopped).
 //!
 //! Actors that other nodes reach are found through `ractor::pg` groups (versioned, e.g.
-//! `jobs.v1:<node>`, `converter.v1`) and are spawned **without a registry name**: ractor
+//! `jobs.v1:<node>`, `placement.v1`) and are spawned **without a registry name**: ractor
 //! 0.16.5 gives a peer's stub of a named actor that name, and when the session ends the
 //! stub's stop unregisters the name here, which would hide our own actor of that name.
+//!
+//! Roles across nodes: ractor_cluster syncs a process group only for actors whose messages
+//! serialize, so the five role actors (local messages, found by registry name) stay
+//! node-local. Each role other nodes call has a versioned, serializable face in `pg`:
+//! request → `jobs.v1:<node>` (status, cancel, list, MP3 chunks, placed results),
+//! converter → `placement.v1` and `placement.v1:<node>` (offers, input), auth → `users.v1`
+//! (replication), plus `probe.v1` for heartbeats and each node's status and running roles.
+//! Leaving these groups reaches the actors that care as `ProcessGroupChanged` events: the
+//! request actor re-places the jobs whose host left `placement.v1`.
 
 pub mod jobs;
 pub mod kube;

@@ -59,6 +59,12 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
         .unwrap();
     for m in view["members"].as_array().unwrap() {
         assert!(m["heartbeat_rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{m}");
+        // Its roles, as the versioned pg groups show them here.
+        assert_eq!(
+            m["roles"],
+            serde_json::json!(["auth", "request", "converter", "notifier", "gateway"]),
+            "{m}"
+        );
     }
 
     // A node with the wrong cookie (on 127.0.0.10, whose address sorts first, so it dials) is refused.

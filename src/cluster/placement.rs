@@ -1,7 +1,7 @@
 //! Conversions placed on other nodes.
 //!
 //! The owner's request actor offers a job to another node's host actor (pg groups
-//! `converter.v1` and `converter.v1:<stable name>`), streams the MP4 to it in chunks, and
+//! `placement.v1` and `placement.v1:<stable name>`), streams the MP4 to it in chunks, and
 //! the host runs it on its own converter pool. Progress goes back to the owner's jobs actor
 //! as it happens (it doubles as the lease: an owner that hears nothing for [`LEASE`]
 //! re-places the job), and the MP3 goes back in chunks when done. Every message carries the
@@ -9,7 +9,7 @@
 //! placed last, so a late result from a fenced or re-placed host is refused.
 //!
 //! ```text
-//! owner: request ──Offer/Input──▶ host ──Convert──▶ converter (host's pool)
+//! owner: request ──Offer/Input──▶ host (placement.v1) ──Convert──▶ converter (host's pool)
 //! owner: jobs    ◀──Progress/Result── host
 //! ```
 
@@ -29,8 +29,8 @@ use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::config::Config;
 use crate::store::JobId;
 
-/// The group every node's host actor joins (the converter role, cluster-wide).
-pub const GROUP: &str = "converter.v1";
+/// The group every node's host actor joins.
+pub const GROUP: &str = "placement.v1";
 /// An owner that hears nothing from a placed conversion for this long re-places it.
 pub const LEASE: Duration = Duration::from_secs(20);
 /// A reception that gets no input for this long is dropped.
