@@ -1,5 +1,6 @@
 //! Kube discovery with the real `kube` client against a local stub API server that serves
-//! real Pod JSON for list and watch (added, modified to running, deleted).
+//! real Pod JSON for list and watch (added, modified to running, deleted), and API faults
+//! (500s, a dropped watch, 410 Gone).
 
 mod common;
 
@@ -16,11 +17,22 @@ use tokio::sync::broadcast;
 /// Current pods by name, and every event so far (resourceVersion = index + 1).
 type PodsAndLog = (BTreeMap<String, Value>, Vec<Value>);
 
+/// A fault the stub API server injects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Every request fails with 500.
+    ServerError,
+    /// The next watch says its resourceVersion is too old (410 Gone, as a watch ERROR event).
+    Expired,
+}
+
 /// The stub API server's state.
 #[derive(Clone)]
 struct Stub {
     pods: Arc<Mutex<PodsAndLog>>,
     live: broadcast::Sender<Value>,
+    fault: Arc<Mutex<Fault>>,
 }
 
 fn pod(name: &str, phase: &str, ip: Option<&str>) -> Value {
@@ -49,7 +61,29 @@ impl Stub {
     }
 }
 
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
 async fn pods(State(stub): State<Stub>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let fault = *stub.fault.lock().unwrap();
+    if fault == Fault::ServerError {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(status(500, "InternalError")),
+        )
+            .into_response();
+    }
+    let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    if watching && fault == Fault::Expired {
+        *stub.fault.lock().unwrap() = Fault::None;
+        let line = json!({"type": "ERROR", "object": status(410, "Expired")});
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(format!("{line}\n")))
+            .unwrap();
+    }
     if q.get("watch").map(String::as_str) != Some("true") && q.get("watch").map(String::as_str) != Some("1") {
         let guard = stub.pods.lock().unwrap();
         let list = json!({
@@ -71,6 +105,8 @@ async fn pods(State(stub): State<Stub>, Query(q): Query<BTreeMap<String, String>
     let live = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
+                // A dropped watch: the stream just ends.
+                Ok(event) if event.get("close").is_some() => return None,
                 Ok(event) => return Some((event, rx)),
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return None,
@@ -101,6 +137,7 @@ async fn kube_discovery_follows_pods_added_made_running_and_deleted() {
     let stub = Stub {
         pods: Arc::new(Mutex::new((BTreeMap::new(), Vec::new()))),
         live: broadcast::channel(64).0,
+        fault: Arc::new(Mutex::new(Fault::None)),
     };
     let app = axum::Router::new()
         .route("/api/v1/namespaces/test/pods", axum::routing::get(pods))
@@ -135,6 +172,11 @@ async fn kube_discovery_follows_pods_added_made_running_and_deleted() {
                 "kube",
                 "--kube-selector",
                 "app=mp4tomp3",
+                // `members` logs in at every look: no login throttling here.
+                "--login-per-minute",
+                "100000",
+                "--lockout-after",
+                "100000",
             ];
             Node::start_with_env(&data, &args, &env).await
         }
@@ -154,7 +196,35 @@ async fn kube_discovery_follows_pods_added_made_running_and_deleted() {
         (members(&b).await == ["node-a"]).then_some(())
     })
     .await;
-    // Deleted: a drops it, although b's process still runs.
+    // API faults keep the last view: 500s (and the open watch dropped), then a 410 on the
+    // next watch (the client lists again). Nobody is dropped meanwhile.
+    *stub.fault.lock().unwrap() = Fault::ServerError;
+    let _ = stub.live.send(json!({"close": true}));
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(members(&a).await, ["node-b"], "the 500s dropped nobody");
+    }
+    assert!(
+        a.log_text().contains("kube watch failed; keeping the last view"),
+        "the node met the 500s"
+    );
+    *stub.fault.lock().unwrap() = Fault::Expired;
+    poll(
+        Duration::from_secs(30),
+        "the watch to come back and meet the 410",
+        || async { (*stub.fault.lock().unwrap() == Fault::None).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(members(&a).await, ["node-b"], "the 410 dropped nobody");
+    assert!(!a.log_text().contains("pod left"), "no session was closed");
+    let failures = |node: &Node| node.log_text().matches("kube watch failed").count();
+    let before = failures(&a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(failures(&a), before, "the watch is healthy again");
+
+    // Deleted (after the faults: the watch works again): a drops it, although b's process
+    // still runs.
     stub.event("DELETED", pod("node-b", "Running", Some("127.0.0.3")));
     poll(Duration::from_secs(10), "a to drop the deleted pod", || async {
         members(&a).await.is_empty().then_some(())

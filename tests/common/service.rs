@@ -297,20 +297,44 @@ pub fn first_link(text: &str) -> Option<String> {
 }
 
 /// The (node, state) pairs a node's `/v1/cluster` lists, sorted; empty if it cannot answer.
+/// Logs in once per node URL (tests poll this often; logins are throttled).
 pub async fn cluster_members(node: &Node) -> Vec<(String, String)> {
+    static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
     let http = reqwest::Client::new();
-    let Ok(r) = http
-        .post(node.url("/login"))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .send()
-        .await
-    else {
-        return Vec::new();
+    let url = node.url("");
+    let cached = TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(u, _)| *u == url)
+        .map(|(_, t)| t.clone());
+    let token = match cached {
+        Some(token) => token,
+        None => {
+            let Ok(r) = http
+                .post(node.url("/login"))
+                .basic_auth(ADMIN.0, Some(ADMIN.1))
+                .send()
+                .await
+            else {
+                return Vec::new();
+            };
+            if r.status() != 200 {
+                return Vec::new();
+            }
+            let token = r.text().await.unwrap_or_default();
+            TOKENS.lock().unwrap().push((url.clone(), token.clone()));
+            token
+        }
     };
-    let token = r.text().await.unwrap_or_default();
     let Ok(r) = http.get(node.url("/v1/cluster")).bearer_auth(token).send().await else {
         return Vec::new();
     };
+    if r.status() == 401 {
+        // A restarted node on the same address with another key: log in again next time.
+        TOKENS.lock().unwrap().retain(|(u, _)| *u != url);
+        return Vec::new();
+    }
     let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
     let mut out: Vec<(String, String)> = body["members"]
         .as_array()
