@@ -29,9 +29,11 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
     let peers = format!("{},{},{}", addr(0), addr(1), addr(2));
-    let a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &[]).await;
-    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &[]).await;
-    let mut c = start(dir.path(), "node-c", "127.0.0.4", ports[2], &peers, &[]).await;
+    // Logins are polled below: no throttling in this test.
+    let open = ["--login-per-minute", "100000", "--lockout-after", "100000"];
+    let a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &open).await;
+    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &open).await;
+    let mut c = start(dir.path(), "node-c", "127.0.0.4", ports[2], &peers, &open).await;
     let wait = Duration::from_secs(15);
     for (node, others) in [
         (&a, ["node-b", "node-c"]),
@@ -96,9 +98,30 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
         (members(&b).await == up(&["node-a"])).then_some(())
     })
     .await;
+    // While c is apart, a user is created on a; once c is back, the two converge.
+    let r = api
+        .http
+        .post(a.url("/v1/users"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"email": "carol@example.com", "password": "carol-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
     c.signal(libc::SIGCONT);
     poll(wait, "the node to rejoin", || async {
         (members(&a).await == up(&["node-b", "node-c"])).then_some(())
+    })
+    .await;
+    poll(wait, "carol on c after the partition", || async {
+        let r = api
+            .http
+            .post(c.url("/login"))
+            .basic_auth("carol@example.com", Some("carol-password"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
     })
     .await;
 
