@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use mp4tomp3::cli::{self, Cli};
+use mp4tomp3::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -24,16 +24,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // symphonia logs through `log` ("skipped 4 bytes of junk" for every MP4, probe
+        // errors we report ourselves): keep our own one-line errors only.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter()));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // symphonia logs through `log` ("skipped 4 bytes of junk" for every MP4, probe
-                // errors we report ourselves): keep our own one-line errors only.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter())),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     // The engine turns panics inside its dependencies into errors; keep their reports to
     // the debug log so stderr holds one line, and catch any other panic here.
     std::panic::set_hook(Box::new(|info| tracing::debug!(%info, "panic")));

@@ -232,3 +232,34 @@ fn bad_cluster_tls_settings_are_one_line_and_exit_2() {
         "junk.pem",
     );
 }
+
+#[test]
+fn serve_logs_json_lines_when_asked() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["--log-format", "json", "serve", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("MP4TOMP3_JWT_SECRET", "json-log-secret-json-log-secret-0123")
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut serving = None;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        // Every line is one JSON object (the generated admin password is printed on stdout).
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{v}");
+        if v["message"] == "mp4tomp3 serving" {
+            serving = Some(v);
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let serving = serving.expect("a serving line");
+    assert_eq!(serving["level"], "INFO");
+    assert!(serving["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{serving}");
+}
