@@ -10,6 +10,7 @@ mod download;
 mod error;
 mod health;
 mod jobs;
+mod metrics;
 mod route;
 mod seed;
 mod upload;
@@ -67,6 +68,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(download::router())
         .merge(seed::router())
+        .merge(metrics::router())
+        .layer(axum::middleware::from_fn(metrics::count))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -14,4 +14,5 @@ pub mod convert;
 pub mod fetch;
 pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod store;

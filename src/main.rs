@@ -33,7 +33,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter);
     match cli.log_format {
         LogFormat::Json => logs.json().flatten_event(true).init(),
-        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
     // The engine turns panics inside its dependencies into errors; keep their reports to
     // the debug log so stderr holds one line, and catch any other panic here.

@@ -261,5 +261,8 @@ fn serve_logs_json_lines_when_asked() {
     child.wait().unwrap();
     let serving = serving.expect("a serving line");
     assert_eq!(serving["level"], "INFO");
-    assert!(serving["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{serving}");
+    assert!(
+        serving["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{serving}"
+    );
 }

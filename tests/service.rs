@@ -102,6 +102,28 @@ async fn login_upload_email_link_download_over_smtp() {
     // A tampered link is refused.
     let bad = format!("{}x", link);
     assert_eq!(reqwest::get(&bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // /metrics counts what happened, in the Prometheus text format.
+    let text = reqwest::get(api.url("/metrics")).await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("{series} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("mp4tomp3_jobs{state=\"done\"}"), 1.0);
+    assert_eq!(value("mp4tomp3_emails_total{outcome=\"sent\"}"), 1.0);
+    assert_eq!(value("mp4tomp3_conversion_seconds_count"), 1.0);
+    assert_eq!(value("mp4tomp3_conversion_realtime_factor_count"), 1.0);
+    assert_eq!(value("mp4tomp3_queue_depth"), 0.0);
+    assert_eq!(value("mp4tomp3_converter_slots{slot=\"busy\"}"), 0.0);
+    assert!(value("mp4tomp3_converter_slots{slot=\"free\"}") >= 1.0);
+    assert_eq!(value("mp4tomp3_cluster_members"), 0.0);
+    assert_eq!(
+        value("mp4tomp3_http_requests_total{route=\"/v1/jobs/{id}/mp3\",method=\"GET\",status=\"206\"}"),
+        1.0
+    );
+    assert!(value("mp4tomp3_http_requests_total{route=\"/v1/links/{token}\",method=\"GET\",status=\"401\"}") >= 1.0);
 }
 
 /// A tiny file server for URL imports: serves `file` at `/a.mp4`, redirects `/r` to

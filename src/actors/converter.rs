@@ -214,9 +214,11 @@ fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
         progress: Some(&progress),
         cancel: Some(cancel),
     };
+    let started = Instant::now();
     let result = convert::convert(input, tmp.as_file_mut(), &task.options, hooks);
     match result {
-        Ok(_summary) => {
+        Ok(summary) => {
+            crate::metrics::conversion(started.elapsed(), summary.duration);
             tmp.as_file()
                 .sync_all()
                 .map_err(|e| internal("cannot write the output", &e))?;

@@ -89,9 +89,11 @@ impl Actor for NotifierActor {
             match sent {
                 Ok(()) => {
                     tracing::info!(job_id = %job.id, to = %row.recipient, "email sent");
+                    crate::metrics::email(true);
                     state.db.run(move |s| s.mail_sent(row.id)).await?;
                 }
                 Err(e) => {
+                    crate::metrics::email(false);
                     let retry_at = now_ms() + backoff(row.attempts + 1).as_millis() as i64;
                     tracing::warn!(job_id = %job.id, error = %e, attempts = row.attempts + 1, "email not sent; will retry");
                     let message = e.to_string();

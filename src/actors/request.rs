@@ -58,6 +58,9 @@ pub struct Mp3File {
     pub id: JobId,
 }
 
+/// This node's jobs by state, and the number waiting for a converter slot.
+pub type JobStats = (Vec<(JobState, u64)>, usize);
+
 /// The request actor's messages.
 pub enum RequestMsg {
     /// Accept a job. `staged` is the uploaded MP4 (already on disk, fsynced) for uploads.
@@ -169,6 +172,11 @@ pub enum RequestMsg {
     },
     /// Place queued work on free converter slots (and expire placements' leases).
     Dispatch,
+    /// For `/metrics`: this node's jobs by state, and how many wait for a slot.
+    Stats {
+        /// `(jobs by state, queue depth)`.
+        reply: RpcReplyPort<Result<JobStats, JobError>>,
+    },
     /// Stop placing work; answer with the number of running conversions once it is zero
     /// (the caller bounds the wait with the grace period).
     Drain {
@@ -759,6 +767,10 @@ impl Actor for RequestActor {
                 state.dispatch(&myself).await?;
             }
             RequestMsg::Dispatch => state.dispatch(&myself).await?,
+            RequestMsg::Stats { reply } => {
+                let counts = state.db.run(|s| s.count_by_state()).await;
+                let _ = reply.send(counts.map(|c| (c, state.queue.len())).map_err(JobError::from));
+            }
             RequestMsg::Drain { reply } => {
                 state.draining.get_or_insert_with(Vec::new).push(reply);
                 state.drained();

@@ -326,6 +326,20 @@ impl Store {
         })
     }
 
+    /// How many jobs are in each state.
+    pub fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
+        let mut stmt = self.conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, n) = row?;
+            if let Ok(state) = state.parse::<JobState>() {
+                out.push((state, u64::try_from(n).unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Records progress of the conversion attempt `attempt`; stale attempts change nothing.
     pub fn set_progress(&mut self, id: &JobId, attempt: i64, progress: f64) -> Result<bool> {
         let changed = self.conn.execute(

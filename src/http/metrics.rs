@@ -1,0 +1,61 @@
+//! `GET /metrics`: the node's metrics in the Prometheus text format (unauthenticated, like
+//! `/healthz`: scrapers reach it inside the cluster network), and the middleware that counts
+//! HTTP requests by route pattern and status.
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::AppState;
+use crate::actors::cluster::ClusterMsg;
+use crate::actors::converter::ConverterMsg;
+use crate::actors::request::RequestMsg;
+use crate::actors::{Role, ask};
+use crate::metrics::{self, Snapshot};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(scrape))
+}
+
+/// How long a scrape waits for each actor.
+const SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn scrape(State(state): State<AppState>) -> Response {
+    let mut snapshot = Snapshot::default();
+    if let Ok(Ok((jobs, queued))) = ask(Role::Request, |reply| RequestMsg::Stats { reply }, SCRAPE_WAIT).await {
+        snapshot.jobs = jobs.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
+        snapshot.queue_depth = queued;
+    }
+    if let Ok(slots) = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, SCRAPE_WAIT).await {
+        snapshot.slots = slots;
+    }
+    if state.config.cluster.is_some()
+        && let Ok(members) = ask(Role::Cluster, |reply| ClusterMsg::Members { reply }, SCRAPE_WAIT).await
+    {
+        snapshot.members = members.len();
+    }
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics::render(&snapshot),
+    )
+        .into_response()
+}
+
+/// Counts every request by its route pattern (`/v1/jobs/{id}`, never the raw path).
+pub(super) async fn count(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    metrics::http_request(&route, &method, response.status().as_u16());
+    response
+}
