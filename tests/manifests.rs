@@ -1,0 +1,223 @@
+//! The Kubernetes manifests in `statefulset/` agree with the code: parsed into k8s-openapi
+//! types, then checked against the binary's own flags (clap) and defaults. (Schema
+//! validation is `kubernetes-validate` in CI.)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use clap::CommandFactory;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use mp4tomp3::cli::Cli;
+
+fn load<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn container(sts: &StatefulSet) -> Container {
+    sts.spec.template.spec.as_ref().unwrap().containers[0].clone()
+}
+
+fn env_value(c: &Container, name: &str) -> String {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+        .unwrap_or_else(|| panic!("{name} is set in the StatefulSet"))
+}
+
+fn port_of(addr: &str) -> i32 {
+    addr.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+fn container_port(c: &Container, name: &str) -> i32 {
+    c.ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("container port {name}"))
+        .container_port
+}
+
+/// Every environment variable `mp4tomp3 serve` (and the global flags) read.
+fn known_env() -> Vec<String> {
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").unwrap().clone();
+    cli.get_arguments()
+        .chain(serve.get_arguments())
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect()
+}
+
+#[test]
+fn the_manifests_agree_with_each_other_and_with_the_code() {
+    let sts: StatefulSet = load("statefulset.yaml");
+    let spec = sts.spec.clone();
+    let pod_labels = spec.template.metadata.clone().unwrap().labels.unwrap();
+    let selector = spec.selector.match_labels.clone().unwrap();
+    assert!(
+        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the selector selects the pods"
+    );
+
+    // The kube selector the binary uses (set explicitly, and its default) selects the pods.
+    let c = container(&sts);
+    let kube_selector = env_value(&c, "MP4TOMP3_KUBE_SELECTOR");
+    let default = Cli::command()
+        .find_subcommand("serve")
+        .unwrap()
+        .get_arguments()
+        .find(|a| a.get_id() == "kube_selector")
+        .unwrap()
+        .get_default_values()[0]
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(kube_selector, default);
+    let (k, v) = kube_selector.split_once('=').unwrap();
+    assert_eq!(selector.get(k).map(String::as_str), Some(v));
+    assert_eq!(env_value(&c, "MP4TOMP3_DISCOVERY"), "kube");
+
+    // serviceName is the headless Service, which covers the pods and the cluster port.
+    let headless: Service = load("service-cluster.yaml");
+    assert_eq!(Some(spec.service_name.clone().unwrap()), headless.metadata.name);
+    let hs = headless.spec.unwrap();
+    assert_eq!(hs.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(hs.publish_not_ready_addresses, Some(true));
+    assert_eq!(hs.selector.as_ref(), Some(&selector));
+    let cluster_port = port_of(&env_value(&c, "MP4TOMP3_CLUSTER_LISTEN"));
+    assert_eq!(container_port(&c, "cluster"), cluster_port);
+    assert_eq!(
+        hs.ports.unwrap()[0].target_port,
+        Some(IntOrString::String("cluster".into()))
+    );
+    let http: Service = load("service-http.yaml");
+    let http = http.spec.unwrap();
+    assert_eq!(http.selector.as_ref(), Some(&selector));
+    assert_eq!(
+        http.ports.unwrap()[0].target_port,
+        Some(IntOrString::String("http".into()))
+    );
+    let http_port = port_of(&env_value(&c, "MP4TOMP3_HTTP"));
+    assert_eq!(container_port(&c, "http"), http_port);
+
+    // Probes hit the routes that exist, on the HTTP port.
+    for (probe, path) in [(&c.readiness_probe, "/readyz"), (&c.liveness_probe, "/healthz")] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::String("http".into()));
+    }
+
+    // Every variable the pod sets is one the binary reads (or the downward API's).
+    let known = known_env();
+    let downward = ["POD_NAME", "POD_NAMESPACE", "POD_IP"];
+    for e in c.env.iter().flatten() {
+        assert!(
+            known.contains(&e.name) || downward.contains(&e.name.as_str()),
+            "{} is not read by mp4tomp3",
+            e.name
+        );
+    }
+    // ...and the ConfigMap and Secret keys it refers to exist.
+    let cm: ConfigMap = load("configmap.yaml");
+    let cm_keys: Vec<String> = cm.data.unwrap().into_keys().collect();
+    let secret: Secret = load("secret.example.yaml");
+    let secret_keys: Vec<String> = secret.string_data.unwrap().into_keys().collect();
+    for e in c.env.iter().flatten() {
+        let Some(from) = &e.value_from else { continue };
+        if let Some(r) = &from.config_map_key_ref {
+            assert_eq!(r.name, cm.metadata.name.clone().unwrap());
+            assert!(cm_keys.contains(&r.key), "configmap key {}", r.key);
+        }
+        if let Some(r) = &from.secret_key_ref {
+            assert_eq!(r.name, secret.metadata.name.clone().unwrap());
+            assert!(secret_keys.contains(&r.key), "secret key {}", r.key);
+        }
+    }
+
+    // Shutdown fits: the drain plus the preStop pause end before the kill.
+    let grace = humantime::parse_duration(&env_value(&c, "MP4TOMP3_GRACE"))
+        .unwrap()
+        .as_secs() as i64;
+    let pause = c.lifecycle.unwrap().pre_stop.unwrap().sleep.unwrap().seconds;
+    let termination = spec.template.spec.unwrap().termination_grace_period_seconds.unwrap();
+    assert!(grace + pause < termination, "{grace} + {pause} < {termination}");
+
+    // RBAC: the pod's account may do what the binary calls, and nothing more.
+    let role: Role = load("role.yaml");
+    let rules: BTreeMap<String, Vec<String>> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| {
+            let verbs = r.verbs.clone();
+            r.resources
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |res| (res, verbs.clone()))
+        })
+        .collect();
+    assert_eq!(rules["pods"], ["get", "list", "watch"]);
+    assert_eq!(rules["statefulsets"], ["get"]);
+    assert_eq!(rules.len(), 2);
+    let binding: RoleBinding = load("rolebinding.yaml");
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+    let sa = spec_service_account(&sts);
+    assert_eq!(binding.subjects.unwrap()[0].name, sa);
+
+    // The disruption budget and the network policy cover the same pods; only they reach
+    // the cluster port.
+    let pdb: PodDisruptionBudget = load("poddisruptionbudget.yaml");
+    assert_eq!(
+        pdb.spec.unwrap().selector.unwrap().match_labels.as_ref(),
+        Some(&selector)
+    );
+    let np: NetworkPolicy = load("networkpolicy.yaml");
+    let np = np.spec.unwrap();
+    assert_eq!(np.pod_selector.unwrap().match_labels.as_ref(), Some(&selector));
+    let cluster_rule = np
+        .ingress
+        .unwrap()
+        .into_iter()
+        .find(|r| {
+            r.ports
+                .iter()
+                .flatten()
+                .any(|p| p.port == Some(IntOrString::Int(cluster_port)))
+        })
+        .expect("a rule for the cluster port");
+    let from = cluster_rule.from.unwrap();
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        from[0].pod_selector.as_ref().unwrap().match_labels.as_ref(),
+        Some(&selector)
+    );
+
+    // The kustomization applies every manifest but the secret example.
+    let kustomization: serde_yaml_ng::Value = load("kustomization.yaml");
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" && name != "secret.example.yaml" {
+            assert!(listed.contains(&name.as_str()), "{name} is in the kustomization");
+        }
+    }
+    assert!(!listed.contains(&"secret.example.yaml"));
+}
+
+fn spec_service_account(sts: &StatefulSet) -> String {
+    let pod = sts.spec.template.spec.as_ref().unwrap();
+    pod.service_account_name.clone().unwrap()
+}
