@@ -193,6 +193,18 @@ impl Actor for ConverterActor {
     }
 }
 
+/// Hands `task` to this node's converter: `false` if no slot is free (or the converter is
+/// restarting).
+pub async fn start(task: ConvertTask) -> bool {
+    let started = super::ask(
+        Role::Converter,
+        |reply| ConverterMsg::Convert { task, reply },
+        super::CALL_TIMEOUT,
+    )
+    .await;
+    started.unwrap_or(false)
+}
+
 /// One conversion, on a blocking thread: MP4 → temp file beside the output → fsync → rename.
 fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
     let internal = |what: &str, e: &dyn std::fmt::Display| ("io_error".to_string(), format!("{what}: {e}"));

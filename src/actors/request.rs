@@ -15,7 +15,7 @@ use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::cluster::ClusterMsg;
-use super::converter::{ConvertTask, ConverterMsg, Outcome, ReportTo};
+use super::converter::{self, ConvertTask, ConverterMsg, Outcome, ReportTo};
 use super::notifier::NotifierMsg;
 use super::{CALL_TIMEOUT, Role, ask, tell};
 use crate::auth::Principal;
@@ -378,22 +378,12 @@ impl RequestState {
                 options: self.config.convert_options(job.bitrate_kbps, job.vbr_quality),
                 report: ReportTo::Request,
             };
-            match ask(
-                Role::Converter,
-                |reply| ConverterMsg::Convert { task, reply },
-                CALL_TIMEOUT,
-            )
-            .await
-            {
-                Ok(true) => {
-                    tracing::info!(job_id = %id, attempt, "conversion placed on this node");
-                    self.running.insert(id, Placement { attempt, remote: None });
-                }
-                _ => {
-                    self.queue.push_front(id);
-                    break;
-                }
+            if !converter::start(task).await {
+                self.queue.push_front(id);
+                break;
             }
+            tracing::info!(job_id = %id, attempt, "conversion placed on this node");
+            self.running.insert(id, Placement { attempt, remote: None });
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ use ractor_cluster::RactorClusterMessage;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::jobs::{self, CHUNK, JobsMsg, RemoteError};
-use crate::actors::converter::{ConvertTask, ConverterMsg, Outcome, ReportTo};
+use crate::actors::converter::{self, ConvertTask, ConverterMsg, Outcome, ReportTo};
 use crate::actors::request::RequestMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::config::Config;
@@ -295,24 +295,15 @@ impl HostState {
             options,
             report: ReportTo::Host,
         };
-        match ask(
-            Role::Converter,
-            |reply| ConverterMsg::Convert { task, reply },
-            CALL_TIMEOUT,
-        )
-        .await
-        {
-            Ok(true) => {
-                tracing::info!(job_id = %id, attempt = piece.attempt, "converting a job for its owner");
-                if let Some(hosted) = self.hosted.get_mut(&key) {
-                    hosted.phase = Phase::Converting;
-                }
-                answer(status::OK, "")
+        if converter::start(task).await {
+            tracing::info!(job_id = %id, attempt = piece.attempt, "converting a job for its owner");
+            if let Some(hosted) = self.hosted.get_mut(&key) {
+                hosted.phase = Phase::Converting;
             }
-            _ => {
-                self.forget(&id, piece.attempt).await;
-                answer(status::BUSY, "no free converter slot")
-            }
+            answer(status::OK, "")
+        } else {
+            self.forget(&id, piece.attempt).await;
+            answer(status::BUSY, "no free converter slot")
         }
     }
 
@@ -335,6 +326,13 @@ impl HostState {
             }));
         });
     }
+}
+
+/// The next (up to) [`CHUNK`] bytes of `file`.
+async fn next_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(CHUNK as usize);
+    file.take(u64::from(CHUNK)).read_to_end(&mut data).await?;
+    Ok(data)
 }
 
 /// Hands a result to its owner, retrying while the owner is unreachable.
@@ -378,10 +376,10 @@ async fn send_result(id: &JobId, outcome: &Piece, output: &Path) -> Result<Answe
     let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let mut offset = 0u64;
     loop {
-        let mut data = Vec::with_capacity(CHUNK as usize);
-        if let Err(e) = (&mut file).take(u64::from(CHUNK)).read_to_end(&mut data).await {
-            return Ok(answer(status::ERROR, format!("cannot read the MP3: {e}")));
-        }
+        let data = match next_chunk(&mut file).await {
+            Ok(data) => data,
+            Err(e) => return Ok(answer(status::ERROR, format!("cannot read the MP3: {e}"))),
+        };
         let len = data.len() as u64;
         let piece = Piece {
             job_id: id.to_string(),
@@ -533,15 +531,9 @@ pub async fn place(
         status::BUSY => return Err(PlaceError::Busy(node.to_string())),
         _ => return Err(failed(&answer.message)),
     }
-    file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| failed(&e))?;
     let mut offset = 0u64;
     loop {
-        let mut data = Vec::with_capacity(CHUNK as usize);
-        (&mut file)
-            .take(u64::from(CHUNK))
-            .read_to_end(&mut data)
-            .await
-            .map_err(|e| failed(&e))?;
+        let data = next_chunk(&mut file).await.map_err(|e| failed(&e))?;
         let len = data.len() as u64;
         let last = offset + len >= size;
         let piece = Piece {
