@@ -49,16 +49,7 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
     // Each member shows the round-trip time of its last heartbeat.
     let api = common::api::Api::new(&a);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let view: serde_json::Value = api
-        .http
-        .get(a.url("/v1/cluster"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = api.get_json(&token, "/v1/cluster").await;
     for m in view["members"].as_array().unwrap() {
         assert!(m["heartbeat_rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{m}");
         // Its roles, as the versioned pg groups show them here.

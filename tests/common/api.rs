@@ -57,6 +57,13 @@ impl Api {
         r.json().await.unwrap()
     }
 
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        let r = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.unwrap()
+    }
+
     pub async fn job(&self, token: &str, id: &str) -> reqwest::Response {
         self.http
             .get(self.url(&format!("/v1/jobs/{id}")))
