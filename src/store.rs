@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use files::Files;
-pub use jobs::{Job, JobId, JobState, NewJob, OutboxMail, Source};
+pub use jobs::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Source};
 pub use users::User;
 
 /// What can go wrong in the store.

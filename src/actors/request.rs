@@ -405,8 +405,9 @@ impl RequestState {
         );
         let (id, input, me) = (job.id.clone(), self.files.input(&job.id), myself.clone());
         let (bitrate, vbr) = (job.bitrate_kbps, job.vbr_quality);
+        let owner = self.config.node_name.clone();
         tokio::spawn(async move {
-            let result = placement::place(&node, &id, attempt, &input, bitrate, vbr).await;
+            let result = placement::place(&node, &owner, &id, attempt, &input, bitrate, vbr).await;
             let _ = me.send_message(RequestMsg::Placed {
                 id,
                 attempt,

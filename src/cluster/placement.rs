@@ -73,6 +73,21 @@ pub struct Offer {
     /// VBR quality asked for.
     #[prost(uint32, optional, tag = "5")]
     pub vbr_quality: Option<u32>,
+    /// The owner's stable name, where progress and the result go (empty: the node named
+    /// in the job id; a job handed over on scale-down has another owner).
+    #[prost(string, tag = "6")]
+    pub owner: String,
+}
+
+impl Offer {
+    /// Where progress and the result go.
+    fn owner(&self) -> &str {
+        if self.owner.is_empty() {
+            self.job_id.split_once('~').map_or("", |(node, _)| node)
+        } else {
+            &self.owner
+        }
+    }
 }
 
 /// A piece of a file: the MP4 going to the host, or the MP3 coming back (with the outcome
@@ -315,10 +330,11 @@ impl HostState {
         };
         hosted.phase = Phase::Delivering;
         let canceled = hosted.canceled;
+        let owner = hosted.options.owner().to_string();
         let (output, me) = (self.output(&id, attempt), myself.clone());
         tokio::spawn(async move {
             if !canceled {
-                deliver(&id, piece, &output).await;
+                deliver(&owner, &id, piece, &output).await;
             }
             let _ = me.send_message(HostMsg::Delivered(Attempt {
                 job_id: id.to_string(),
@@ -329,20 +345,20 @@ impl HostState {
 }
 
 /// The next (up to) [`CHUNK`] bytes of `file`.
-async fn next_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn next_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::with_capacity(CHUNK as usize);
     file.take(u64::from(CHUNK)).read_to_end(&mut data).await?;
     Ok(data)
 }
 
 /// Hands a result to its owner, retrying while the owner is unreachable.
-async fn deliver(id: &JobId, outcome: Piece, output: &Path) {
+async fn deliver(owner: &str, id: &JobId, outcome: Piece, output: &Path) {
     let started = Instant::now();
     let mut wait = Duration::from_secs(1);
     loop {
-        match send_result(id, &outcome, output).await {
+        match send_result(owner, id, &outcome, output).await {
             Ok(answer) if answer.status == status::OK => {
-                tracing::info!(job_id = %id, attempt = outcome.attempt, owner = id.owner(), "result handed to its owner");
+                tracing::info!(job_id = %id, attempt = outcome.attempt, owner, "result handed to its owner");
                 return;
             }
             Ok(answer) if answer.status == status::REFUSED => {
@@ -363,8 +379,7 @@ async fn deliver(id: &JobId, outcome: Piece, output: &Path) {
 }
 
 /// One try at handing the result over: the MP3 in pieces, or the error.
-async fn send_result(id: &JobId, outcome: &Piece, output: &Path) -> Result<Answer, RemoteError> {
-    let owner = id.owner();
+async fn send_result(owner: &str, id: &JobId, outcome: &Piece, output: &Path) -> Result<Answer, RemoteError> {
     if !outcome.error_code.is_empty() {
         let piece = outcome.clone();
         return jobs::call(owner, |reply| JobsMsg::Result(piece, reply)).await;
@@ -450,7 +465,10 @@ impl Actor for HostActor {
                 }
             }
             HostMsg::Progress(p) => {
-                if let Some(owner) = JobId::parse(&p.job_id).and_then(|id| jobs::owner_actor(id.owner())) {
+                let owner = JobId::parse(&p.job_id)
+                    .and_then(|id| state.hosted.get(&(id, p.attempt)))
+                    .and_then(|h| jobs::owner_actor(h.options.owner()));
+                if let Some(owner) = owner {
                     let _ = owner.send_message(JobsMsg::Progress(p));
                 }
             }
@@ -503,9 +521,11 @@ pub enum PlaceError {
     Failed(String),
 }
 
-/// Offers attempt `attempt` of job `id` to `node` and streams it the MP4 at `input`.
+/// Offers attempt `attempt` of job `id` (owned by `owner`, this node) to `node` and
+/// streams it the MP4 at `input`.
 pub async fn place(
     node: &str,
+    owner: &str,
     id: &JobId,
     attempt: i64,
     input: &Path,
@@ -522,6 +542,7 @@ pub async fn place(
         size,
         bitrate_kbps: bitrate_kbps.map(u32::from),
         vbr_quality: vbr_quality.map(u32::from),
+        owner: owner.to_string(),
     };
     let answer = super::call_actor(&host, node, |reply| HostMsg::Offer(offer, reply))
         .await
@@ -600,27 +621,7 @@ pub async fn receive(config: &Config, piece: Piece) -> Answer {
         return answer(status::OK, "");
     }
     let staged = config.data_dir.join("tmp").join(format!("result-{id}.{attempt}.part"));
-    let written = async {
-        let mut file = if piece.offset == 0 {
-            tokio::fs::File::create(&staged).await?
-        } else {
-            let mut file = tokio::fs::OpenOptions::new().write(true).open(&staged).await?;
-            if file.metadata().await?.len() != piece.offset {
-                return Err(std::io::Error::other("out of order"));
-            }
-            file.seek(std::io::SeekFrom::Start(piece.offset)).await?;
-            file
-        };
-        file.write_all(&piece.data).await?;
-        if piece.last {
-            file.sync_all().await?;
-            if file.metadata().await?.len() != piece.total {
-                return Err(std::io::Error::other("the MP3 arrived incomplete"));
-            }
-        }
-        Ok(())
-    }
-    .await;
+    let written = stage(&staged, piece.offset, &piece.data, piece.last.then_some(piece.total)).await;
     if let Err(e) = written {
         let _ = tokio::fs::remove_file(&staged).await;
         return answer(status::ERROR, e.to_string());
@@ -651,4 +652,27 @@ pub async fn receive(config: &Config, piece: Piece) -> Answer {
             answer(status::ERROR, e.to_string())
         }
     }
+}
+
+/// Writes one piece of a file arriving in order into `staged`: the piece at offset 0
+/// creates it; `total` (on the last piece) fsyncs it and checks its size.
+pub async fn stage(staged: &Path, offset: u64, data: &[u8], total: Option<u64>) -> std::io::Result<()> {
+    let mut file = if offset == 0 {
+        tokio::fs::File::create(staged).await?
+    } else {
+        let mut file = tokio::fs::OpenOptions::new().write(true).open(staged).await?;
+        if file.metadata().await?.len() != offset {
+            return Err(std::io::Error::other("out of order"));
+        }
+        file.seek(std::io::SeekFrom::Start(offset)).await?;
+        file
+    };
+    file.write_all(data).await?;
+    if let Some(total) = total {
+        file.sync_all().await?;
+        if file.metadata().await?.len() != total {
+            return Err(std::io::Error::other("the file arrived incomplete"));
+        }
+    }
+    Ok(())
 }

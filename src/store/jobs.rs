@@ -192,6 +192,28 @@ pub struct OutboxMail {
     pub attempts: i64,
 }
 
+/// A job's email, as far as handing the job over is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailState {
+    /// No email yet (the job has not finished, or was canceled).
+    None,
+    /// Queued, not sent yet.
+    Pending,
+    /// Sent.
+    Sent,
+}
+
+/// A job with what another node needs to take it over (scale-down handoff).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handover {
+    /// The job.
+    pub job: Job,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// Its email.
+    pub mail: MailState,
+}
+
 const JOB_COLUMNS: &str = "id, owner_email, state, progress, error_code, error_message, source_kind, source_url, \
      file_name, bitrate_kbps, vbr_quality, attempt, created_at_ms, updated_at_ms, finished_at_ms";
 
@@ -424,6 +446,123 @@ impl Store {
         })
     }
 
+    /// Every job here with what another node needs to take it over, in the order to hand
+    /// them over: unfinished jobs (oldest first), then jobs whose email is still pending,
+    /// then the rest (newest first).
+    pub fn handovers(&self) -> Result<Vec<Handover>> {
+        let columns = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("j.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {columns}, j.idempotency_key, o.id IS NOT NULL, o.sent_at_ms IS NOT NULL \
+             FROM jobs j LEFT JOIN outbox o ON o.job_id = j.id"
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            let mail = match (r.get::<_, bool>(16)?, r.get::<_, bool>(17)?) {
+                (false, _) => MailState::None,
+                (true, false) => MailState::Pending,
+                (true, true) => MailState::Sent,
+            };
+            Ok(job_from_row(r)?.map(|job| Handover {
+                job,
+                idempotency_key: r.get(15)?,
+                mail,
+            }))
+        })?;
+        let mut all = rows.map(|r| r?).collect::<Result<Vec<_>>>()?;
+        let rank = |h: &Handover| match (h.job.state.is_final(), h.mail) {
+            (false, _) => 0,
+            (true, MailState::Pending) => 1,
+            (true, _) => 2,
+        };
+        all.sort_by(|a, b| {
+            rank(a).cmp(&rank(b)).then_with(|| match rank(a) {
+                0 => a.job.created_at_ms.cmp(&b.job.created_at_ms),
+                _ => b.job.created_at_ms.cmp(&a.job.created_at_ms),
+            })
+        });
+        Ok(all)
+    }
+
+    /// Takes over a job handed over by another node: stored as it was, except that an
+    /// unfinished job starts again from `queued` (its conversion elsewhere was stopped).
+    /// Returns `false` when the job is already here (a retried handover). An idempotency
+    /// key this user already used here is dropped rather than refusing the job.
+    pub fn adopt(&mut self, h: &Handover) -> Result<bool> {
+        let job = &h.job;
+        self.write(|tx| {
+            let known: bool = tx.query_row("SELECT COUNT(*) > 0 FROM jobs WHERE id = ?1", [job.id.as_str()], |r| {
+                r.get(0)
+            })?;
+            if known {
+                return Ok(false);
+            }
+            let key = match &h.idempotency_key {
+                Some(key) => {
+                    let taken: bool = tx.query_row(
+                        "SELECT COUNT(*) > 0 FROM jobs WHERE owner_email = ?1 AND idempotency_key = ?2",
+                        params![job.owner_email, key],
+                        |r| r.get(0),
+                    )?;
+                    (!taken).then_some(key.as_str())
+                }
+                None => None,
+            };
+            let (state, progress) = if job.state.is_final() {
+                (job.state, job.progress)
+            } else {
+                (JobState::Queued, 0.0)
+            };
+            let (kind, url) = match &job.source {
+                Source::Upload => ("upload", None),
+                Source::Url(url) => ("url", Some(url.as_str())),
+            };
+            tx.execute(
+                "INSERT INTO jobs (id, owner_email, state, progress, error_code, error_message, source_kind, \
+                 source_url, file_name, bitrate_kbps, vbr_quality, idempotency_key, attempt, created_at_ms, \
+                 updated_at_ms, finished_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                params![
+                    job.id.as_str(),
+                    job.owner_email,
+                    state.as_str(),
+                    progress,
+                    job.error_code,
+                    job.error_message,
+                    kind,
+                    url,
+                    job.file_name,
+                    job.bitrate_kbps,
+                    job.vbr_quality,
+                    key,
+                    job.attempt,
+                    job.created_at_ms,
+                    now_ms(),
+                    job.finished_at_ms
+                ],
+            )?;
+            let sent = match h.mail {
+                MailState::None => None,
+                MailState::Pending => Some(None),
+                MailState::Sent => Some(Some(now_ms())),
+            };
+            if let Some(sent_at) = sent {
+                tx.execute(
+                    "INSERT INTO outbox (job_id, recipient, next_attempt_ms, sent_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![job.id.as_str(), job.owner_email, now_ms(), sent_at],
+                )?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Removes a job and its outbox row whatever its state (it was handed over).
+    pub fn forget_job(&mut self, id: &JobId) -> Result<bool> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])? == 1))
+    }
+
     /// Mails due for sending now.
     pub fn due_mail(&self, limit: u32) -> Result<Vec<OutboxMail>> {
         let mut stmt = self.conn.prepare(
@@ -562,6 +701,51 @@ mod tests {
         );
         store.mail_sent(mail[0].id).unwrap();
         assert!(store.due_mail(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn handovers_carry_state_key_and_mail_and_adopt_once() {
+        let mut from = Store::open_in_memory().unwrap();
+        let (queued, _) = from.insert_job(&new_job(Some("k1"))).unwrap();
+        let (done, _) = from.insert_job(&new_job(None)).unwrap();
+        let (mailed, _) = from.insert_job(&new_job(None)).unwrap();
+        for id in [&done.id, &mailed.id] {
+            let attempt = from.start(id, JobState::Converting).unwrap();
+            from.finish(id, attempt, None).unwrap();
+        }
+        let sent = from.due_mail(10).unwrap().into_iter().find(|m| m.job_id == mailed.id).unwrap();
+        from.mail_sent(sent.id).unwrap();
+        from.start(&queued.id, JobState::Converting).unwrap();
+        let all = from.handovers().unwrap();
+        let order: Vec<_> = all.iter().map(|h| (&h.job.id, h.mail)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (&queued.id, MailState::None),
+                (&done.id, MailState::Pending),
+                (&mailed.id, MailState::Sent)
+            ],
+            "unfinished first, then pending mail"
+        );
+        assert_eq!(all[0].idempotency_key.as_deref(), Some("k1"));
+
+        let mut to = Store::open_in_memory().unwrap();
+        let (clash, _) = to.insert_job(&new_job(Some("k1"))).unwrap();
+        for h in &all {
+            assert!(to.adopt(h).unwrap());
+            assert!(!to.adopt(h).unwrap(), "a retried handover changes nothing");
+        }
+        let taken = to.job(&queued.id).unwrap().unwrap();
+        assert_eq!(taken.state, JobState::Queued, "an interrupted conversion starts again");
+        assert_eq!(taken.attempt, all[0].job.attempt, "the fencing token carries on");
+        assert_eq!(to.job(&done.id).unwrap().unwrap().state, JobState::Done);
+        let due = to.due_mail(10).unwrap();
+        assert_eq!(due.iter().map(|m| &m.job_id).collect::<Vec<_>>(), vec![&done.id], "only the unsent mail");
+        let (again, new) = to.insert_job(&new_job(Some("k1"))).unwrap();
+        assert!(!new);
+        assert_eq!(again.id, clash.id, "the key already used here keeps its job");
+        assert!(from.forget_job(&queued.id).unwrap());
+        assert_eq!(from.job(&queued.id).unwrap(), None);
     }
 
     #[test]
