@@ -1,9 +1,11 @@
 //! Wiring of one node: prepare the data dir, start the supervision tree, wait for the
 //! shutdown signal, and stop in order.
 //!
-//! Shutdown order: stop accepting HTTP → let running conversions finish within the grace
-//! period (what does not finish stays `converting` in SQLite and resumes at the next start)
-//! → stop the supervisor and its actors.
+//! Shutdown order: refuse conversions from other nodes, stop accepting HTTP → then either
+//! let running conversions finish within the grace period (what does not finish stays
+//! `converting` in SQLite and resumes at the next start), or, when the StatefulSet was
+//! scaled down below this pod's ordinal, hand every job over to the staying nodes
+//! (`cluster/handoff.rs`) → stop the supervisor and its actors.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use crate::actors::request::RequestMsg;
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{Role, ask};
 use crate::auth::{normalize_email, password};
+use crate::cluster::handoff;
+use crate::cluster::placement::{self, HostMsg};
 use crate::config::Config;
 use crate::store::{Files, Store};
 
@@ -46,6 +50,7 @@ pub async fn run(
         _ = &mut tree => anyhow::bail!("the node's supervisor stopped; see the errors above"),
     }
     let _ = supervisor.cast(SupervisorMsg::ShuttingDown);
+    placement::tell_host(HostMsg::Stop);
     if let Err(e) = ask(
         Role::Gateway,
         |reply| GatewayMsg::StopAccepting { reply },
@@ -55,9 +60,14 @@ pub async fn run(
     {
         tracing::warn!(error = %e, "HTTP server did not stop cleanly");
     }
-    match ask(Role::Request, |reply| RequestMsg::Drain { reply }, config.grace).await {
-        Ok(_) => tracing::info!("running conversions finished"),
-        Err(_) => tracing::warn!(grace = ?config.grace, "conversions still running; they resume at the next start"),
+    if let Some(replicas) = handoff::leaving(&config).await {
+        let summary = handoff::hand_over(config.clone(), replicas).await;
+        tracing::info!(moved = summary.moved, kept = summary.kept, "handoff finished");
+    } else {
+        match ask(Role::Request, |reply| RequestMsg::Drain { reply }, config.grace).await {
+            Ok(_) => tracing::info!("running conversions finished"),
+            Err(_) => tracing::warn!(grace = ?config.grace, "conversions still running; they resume at the next start"),
+        }
     }
     supervisor.stop(Some("shutdown".into()));
     let _ = tokio::time::timeout(Duration::from_secs(10), tree).await;

@@ -21,6 +21,7 @@
 //! Leaving these groups reaches the actors that care as `ProcessGroupChanged` events: the
 //! request actor re-places the jobs whose host left `placement.v1`.
 
+pub mod handoff;
 pub mod jobs;
 pub mod kube;
 pub mod placement;

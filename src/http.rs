@@ -40,6 +40,8 @@ pub struct AppState {
     pub fetcher: Fetcher,
     /// Set when the node starts shutting down (`/readyz` turns 503).
     pub stopping: Arc<AtomicBool>,
+    /// Jobs found on another node than the one their id names (handed over on scale-down).
+    pub moved: route::Moved,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             config,
             fetcher,
             stopping,
+            moved: route::Moved::default(),
         }
     }
 }

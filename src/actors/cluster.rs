@@ -96,6 +96,9 @@ pub enum ClusterMsg {
     Peers {
         /// `host:port` of every wanted pod (ourselves included).
         addresses: Vec<String>,
+        /// Terminating pods: not dialled, but their sessions stay until they exit (they
+        /// may be handing their jobs over).
+        leaving: Vec<String>,
     },
     /// The current members.
     Members {
@@ -420,14 +423,14 @@ impl Actor for ClusterActor {
                 }
                 state.fence();
             }
-            ClusterMsg::Peers { addresses } => {
+            ClusterMsg::Peers { addresses, leaving } => {
                 let own = state.cluster.advertise.clone();
                 state.cluster.peers = addresses.into_iter().filter(|a| *a != own).collect();
-                // Pods that are gone (deleted, terminating) leave the cluster now.
+                // Pods that are gone (deleted) leave the cluster now.
                 let gone: Vec<String> = state
                     .members
                     .iter()
-                    .filter(|(_, m)| !state.cluster.peers.contains(&m.address))
+                    .filter(|(_, m)| !state.cluster.peers.contains(&m.address) && !leaving.contains(&m.address))
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in gone {

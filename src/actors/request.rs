@@ -22,7 +22,7 @@ use crate::auth::Principal;
 use crate::cluster::placement::{self, PlaceError};
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
-use crate::store::{Db, Files, Job, JobId, JobState, NewJob, Source, StoreError};
+use crate::store::{Db, Files, Handover, Job, JobId, JobState, MailState, NewJob, Source, StoreError};
 
 /// How often queued work is re-checked even without a wake-up.
 const DISPATCH_EVERY: Duration = Duration::from_secs(2);
@@ -183,6 +183,31 @@ pub enum RequestMsg {
         /// Answered when nothing runs.
         reply: RpcReplyPort<usize>,
     },
+    /// Scale-down: stop all work at once (conversions here are stopped, placements
+    /// elsewhere withdrawn, imports aborted) and answer with every job to hand over.
+    Release {
+        /// The jobs, in handoff order.
+        reply: RpcReplyPort<Result<Vec<Handover>, JobError>>,
+    },
+    /// Another node took this job over: forget it and its files.
+    HandedOver {
+        /// The job.
+        id: JobId,
+        /// Done.
+        reply: RpcReplyPort<Result<(), JobError>>,
+    },
+    /// Take over a job another node hands over (it is leaving the cluster), with its files
+    /// staged in `tmp/`: the MP4 of an unfinished job, the MP3 of a done one.
+    Adopt {
+        /// The job.
+        handover: Handover,
+        /// Its staged MP4.
+        input: Option<PathBuf>,
+        /// Its staged MP3.
+        mp3: Option<PathBuf>,
+        /// `true`: taken; `false`: it was already here.
+        reply: RpcReplyPort<Result<bool, JobError>>,
+    },
 }
 
 impl ractor::Message for RequestMsg {}
@@ -209,6 +234,8 @@ pub struct RequestState {
     fetching: HashMap<JobId, (i64, tokio::task::AbortHandle)>,
     /// Set once the node drains: callers waiting for `running` to empty.
     draining: Option<Vec<RpcReplyPort<usize>>>,
+    /// Set once the node hands its jobs over: results and progress are ignored.
+    released: bool,
 }
 
 /// Where a conversion runs.
@@ -301,6 +328,93 @@ impl RequestState {
             Some(who) if !Self::visible(&job, who) => Err(JobError::NotFound),
             _ => Ok(job),
         }
+    }
+
+    /// Takes up an unfinished job found in the store (at start, or handed over): queued if
+    /// its input is here, fetched again if it is a URL import, failed if its upload is lost.
+    async fn resume(&mut self, myself: &ActorRef<RequestMsg>, job: &Job) -> Result<(), StoreError> {
+        let has_input = self.files.input(&job.id).exists();
+        match (&job.source, has_input) {
+            (Source::Url(_), false) => {
+                let key = job.id.clone();
+                self.db.run(move |s| s.start(&key, JobState::Fetching)).await?;
+                self.start_fetch(myself, job);
+            }
+            (_, true) => self.queue.push_back(job.id.clone()),
+            (Source::Upload, false) => {
+                self.fail(&job.id, job.attempt, "io_error", "the uploaded file was lost")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops all work for a scale-down handoff and lists every job.
+    async fn release(&mut self) -> Result<Vec<Handover>, JobError> {
+        self.released = true;
+        self.draining.get_or_insert_with(Vec::new);
+        self.queue.clear();
+        for (_, (_, task)) in self.fetching.drain() {
+            task.abort();
+        }
+        for (id, placement) in self.running.drain() {
+            match placement.remote {
+                Some(remote) => placement::withdraw(&remote.node, &id, placement.attempt),
+                None => {
+                    tell(Role::Converter, ConverterMsg::Cancel { id });
+                }
+            }
+        }
+        self.drained();
+        Ok(self.db.run(|s| s.handovers()).await?)
+    }
+
+    /// Takes over a job another node hands over: its files into place, then its row.
+    async fn adopt(
+        &mut self,
+        myself: &ActorRef<RequestMsg>,
+        handover: Handover,
+        input: Option<PathBuf>,
+        mp3: Option<PathBuf>,
+    ) -> Result<bool, JobError> {
+        let staged: Vec<PathBuf> = input.iter().chain(mp3.iter()).cloned().collect();
+        if self.draining.is_some() {
+            staged.iter().for_each(|p| drop(std::fs::remove_file(p)));
+            return Err(JobError::Draining);
+        }
+        let (files, id, mail) = (self.files.clone(), handover.job.id.clone(), handover.mail);
+        let key = id.clone();
+        let taken = self
+            .db
+            .run(move |s| {
+                if s.job(&key)?.is_some() {
+                    staged.iter().for_each(|p| drop(std::fs::remove_file(p)));
+                    return Ok(false);
+                }
+                let placed = input
+                    .as_ref()
+                    .map_or(Ok(()), |p| files.adopt_input(&key, p))
+                    .and_then(|()| mp3.as_ref().map_or(Ok(()), |p| files.adopt_output(&key, p)));
+                if let Err(e) = placed {
+                    staged.iter().for_each(|p| drop(std::fs::remove_file(p)));
+                    let _ = files.remove_job(&key);
+                    return Err(StoreError::Worker(format!("cannot store its files: {e}")));
+                }
+                s.adopt(&handover)
+            })
+            .await?;
+        if !taken {
+            return Ok(false);
+        }
+        let job = self.load(&id, None).await?;
+        tracing::info!(job_id = %id, state = %job.state, "took over a job from a leaving node");
+        if !job.state.is_final() {
+            self.resume(myself, &job).await?;
+        }
+        if mail == MailState::Pending {
+            tell(Role::Notifier, NotifierMsg::Wake);
+        }
+        Ok(true)
     }
 
     fn start_fetch(&mut self, myself: &ActorRef<RequestMsg>, job: &Job) {
@@ -522,21 +636,13 @@ impl Actor for RequestActor {
             freed: HashSet::new(),
             fetching: HashMap::new(),
             draining: None,
+            released: false,
         };
         // Resume what was accepted and not finished: after a crash, a restart, or a
         // restart of this actor alone.
         let unfinished = state.db.run(|s| s.unfinished_jobs()).await?;
         for job in &unfinished {
-            let has_input = state.files.input(&job.id).exists();
-            match (&job.source, has_input) {
-                (Source::Url(_), false) => state.start_fetch(&myself, job),
-                (_, true) => state.queue.push_back(job.id.clone()),
-                (Source::Upload, false) => {
-                    state
-                        .fail(&job.id, job.attempt, "io_error", "the uploaded file was lost")
-                        .await?;
-                }
-            }
+            state.resume(&myself, job).await?;
         }
         if !unfinished.is_empty() {
             tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
@@ -554,6 +660,20 @@ impl Actor for RequestActor {
         message: RequestMsg,
         state: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.released {
+            match message {
+                // Handed over: what still arrives about this node's work is moot.
+                RequestMsg::Converted { .. }
+                | RequestMsg::Progress { .. }
+                | RequestMsg::Fetched { .. }
+                | RequestMsg::Placed { .. } => return Ok(()),
+                RequestMsg::Delivered { reply, .. } | RequestMsg::IsCurrent { reply, .. } => {
+                    let _ = reply.send(false);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         match message {
             RequestMsg::Submit { job, staged, reply } => {
                 if state.draining.is_some() {
@@ -765,6 +885,30 @@ impl Actor for RequestActor {
             RequestMsg::Drain { reply } => {
                 state.draining.get_or_insert_with(Vec::new).push(reply);
                 state.drained();
+            }
+            RequestMsg::Release { reply } => {
+                let _ = reply.send(state.release().await);
+            }
+            RequestMsg::HandedOver { id, reply } => {
+                let (files, key) = (state.files.clone(), id.clone());
+                let forgotten = state
+                    .db
+                    .run(move |s| {
+                        s.forget_job(&key)?;
+                        files.remove_job(&key).map_err(|e| StoreError::Worker(e.to_string()))
+                    })
+                    .await;
+                let _ = reply.send(forgotten.map_err(JobError::from));
+            }
+            RequestMsg::Adopt {
+                handover,
+                input,
+                mp3,
+                reply,
+            } => {
+                let answer = state.adopt(&myself, handover, input, mp3).await;
+                let _ = reply.send(answer);
+                state.dispatch(&myself).await?;
             }
         }
         Ok(())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
-use super::placement;
+use super::{handoff, placement};
 use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::auth::Principal;
@@ -180,6 +180,12 @@ pub enum JobsMsg {
     /// A piece of the result of one of this node's jobs, converted on another node.
     #[rpc]
     Result(placement::Piece, RpcReplyPort<placement::Answer>),
+    /// A piece of a file of a job that a leaving node hands over (scale-down).
+    #[rpc]
+    HandoffPiece(handoff::FilePiece, RpcReplyPort<placement::Answer>),
+    /// A job that a leaving node hands over, after its files' pieces.
+    #[rpc]
+    Adopt(handoff::HandoverMsg, RpcReplyPort<placement::Answer>),
 }
 
 impl From<&Job> for JobView {
@@ -279,6 +285,10 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
         }
         JobsMsg::Result(piece, reply) => {
             let _ = reply.send(placement::receive(&config, piece).await);
+        }
+        JobsMsg::HandoffPiece(piece, reply) => handoff::receive_piece(&config, piece, reply).await,
+        JobsMsg::Adopt(message, reply) => {
+            let _ = reply.send(handoff::adopt(&config, message).await);
         }
         JobsMsg::Get(q, reply) => {
             let (id, who) = (JobId::parse(&q.job_id), principal(&q));

@@ -2,12 +2,18 @@
 //! selector in our namespace through the kube API (list + watch, with kube-rs' backoff).
 //!
 //! A pod is a peer while it is Running, has a pod IP and no `deletionTimestamp` (readiness
-//! is not required: readiness must not depend on peers). On API errors the last view is
-//! kept: a failed or interrupted watch is never read as "every pod left".
+//! is not required: readiness must not depend on peers). A terminating pod is not dialled
+//! any more, but its session stays until it exits: it may be handing its jobs over. On API
+//! errors the last view is kept: a failed or interrupted watch is never read as "every pod
+//! left".
+//!
+//! Scale-down: a stopping pod reads its StatefulSet's desired replicas ([`desired_replicas`]);
+//! a pod whose ordinal is no longer wanted hands its jobs over (`cluster/handoff.rs`).
 
 use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
@@ -16,18 +22,45 @@ use ractor::ActorRef;
 
 use crate::actors::cluster::ClusterMsg;
 
-/// The cluster address of `pod`, if it should be a peer.
-pub fn peer_address(pod: &Pod, port: u16) -> Option<(String, String)> {
+/// A pod of the set as the cluster sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodPeer {
+    /// The pod's name.
+    pub name: String,
+    /// Its cluster address.
+    pub address: String,
+    /// Terminating: keep its session, do not dial it.
+    pub leaving: bool,
+}
+
+/// The cluster address of `pod`, if it runs with an IP.
+pub fn peer_address(pod: &Pod, port: u16) -> Option<PodPeer> {
     let name = pod.metadata.name.clone()?;
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
+    let leaving = pod.metadata.deletion_timestamp.is_some();
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
         return None;
     }
     let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    Some((name, std::net::SocketAddr::new(ip, port).to_string()))
+    let address = std::net::SocketAddr::new(ip, port).to_string();
+    Some(PodPeer { name, address, leaving })
+}
+
+/// `mp4tomp3-2` → (`mp4tomp3`, 2): a StatefulSet pod's set and ordinal.
+pub fn ordinal(pod: &str) -> Option<(&str, u32)> {
+    let (set, n) = pod.rsplit_once('-')?;
+    let n = n.parse().ok().filter(|_| !set.is_empty() && !n.starts_with('+'))?;
+    Some((set, n))
+}
+
+/// The desired replicas of StatefulSet `name` (what `kubectl scale` sets).
+pub async fn desired_replicas(namespace: Option<String>, name: &str) -> Result<u32, kube::Error> {
+    let client = kube::Client::try_default().await?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let api: Api<StatefulSet> = Api::namespaced(client, &namespace);
+    let set = api.get(name).await?;
+    let replicas = set.spec.replicas.unwrap_or(1);
+    Ok(u32::try_from(replicas).unwrap_or(0))
 }
 
 /// Watches the pods matching `selector` and sends the peer list to the cluster actor on
@@ -48,19 +81,21 @@ pub async fn discover(namespace: Option<String>, selector: String, port: u16, cl
     let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
         .default_backoff()
         .boxed();
-    let mut pods: BTreeMap<String, String> = BTreeMap::new();
-    let mut listing: Option<BTreeMap<String, String>> = None;
-    let publish = |pods: &BTreeMap<String, String>| {
+    let mut pods: BTreeMap<String, PodPeer> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, PodPeer>> = None;
+    let publish = |pods: &BTreeMap<String, PodPeer>| {
+        let (leaving, wanted): (Vec<&PodPeer>, Vec<&PodPeer>) = pods.values().partition(|p| p.leaving);
         let _ = cluster.send_message(ClusterMsg::Peers {
-            addresses: pods.values().cloned().collect(),
+            addresses: wanted.into_iter().map(|p| p.address.clone()).collect(),
+            leaving: leaving.into_iter().map(|p| p.address.clone()).collect(),
         });
     };
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init) => listing = Some(BTreeMap::new()),
             Ok(Event::InitApply(pod)) => {
-                if let (Some(list), Some((name, addr))) = (listing.as_mut(), peer_address(&pod, port)) {
-                    list.insert(name, addr);
+                if let (Some(list), Some(peer)) = (listing.as_mut(), peer_address(&pod, port)) {
+                    list.insert(peer.name.clone(), peer);
                 }
             }
             Ok(Event::InitDone) => {
@@ -72,7 +107,7 @@ pub async fn discover(namespace: Option<String>, selector: String, port: u16, cl
             Ok(Event::Apply(pod)) => {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 match peer_address(&pod, port) {
-                    Some((name, addr)) => pods.insert(name, addr),
+                    Some(peer) => pods.insert(name, peer),
                     None => pods.remove(&name),
                 };
                 publish(&pods);
@@ -100,17 +135,30 @@ mod tests {
     }
 
     #[test]
-    fn only_running_pods_with_an_ip_that_are_not_terminating_are_peers() {
+    fn running_pods_with_an_ip_are_peers_and_terminating_ones_are_leaving() {
         assert_eq!(
             peer_address(&pod("Running", Some("10.1.2.3"), false), 4697),
-            Some(("mp4tomp3-1".into(), "10.1.2.3:4697".into()))
+            Some(PodPeer {
+                name: "mp4tomp3-1".into(),
+                address: "10.1.2.3:4697".into(),
+                leaving: false
+            })
         );
         assert_eq!(
-            peer_address(&pod("Running", Some("fd00::5"), false), 4697).unwrap().1,
+            peer_address(&pod("Running", Some("fd00::5"), false), 4697).unwrap().address,
             "[fd00::5]:4697"
         );
         assert_eq!(peer_address(&pod("Pending", Some("10.1.2.3"), false), 4697), None);
         assert_eq!(peer_address(&pod("Running", None, false), 4697), None);
-        assert_eq!(peer_address(&pod("Running", Some("10.1.2.3"), true), 4697), None);
+        assert!(peer_address(&pod("Running", Some("10.1.2.3"), true), 4697).unwrap().leaving);
+    }
+
+    #[test]
+    fn ordinals_come_from_statefulset_pod_names() {
+        assert_eq!(ordinal("mp4tomp3-2"), Some(("mp4tomp3", 2)));
+        assert_eq!(ordinal("my-set-10"), Some(("my-set", 10)));
+        for bad in ["mp4tomp3", "node-a", "-3", "x-+3", "x-"] {
+            assert_eq!(ordinal(bad), None, "{bad}");
+        }
     }
 }

@@ -182,6 +182,8 @@ pub enum HostMsg {
     Delivered(Attempt),
     /// Drop stalled receptions.
     Sweep,
+    /// This node is shutting down: refuse new offers.
+    Stop,
 }
 
 fn answer(status: i32, message: impl Into<String>) -> Answer {
@@ -215,6 +217,8 @@ pub struct HostState {
     config: Arc<Config>,
     dir: PathBuf,
     hosted: HashMap<(JobId, i64), Hosted>,
+    /// Shutting down: no new offers.
+    stopping: bool,
 }
 
 impl HostState {
@@ -239,6 +243,9 @@ impl HostState {
         let key = (id.clone(), offer.attempt);
         if self.hosted.contains_key(&key) {
             return answer(status::OK, "");
+        }
+        if self.stopping {
+            return answer(status::BUSY, "this node is shutting down");
         }
         let receiving = self.hosted.values().filter(|h| h.phase == Phase::Receiving).count();
         let slots = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await;
@@ -431,6 +438,7 @@ impl Actor for HostActor {
             config,
             dir,
             hosted: HashMap::new(),
+            stopping: false,
         })
     }
 
@@ -478,6 +486,7 @@ impl Actor for HostActor {
                     state.forget(&id, a.attempt).await;
                 }
             }
+            HostMsg::Stop => state.stopping = true,
             HostMsg::Sweep => {
                 let stalled: Vec<(JobId, i64)> = state
                     .hosted

@@ -32,8 +32,8 @@ pub(super) async fn serve(
     who: Option<Principal>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    if let Some(owner) = super::route::remote_owner(state, &id) {
-        return super::route::remote_mp3(owner, &id, who.as_ref(), request.headers()).await;
+    if let super::route::At::Node(owner) = super::route::locate(state, &id).await? {
+        return super::route::remote_mp3(&owner, &id, who.as_ref(), request.headers()).await;
     }
     let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??;
     let response = ServeFile::new(&file.path)

@@ -1,6 +1,10 @@
-//! Which node answers for a job: its owner (named in its id). Local jobs go to this node's
+//! Which node answers for a job: its owner, named in its id. Local jobs go to this node's
 //! request actor; other nodes' jobs go through the cluster to the owner's jobs actor. While
 //! the owner is unreachable the answer is `503` + `Retry-After`, never `404`.
+//!
+//! A job handed over on scale-down keeps its id but lives on another node: when the named
+//! owner does not have a job (or is gone), the other nodes are asked, and where it was
+//! found is remembered ([`Moved`]).
 
 use std::time::Duration;
 
@@ -11,8 +15,11 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use super::{ApiError, AppState};
-use crate::actors::request::RequestMsg;
+use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::cluster::jobs::{self, JobQuery, JobsMsg, ListQuery, RemoteError, status};
@@ -23,9 +30,96 @@ fn unreachable(e: RemoteError) -> ApiError {
         .retry_after(Duration::from_secs(5))
 }
 
-/// The owner of `id` when it is another node of the cluster.
-pub(super) fn remote_owner<'a>(state: &AppState, id: &'a JobId) -> Option<&'a str> {
-    (state.config.cluster.is_some() && id.owner() != state.config.node_name).then(|| id.owner())
+/// Where a job lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum At {
+    /// On this node.
+    Here,
+    /// On this other node.
+    Node(String),
+}
+
+/// Jobs found elsewhere than their id says, and where (bounded: forgotten when full).
+#[derive(Clone, Default)]
+pub struct Moved(Arc<Mutex<HashMap<JobId, At>>>);
+
+impl Moved {
+    const MAX: usize = 100_000;
+
+    fn get(&self, id: &JobId) -> Option<At> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    fn set(&self, id: &JobId, at: Option<At>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match at {
+            Some(at) => {
+                if map.len() >= Self::MAX {
+                    map.clear();
+                }
+                map.insert(id.clone(), at);
+            }
+            None => {
+                map.remove(id);
+            }
+        }
+    }
+}
+
+/// An admin's look: whether a job exists, whoever it belongs to (the real caller's rights
+/// are checked by the call that follows).
+fn existence() -> Principal {
+    Principal {
+        email: String::new(),
+        admin: true,
+    }
+}
+
+/// Does `at` have job `id`? (`Err`: it cannot say now.)
+async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
+    match at {
+        At::Here => {
+            let (id, who) = (id.clone(), existence());
+            let found = ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT).await;
+            Ok(!matches!(found, Ok(Err(JobError::NotFound))))
+        }
+        At::Node(node) => {
+            let q = query(id, Some(&existence()), 0);
+            let answer = jobs::call(node, |reply| JobsMsg::Get(q, reply)).await?;
+            Ok(answer.status != status::NOT_FOUND)
+        }
+    }
+}
+
+/// Where job `id` lives: the node its id names (or where it was last found); failing that,
+/// whichever other node has it. `404` when no node has it, `503` when its named owner is
+/// unreachable and no other node has it.
+pub(super) async fn locate(state: &AppState, id: &JobId) -> Result<At, ApiError> {
+    let own = &state.config.node_name;
+    if state.config.cluster.is_none() {
+        return Ok(At::Here);
+    }
+    let named = if id.owner() == own {
+        At::Here
+    } else {
+        At::Node(id.owner().to_string())
+    };
+    let first = state.moved.get(id).unwrap_or(named);
+    let missing = match has(&first, id).await {
+        Ok(true) => return Ok(first),
+        Ok(false) => ApiError::not_found(),
+        Err(e) => unreachable(e),
+    };
+    let mut others: Vec<At> = jobs::other_owners(own).into_iter().map(At::Node).collect();
+    others.push(At::Here);
+    others.retain(|at| *at != first);
+    let answers = futures_util::future::join_all(others.iter().map(|at| has(at, id))).await;
+    let found = others.into_iter().zip(answers).find(|(_, a)| matches!(a, Ok(true)));
+    state.moved.set(id, found.as_ref().map(|(at, _)| at.clone()));
+    match found {
+        Some((at, _)) => Ok(at),
+        None => Err(missing),
+    }
 }
 
 fn query(id: &JobId, who: Option<&Principal>, offset: u64) -> JobQuery {
@@ -53,7 +147,7 @@ fn remote_job(answer: jobs::JobAnswer) -> Result<Option<Job>, ApiError> {
 
 /// A job's status, from wherever it lives.
 pub(super) async fn get(state: &AppState, id: JobId, who: Principal) -> Result<Job, ApiError> {
-    if let Some(owner) = remote_owner(state, &id) {
+    if let At::Node(owner) = &locate(state, &id).await? {
         let q = query(&id, Some(&who), 0);
         let answer = jobs::call(owner, |reply| JobsMsg::Get(q, reply))
             .await
@@ -65,7 +159,7 @@ pub(super) async fn get(state: &AppState, id: JobId, who: Principal) -> Result<J
 
 /// Cancels or deletes a job, wherever it lives.
 pub(super) async fn delete(state: &AppState, id: JobId, who: Principal) -> Result<Option<Job>, ApiError> {
-    if let Some(owner) = remote_owner(state, &id) {
+    if let At::Node(owner) = &locate(state, &id).await? {
         let q = query(&id, Some(&who), 0);
         let answer = jobs::call(owner, |reply| JobsMsg::Delete(q, reply))
             .await
@@ -123,6 +217,8 @@ pub(super) async fn list(
             .cmp(&a.created_at_ms)
             .then_with(|| b.id.as_str().cmp(a.id.as_str()))
     });
+    // A job being handed over may be on two nodes for a moment.
+    found.dedup_by(|a, b| a.id == b.id);
     Ok(found.into_iter().skip(offset as usize).take(limit as usize).collect())
 }
 

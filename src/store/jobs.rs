@@ -465,9 +465,10 @@ impl Store {
                 (true, false) => MailState::Pending,
                 (true, true) => MailState::Sent,
             };
+            let idempotency_key = r.get(15)?;
             Ok(job_from_row(r)?.map(|job| Handover {
                 job,
-                idempotency_key: r.get(15)?,
+                idempotency_key,
                 mail,
             }))
         })?;
