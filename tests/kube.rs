@@ -4,124 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
+use common::kube_stub::{Fault, Stub, pod};
 use common::service::{Node, free_port, poll};
-use serde_json::{Value, json};
-use tokio::sync::broadcast;
-
-/// Current pods by name, and every event so far (resourceVersion = index + 1).
-type PodsAndLog = (BTreeMap<String, Value>, Vec<Value>);
-
-/// A fault the stub API server injects.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Fault {
-    None,
-    /// Every request fails with 500.
-    ServerError,
-    /// The next watch says its resourceVersion is too old (410 Gone, as a watch ERROR event).
-    Expired,
-}
-
-/// The stub API server's state.
-#[derive(Clone)]
-struct Stub {
-    pods: Arc<Mutex<PodsAndLog>>,
-    live: broadcast::Sender<Value>,
-    fault: Arc<Mutex<Fault>>,
-}
-
-fn pod(name: &str, phase: &str, ip: Option<&str>) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "test", "labels": {"app": "mp4tomp3"}, "uid": name},
-        "status": {"phase": phase, "podIP": ip},
-    })
-}
-
-impl Stub {
-    /// Records an event (ADDED, MODIFIED, DELETED) and sends it to open watches.
-    fn event(&self, kind: &str, mut object: Value) {
-        let mut guard = self.pods.lock().unwrap();
-        let rv = (guard.1.len() + 1).to_string();
-        object["metadata"]["resourceVersion"] = rv.clone().into();
-        let name = object["metadata"]["name"].as_str().unwrap().to_string();
-        if kind == "DELETED" {
-            guard.0.remove(&name);
-        } else {
-            guard.0.insert(name, object.clone());
-        }
-        let event = json!({"type": kind, "object": object});
-        guard.1.push(event.clone());
-        let _ = self.live.send(event);
-    }
-}
-
-fn status(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": reason, "reason": reason, "code": code})
-}
-
-async fn pods(State(stub): State<Stub>, Query(q): Query<BTreeMap<String, String>>) -> Response {
-    let fault = *stub.fault.lock().unwrap();
-    if fault == Fault::ServerError {
-        return (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(status(500, "InternalError")),
-        )
-            .into_response();
-    }
-    let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-    if watching && fault == Fault::Expired {
-        *stub.fault.lock().unwrap() = Fault::None;
-        let line = json!({"type": "ERROR", "object": status(410, "Expired")});
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(format!("{line}\n")))
-            .unwrap();
-    }
-    if q.get("watch").map(String::as_str) != Some("true") && q.get("watch").map(String::as_str) != Some("1") {
-        let guard = stub.pods.lock().unwrap();
-        let list = json!({
-            "apiVersion": "v1", "kind": "PodList",
-            "metadata": {"resourceVersion": guard.1.len().to_string()},
-            "items": guard.0.values().cloned().collect::<Vec<_>>(),
-        });
-        return axum::Json(list).into_response();
-    }
-    // A watch: replay what happened after the client's resourceVersion, then stream live.
-    let since: usize = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let (backlog, rx) = {
-        let guard = stub.pods.lock().unwrap();
-        (
-            guard.1.iter().skip(since).cloned().collect::<Vec<_>>(),
-            stub.live.subscribe(),
-        )
-    };
-    let live = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                // A dropped watch: the stream just ends.
-                Ok(event) if event.get("close").is_some() => return None,
-                Ok(event) => return Some((event, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
-        }
-    });
-    let lines = futures_util::StreamExt::map(
-        futures_util::StreamExt::chain(futures_util::stream::iter(backlog), live),
-        |e| Ok::<_, std::io::Error>(format!("{e}\n")),
-    );
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from_stream(lines))
-        .unwrap()
-}
+use serde_json::json;
 
 /// The nodes a node's `/v1/cluster` lists as up.
 async fn members(node: &Node) -> Vec<String> {
@@ -134,27 +21,8 @@ async fn members(node: &Node) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kube_discovery_follows_pods_added_made_running_and_deleted() {
-    let stub = Stub {
-        pods: Arc::new(Mutex::new((BTreeMap::new(), Vec::new()))),
-        live: broadcast::channel(64).0,
-        fault: Arc::new(Mutex::new(Fault::None)),
-    };
-    let app = axum::Router::new()
-        .route("/api/v1/namespaces/test/pods", axum::routing::get(pods))
-        .with_state(stub.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stub\n  cluster:\n    server: http://{api}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: stub\n    user: u\n    namespace: test\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    let (stub, kubeconfig) = Stub::serve(dir.path()).await;
     let port = free_port();
     stub.event("ADDED", pod("node-a", "Running", Some("127.0.0.2")));
     stub.event("ADDED", pod("node-b", "Pending", None));

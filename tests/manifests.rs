@@ -166,6 +166,28 @@ fn the_manifests_agree_with_each_other_and_with_the_code() {
     assert_eq!(rules["pods"], ["get", "list", "watch"]);
     assert_eq!(rules["statefulsets"], ["get"]);
     assert_eq!(rules.len(), 2);
+    // The scale-down handoff reads the set named by the pod's name (`<set>-<ordinal>`):
+    // the rule must name that set, and the API group must be apps.
+    let fresh: Role = load("role.yaml");
+    let sts_rule = fresh
+        .rules
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r.resources
+                .as_ref()
+                .is_some_and(|res| res.contains(&"statefulsets".to_string()))
+        })
+        .unwrap();
+    assert_eq!(sts_rule.api_groups.as_deref(), Some(&["apps".to_string()][..]));
+    let set_name = load::<StatefulSet>("statefulset.yaml").metadata.name.unwrap();
+    assert_eq!(sts_rule.resource_names.as_deref(), Some(&[set_name.clone()][..]));
+    assert_eq!(
+        mp4tomp3::cluster::kube::ordinal(&format!("{set_name}-4")),
+        Some((set_name.as_str(), 4)),
+        "pod names of this set parse to it"
+    );
     let binding: RoleBinding = load("rolebinding.yaml");
     assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
     let sa = spec_service_account(&sts);

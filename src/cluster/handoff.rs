@@ -124,11 +124,21 @@ pub async fn leaving(config: &Config) -> Option<u32> {
     .await;
     match read {
         Ok(Ok(replicas)) if ordinal >= replicas => {
-            tracing::info!(statefulset = set, replicas, ordinal, "scaled down: handing this node's jobs over");
+            tracing::info!(
+                statefulset = set,
+                replicas,
+                ordinal,
+                "scaled down: handing this node's jobs over"
+            );
             Some(replicas)
         }
         Ok(Ok(replicas)) => {
-            tracing::info!(statefulset = set, replicas, ordinal, "still wanted: stopping without a handoff");
+            tracing::info!(
+                statefulset = set,
+                replicas,
+                ordinal,
+                "still wanted: stopping without a handoff"
+            );
             None
         }
         Ok(Err(e)) => {
@@ -184,7 +194,10 @@ pub async fn hand_over(config: Arc<Config>, replicas: u32) -> Summary {
         }
     };
     if targets.is_empty() {
-        tracing::error!(jobs = all.len(), "no staying node is connected; the jobs stay on this volume");
+        tracing::error!(
+            jobs = all.len(),
+            "no staying node is connected; the jobs stay on this volume"
+        );
         return Summary {
             moved: 0,
             kept: all.len(),
@@ -222,7 +235,12 @@ pub async fn hand_over(config: Arc<Config>, replicas: u32) -> Summary {
                 }
                 if moved {
                     let id = h.job.id.clone();
-                    let _ = ask(Role::Request, |reply| RequestMsg::HandedOver { id, reply }, CALL_TIMEOUT).await;
+                    let _ = ask(
+                        Role::Request,
+                        |reply| RequestMsg::HandedOver { id, reply },
+                        CALL_TIMEOUT,
+                    )
+                    .await;
                     summary.moved += 1;
                 } else {
                     tracing::error!(job_id = %h.job.id, "no staying node took this job; it stays on this volume");
@@ -246,7 +264,9 @@ async fn send_job(target: &str, files: &Files, h: &Handover) -> Result<(), Strin
     let mp3 = (h.job.state == JobState::Done).then(|| files.output(id));
     let mut sizes = [None, None];
     for (slot, (kind, path)) in [("mp4", mp4), ("mp3", mp3)].into_iter().enumerate() {
-        let Some(path) = path.filter(|p| p.exists()) else { continue };
+        let Some(path) = path.filter(|p| p.exists()) else {
+            continue;
+        };
         sizes[slot] = Some(send_file(target, id, kind, &path).await?);
     }
     let message = HandoverMsg {
@@ -297,7 +317,10 @@ async fn send_file(target: &str, id: &JobId, kind: &str, path: &Path) -> Result<
 
 /// The receiving side of a piece (called by the jobs actor): staged in `tmp/`.
 pub async fn receive_piece(config: &Config, piece: FilePiece, reply: RpcReplyPort<Answer>) {
-    let (Some(id), true) = (JobId::parse(&piece.job_id), matches!(piece.kind.as_str(), "mp4" | "mp3")) else {
+    let (Some(id), true) = (
+        JobId::parse(&piece.job_id),
+        matches!(piece.kind.as_str(), "mp4" | "mp3"),
+    ) else {
         let _ = reply.send(answer(status::ERROR, "bad job id or file kind"));
         return;
     };

@@ -145,12 +145,18 @@ mod tests {
             })
         );
         assert_eq!(
-            peer_address(&pod("Running", Some("fd00::5"), false), 4697).unwrap().address,
+            peer_address(&pod("Running", Some("fd00::5"), false), 4697)
+                .unwrap()
+                .address,
             "[fd00::5]:4697"
         );
         assert_eq!(peer_address(&pod("Pending", Some("10.1.2.3"), false), 4697), None);
         assert_eq!(peer_address(&pod("Running", None, false), 4697), None);
-        assert!(peer_address(&pod("Running", Some("10.1.2.3"), true), 4697).unwrap().leaving);
+        assert!(
+            peer_address(&pod("Running", Some("10.1.2.3"), true), 4697)
+                .unwrap()
+                .leaving
+        );
     }
 
     #[test]

@@ -714,7 +714,12 @@ mod tests {
             let attempt = from.start(id, JobState::Converting).unwrap();
             from.finish(id, attempt, None).unwrap();
         }
-        let sent = from.due_mail(10).unwrap().into_iter().find(|m| m.job_id == mailed.id).unwrap();
+        let sent = from
+            .due_mail(10)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.job_id == mailed.id)
+            .unwrap();
         from.mail_sent(sent.id).unwrap();
         from.start(&queued.id, JobState::Converting).unwrap();
         let all = from.handovers().unwrap();
@@ -741,7 +746,11 @@ mod tests {
         assert_eq!(taken.attempt, all[0].job.attempt, "the fencing token carries on");
         assert_eq!(to.job(&done.id).unwrap().unwrap().state, JobState::Done);
         let due = to.due_mail(10).unwrap();
-        assert_eq!(due.iter().map(|m| &m.job_id).collect::<Vec<_>>(), vec![&done.id], "only the unsent mail");
+        assert_eq!(
+            due.iter().map(|m| &m.job_id).collect::<Vec<_>>(),
+            vec![&done.id],
+            "only the unsent mail"
+        );
         let (again, new) = to.insert_job(&new_job(Some("k1"))).unwrap();
         assert!(!new);
         assert_eq!(again.id, clash.id, "the key already used here keeps its job");

@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod api;
+pub mod kube_stub;
 pub mod service;
 
 use std::path::{Path, PathBuf};
