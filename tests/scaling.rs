@@ -5,7 +5,9 @@
 //! Scale down: the pod beyond the replicas hands its jobs (a done one with its MP3 and its
 //! unsent email, a queued upload with its MP4, a URL import still fetching) to the staying
 //! nodes, exits, and every job stays reachable under its id; a plain restart (ordinal still
-//! wanted) hands nothing over. Scale up: a new pod gets queued conversions at once.
+//! wanted) hands nothing over. Two pods leaving at once (3 → 1) hand everything to the one
+//! that stays, and sent emails are not sent again. When the kube API fails, a stopping pod
+//! keeps its data rather than guess. Scale up: a new pod gets queued conversions at once.
 
 mod common;
 
@@ -327,4 +329,81 @@ async fn scale_up_a_new_pod_takes_queued_conversions_at_once() {
     assert_eq!(mp3(&a0, &token, &id).await, whole);
     let secs = seconds(dir.path(), &whole);
     assert!((secs - 6.0).abs() < 0.05, "{secs} s");
+
+    // Scaled back to 1 while the kube API fails: the pod cannot tell, so it stops plainly
+    // and keeps what it has on its volume.
+    *stub.replicas.lock().unwrap() = 1;
+    *stub.fault.lock().unwrap() = common::kube_stub::Fault::ServerError;
+    let mut n1 = n1;
+    assert!(n1.terminate(Duration::from_secs(60)).success());
+    let log = n1.log_text();
+    assert!(
+        log.contains("cannot read the StatefulSet; stopping without a handoff"),
+        "{log}"
+    );
+    assert!(!log.contains("handing jobs over"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_pods_leaving_at_once_hand_everything_to_the_pod_that_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stub, kubeconfig) = Stub::serve(dir.path()).await;
+    let port = free_port();
+    for i in 0..3 {
+        stub.event("ADDED", running(i));
+    }
+    let n0 = start(dir.path(), &kubeconfig, 0, port, 0, &[]).await;
+    let mut n1 = start(dir.path(), &kubeconfig, 1, port, 1, &[]).await;
+    let mut n2 = start(dir.path(), &kubeconfig, 2, port, 1, &[]).await;
+    sees(&n0, &["mp4tomp3-1", "mp4tomp3-2"]).await;
+    sees(&n1, &["mp4tomp3-0", "mp4tomp3-2"]).await;
+    sees(&n2, &["mp4tomp3-0", "mp4tomp3-1"]).await;
+    let a0 = Api::new(&n0);
+    let token = a0.login(ADMIN.0, ADMIN.1).await;
+    let input = common::tone("scaling_6s.m4a", 440, 44100, 6.0, 2, &["-c:a", "aac"]);
+    let mut jobs = Vec::new();
+    for node in [&n1, &n1, &n2, &n2] {
+        let id = Api::new(node).upload(&token, &input).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        jobs.push(id);
+    }
+    let mut mp3s = Vec::new();
+    for id in &jobs {
+        assert_eq!(a0.finished(&token, id).await["state"], "done");
+        mp3s.push(mp3(&a0, &token, id).await);
+    }
+    let sent_before = n1.eml_files().len() + n2.eml_files().len();
+    assert_eq!(sent_before, 4, "each owner mailed its jobs");
+
+    // Scale 3 → 1 (Parallel policy: both go at once). Neither may pick the other.
+    *stub.replicas.lock().unwrap() = 1;
+    for i in [1, 2] {
+        let mut leaving = running(i);
+        leaving["metadata"]["deletionTimestamp"] = json!("2026-11-29T10:00:00Z");
+        stub.event("MODIFIED", leaving);
+    }
+    n1.signal(libc::SIGTERM);
+    n2.signal(libc::SIGTERM);
+    assert!(n1.terminate(Duration::from_secs(60)).success());
+    assert!(n2.terminate(Duration::from_secs(60)).success());
+    for node in [&n1, &n2] {
+        let log = node.log_text();
+        let summary = log.lines().find(|l| l.contains("handoff finished")).unwrap();
+        assert!(summary.contains("moved=2") && summary.contains("kept=0"), "{summary}");
+        assert!(
+            log.contains(r#"targets=["mp4tomp3-0"]"#),
+            "only the staying pod is a target"
+        );
+        assert_eq!(stored_jobs(&node.data), 0);
+    }
+    assert_eq!(stored_jobs(&n0.data), 4);
+    for (id, bytes) in jobs.iter().zip(&mp3s) {
+        assert_eq!(state_of(&a0, &token, id).await, "done");
+        assert_eq!(&mp3(&a0, &token, id).await, bytes);
+    }
+    // Emails already sent are not sent again by the new owner.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(n0.eml_files().is_empty(), "no second email");
 }
