@@ -677,6 +677,9 @@ pub async fn stage(staged: &Path, offset: u64, data: &[u8], total: Option<u64>) 
         file
     };
     file.write_all(data).await?;
+    // tokio's File finishes a write in the background: without a flush the next piece
+    // could find the file shorter than it is.
+    file.flush().await?;
     if let Some(total) = total {
         file.sync_all().await?;
         if file.metadata().await?.len() != total {
@@ -684,4 +687,36 @@ pub async fn stage(staged: &Path, offset: u64, data: &[u8], total: Option<u64>) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pieces_staged_one_after_another_make_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staged.part");
+        let piece = |i: u8| vec![i; CHUNK as usize];
+        let total = 24 * u64::from(CHUNK);
+        for i in 0..24u8 {
+            let last = (i == 23).then_some(total);
+            // Each piece must find the ones before it on disk (a tokio write not flushed
+            // yet would make it "out of order").
+            stage(&path, u64::from(i) * u64::from(CHUNK), &piece(i), last)
+                .await
+                .unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, total);
+        assert!(
+            bytes
+                .chunks(CHUNK as usize)
+                .enumerate()
+                .all(|(i, c)| c.iter().all(|b| *b == i as u8))
+        );
+        // A piece at the wrong offset, or a short file at the end, is refused.
+        assert!(stage(&path, 5, b"x", None).await.is_err());
+        assert!(stage(&path, 0, b"abc", Some(4)).await.is_err());
+    }
 }
