@@ -47,12 +47,13 @@ def free_port():
 
 
 class Node:
-    def __init__(self, root, name, cluster_args):
+    def __init__(self, root, name, cluster_args, slots=1, env=None):
         self.data = os.path.join(root, name)
         self.log = self.data + ".log"
         argv = [BIN, "serve", "--data-dir", self.data, "--http", "127.0.0.1:0", "--node-name", name,
-                "--converter-slots", "1"] + cluster_args
-        self.proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+                "--converter-slots", str(slots)] + cluster_args
+        self.proc = subprocess.Popen(argv, env=dict(ENV, **(env or {})), stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "w"))
         self.url = "http://" + wait(lambda: self.address(), "the node's address")
 
     def address(self):
