@@ -243,3 +243,60 @@ fn spec_service_account(sts: &StatefulSet) -> String {
     let pod = sts.spec.template.spec.as_ref().unwrap();
     pod.service_account_name.clone().unwrap()
 }
+
+#[test]
+fn the_image_runs_as_the_pod_expects() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("statefulset/Dockerfile")).unwrap();
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let stages: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("FROM ")).collect();
+    assert!(stages.len() >= 2, "multi-stage");
+    assert!(
+        lines.iter().any(|l| l.contains("cargo build --release --locked")),
+        "a release build of the locked dependencies"
+    );
+    let runtime = &lines[*stages.last().unwrap()..];
+    assert!(
+        runtime.iter().all(|l| !l.contains("cargo")),
+        "no toolchain in the runtime stage"
+    );
+    let find = |directive: &str| {
+        runtime
+            .iter()
+            .find_map(|l| l.strip_prefix(directive))
+            .unwrap_or_else(|| panic!("{directive}in the runtime stage"))
+            .trim()
+            .to_string()
+    };
+
+    let sts: StatefulSet = load("statefulset.yaml");
+    let pod = sts.spec.template.spec.clone().unwrap();
+    let security = pod.security_context.clone().unwrap();
+    let uid = security.run_as_user.unwrap();
+    assert_ne!(uid, 0);
+    assert_eq!(find("USER "), format!("{uid}:{}", security.run_as_group.unwrap_or(uid)));
+    let c = container(&sts);
+    let exposed: Vec<i32> = find("EXPOSE ").split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(
+        exposed,
+        vec![container_port(&c, "http"), container_port(&c, "cluster")],
+        "the image exposes the pod's ports"
+    );
+    // The pod runs the image's entrypoint with `serve` (its args, or the image's CMD).
+    assert!(find("ENTRYPOINT ").contains("/usr/local/bin/mp4tomp3"));
+    let args = c.args.clone().unwrap_or_default();
+    assert!(c.command.is_none(), "the image's entrypoint is used");
+    assert!(args.first().map_or(find("CMD ").contains("serve"), |a| a == "serve"));
+
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for path in ["target/", ".git/", "data/"] {
+        assert!(
+            ignored.lines().any(|l| l.trim() == path),
+            ".dockerignore leaves out {path}"
+        );
+    }
+}

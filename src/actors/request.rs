@@ -379,7 +379,9 @@ impl RequestState {
     ) -> Result<bool, JobError> {
         let staged: Vec<PathBuf> = input.iter().chain(mp3.iter()).cloned().collect();
         if self.draining.is_some() {
-            staged.iter().for_each(|p| drop(std::fs::remove_file(p)));
+            for path in &staged {
+                let _ = tokio::fs::remove_file(path).await;
+            }
             return Err(JobError::Draining);
         }
         let (files, id, mail) = (self.files.clone(), handover.job.id.clone(), handover.mail);

@@ -182,12 +182,12 @@ async fn targets(config: &Config, replicas: u32) -> Vec<String> {
 /// target, the next target when one fails).
 pub async fn hand_over(config: Arc<Config>, replicas: u32) -> Summary {
     let targets = targets(&config, replicas).await;
-    let all = match ask(Role::Request, |reply| RequestMsg::Release { reply }, CALL_TIMEOUT).await {
-        Ok(Ok(all)) => all,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot list the jobs to hand over; they stay on this volume");
-            return Summary::default();
-        }
+    let released = ask(Role::Request, |reply| RequestMsg::Release { reply }, CALL_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let all = match released {
+        Ok(all) => all,
         Err(e) => {
             tracing::error!(error = %e, "cannot list the jobs to hand over; they stay on this volume");
             return Summary::default();
@@ -235,12 +235,15 @@ pub async fn hand_over(config: Arc<Config>, replicas: u32) -> Summary {
                 }
                 if moved {
                     let id = h.job.id.clone();
-                    let _ = ask(
+                    let forgotten = ask(
                         Role::Request,
                         |reply| RequestMsg::HandedOver { id, reply },
                         CALL_TIMEOUT,
                     )
                     .await;
+                    if !matches!(forgotten, Ok(Ok(()))) {
+                        tracing::warn!(job_id = %h.job.id, "handed over, but not removed here; its new owner has it");
+                    }
                     summary.moved += 1;
                 } else {
                     tracing::error!(job_id = %h.job.id, "no staying node took this job; it stays on this volume");
