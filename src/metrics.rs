@@ -46,6 +46,7 @@ struct Metrics {
     queue_depth: Gauge,
     slots: Family<SlotLabels, Gauge>,
     members: Gauge,
+    adopted: Counter,
 }
 
 static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
@@ -86,8 +87,15 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         "Peers this node sees (itself excluded)",
         members.clone(),
     );
+    let adopted = Counter::default();
+    registry.register(
+        "jobs_adopted",
+        "Jobs this node took over from pods leaving on scale-down",
+        adopted.clone(),
+    );
     Mutex::new(Metrics {
         registry,
+        adopted,
         http_requests,
         emails,
         conversion_seconds,
@@ -128,6 +136,11 @@ pub fn conversion(wall: Duration, audio: Duration) {
             m.realtime_factor.observe(audio.as_secs_f64() / secs);
         }
     });
+}
+
+/// Counts a job taken over from a leaving pod.
+pub fn adopted() {
+    with(|m| m.adopted.inc());
 }
 
 /// What the actors say at scrape time.

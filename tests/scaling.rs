@@ -405,6 +405,11 @@ async fn two_pods_leaving_at_once_hand_everything_to_the_pod_that_stays() {
         assert_eq!(state_of(&a0, &token, id).await, "done");
         assert_eq!(&mp3(&a0, &token, id).await, bytes);
     }
+    let metrics = reqwest::get(n0.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "mp4tomp3_jobs_adopted_total 4"),
+        "{metrics}"
+    );
     // Emails already sent are not sent again by the new owner.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(n0.eml_files().is_empty(), "no second email");

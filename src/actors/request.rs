@@ -410,6 +410,7 @@ impl RequestState {
         }
         let job = self.load(&id, None).await?;
         tracing::info!(job_id = %id, state = %job.state, "took over a job from a leaving node");
+        crate::metrics::adopted();
         if !job.state.is_final() {
             self.resume(myself, &job).await?;
         }
