@@ -111,5 +111,5 @@ fn prepare(config: &Config) -> anyhow::Result<()> {
 fn random_password() -> String {
     let mut raw = [0u8; 12];
     let _ = getrandom::fill(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(raw)
 }

@@ -72,7 +72,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub fn incarnation_name(stable: &str) -> String {
     let mut nonce = [0u8; 4];
     let _ = getrandom::fill(&mut nonce);
-    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(nonce);
     format!("{stable}.{hex}")
 }
 

@@ -543,7 +543,7 @@ fn generated_key(path: &Path) -> Result<Vec<u8>, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut raw = [0u8; 32];
             getrandom::fill(&mut raw).map_err(|e| io("cannot generate the JWT key")(std::io::Error::other(e)))?;
-            let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            let key = hex::encode(raw);
             crate::store::files::write_atomically(path, key.as_bytes()).map_err(io("cannot write the JWT key"))?;
             tracing::warn!(path = %path.display(), "generated a JWT signing key; set MP4TOMP3_JWT_SECRET to share one across nodes");
             Ok(key.into_bytes())

@@ -27,7 +27,7 @@ impl JobId {
             bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
             bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
         }
-        let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let random = hex::encode(bytes);
         JobId(format!("{node}~{random}"))
     }
 
