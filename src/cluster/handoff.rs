@@ -103,7 +103,9 @@ fn answer(status: i32, message: impl Into<String>) -> Answer {
 
 /// Where a piece of `id`'s `kind` file is staged on the receiving node.
 fn staged(config: &Config, id: &JobId, kind: &str) -> PathBuf {
-    config.data_dir.join("tmp").join(format!("handoff-{id}.{kind}.part"))
+    Files::at(&config.data_dir)
+        .tmp_dir()
+        .join(format!("handoff-{id}.{kind}.part"))
 }
 
 /// The desired replicas when this pod is no longer wanted by its StatefulSet (and so must
@@ -204,14 +206,7 @@ pub async fn hand_over(config: Arc<Config>, replicas: u32) -> Summary {
         };
     }
     tracing::info!(jobs = all.len(), targets = ?targets, "handing jobs over");
-    let files = Files::new(&config.data_dir).ok();
-    let Some(files) = files else {
-        tracing::error!("cannot open the data dir; the jobs stay on this volume");
-        return Summary {
-            moved: 0,
-            kept: all.len(),
-        };
-    };
+    let files = Files::at(&config.data_dir);
     let mut shares: Vec<Vec<Handover>> = vec![Vec::new(); targets.len()];
     for (i, h) in all.into_iter().enumerate() {
         shares[i % targets.len()].push(h);

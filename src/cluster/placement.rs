@@ -27,7 +27,7 @@ use crate::actors::converter::{self, ConvertTask, ConverterMsg, Outcome, ReportT
 use crate::actors::request::RequestMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::config::Config;
-use crate::store::JobId;
+use crate::store::{Files, JobId};
 
 /// The group every node's host actor joins.
 pub const GROUP: &str = "placement.v1";
@@ -629,7 +629,9 @@ pub async fn receive(config: &Config, piece: Piece) -> Answer {
         tell(Role::Request, RequestMsg::Converted { id, attempt, outcome });
         return answer(status::OK, "");
     }
-    let staged = config.data_dir.join("tmp").join(format!("result-{id}.{attempt}.part"));
+    let staged = Files::at(&config.data_dir)
+        .tmp_dir()
+        .join(format!("result-{id}.{attempt}.part"));
     let written = stage(&staged, piece.offset, &piece.data, piece.last.then_some(piece.total)).await;
     if let Err(e) = written {
         let _ = tokio::fs::remove_file(&staged).await;

@@ -19,12 +19,17 @@ pub struct Files {
 impl Files {
     /// The layout under `data_dir`; creates its directories.
     pub fn new(data_dir: &Path) -> io::Result<Self> {
-        let files = Files {
-            root: data_dir.to_path_buf(),
-        };
+        let files = Files::at(data_dir);
         fs::create_dir_all(files.tmp_dir())?;
         fs::create_dir_all(files.root.join("jobs"))?;
         Ok(files)
+    }
+
+    /// The layout under `data_dir`, whose directories the node made at start (`new`).
+    pub fn at(data_dir: &Path) -> Self {
+        Files {
+            root: data_dir.to_path_buf(),
+        }
     }
 
     /// Where uploads and downloads stream before they belong to a job.
