@@ -293,11 +293,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
         JobsMsg::Get(q, reply) => {
             let (id, who) = (JobId::parse(&q.job_id), principal(&q));
             let result = match (id, who) {
-                (Some(id), Some(who)) => ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT)
-                    .await
-                    .map_err(|e| JobError::Io(std::io::Error::other(e)))
-                    .and_then(|r| r)
-                    .map(Some),
+                (Some(id), Some(who)) => request(|reply| RequestMsg::Get { id, who, reply }).await.map(Some),
                 _ => Err(JobError::NotFound),
             };
             let _ = reply.send(job_answer(result));
@@ -305,14 +301,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
         JobsMsg::Delete(q, reply) => {
             let (id, who) = (JobId::parse(&q.job_id), principal(&q));
             let result = match (id, who) {
-                (Some(id), Some(who)) => ask(
-                    Role::Request,
-                    |reply| RequestMsg::Delete { id, who, reply },
-                    CALL_TIMEOUT,
-                )
-                .await
-                .map_err(|e| JobError::Io(std::io::Error::other(e)))
-                .and_then(|r| r),
+                (Some(id), Some(who)) => request(|reply| RequestMsg::Delete { id, who, reply }).await,
                 _ => Err(JobError::NotFound),
             };
             let _ = reply.send(job_answer(result));
@@ -353,10 +342,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
                 return;
             };
             let who = principal(&q);
-            let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT)
-                .await
-                .map_err(|e| JobError::Io(std::io::Error::other(e)))
-                .and_then(|r| r);
+            let file = request(|reply| RequestMsg::Mp3 { id, who, reply }).await;
             let answer = match file {
                 Ok(file) => {
                     let offset = q.offset;
@@ -387,6 +373,16 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
             let _ = reply.send(answer);
         }
     }
+}
+
+/// Asks this node's request actor; its being unreachable is an I/O error.
+async fn request<T: Send + 'static>(
+    make: impl FnOnce(RpcReplyPort<Result<T, JobError>>) -> RequestMsg,
+) -> Result<T, JobError> {
+    ask(Role::Request, make, CALL_TIMEOUT)
+        .await
+        .map_err(|e| JobError::Io(std::io::Error::other(e)))
+        .and_then(|r| r)
 }
 
 fn chunk_error(e: JobError) -> ChunkAnswer {
