@@ -262,9 +262,10 @@ async fn send_job(target: &str, files: &Files, h: &Handover) -> Result<(), Strin
     let mp3 = (h.job.state == JobState::Done).then(|| files.output(id));
     let mut sizes = [None, None];
     for (slot, (kind, path)) in [("mp4", mp4), ("mp3", mp3)].into_iter().enumerate() {
-        let Some(path) = path.filter(|p| p.exists()) else {
+        let Some(path) = path else { continue };
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
             continue;
-        };
+        }
         sizes[slot] = Some(send_file(target, id, kind, &path).await?);
     }
     let message = HandoverMsg {
