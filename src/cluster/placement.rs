@@ -79,17 +79,6 @@ pub struct Offer {
     pub owner: String,
 }
 
-impl Offer {
-    /// Where progress and the result go.
-    fn owner(&self) -> &str {
-        if self.owner.is_empty() {
-            self.job_id.split_once('~').map_or("", |(node, _)| node)
-        } else {
-            &self.owner
-        }
-    }
-}
-
 /// A piece of a file: the MP4 going to the host, or the MP3 coming back (with the outcome
 /// on the last piece).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -236,10 +225,13 @@ impl HostState {
         let _ = tokio::fs::remove_file(self.output(id, attempt)).await;
     }
 
-    async fn offer(&mut self, offer: Offer) -> Answer {
+    async fn offer(&mut self, mut offer: Offer) -> Answer {
         let Some(id) = JobId::parse(&offer.job_id) else {
             return answer(status::ERROR, "bad job id");
         };
+        if offer.owner.is_empty() {
+            offer.owner = id.owner().to_string();
+        }
         let key = (id.clone(), offer.attempt);
         if self.hosted.contains_key(&key) {
             return answer(status::OK, "");
@@ -337,7 +329,7 @@ impl HostState {
         };
         hosted.phase = Phase::Delivering;
         let canceled = hosted.canceled;
-        let owner = hosted.options.owner().to_string();
+        let owner = hosted.options.owner.clone();
         let (output, me) = (self.output(&id, attempt), myself.clone());
         tokio::spawn(async move {
             if !canceled {
@@ -475,7 +467,7 @@ impl Actor for HostActor {
             HostMsg::Progress(p) => {
                 let owner = JobId::parse(&p.job_id)
                     .and_then(|id| state.hosted.get(&(id, p.attempt)))
-                    .and_then(|h| jobs::owner_actor(h.options.owner()));
+                    .and_then(|h| jobs::owner_actor(&h.options.owner));
                 if let Some(owner) = owner {
                     let _ = owner.send_message(JobsMsg::Progress(p));
                 }
