@@ -258,6 +258,16 @@ struct Remote {
     started: bool,
 }
 
+/// Stops a placed conversion: withdrawn from its host, or canceled on this node.
+fn stop(id: JobId, placed: Placement) {
+    match placed.remote {
+        Some(remote) => placement::withdraw(&remote.node, &id, placed.attempt),
+        None => {
+            tell(Role::Converter, ConverterMsg::Cancel { id });
+        }
+    }
+}
+
 impl RequestState {
     fn current(&self, id: &JobId, attempt: i64) -> bool {
         self.running.get(id).is_some_and(|p| p.attempt == attempt)
@@ -330,10 +340,11 @@ impl RequestState {
         }
     }
 
-    /// Takes up an unfinished job found in the store (at start, or handed over): queued if
-    /// its input is here, fetched again if it is a URL import, failed if its upload is lost.
+    /// Takes up an unfinished job (just accepted, found in the store at start, or handed
+    /// over): queued if its input is here, fetched if it is a URL import, failed if its
+    /// upload is lost.
     async fn resume(&mut self, myself: &ActorRef<RequestMsg>, job: &Job) -> Result<(), StoreError> {
-        let has_input = self.files.input(&job.id).exists();
+        let has_input = tokio::fs::try_exists(self.files.input(&job.id)).await.unwrap_or(false);
         match (&job.source, has_input) {
             (Source::Url(_), false) => {
                 let key = job.id.clone();
@@ -357,13 +368,8 @@ impl RequestState {
         for (_, (_, task)) in self.fetching.drain() {
             task.abort();
         }
-        for (id, placement) in self.running.drain() {
-            match placement.remote {
-                Some(remote) => placement::withdraw(&remote.node, &id, placement.attempt),
-                None => {
-                    tell(Role::Converter, ConverterMsg::Cancel { id });
-                }
-            }
+        for (id, placed) in self.running.drain() {
+            stop(id, placed);
         }
         self.drained();
         Ok(self.db.run(|s| s.handovers()).await?)
@@ -378,38 +384,40 @@ impl RequestState {
         mp3: Option<PathBuf>,
     ) -> Result<bool, JobError> {
         let staged: Vec<PathBuf> = input.iter().chain(mp3.iter()).cloned().collect();
-        if self.draining.is_some() {
-            for path in &staged {
-                let _ = tokio::fs::remove_file(path).await;
+        let (files, mail) = (self.files.clone(), handover.mail);
+        let taken = if self.draining.is_some() {
+            Err(JobError::Draining)
+        } else {
+            self.db
+                .run(move |s| {
+                    let id = &handover.job.id;
+                    if s.job(id)?.is_some() {
+                        return Ok(None);
+                    }
+                    let placed = input
+                        .as_ref()
+                        .map_or(Ok(()), |p| files.adopt_input(id, p))
+                        .and_then(|()| mp3.as_ref().map_or(Ok(()), |p| files.adopt_output(id, p)));
+                    if let Err(e) = placed {
+                        let _ = files.remove_job(id);
+                        return Err(StoreError::Worker(format!("cannot store its files: {e}")));
+                    }
+                    s.adopt(&handover)
+                })
+                .await
+                .map_err(JobError::from)
+        };
+        let job = match taken {
+            Ok(Some(job)) => job,
+            refused => {
+                // Not taken (already here, draining, or failed): its staged files go.
+                for path in &staged {
+                    let _ = tokio::fs::remove_file(path).await;
+                }
+                return refused.map(|_| false);
             }
-            return Err(JobError::Draining);
-        }
-        let (files, id, mail) = (self.files.clone(), handover.job.id.clone(), handover.mail);
-        let key = id.clone();
-        let taken = self
-            .db
-            .run(move |s| {
-                if s.job(&key)?.is_some() {
-                    staged.iter().for_each(|p| drop(std::fs::remove_file(p)));
-                    return Ok(false);
-                }
-                let placed = input
-                    .as_ref()
-                    .map_or(Ok(()), |p| files.adopt_input(&key, p))
-                    .and_then(|()| mp3.as_ref().map_or(Ok(()), |p| files.adopt_output(&key, p)));
-                if let Err(e) = placed {
-                    staged.iter().for_each(|p| drop(std::fs::remove_file(p)));
-                    let _ = files.remove_job(&key);
-                    return Err(StoreError::Worker(format!("cannot store its files: {e}")));
-                }
-                s.adopt(&handover)
-            })
-            .await?;
-        if !taken {
-            return Ok(false);
-        }
-        let job = self.load(&id, None).await?;
-        tracing::info!(job_id = %id, state = %job.state, "took over a job from a leaving node");
+        };
+        tracing::info!(job_id = %job.id, state = %job.state, "took over a job from a leaving node");
         crate::metrics::adopted();
         if !job.state.is_final() {
             self.resume(myself, &job).await?;
@@ -706,17 +714,8 @@ impl Actor for RequestActor {
                     .await;
                 if let Ok((job, true)) = &result {
                     tracing::info!(job_id = %job.id, owner = %job.owner_email, "job accepted");
-                    match job.source {
-                        Source::Url(_) => {
-                            let key = job.id.clone();
-                            state.db.run(move |s| s.start(&key, JobState::Fetching)).await?;
-                            state.start_fetch(&myself, job);
-                        }
-                        Source::Upload => {
-                            state.queue.push_back(job.id.clone());
-                            state.dispatch(&myself).await?;
-                        }
-                    }
+                    state.resume(&myself, job).await?;
+                    state.dispatch(&myself).await?;
                 }
                 let key = result.as_ref().ok().map(|(j, _)| j.id.clone());
                 // Answer with the job as stored now (its state may have moved on).
@@ -763,15 +762,8 @@ impl Actor for RequestActor {
                         if let Some((_, task)) = state.fetching.remove(&id) {
                             task.abort();
                         }
-                        match state.running.remove(&id) {
-                            Some(Placement {
-                                attempt,
-                                remote: Some(remote),
-                            }) => placement::withdraw(&remote.node, &id, attempt),
-                            Some(_) => {
-                                tell(Role::Converter, ConverterMsg::Cancel { id: id.clone() });
-                            }
-                            None => {}
+                        if let Some(placed) = state.running.remove(&id) {
+                            stop(id.clone(), placed);
                         }
                         state.drained();
                         canceled.map(Some).map_err(JobError::from)

@@ -489,16 +489,16 @@ impl Store {
 
     /// Takes over a job handed over by another node: stored as it was, except that an
     /// unfinished job starts again from `queued` (its conversion elsewhere was stopped).
-    /// Returns `false` when the job is already here (a retried handover). An idempotency
-    /// key this user already used here is dropped rather than refusing the job.
-    pub fn adopt(&mut self, h: &Handover) -> Result<bool> {
+    /// Returns the stored job, or `None` when it is already here (a retried handover). An
+    /// idempotency key this user already used here is dropped rather than refusing the job.
+    pub fn adopt(&mut self, h: &Handover) -> Result<Option<Job>> {
         let job = &h.job;
         self.write(|tx| {
             let known: bool = tx.query_row("SELECT COUNT(*) > 0 FROM jobs WHERE id = ?1", [job.id.as_str()], |r| {
                 r.get(0)
             })?;
             if known {
-                return Ok(false);
+                return Ok(None);
             }
             let key = match &h.idempotency_key {
                 Some(key) => {
@@ -555,7 +555,7 @@ impl Store {
                     params![job.id.as_str(), job.owner_email, now_ms(), sent_at],
                 )?;
             }
-            Ok(true)
+            stored_job(tx, &job.id).map(Some)
         })
     }
 
@@ -738,8 +738,8 @@ mod tests {
         let mut to = Store::open_in_memory().unwrap();
         let (clash, _) = to.insert_job(&new_job(Some("k1"))).unwrap();
         for h in &all {
-            assert!(to.adopt(h).unwrap());
-            assert!(!to.adopt(h).unwrap(), "a retried handover changes nothing");
+            assert_eq!(to.adopt(h).unwrap().map(|j| j.id), Some(h.job.id.clone()));
+            assert_eq!(to.adopt(h).unwrap(), None, "a retried handover changes nothing");
         }
         let taken = to.job(&queued.id).unwrap().unwrap();
         assert_eq!(taken.state, JobState::Queued, "an interrupted conversion starts again");
