@@ -13,8 +13,9 @@ use axum::routing::get;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use super::route::At;
 use super::{ApiError, AppState, Authed};
-use crate::actors::request::RequestMsg;
+use crate::actors::request::{Mp3File, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::store::JobId;
@@ -32,10 +33,30 @@ pub(super) async fn serve(
     who: Option<Principal>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    if let super::route::At::Node(owner) = super::route::locate(state, &id).await? {
-        return super::route::remote_mp3(&owner, &id, who.as_ref(), request.headers()).await;
+    // Where the MP3 is: a file here, or a stream from the node that has it.
+    enum Found {
+        Here(Mp3File),
+        Streamed(Response),
     }
-    let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??;
+    let headers = request.headers();
+    let found = super::route::at_owner(state, &id, |at| {
+        let (id, who) = (id.clone(), who.clone());
+        async move {
+            match at {
+                At::Here => Ok(Found::Here(
+                    ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??,
+                )),
+                At::Node(owner) => Ok(Found::Streamed(
+                    super::route::remote_mp3(&owner, &id, who.as_ref(), headers).await?,
+                )),
+            }
+        }
+    })
+    .await?;
+    let file = match found {
+        Found::Here(file) => file,
+        Found::Streamed(response) => return Ok(response),
+    };
     let response = ServeFile::new(&file.path)
         .oneshot(request)
         .await

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::{ApiError, AppState};
@@ -75,7 +76,8 @@ fn existence() -> Principal {
     }
 }
 
-/// Does `at` have job `id`? (`Err`: it cannot say now.)
+/// Does `at` have job `id`? (`Err`: it cannot say now.) Asked of the other nodes when the
+/// expected one has no such job.
 async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
     match at {
         At::Here => {
@@ -91,13 +93,17 @@ async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
     }
 }
 
-/// Where job `id` lives: the node its id names (or where it was last found); failing that,
-/// whichever other node has it. `404` when no node has it, `503` when its named owner is
-/// unreachable and no other node has it.
-pub(super) async fn locate(state: &AppState, id: &JobId) -> Result<At, ApiError> {
+/// Runs `op` where job `id` lives: on the node its id names (or where it was last found);
+/// when that node has no such job or cannot be reached, on whichever other node has it (a
+/// job handed over on scale-down). When no other node has it, `op`'s own answer stands
+/// (`404`, or `503` while the named owner is unreachable).
+pub(super) async fn at_owner<T, Fut>(state: &AppState, id: &JobId, op: impl Fn(At) -> Fut) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<T, ApiError>>,
+{
     let own = &state.config.node_name;
     if state.config.cluster.is_none() {
-        return Ok(At::Here);
+        return op(At::Here).await;
     }
     let named = if id.owner() == own {
         At::Here
@@ -105,10 +111,10 @@ pub(super) async fn locate(state: &AppState, id: &JobId) -> Result<At, ApiError>
         At::Node(id.owner().to_string())
     };
     let first = state.moved.get(id).unwrap_or(named);
-    let missing = match has(&first, id).await {
-        Ok(true) => return Ok(first),
-        Ok(false) => ApiError::not_found(),
-        Err(e) => unreachable(e),
+    let missed = match op(first.clone()).await {
+        // `ApiError::not_found` and `unreachable`.
+        Err(e) if matches!(e.code, "not_found" | "owner_unavailable") => e,
+        answered => return answered,
     };
     let mut others: Vec<At> = jobs::other_owners(own).into_iter().map(At::Node).collect();
     others.push(At::Here);
@@ -117,8 +123,8 @@ pub(super) async fn locate(state: &AppState, id: &JobId) -> Result<At, ApiError>
     let found = others.into_iter().zip(answers).find(|(_, a)| matches!(a, Ok(true)));
     state.moved.set(id, found.as_ref().map(|(at, _)| at.clone()));
     match found {
-        Some((at, _)) => Ok(at),
-        None => Err(missing),
+        Some((at, _)) => op(at).await,
+        None => Err(missed),
     }
 }
 
@@ -147,31 +153,47 @@ fn remote_job(answer: jobs::JobAnswer) -> Result<Option<Job>, ApiError> {
 
 /// A job's status, from wherever it lives.
 pub(super) async fn get(state: &AppState, id: JobId, who: Principal) -> Result<Job, ApiError> {
-    if let At::Node(owner) = &locate(state, &id).await? {
-        let q = query(&id, Some(&who), 0);
-        let answer = jobs::call(owner, |reply| JobsMsg::Get(q, reply))
-            .await
-            .map_err(unreachable)?;
-        return remote_job(answer)?.ok_or_else(ApiError::not_found);
-    }
-    Ok(ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT).await??)
+    at_owner(state, &id, |at| {
+        let (id, who) = (id.clone(), who.clone());
+        async move {
+            match at {
+                At::Node(owner) => {
+                    let q = query(&id, Some(&who), 0);
+                    let answer = jobs::call(&owner, |reply| JobsMsg::Get(q, reply))
+                        .await
+                        .map_err(unreachable)?;
+                    remote_job(answer)?.ok_or_else(ApiError::not_found)
+                }
+                At::Here => Ok(ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT).await??),
+            }
+        }
+    })
+    .await
 }
 
 /// Cancels or deletes a job, wherever it lives.
 pub(super) async fn delete(state: &AppState, id: JobId, who: Principal) -> Result<Option<Job>, ApiError> {
-    if let At::Node(owner) = &locate(state, &id).await? {
-        let q = query(&id, Some(&who), 0);
-        let answer = jobs::call(owner, |reply| JobsMsg::Delete(q, reply))
-            .await
-            .map_err(unreachable)?;
-        return remote_job(answer);
-    }
-    Ok(ask(
-        Role::Request,
-        |reply| RequestMsg::Delete { id, who, reply },
-        CALL_TIMEOUT,
-    )
-    .await??)
+    at_owner(state, &id, |at| {
+        let (id, who) = (id.clone(), who.clone());
+        async move {
+            match at {
+                At::Node(owner) => {
+                    let q = query(&id, Some(&who), 0);
+                    let answer = jobs::call(&owner, |reply| JobsMsg::Delete(q, reply))
+                        .await
+                        .map_err(unreachable)?;
+                    remote_job(answer)
+                }
+                At::Here => Ok(ask(
+                    Role::Request,
+                    |reply| RequestMsg::Delete { id, who, reply },
+                    CALL_TIMEOUT,
+                )
+                .await??),
+            }
+        }
+    })
+    .await
 }
 
 /// The caller's jobs from every reachable node, newest first.
