@@ -72,29 +72,6 @@ fn converts(node: &Node, id: &str, attempt: i64) -> bool {
     })
 }
 
-async fn mp3(api: &Api, token: &str, id: &str) -> Vec<u8> {
-    let r = api
-        .http
-        .get(api.url(&format!("/v1/jobs/{id}/mp3")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
-    r.bytes().await.unwrap().to_vec()
-}
-
-/// Seconds of audio in an MP3, per ffprobe.
-fn duration(dir: &Path, bytes: &[u8]) -> f64 {
-    let path = dir.join("check.mp3");
-    std::fs::write(&path, bytes).unwrap();
-    common::probe(&path)["format"]["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Files in a node's reception dir (`DATA/remote`).
 fn remote_files(dir: &Path, name: &str) -> usize {
     std::fs::read_dir(dir.join(name).join("remote")).map_or(0, |d| d.count())
@@ -123,10 +100,10 @@ async fn conversions_go_to_free_slots_anywhere_and_any_node_serves_the_result() 
         );
     }
     // The MP3 is the same through every node, and it is the whole input.
-    let whole = mp3(&a, &token, &ids[0]).await;
-    assert_eq!(mp3(&via_c, &token, &ids[0]).await, whole);
-    assert_eq!(mp3(&b, &token, &ids[0]).await, whole);
-    let secs = duration(dir.path(), &whole);
+    let whole = a.mp3(&token, &ids[0]).await;
+    assert_eq!(via_c.mp3(&token, &ids[0]).await, whole);
+    assert_eq!(b.mp3(&token, &ids[0]).await, whole);
+    let secs = common::mp3_seconds(dir.path(), &whole);
     assert!((secs - 8.0).abs() < 0.05, "{secs} s");
     // One email per job, from its owner; nothing left in b's reception dir.
     assert_eq!(c.nodes[0].eml_files().len(), 2);
@@ -144,9 +121,9 @@ async fn conversions_go_to_free_slots_anywhere_and_any_node_serves_the_result() 
         let id = job["id"].as_str().unwrap().to_string();
         let done = api.finished(&token, &id).await;
         assert_eq!(done["state"], "done", "{done}");
-        assert_eq!(mp3(api, &token, &id).await.len(), whole.len());
+        assert_eq!(api.mp3(&token, &id).await.len(), whole.len());
     }
-    assert_eq!(mp3(&b, &token, &ids[1]).await, mp3(&a, &token, &ids[1]).await);
+    assert_eq!(b.mp3(&token, &ids[1]).await, a.mp3(&token, &ids[1]).await);
 }
 
 /// Uploads a 5-minute input on a (no slots) and returns its id and the node converting it.
@@ -174,7 +151,7 @@ async fn a_killed_converting_node_loses_no_job() {
     let attempt = done["attempt"].as_i64().unwrap();
     assert!(attempt >= 2, "placed again: {done}");
     assert!(converts(&c.nodes[other], &id, attempt), "the survivor converted it");
-    let secs = duration(dir.path(), &mp3(&a, &token, &id).await);
+    let secs = common::mp3_seconds(dir.path(), &a.mp3(&token, &id).await);
     assert!((secs - 300.0).abs() < 0.05, "{secs} s");
     // Exactly one email.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -193,7 +170,7 @@ async fn a_frozen_converting_node_is_fenced_and_its_late_result_refused() {
     assert_eq!(done["state"], "done", "{done}");
     let attempt = done["attempt"].as_i64().unwrap();
     assert!(converts(&c.nodes[3 - at], &id, attempt), "the other node converted it");
-    let first = mp3(&a, &token, &id).await;
+    let first = a.mp3(&token, &id).await;
 
     // Thawed, the old placement finishes and hands in its result: the owner refuses it.
     c.nodes[at].signal(libc::SIGCONT);
@@ -209,7 +186,7 @@ async fn a_frozen_converting_node_is_fenced_and_its_late_result_refused() {
         c.nodes[at].log_text().contains("the owner refused this result"),
         "the old host was told"
     );
-    assert_eq!(mp3(&a, &token, &id).await, first, "the accepted MP3 is unchanged");
+    assert_eq!(a.mp3(&token, &id).await, first, "the accepted MP3 is unchanged");
     let job: Value = a.job(&token, &id).await.json().await.unwrap();
     assert_eq!(job["attempt"], attempt);
     assert_eq!(c.nodes[0].eml_files().len(), 1, "one email");
@@ -234,7 +211,7 @@ async fn a_restarted_owner_resumes_its_placed_and_queued_jobs() {
     for (id, secs) in [(&placed, 300.0), (&queued, 8.0)] {
         let done = a.finished(&token, id).await;
         assert_eq!(done["state"], "done", "{done}");
-        let got = duration(dir.path(), &mp3(&a, &token, id).await);
+        let got = common::mp3_seconds(dir.path(), &a.mp3(&token, id).await);
         assert!((got - secs).abs() < 0.05, "{got} s");
     }
     // b's result for the first placement came back to a new incarnation: refused.

@@ -77,35 +77,6 @@ async fn sees(node: &Node, others: &[&str]) {
     .await;
 }
 
-async fn mp3(api: &Api, token: &str, id: &str) -> Vec<u8> {
-    let r = api
-        .http
-        .get(api.url(&format!("/v1/jobs/{id}/mp3")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    if status != reqwest::StatusCode::OK {
-        panic!(
-            "MP3 of {id} through {}: {status} {}",
-            api.url(""),
-            r.text().await.unwrap_or_default()
-        );
-    }
-    r.bytes().await.unwrap().to_vec()
-}
-
-fn seconds(dir: &Path, bytes: &[u8]) -> f64 {
-    let path = dir.join("check.mp3");
-    std::fs::write(&path, bytes).unwrap();
-    common::probe(&path)["format"]["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Jobs in a node's database.
 fn stored_jobs(data: &Path) -> i64 {
     let db = rusqlite::Connection::open(data.join("node.db")).unwrap();
@@ -182,8 +153,8 @@ async fn scale_down_hands_every_job_over_and_a_plain_restart_does_not() {
     let a = a2.upload(&token, &short).await["id"].as_str().unwrap().to_string();
     assert!(a.starts_with("mp4tomp3-2~"));
     assert_eq!(a0.finished(&token, &a).await["state"], "done");
-    let mp3_a = mp3(&a0, &token, &a).await;
-    assert_eq!(mp3(&a2, &token, &a).await, mp3_a);
+    let mp3_a = a0.mp3(&token, &a).await;
+    assert_eq!(a2.mp3(&token, &a).await, mp3_a);
 
     // A plain restart of pod 2 (still within the 3 replicas): no handoff, its volume comes
     // back with it. It restarts without converter slots, so its next jobs wait.
@@ -194,7 +165,7 @@ async fn scale_down_hands_every_job_over_and_a_plain_restart_does_not() {
     let a2 = Api::new(&n2);
     sees(&n0, &["mp4tomp3-1", "mp4tomp3-2"]).await;
     sees(&n2, &["mp4tomp3-0", "mp4tomp3-1"]).await;
-    assert_eq!(mp3(&a2, &token, &a).await, mp3_a, "A came back with the volume");
+    assert_eq!(a2.mp3(&token, &a).await, mp3_a, "A came back with the volume");
 
     // Job C: an upload queued on pod 2 (no free slot anywhere). Job B: a URL import whose
     // server holds its answer, so it is still fetching.
@@ -235,7 +206,7 @@ async fn scale_down_hands_every_job_over_and_a_plain_restart_does_not() {
             let job: Value = api.job(&token, id).await.json().await.unwrap();
             assert_eq!(job["id"].as_str(), Some(id.as_str()), "{job}");
         }
-        assert_eq!(mp3(api, &token, &a).await, mp3_a);
+        assert_eq!(api.mp3(&token, &a).await, mp3_a);
     }
     assert_eq!(state_of(&a1, &token, &a).await, "done");
     // A's email, which pod 2 could not send, is sent by its new owner, and its link works.
@@ -274,7 +245,7 @@ async fn scale_down_hands_every_job_over_and_a_plain_restart_does_not() {
     for id in [&b, &c] {
         let done = a1.finished(&token, id).await;
         assert_eq!(done["state"], "done", "{done}");
-        let secs = seconds(dir.path(), &mp3(&a0, &token, id).await);
+        let secs = common::mp3_seconds(dir.path(), &a0.mp3(&token, id).await);
         assert!((secs - 6.0).abs() < 0.05, "{secs} s");
     }
     poll(Duration::from_secs(30), "one email per job", || async {
@@ -325,9 +296,9 @@ async fn scale_up_a_new_pod_takes_queued_conversions_at_once() {
     );
     assert_eq!(done["id"].as_str(), Some(id.as_str()));
     // Served through either pod.
-    let whole = mp3(&a1, &token, &id).await;
-    assert_eq!(mp3(&a0, &token, &id).await, whole);
-    let secs = seconds(dir.path(), &whole);
+    let whole = a1.mp3(&token, &id).await;
+    assert_eq!(a0.mp3(&token, &id).await, whole);
+    let secs = common::mp3_seconds(dir.path(), &whole);
     assert!((secs - 6.0).abs() < 0.05, "{secs} s");
 
     // Scaled back to 1 while the kube API fails: the pod cannot tell, so it stops plainly
@@ -372,7 +343,7 @@ async fn two_pods_leaving_at_once_hand_everything_to_the_pod_that_stays() {
     let mut mp3s = Vec::new();
     for id in &jobs {
         assert_eq!(a0.finished(&token, id).await["state"], "done");
-        mp3s.push(mp3(&a0, &token, id).await);
+        mp3s.push(a0.mp3(&token, id).await);
     }
     poll(Duration::from_secs(30), "each owner to mail its jobs", || async {
         (n1.eml_files().len() + n2.eml_files().len() == 4).then_some(())
@@ -403,7 +374,7 @@ async fn two_pods_leaving_at_once_hand_everything_to_the_pod_that_stays() {
     assert_eq!(stored_jobs(&n0.data), 4);
     for (id, bytes) in jobs.iter().zip(&mp3s) {
         assert_eq!(state_of(&a0, &token, id).await, "done");
-        assert_eq!(&mp3(&a0, &token, id).await, bytes);
+        assert_eq!(&a0.mp3(&token, id).await, bytes);
     }
     let metrics = reqwest::get(n0.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(

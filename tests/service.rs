@@ -12,15 +12,6 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Seconds of audio in an MP3 per ffprobe (which honours the LAME tag's delay/padding).
-fn duration(path: &Path) -> f64 {
-    common::probe(path)["format"]["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn save(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -75,7 +66,7 @@ async fn login_upload_email_link_download_over_smtp() {
     );
     let mp3 = r.bytes().await.unwrap();
     let path = save(dir.path(), "link.mp3", &mp3);
-    let secs = duration(&path);
+    let secs = common::duration(&path);
     assert!((secs - 12.0).abs() < 0.05, "the MP3 lasts {secs} s, the input 12 s");
 
     // The same bytes through the seed's route and the v1 route; Range works.
@@ -200,7 +191,7 @@ async fn url_import_from_an_allow_listed_local_server() {
         .await
         .unwrap();
     let path = save(dir.path(), "import.mp3", &mp3);
-    assert!((duration(&path) - 7.0).abs() < 0.05);
+    assert!((common::duration(&path) - 7.0).abs() < 0.05);
     assert_eq!(common::probe(&path)["streams"][0]["bit_rate"], "128000");
     assert!(server.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     // One .eml per job (no SMTP configured).
@@ -639,7 +630,7 @@ async fn kill_9_during_conversions_then_restart_loses_and_duplicates_nothing() {
             .await
             .unwrap();
         let path = save(dir.path(), "out.mp3", &mp3);
-        assert!((duration(&path) - 90.0).abs() < 0.05);
+        assert!((common::duration(&path) - 90.0).abs() < 0.05);
     }
     let listed: Value = api
         .http

@@ -64,6 +64,26 @@ impl Api {
         r.json().await.unwrap()
     }
 
+    /// A done job's MP3 (`GET /v1/jobs/{id}/mp3`), which must answer 200.
+    pub async fn mp3(&self, token: &str, id: &str) -> Vec<u8> {
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/jobs/{id}/mp3")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        if status != StatusCode::OK {
+            panic!(
+                "MP3 of {id} through {}: {status} {}",
+                self.node_url,
+                r.text().await.unwrap_or_default()
+            );
+        }
+        r.bytes().await.unwrap().to_vec()
+    }
+
     pub async fn job(&self, token: &str, id: &str) -> reqwest::Response {
         self.http
             .get(self.url(&format!("/v1/jobs/{id}")))

@@ -23,6 +23,18 @@ pub fn dir() -> PathBuf {
     dir
 }
 
+/// Seconds of audio in a file per ffprobe (which honours an MP3's LAME delay/padding).
+pub fn duration(path: &Path) -> f64 {
+    probe(path)["format"]["duration"].as_str().unwrap().parse().unwrap()
+}
+
+/// Seconds of audio in MP3 `bytes` (written to `dir/check.mp3` for ffprobe).
+pub fn mp3_seconds(dir: &Path, bytes: &[u8]) -> f64 {
+    let path = dir.join("check.mp3");
+    std::fs::write(&path, bytes).unwrap();
+    duration(&path)
+}
+
 /// Runs ffmpeg with `args`, panicking with its stderr on failure.
 pub fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg")
