@@ -248,6 +248,32 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
         (login(&a).await.ok()?.status() == 200).then_some(())
     })
     .await;
+
+    // An Idempotency-Key holds across nodes: the retry that the load balancer sends to b
+    // gets a's job (200, its upload not kept), and the key is the user's own.
+    let (api_a, api_b) = (common::api::Api::new(&a), common::api::Api::new(&b));
+    let first = api_a.upload_as("/v1/jobs", &token, &input, Some("retry-1")).await;
+    assert_eq!(first.status(), reqwest::StatusCode::ACCEPTED);
+    let keyed = first.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert!(keyed.starts_with("node-a~"), "{keyed}");
+    let retry = api_b.upload_as("/v1/jobs", &token, &input, Some("retry-1")).await;
+    assert_eq!(retry.status(), reqwest::StatusCode::OK);
+    assert_eq!(retry.json::<Value>().await.unwrap()["id"], keyed.as_str());
+    let stale: Vec<_> = std::fs::read_dir(b.data.join("tmp")).unwrap().collect();
+    assert!(stale.is_empty(), "the retry's upload is not kept on b: {stale:?}");
+    let bob = api_b.login("bob@example.com", "bob-password").await;
+    let bobs = api_b.upload_as("/v1/jobs", &bob, &input, Some("retry-1")).await;
+    assert_eq!(bobs.status(), reqwest::StatusCode::ACCEPTED, "another user's key");
+    let bobs_id = bobs.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert!(bobs_id.starts_with("node-b~"), "{bobs_id}");
+    let mine = api_b.get_json(&token, "/v1/jobs").await;
+    let ids: Vec<&str> = mine["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [keyed.as_str(), id.as_str()], "one job per key");
     let port_c = free_port();
     let peers_c = format!("127.0.0.10:{port_c},{peers}");
     let c = start(dir.path(), "node-c", "127.0.0.10", port_c, &peers_c, &open).await;

@@ -81,6 +81,16 @@ pub enum RequestMsg {
         /// The job.
         reply: RpcReplyPort<Result<Job, JobError>>,
     },
+    /// The job `email` submitted with Idempotency-Key `key`, if this node has it (asked by
+    /// another node about to accept a retry).
+    Keyed {
+        /// The submitter.
+        email: String,
+        /// The key.
+        key: String,
+        /// The job, if here.
+        reply: RpcReplyPort<Result<Option<Job>, JobError>>,
+    },
     /// The caller's jobs (all jobs for an admin asking for them), newest first.
     List {
         /// The caller.
@@ -728,6 +738,10 @@ impl Actor for RequestActor {
             }
             RequestMsg::Get { id, who, reply } => {
                 let _ = reply.send(state.load(&id, Some(&who)).await);
+            }
+            RequestMsg::Keyed { email, key, reply } => {
+                let answer = state.db.run(move |s| s.keyed_job(&email, &key)).await;
+                let _ = reply.send(answer.map_err(JobError::from));
             }
             RequestMsg::List {
                 who,

@@ -106,6 +106,17 @@ pub struct JobAnswer {
     pub job: Option<JobView>,
 }
 
+/// Which job a user submitted with an Idempotency-Key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KeyQuery {
+    /// The submitter.
+    #[prost(string, tag = "1")]
+    pub email: String,
+    /// The key.
+    #[prost(string, tag = "2")]
+    pub key: String,
+}
+
 /// A page of jobs.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ListQuery {
@@ -156,6 +167,7 @@ pub struct ChunkAnswer {
 
 ractor_cluster::derive_serialization_for_prost_type! {JobQuery}
 ractor_cluster::derive_serialization_for_prost_type! {JobAnswer}
+ractor_cluster::derive_serialization_for_prost_type! {KeyQuery}
 ractor_cluster::derive_serialization_for_prost_type! {ListQuery}
 ractor_cluster::derive_serialization_for_prost_type! {ListAnswer}
 ractor_cluster::derive_serialization_for_prost_type! {ChunkAnswer}
@@ -172,6 +184,9 @@ pub enum JobsMsg {
     /// Jobs of a user (or all).
     #[rpc]
     List(ListQuery, RpcReplyPort<ListAnswer>),
+    /// The job a user submitted with an Idempotency-Key (`NOT_FOUND` if not on this node).
+    #[rpc]
+    Keyed(KeyQuery, RpcReplyPort<JobAnswer>),
     /// A chunk of a done job's MP3.
     #[rpc]
     Chunk(JobQuery, RpcReplyPort<ChunkAnswer>),
@@ -304,6 +319,13 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
                 (Some(id), Some(who)) => request(|reply| RequestMsg::Delete { id, who, reply }).await,
                 _ => Err(JobError::NotFound),
             };
+            let _ = reply.send(job_answer(result));
+        }
+        JobsMsg::Keyed(q, reply) => {
+            let (email, key) = (q.email, q.key);
+            let result = request(|reply| RequestMsg::Keyed { email, key, reply })
+                .await
+                .and_then(|job| job.map(Some).ok_or(JobError::NotFound));
             let _ = reply.send(job_answer(result));
         }
         JobsMsg::List(q, reply) => {

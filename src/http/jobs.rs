@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::route;
 use super::upload::{self, Upload};
 use super::{ApiError, AppState, Authed};
 use crate::actors::request::RequestMsg;
@@ -107,19 +108,37 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Hands a job (and its staged upload) to the request actor: `202` for a new job, `200`
-/// for an idempotent retry.
-pub(super) async fn submit(job: NewJob, staged: Option<std::path::PathBuf>) -> Result<Response, ApiError> {
-    let staged_copy = staged.clone();
-    let result = ask(
-        Role::Request,
-        |reply| RequestMsg::Submit { job, staged, reply },
-        CALL_TIMEOUT,
-    )
-    .await;
-    if let (Err(_), Some(path)) = (&result, staged_copy) {
-        let _ = tokio::fs::remove_file(path).await;
-    }
-    let (job, new) = result??;
+/// for an idempotent retry (whichever node holds the earlier job).
+pub(super) async fn submit(
+    state: &AppState,
+    job: NewJob,
+    staged: Option<std::path::PathBuf>,
+) -> Result<Response, ApiError> {
+    let earlier = match &job.idempotency_key {
+        Some(key) => route::keyed_elsewhere(state, &job.owner_email, key).await,
+        None => None,
+    };
+    let (job, new) = match earlier {
+        Some(earlier) => {
+            if let Some(path) = staged {
+                let _ = tokio::fs::remove_file(path).await;
+            }
+            (earlier, false)
+        }
+        None => {
+            let staged_copy = staged.clone();
+            let result = ask(
+                Role::Request,
+                |reply| RequestMsg::Submit { job, staged, reply },
+                CALL_TIMEOUT,
+            )
+            .await;
+            if let (Err(_), Some(path)) = (&result, staged_copy) {
+                let _ = tokio::fs::remove_file(path).await;
+            }
+            result??
+        }
+    };
     let status = if new { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((
         status,
@@ -155,7 +174,7 @@ pub(super) async fn submit_upload(
         vbr_quality: vbr,
         idempotency_key: key,
     };
-    submit(job, Some(upload.path)).await
+    submit(state, job, Some(upload.path)).await
 }
 
 #[derive(Deserialize)]
@@ -212,7 +231,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
             vbr_quality: vbr,
             idempotency_key: key,
         };
-        submit(job, None).await
+        submit(&state, job, None).await
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -196,6 +196,35 @@ pub(super) async fn delete(state: &AppState, id: JobId, who: Principal) -> Resul
     .await
 }
 
+/// The job `email` submitted with Idempotency-Key `key` on another node, if one of the
+/// connected nodes has it: a retry that the load balancer sends to another pod (or that
+/// follows a job handed over on scale-down) gets the same job. Best effort: a node that
+/// cannot answer now is skipped, and two retries racing on two nodes may both be accepted.
+pub(super) async fn keyed_elsewhere(state: &AppState, email: &str, key: &str) -> Option<Job> {
+    // A standalone node has nobody to ask.
+    state.config.cluster.as_ref()?;
+    let owners = jobs::other_owners(&state.config.node_name);
+    let asks = owners.iter().map(|owner| {
+        let q = jobs::KeyQuery {
+            email: email.to_string(),
+            key: key.to_string(),
+        };
+        jobs::call(owner, |reply| JobsMsg::Keyed(q, reply))
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut found = None;
+    for (owner, answer) in owners.iter().zip(answers) {
+        match answer.map_err(ApiError::from).and_then(remote_job) {
+            Ok(job) => found = found.or(job),
+            Err(e) if e.code == "not_found" => {}
+            Err(e) => {
+                tracing::warn!(node = %owner, error = %e.message, "could not ask that node for an idempotency key")
+            }
+        }
+    }
+    found
+}
+
 /// The caller's jobs from every reachable node, newest first.
 pub(super) async fn list(
     state: &AppState,

@@ -253,23 +253,26 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<std::result::Result<Job, Stor
     }))
 }
 
+fn keyed_job(conn: &rusqlite::Connection, owner: &str, key: &str) -> Result<Option<Job>> {
+    conn.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_email = ?1 AND idempotency_key = ?2"),
+        params![owner, key],
+        job_from_row,
+    )
+    .optional()?
+    .transpose()
+}
+
 impl Store {
     /// Stores a new job as `queued`. With an idempotency key already used by the same user,
     /// stores nothing and returns the earlier job (`false` says it is not new).
     pub fn insert_job(&mut self, job: &NewJob) -> Result<(Job, bool)> {
         let now = now_ms();
         self.write(|tx| {
-            if let Some(key) = &job.idempotency_key {
-                let earlier = tx
-                    .query_row(
-                        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_email = ?1 AND idempotency_key = ?2"),
-                        params![job.owner_email, key],
-                        job_from_row,
-                    )
-                    .optional()?;
-                if let Some(earlier) = earlier {
-                    return Ok((earlier?, false));
-                }
+            if let Some(key) = &job.idempotency_key
+                && let Some(earlier) = keyed_job(tx, &job.owner_email, key)?
+            {
+                return Ok((earlier, false));
             }
             let (kind, url) = match &job.source {
                 Source::Upload => ("upload", None),
@@ -294,6 +297,11 @@ impl Store {
             let stored = stored_job(tx, &job.id)?;
             Ok((stored, true))
         })
+    }
+
+    /// The job `owner` submitted with Idempotency-Key `key`, if stored here.
+    pub fn keyed_job(&self, owner: &str, key: &str) -> Result<Option<Job>> {
+        keyed_job(&self.conn, owner, key)
     }
 
     /// The job with this id, if stored here.
@@ -672,6 +680,11 @@ mod tests {
         assert_eq!(store.list_jobs(Some("b@example.com"), 10, 0).unwrap().len(), 0);
         assert_eq!(store.job(&first.id).unwrap().map(|j| j.id), Some(first.id.clone()));
         assert_eq!(store.job(&JobId::new("node-0")).unwrap(), None);
+        // Other nodes ask by key: the submitter's own key only.
+        let keyed = store.keyed_job("a@example.com", "k1").unwrap().map(|j| j.id);
+        assert_eq!(keyed, Some(first.id.clone()));
+        assert_eq!(store.keyed_job("b@example.com", "k1").unwrap(), None);
+        assert_eq!(store.keyed_job("a@example.com", "k3").unwrap(), None);
     }
 
     #[test]
