@@ -14,6 +14,7 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use ractor::RpcReplyPort;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -151,48 +152,57 @@ fn remote_job(answer: jobs::JobAnswer) -> Result<Option<Job>, ApiError> {
     }
 }
 
-/// A job's status, from wherever it lives.
-pub(super) async fn get(state: &AppState, id: JobId, who: Principal) -> Result<Job, ApiError> {
-    at_owner(state, &id, |at| {
-        let (id, who) = (id.clone(), who.clone());
-        async move {
-            match at {
-                At::Node(owner) => {
-                    let q = query(&id, Some(&who), 0);
-                    let answer = jobs::call(&owner, |reply| JobsMsg::Get(q, reply))
-                        .await
-                        .map_err(unreachable)?;
-                    remote_job(answer)?.ok_or_else(ApiError::not_found)
-                }
-                At::Here => Ok(ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT).await??),
+/// Runs a caller's operation on job `id` where it lives: `remote` on the jobs actor of
+/// the node that has it (its answer read by `found`), `local` on this node's request actor.
+async fn on_job<T: Send + 'static>(
+    state: &AppState,
+    id: &JobId,
+    who: &Principal,
+    remote: fn(JobQuery, RpcReplyPort<jobs::JobAnswer>) -> JobsMsg,
+    local: fn(JobId, Principal, RpcReplyPort<Result<T, JobError>>) -> RequestMsg,
+    found: fn(Option<Job>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    at_owner(state, id, |at| async move {
+        match at {
+            At::Node(owner) => {
+                let q = query(id, Some(who), 0);
+                let answer = jobs::call(&owner, |reply| remote(q, reply))
+                    .await
+                    .map_err(unreachable)?;
+                found(remote_job(answer)?)
+            }
+            At::Here => {
+                let (id, who) = (id.clone(), who.clone());
+                Ok(ask(Role::Request, |reply| local(id, who, reply), CALL_TIMEOUT).await??)
             }
         }
     })
     .await
 }
 
-/// Cancels or deletes a job, wherever it lives.
+/// A job's status, from wherever it lives.
+pub(super) async fn get(state: &AppState, id: JobId, who: Principal) -> Result<Job, ApiError> {
+    on_job(
+        state,
+        &id,
+        &who,
+        JobsMsg::Get,
+        |id, who, reply| RequestMsg::Get { id, who, reply },
+        |job| job.ok_or_else(ApiError::not_found),
+    )
+    .await
+}
+
+/// Cancels or deletes a job, wherever it lives: the canceled job, or `None` once deleted.
 pub(super) async fn delete(state: &AppState, id: JobId, who: Principal) -> Result<Option<Job>, ApiError> {
-    at_owner(state, &id, |at| {
-        let (id, who) = (id.clone(), who.clone());
-        async move {
-            match at {
-                At::Node(owner) => {
-                    let q = query(&id, Some(&who), 0);
-                    let answer = jobs::call(&owner, |reply| JobsMsg::Delete(q, reply))
-                        .await
-                        .map_err(unreachable)?;
-                    remote_job(answer)
-                }
-                At::Here => Ok(ask(
-                    Role::Request,
-                    |reply| RequestMsg::Delete { id, who, reply },
-                    CALL_TIMEOUT,
-                )
-                .await??),
-            }
-        }
-    })
+    on_job(
+        state,
+        &id,
+        &who,
+        JobsMsg::Delete,
+        |id, who, reply| RequestMsg::Delete { id, who, reply },
+        Ok,
+    )
     .await
 }
 
