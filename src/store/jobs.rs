@@ -509,14 +509,7 @@ impl Store {
                 return Ok(None);
             }
             let key = match &h.idempotency_key {
-                Some(key) => {
-                    let taken: bool = tx.query_row(
-                        "SELECT COUNT(*) > 0 FROM jobs WHERE owner_email = ?1 AND idempotency_key = ?2",
-                        params![job.owner_email, key],
-                        |r| r.get(0),
-                    )?;
-                    (!taken).then_some(key.as_str())
-                }
+                Some(key) => keyed_job(tx, &job.owner_email, key)?.is_none().then_some(key.as_str()),
                 None => None,
             };
             let (state, progress) = if job.state.is_final() {
