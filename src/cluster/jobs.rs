@@ -325,7 +325,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
             let (email, key) = (q.email, q.key);
             let result = request(|reply| RequestMsg::Keyed { email, key, reply })
                 .await
-                .and_then(|job| job.map(Some).ok_or(JobError::NotFound));
+                .and_then(|job| job.ok_or(JobError::NotFound).map(Some));
             let _ = reply.send(job_answer(result));
         }
         JobsMsg::List(q, reply) => {
@@ -334,24 +334,20 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
                 admin: q.admin,
             };
             let (all, limit) = (q.all, q.limit);
-            let result = ask(
-                Role::Request,
-                |reply| RequestMsg::List {
-                    who,
-                    all,
-                    limit,
-                    offset: 0,
-                    reply,
-                },
-                CALL_TIMEOUT,
-            )
+            let result = request(|reply| RequestMsg::List {
+                who,
+                all,
+                limit,
+                offset: 0,
+                reply,
+            })
             .await;
             let answer = match result {
-                Ok(Ok(jobs)) => ListAnswer {
+                Ok(jobs) => ListAnswer {
                     status: status::OK,
                     jobs: jobs.iter().map(JobView::from).collect(),
                 },
-                _ => ListAnswer {
+                Err(_) => ListAnswer {
                     status: status::ERROR,
                     jobs: Vec::new(),
                 },
