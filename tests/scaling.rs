@@ -172,14 +172,7 @@ async fn scale_down_hands_every_job_over_and_a_plain_restart_does_not() {
     let c = a2.upload(&token, &short).await["id"].as_str().unwrap().to_string();
     let hold = Arc::new(AtomicBool::new(true));
     let url = held_server(std::fs::read(&short).unwrap(), hold.clone()).await;
-    let r = a2
-        .http
-        .post(a2.url("/v1/jobs"))
-        .bearer_auth(&token)
-        .json(&json!({ "url": url }))
-        .send()
-        .await
-        .unwrap();
+    let r = a2.import(&token, &url).await;
     assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
     let b = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -221,14 +221,7 @@ async fn ssrf_targets_are_refused_before_any_connection() {
         format!("http://0x7f000001:{port}/a.mp4"),
         format!("http://2130706433:{port}/a.mp4"),
     ] {
-        let r = api
-            .http
-            .post(api.url("/v1/jobs"))
-            .bearer_auth(&token)
-            .json(&json!({"url": url}))
-            .send()
-            .await
-            .unwrap();
+        let r = api.import(&token, &url).await;
         assert_eq!(
             Api::error_code(r).await,
             (StatusCode::UNPROCESSABLE_ENTITY, "forbidden_url".into()),
@@ -240,14 +233,7 @@ async fn ssrf_targets_are_refused_before_any_connection() {
         "file:///etc/passwd",
         "http://user:pw@127.0.0.2/",
     ] {
-        let r = api
-            .http
-            .post(api.url("/v1/jobs"))
-            .bearer_auth(&token)
-            .json(&json!({"url": url}))
-            .send()
-            .await
-            .unwrap();
+        let r = api.import(&token, url).await;
         assert_eq!(
             Api::error_code(r).await,
             (StatusCode::BAD_REQUEST, "invalid_url".into()),
@@ -256,14 +242,7 @@ async fn ssrf_targets_are_refused_before_any_connection() {
     }
     // The redirect is followed only after its target is checked: the job fails.
     let url = format!("http://{}/r", redirector.addr);
-    let r = api
-        .http
-        .post(api.url("/v1/jobs"))
-        .bearer_auth(&token)
-        .json(&json!({"url": url}))
-        .send()
-        .await
-        .unwrap();
+    let r = api.import(&token, &url).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let job: Value = r.json().await.unwrap();
     let failed = api.finished(&token, job["id"].as_str().unwrap()).await;

@@ -51,6 +51,13 @@ impl Api {
         req.send().await.unwrap()
     }
 
+    /// `POST /v1/jobs` of a URL import, with the token in the header.
+    pub async fn import(&self, token: &str, url: &str) -> reqwest::Response {
+        let body = serde_json::json!({ "url": url });
+        let req = self.http.post(self.url("/v1/jobs")).bearer_auth(token).json(&body);
+        req.send().await.unwrap()
+    }
+
     pub async fn upload(&self, token: &str, file: &Path) -> Value {
         let r = self.upload_as("/upload", token, file, None).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
