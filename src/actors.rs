@@ -1,19 +1,41 @@
-//! The node's actors (ractor), one file each, and how the rest of the code reaches them.
+//! The node's actors (ractor), one file or folder per role, and how the rest of the code
+//! reaches them. Each role's folder holds its actor and its face to other nodes side by
+//! side; `cluster/` is the mesh underneath and knows no role.
 //!
 //! ```text
-//! node supervisor (supervisor.rs)   restarts any child that stops or fails
-//! ├── auth       users, argon2 checks off the runtime, JWT issue/verify, login throttle
-//! ├── request    job intake, persistence, scheduling, fetching, fencing of results
-//! ├── converter  a pool of conversion slots; CPU work on blocking threads
-//! ├── notifier   transactional outbox → SMTP or .eml files, with retries
-//! └── gateway    owns the axum server; its handlers call the others by role
+//! node supervisor (supervisor.rs)     restarts any child that stops or fails
+//! ├── auth       auth.rs              users, argon2 checks off the runtime, JWT, login throttle
+//! ├── request    request.rs           job intake, persistence, fetching, fencing of results
+//! │                request/dispatch.rs    where conversions run: placement bookkeeping, leases
+//! ├── converter  converter.rs         a pool of conversion slots; CPU work on blocking threads
+//! ├── notifier   notifier.rs          transactional outbox → SMTP or .eml files, with retries
+//! ├── gateway    gateway.rs           owns the axum server; its handlers call the others by role
+//! └── cluster    ../cluster/mesh.rs   (with --cluster-listen) sessions, dialling, heartbeats,
+//!     │                               fencing, discovery; publishes members to whoever asks
+//!     ├── probe  ../cluster/probe.rs  answers heartbeats from the roles' published facts
+//!     └── faces, one per role that other nodes call (started under the mesh, found by pg):
+//!         ├── jobs.v1:<node>   request/jobs.rs        status, list, cancel, MP3 chunks,
+//!         │                                           placed results, handed-over jobs
+//!         ├── placement.v1     converter/host.rs      runs other nodes' conversions here
+//!         └── users.v1         auth/replication.rs    user replication (last writer wins)
+//! ```
+//!
+//! Across nodes (versioned process groups; messages are protobuf, see each face):
+//!
+//! ```text
+//! owner's request ──Offer/Input (request/placement.rs)──▶ host (converter/host.rs) ──▶ its converter
+//! owner's jobs    ◀──Progress/Result────────────────────── host
+//! any gateway     ──Get/List/Delete/Chunk/Keyed (http/route.rs)──▶ owner's jobs ──▶ owner's request
+//! leaving request ──HandoffPiece/Adopt (request/handoff.rs)──▶ staying node's jobs ──▶ its request
+//! auth's users    ◀──UserBatch──▶ every peer's users
+//! every mesh      ──Status (heartbeat)──▶ every peer's probe
 //! ```
 //!
 //! Actors find each other by [`Role`] name in ractor's registry at each call, never by a
-//! stored reference, so a restarted actor is found again at once.
+//! stored reference, so a restarted actor is found again at once. Faces join process
+//! groups and have no registry name (see [`crate::cluster`] on why).
 
 pub mod auth;
-pub mod cluster;
 pub mod converter;
 pub mod gateway;
 pub mod notifier;

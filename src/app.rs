@@ -5,7 +5,7 @@
 //! let running conversions finish within the grace period (what does not finish stays
 //! `converting` in SQLite and resumes at the next start), or, when the StatefulSet was
 //! scaled down below this pod's ordinal, hand every job over to the staying nodes
-//! (`cluster/handoff.rs`) → stop the supervisor and its actors.
+//! (`actors/request/handoff.rs`) → stop the supervisor and its actors.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +13,12 @@ use std::time::Duration;
 use anyhow::Context;
 use ractor::Actor;
 
+use crate::actors::converter::host::{self, HostMsg};
 use crate::actors::gateway::GatewayMsg;
-use crate::actors::request::RequestMsg;
+use crate::actors::request::{RequestMsg, handoff};
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{Role, ask};
 use crate::auth::{normalize_email, password};
-use crate::cluster::handoff;
-use crate::cluster::placement::{self, HostMsg};
 use crate::config::Config;
 use crate::store::{Files, Store};
 
@@ -50,7 +49,7 @@ pub async fn run(
         _ = &mut tree => anyhow::bail!("the node's supervisor stopped; see the errors above"),
     }
     let _ = supervisor.cast(SupervisorMsg::ShuttingDown);
-    placement::tell_host(HostMsg::Stop);
+    host::tell_host(HostMsg::Stop);
     if let Err(e) = ask(
         Role::Gateway,
         |reply| GatewayMsg::StopAccepting { reply },

@@ -1,5 +1,8 @@
-//! The actor cluster: ractor_cluster sessions between nodes, static discovery, and our own
-//! failure detection (ractor_cluster has none; see `../shared/CLUSTER-NOTES.md`).
+//! The mesh: ractor_cluster sessions between nodes, static and kube discovery, TLS, and our
+//! own failure detection (ractor_cluster has none; see `../shared/CLUSTER-NOTES.md`). It
+//! imports no role: the roles' faces to other nodes live beside their actors (see
+//! [`crate::actors`]) and are handed to the mesh to start ([`mesh::Face`]); what the mesh
+//! reports about a role (free converter slots) the role publishes ([`probe::Facts`]).
 //!
 //! Each process incarnation joins under its own name (`<stable name>.<nonce>`), so a
 //! restarted pod is a new peer while its jobs stay keyed by the stable name. Peers are
@@ -11,23 +14,16 @@
 //! `jobs.v1:<node>`, `placement.v1`) and are spawned **without a registry name**: ractor
 //! 0.16.5 gives a peer's stub of a named actor that name, and when the session ends the
 //! stub's stop unregisters the name here, which would hide our own actor of that name.
-//!
-//! Roles across nodes: ractor_cluster syncs a process group only for actors whose messages
-//! serialize, so the five role actors (local messages, found by registry name) stay
-//! node-local. Each role other nodes call has a versioned, serializable face in `pg`:
-//! request → `jobs.v1:<node>` (status, cancel, list, MP3 chunks, placed results),
-//! converter → `placement.v1` and `placement.v1:<node>` (offers, input), auth → `users.v1`
-//! (replication), plus `probe.v1` for heartbeats and each node's status and running roles.
-//! Leaving these groups reaches the actors that care as `ProcessGroupChanged` events: the
-//! request actor re-places the jobs whose host left `placement.v1`.
+//! ractor_cluster syncs a process group only for actors whose messages serialize, so the
+//! role actors themselves (local messages, found by registry name) stay node-local. Leaving
+//! a group reaches the actors that monitor it as `ProcessGroupChanged` events: the request
+//! actor re-places the jobs whose host left `placement.v1`.
 
-pub mod handoff;
-pub mod jobs;
 pub mod kube;
-pub mod placement;
+pub mod mesh;
+pub mod pieces;
 pub mod probe;
 pub mod tls;
-pub mod users;
 
 use std::time::Duration;
 

@@ -28,6 +28,7 @@ pub use error::ApiError;
 use crate::actors::auth::AuthMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
+use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 
@@ -42,11 +43,13 @@ pub struct AppState {
     pub stopping: Arc<AtomicBool>,
     /// Jobs found on another node than the one their id names (handed over on scale-down).
     pub moved: route::Moved,
+    /// What this node's roles publish (its status in `/v1/cluster`).
+    pub facts: Facts,
 }
 
 impl AppState {
     /// The state for `config`.
-    pub fn new(config: Arc<Config>, stopping: Arc<AtomicBool>) -> Self {
+    pub fn new(config: Arc<Config>, stopping: Arc<AtomicBool>, facts: Facts) -> Self {
         let fetcher = Fetcher::new(
             config.fetch_allow_hosts.clone(),
             config.max_upload_bytes,
@@ -58,6 +61,7 @@ impl AppState {
             fetcher,
             stopping,
             moved: route::Moved::default(),
+            facts,
         }
     }
 }

@@ -17,6 +17,8 @@ use crate::auth::{Principal, normalize_email, password};
 use crate::config::Config;
 use crate::store::{Db, StoreError};
 
+pub mod replication;
+
 /// Why an auth request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use self::host::{HostMsg, tell_host};
 use super::Role;
 use super::request::RequestMsg;
-use crate::cluster::placement::{self, HostMsg, tell_host};
+use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::convert::{self, ConvertOptions, Hooks};
 use crate::store::JobId;
+
+pub mod host;
 
 /// Progress is reported at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -58,7 +61,7 @@ impl ConvertTask {
                 super::tell(Role::Request, RequestMsg::Progress { id, attempt, fraction });
             }
             ReportTo::Host => {
-                tell_host(HostMsg::Progress(placement::Progress {
+                tell_host(HostMsg::Progress(host::Progress {
                     job_id: id.to_string(),
                     attempt,
                     fraction,
@@ -73,13 +76,13 @@ impl ConvertTask {
             ReportTo::Request => super::tell(Role::Request, RequestMsg::Converted { id, attempt, outcome }),
             ReportTo::Host => {
                 let (error_code, error_message) = outcome.err().unwrap_or_default();
-                tell_host(HostMsg::Done(placement::Piece {
+                tell_host(HostMsg::Done(host::Piece {
                     job_id: id.to_string(),
                     attempt,
                     last: true,
                     error_code,
                     error_message,
-                    ..placement::Piece::default()
+                    ..host::Piece::default()
                 }))
             }
         }
@@ -124,22 +127,42 @@ pub struct ConverterActor;
 pub struct ConverterState {
     slots: usize,
     running: HashMap<JobId, Arc<AtomicBool>>,
+    /// Where busy/total slots are published for the mesh's probe.
+    facts: Facts,
+}
+
+impl ConverterState {
+    fn publish(&self) {
+        self.facts.publish_slots((self.running.len(), self.slots));
+    }
 }
 
 impl Actor for ConverterActor {
     type Msg = ConverterMsg;
     type State = ConverterState;
-    type Arguments = Arc<Config>;
+    type Arguments = (Arc<Config>, Facts);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<ConverterMsg>,
-        config: Arc<Config>,
+        (config, facts): (Arc<Config>, Facts),
     ) -> Result<ConverterState, ActorProcessingErr> {
-        Ok(ConverterState {
+        let state = ConverterState {
             slots: config.converter_slots,
             running: HashMap::new(),
-        })
+            facts,
+        };
+        state.publish();
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConverterMsg>,
+        state: &mut ConverterState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.facts.publish_slots((0, 0));
+        Ok(())
     }
 
     async fn handle(
@@ -156,6 +179,7 @@ impl Actor for ConverterActor {
                 }
                 let cancel = Arc::new(AtomicBool::new(false));
                 state.running.insert(task.id.clone(), cancel.clone());
+                state.publish();
                 let _ = reply.send(true);
                 tokio::task::spawn_blocking(move || {
                     let id = task.id.clone();
@@ -183,6 +207,7 @@ impl Actor for ConverterActor {
             }
             ConverterMsg::Finished { id } => {
                 state.running.remove(&id);
+                state.publish();
                 super::tell(Role::Request, RequestMsg::Dispatch);
             }
             ConverterMsg::Status { reply } => {

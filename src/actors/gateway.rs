@@ -12,6 +12,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::http::{self, AppState};
 
@@ -35,6 +36,8 @@ pub struct GatewayArgs {
     pub config: Arc<Config>,
     /// The bound HTTP socket (a clone per incarnation).
     pub listener: std::net::TcpListener,
+    /// What this node's roles publish (for `/v1/cluster`).
+    pub facts: Facts,
 }
 
 /// The gateway actor.
@@ -60,7 +63,7 @@ impl Actor for GatewayActor {
         args.listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(args.listener)?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let app = http::router(AppState::new(args.config, stopping.clone()));
+        let app = http::router(AppState::new(args.config, stopping.clone(), args.facts));
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone().cancelled_owned();
         let server = tokio::spawn(async move {

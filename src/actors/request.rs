@@ -12,17 +12,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::pg::GroupChangeMessage;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::cluster::ClusterMsg;
-use super::converter::{self, ConvertTask, ConverterMsg, Outcome, ReportTo};
+use self::dispatch::{Placement, stop};
+use self::placement::PlaceError;
+use super::converter::{Outcome, host};
 use super::notifier::NotifierMsg;
-use super::{CALL_TIMEOUT, Role, ask, tell};
+use super::{Role, tell};
 use crate::auth::Principal;
-use crate::cluster::placement::{self, PlaceError};
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
-use crate::store::{Db, Files, Handover, Job, JobId, JobState, MailState, NewJob, Source, StoreError};
+use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Source, StoreError};
+
+mod dispatch;
+pub mod handoff;
+pub mod jobs;
+pub mod placement;
 
 /// How often queued work is re-checked even without a wake-up.
 const DISPATCH_EVERY: Duration = Duration::from_secs(2);
@@ -248,95 +253,7 @@ pub struct RequestState {
     released: bool,
 }
 
-/// Where a conversion runs.
-struct Placement {
-    /// Its fencing token.
-    attempt: i64,
-    /// `None`: on this node.
-    remote: Option<Remote>,
-}
-
-/// A conversion on another node.
-struct Remote {
-    /// The node's stable name.
-    node: String,
-    /// Its host actor (its leaving the group means the node is gone).
-    host: Option<ActorId>,
-    /// Last heard of (progress); the lease.
-    heard: Instant,
-    /// The MP4 is there and converting (the lease runs from then).
-    started: bool,
-}
-
-/// Stops a placed conversion: withdrawn from its host, or canceled on this node.
-fn stop(id: JobId, placed: Placement) {
-    match placed.remote {
-        Some(remote) => placement::withdraw(&remote.node, &id, placed.attempt),
-        None => {
-            tell(Role::Converter, ConverterMsg::Cancel { id });
-        }
-    }
-}
-
 impl RequestState {
-    fn current(&self, id: &JobId, attempt: i64) -> bool {
-        self.running.get(id).is_some_and(|p| p.attempt == attempt)
-    }
-
-    fn current_remote(&self, id: &JobId, attempt: i64) -> bool {
-        self.running
-            .get(id)
-            .is_some_and(|p| p.attempt == attempt && p.remote.is_some())
-    }
-
-    /// Takes a placement back and queues the job again (its next start bumps the attempt,
-    /// which fences the old placement).
-    fn replace(&mut self, id: &JobId, why: &str) {
-        let Some(placement) = self.running.remove(id) else {
-            return;
-        };
-        if let Some(remote) = &placement.remote {
-            tracing::warn!(job_id = %id, attempt = placement.attempt, node = %remote.node, why, "placing the job again");
-            placement::withdraw(&remote.node, id, placement.attempt);
-        }
-        self.queue.push_front(id.clone());
-    }
-
-    /// Free slots on other nodes, most first; empty on a single node.
-    async fn remote_free(&self) -> Vec<(String, usize)> {
-        if self.config.cluster.is_none() {
-            return Vec::new();
-        }
-        let Ok(members) = ask(
-            Role::Cluster,
-            |reply| ClusterMsg::Members { reply },
-            Duration::from_secs(2),
-        )
-        .await
-        else {
-            return Vec::new();
-        };
-        let now = Instant::now();
-        members
-            .into_iter()
-            .filter(|m| m.state == "up" && self.busy_until.get(&m.node).is_none_or(|t| *t <= now))
-            .filter_map(|m| {
-                let status = m.status?;
-                // Offers in flight are not in the node's last heartbeat yet.
-                let offered = self
-                    .running
-                    .values()
-                    .filter(|p| p.remote.as_ref().is_some_and(|r| r.node == m.node && !r.started))
-                    .count();
-                let mut free = (status.total_slots as usize).saturating_sub(status.busy_slots as usize + offered);
-                if self.freed.contains(&m.node) {
-                    free = free.max(1);
-                }
-                (free > 0 && placement::host_actor(&m.node).is_some()).then_some((m.node, free))
-            })
-            .collect()
-    }
-
     fn visible(job: &Job, who: &Principal) -> bool {
         who.admin || job.owner_email.eq_ignore_ascii_case(&who.email)
     }
@@ -370,74 +287,6 @@ impl RequestState {
         Ok(())
     }
 
-    /// Stops all work for a scale-down handoff and lists every job.
-    async fn release(&mut self) -> Result<Vec<Handover>, JobError> {
-        self.released = true;
-        self.draining.get_or_insert_with(Vec::new);
-        self.queue.clear();
-        for (_, (_, task)) in self.fetching.drain() {
-            task.abort();
-        }
-        for (id, placed) in self.running.drain() {
-            stop(id, placed);
-        }
-        self.drained();
-        Ok(self.db.run(|s| s.handovers()).await?)
-    }
-
-    /// Takes over a job another node hands over: its files into place, then its row.
-    async fn adopt(
-        &mut self,
-        myself: &ActorRef<RequestMsg>,
-        handover: Handover,
-        input: Option<PathBuf>,
-        mp3: Option<PathBuf>,
-    ) -> Result<bool, JobError> {
-        let staged: Vec<PathBuf> = input.iter().chain(mp3.iter()).cloned().collect();
-        let (files, mail) = (self.files.clone(), handover.mail);
-        let taken = if self.draining.is_some() {
-            Err(JobError::Draining)
-        } else {
-            self.db
-                .run(move |s| {
-                    let id = &handover.job.id;
-                    if s.job(id)?.is_some() {
-                        return Ok(None);
-                    }
-                    let placed = input
-                        .as_ref()
-                        .map_or(Ok(()), |p| files.adopt_input(id, p))
-                        .and_then(|()| mp3.as_ref().map_or(Ok(()), |p| files.adopt_output(id, p)));
-                    if let Err(e) = placed {
-                        let _ = files.remove_job(id);
-                        return Err(StoreError::Worker(format!("cannot store its files: {e}")));
-                    }
-                    s.adopt(&handover)
-                })
-                .await
-                .map_err(JobError::from)
-        };
-        let job = match taken {
-            Ok(Some(job)) => job,
-            refused => {
-                // Not taken (already here, draining, or failed): its staged files go.
-                for path in &staged {
-                    let _ = tokio::fs::remove_file(path).await;
-                }
-                return refused.map(|_| false);
-            }
-        };
-        tracing::info!(job_id = %job.id, state = %job.state, "took over a job from a leaving node");
-        crate::metrics::adopted();
-        if !job.state.is_final() {
-            self.resume(myself, &job).await?;
-        }
-        if mail == MailState::Pending {
-            tell(Role::Notifier, NotifierMsg::Wake);
-        }
-        Ok(true)
-    }
-
     fn start_fetch(&mut self, myself: &ActorRef<RequestMsg>, job: &Job) {
         let Source::Url(url) = &job.source else { return };
         let (id, url, fetcher, files) = (job.id.clone(), url.clone(), self.fetcher.clone(), self.files.clone());
@@ -458,115 +307,6 @@ impl RequestState {
             let _ = me.send_message(RequestMsg::Fetched { id, result });
         });
         self.fetching.insert(job.id.clone(), (job.attempt, task.abort_handle()));
-    }
-
-    /// Places queued jobs: each on the converter with the most free slots in the cluster,
-    /// this node's winning ties.
-    async fn dispatch(&mut self, myself: &ActorRef<RequestMsg>) -> Result<(), ActorProcessingErr> {
-        self.expire_leases();
-        if self.draining.is_some() || self.queue.is_empty() {
-            return Ok(());
-        }
-        let status = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await;
-        // The converter may be restarting: then only other nodes take work.
-        let mut local = status.map_or(0, |(busy, total)| total.saturating_sub(busy));
-        let mut remote = self.remote_free().await;
-        self.freed.clear();
-        while !self.queue.is_empty() {
-            let best = remote
-                .iter_mut()
-                .filter(|(_, free)| *free > 0)
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
-            let target = match best {
-                Some((node, free)) if *free > local => {
-                    *free -= 1;
-                    Some(node.clone())
-                }
-                _ if local > 0 => {
-                    local -= 1;
-                    None
-                }
-                _ => break,
-            };
-            let Some(id) = self.queue.pop_front() else { break };
-            let key = id.clone();
-            let attempt = match self.db.run(move |s| s.start(&key, JobState::Converting)).await {
-                Ok(attempt) => attempt,
-                Err(StoreError::Conflict { .. }) => continue, // canceled meanwhile
-                Err(e) => {
-                    self.queue.push_front(id);
-                    return Err(e.into());
-                }
-            };
-            let key = id.clone();
-            let job = self.db.run(move |s| s.job(&key)).await?;
-            let Some(job) = job else { continue };
-            if let Some(node) = target {
-                self.place_remote(myself, &job, attempt, node);
-                continue;
-            }
-            let task = ConvertTask {
-                id: id.clone(),
-                attempt,
-                input: self.files.input(&id),
-                output: self.files.output(&id),
-                options: self.config.convert_options(job.bitrate_kbps, job.vbr_quality),
-                report: ReportTo::Request,
-            };
-            if !converter::start(task).await {
-                self.queue.push_front(id);
-                break;
-            }
-            tracing::info!(job_id = %id, attempt, "conversion placed on this node");
-            self.running.insert(id, Placement { attempt, remote: None });
-        }
-        Ok(())
-    }
-
-    /// Starts streaming `job` to `node`; the task reports back with `Placed`.
-    fn place_remote(&mut self, myself: &ActorRef<RequestMsg>, job: &Job, attempt: i64, node: String) {
-        let host = placement::host_actor(&node).map(|c| c.get_id());
-        self.running.insert(
-            job.id.clone(),
-            Placement {
-                attempt,
-                remote: Some(Remote {
-                    node: node.clone(),
-                    host,
-                    heard: Instant::now(),
-                    started: false,
-                }),
-            },
-        );
-        let (id, input, me) = (job.id.clone(), self.files.input(&job.id), myself.clone());
-        let (bitrate, vbr) = (job.bitrate_kbps, job.vbr_quality);
-        let owner = self.config.node_name.clone();
-        tokio::spawn(async move {
-            let result = placement::place(&node, &owner, &id, attempt, &input, bitrate, vbr).await;
-            let _ = me.send_message(RequestMsg::Placed {
-                id,
-                attempt,
-                node,
-                result,
-            });
-        });
-    }
-
-    /// Re-places remote conversions not heard of for a [`placement::LEASE`].
-    fn expire_leases(&mut self) {
-        let expired: Vec<JobId> = self
-            .running
-            .iter()
-            .filter(|(_, p)| {
-                p.remote
-                    .as_ref()
-                    .is_some_and(|r| r.started && r.heard.elapsed() > placement::LEASE)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            self.replace(&id, "lease expired");
-        }
     }
 
     /// Records how a conversion ended (from this node's converter or another node's).
@@ -669,7 +409,7 @@ impl Actor for RequestActor {
             tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
         }
         // Another node's converter leaving (its node died or was fenced) re-places its jobs.
-        ractor::pg::monitor(placement::GROUP.to_string(), myself.get_cell());
+        ractor::pg::monitor(host::GROUP.to_string(), myself.get_cell());
         myself.send_interval(DISPATCH_EVERY, || RequestMsg::Dispatch);
         myself.send_message(RequestMsg::Dispatch)?;
         Ok(state)
@@ -932,27 +672,9 @@ impl Actor for RequestActor {
         let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, cells)) = event else {
             return Ok(());
         };
-        if group != placement::GROUP {
+        if group != host::GROUP {
             return Ok(());
         }
-        let gone: Vec<ActorId> = cells.iter().map(ActorCell::get_id).collect();
-        let lost: Vec<JobId> = state
-            .running
-            .iter()
-            .filter(|(_, p)| {
-                p.remote
-                    .as_ref()
-                    .and_then(|r| r.host)
-                    .is_some_and(|host| gone.contains(&host))
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &lost {
-            state.replace(id, "its node left the cluster");
-        }
-        if !lost.is_empty() {
-            state.dispatch(&myself).await?;
-        }
-        Ok(())
+        state.hosts_left(&myself, &cells).await
     }
 }

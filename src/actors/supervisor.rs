@@ -3,6 +3,8 @@
 //! ```text
 //! node supervisor
 //! ├── auth  ├── request  ├── converter  ├── notifier  └── gateway
+//! └── cluster (with --cluster-listen; cluster/mesh.rs)
+//!     └── the roles' faces: jobs.v1 (request), users.v1 (auth), placement.v1 (converter)
 //! ```
 //!
 //! A child that dies is restarted under the same registry name (retrying while the old
@@ -18,11 +20,15 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::Role;
 use super::auth::AuthActor;
-use super::cluster::ClusterActor;
+use super::auth::replication::UsersActor;
 use super::converter::ConverterActor;
+use super::converter::host::HostActor;
 use super::gateway::{GatewayActor, GatewayArgs};
 use super::notifier::NotifierActor;
 use super::request::RequestActor;
+use super::request::jobs::JobsActor;
+use crate::cluster::mesh::{ClusterActor, Face, MeshArgs};
+use crate::cluster::probe::Facts;
 use crate::config::Config;
 
 /// Restarts allowed within [`RESTART_WINDOW`].
@@ -62,6 +68,10 @@ pub struct SupervisorState {
     children: HashMap<ActorId, Role>,
     restarts: VecDeque<Instant>,
     stopping: bool,
+    /// What the roles publish for the mesh (outlives their restarts).
+    facts: Facts,
+    /// The roles' faces to other nodes, started under the cluster actor.
+    faces: Arc<[Face]>,
 }
 
 impl NodeSupervisor {
@@ -81,19 +91,27 @@ impl NodeSupervisor {
             Role::Request => Actor::spawn_linked(name, RequestActor, config, cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
-            Role::Converter => Actor::spawn_linked(name, ConverterActor, config, cell)
+            Role::Converter => Actor::spawn_linked(name, ConverterActor, (config, state.facts.clone()), cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
             Role::Notifier => Actor::spawn_linked(name, NotifierActor, config, cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
-            Role::Cluster => Actor::spawn_linked(name, ClusterActor, config, cell)
-                .await
-                .map(|(r, _)| r.get_cell()),
+            Role::Cluster => {
+                let args = MeshArgs {
+                    config,
+                    faces: state.faces.clone(),
+                    facts: state.facts.clone(),
+                };
+                Actor::spawn_linked(name, ClusterActor, args, cell)
+                    .await
+                    .map(|(r, _)| r.get_cell())
+            }
             Role::Gateway => {
                 let args = GatewayArgs {
                     config,
                     listener: state.listener.try_clone()?,
+                    facts: state.facts.clone(),
                 };
                 Actor::spawn_linked(name, GatewayActor, args, cell)
                     .await
@@ -131,6 +149,10 @@ impl Actor for NodeSupervisor {
             children: HashMap::new(),
             restarts: VecDeque::new(),
             stopping: false,
+            facts: Facts::new(Role::ALL.map(Role::name)),
+            // Each role that other nodes call: request (jobs.v1), auth (users.v1), converter
+            // (placement.v1).
+            faces: Arc::new([Face::of(|| JobsActor), Face::of(|| UsersActor), Face::of(|| HostActor)]),
         };
         let cluster = state.config.cluster.is_some().then_some(Role::Cluster);
         for role in Role::ALL.into_iter().chain(cluster) {

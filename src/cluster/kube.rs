@@ -8,7 +8,7 @@
 //! left".
 //!
 //! Scale-down: a stopping pod reads its StatefulSet's desired replicas ([`desired_replicas`]);
-//! a pod whose ordinal is no longer wanted hands its jobs over (`cluster/handoff.rs`).
+//! a pod whose ordinal is no longer wanted hands its jobs over (`actors/request/handoff.rs`).
 
 use std::collections::BTreeMap;
 
@@ -20,7 +20,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use ractor::ActorRef;
 
-use crate::actors::cluster::ClusterMsg;
+use super::mesh::ClusterMsg;
 
 /// A pod of the set as the cluster sees it.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,14 +1,58 @@
 //! The probe actor: answers heartbeats with this node's status. One per node, in the
 //! [`super::PROBE_GROUP`] process group, so peers find it through `pg`.
+//!
+//! The probe never calls a role: what it reports about them is what they publish in this
+//! node's [`Facts`] (the converter its slots) and which role names are registered.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
+use tokio::sync::watch;
 
-use crate::actors::converter::ConverterMsg;
-use crate::actors::{Role, ask};
-use crate::config::Config;
+/// Busy and total converter slots.
+pub type Slots = (usize, usize);
+
+/// What this node's roles publish about themselves for the mesh to report. Cloned into
+/// each role that publishes (it outlives their restarts) and into the probe that reads.
+#[derive(Clone)]
+pub struct Facts {
+    slots: Arc<watch::Sender<Slots>>,
+    roles: Arc<[&'static str]>,
+}
+
+impl Facts {
+    /// Facts of a node whose roles run under these registry names.
+    pub fn new(roles: impl IntoIterator<Item = &'static str>) -> Self {
+        Facts {
+            slots: Arc::new(watch::Sender::new((0, 0))),
+            roles: roles.into_iter().collect(),
+        }
+    }
+
+    /// The converter's busy and total slots (`(0, 0)` while it is not running).
+    pub fn publish_slots(&self, slots: Slots) {
+        self.slots.send_replace(slots);
+    }
+
+    /// This node's status as peers see it.
+    pub fn status(&self, node: &str, incarnation: &str) -> NodeStatus {
+        let (busy, total) = *self.slots.borrow();
+        NodeStatus {
+            node: node.to_string(),
+            incarnation: incarnation.to_string(),
+            version: super::VERSION.to_string(),
+            busy_slots: busy as u32,
+            total_slots: total as u32,
+            roles: self
+                .roles
+                .iter()
+                .filter(|name| ractor::registry::where_is(name.to_string()).is_some())
+                .map(|name| name.to_string())
+                .collect(),
+        }
+    }
+}
 
 /// What a node says about itself. A protobuf message: fields are added with new tags,
 /// never renumbered, so mixed versions stay compatible.
@@ -49,45 +93,27 @@ pub struct ProbeActor;
 
 /// What the probe reports from.
 pub struct ProbeState {
-    config: Arc<Config>,
+    node: String,
     incarnation: String,
-}
-
-/// This node's status, gathered from its actors.
-pub async fn local_status(config: &Config, incarnation: &str) -> NodeStatus {
-    let slots = ask(
-        Role::Converter,
-        |reply| ConverterMsg::Status { reply },
-        std::time::Duration::from_millis(500),
-    )
-    .await;
-    let (busy, total) = slots.unwrap_or((0, 0));
-    NodeStatus {
-        node: config.node_name.clone(),
-        incarnation: incarnation.to_string(),
-        version: super::VERSION.to_string(),
-        busy_slots: busy as u32,
-        total_slots: total as u32,
-        roles: Role::ALL
-            .iter()
-            .filter(|r| r.local().is_some())
-            .map(|r| r.name().to_string())
-            .collect(),
-    }
+    facts: Facts,
 }
 
 impl Actor for ProbeActor {
     type Msg = ProbeMsg;
     type State = ProbeState;
-    type Arguments = (Arc<Config>, String);
+    type Arguments = (String, String, Facts);
 
     async fn pre_start(
         &self,
         myself: ActorRef<ProbeMsg>,
-        (config, incarnation): (Arc<Config>, String),
+        (node, incarnation, facts): (String, String, Facts),
     ) -> Result<ProbeState, ActorProcessingErr> {
         ractor::pg::join(super::PROBE_GROUP.to_string(), vec![myself.get_cell()]);
-        Ok(ProbeState { config, incarnation })
+        Ok(ProbeState {
+            node,
+            incarnation,
+            facts,
+        })
     }
 
     async fn handle(
@@ -98,11 +124,7 @@ impl Actor for ProbeActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ProbeMsg::Status(reply) => {
-                // Answered off the actor so a slow converter never delays other heartbeats.
-                let (config, incarnation) = (state.config.clone(), state.incarnation.clone());
-                tokio::spawn(async move {
-                    let _ = reply.send(local_status(&config, &incarnation).await);
-                });
+                let _ = reply.send(state.facts.status(&state.node, &state.incarnation));
             }
         }
         Ok(())

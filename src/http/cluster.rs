@@ -6,9 +6,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::{ApiError, AppState, Authed};
-use crate::actors::cluster::ClusterMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
-use crate::cluster::probe::{NodeStatus, local_status};
+use crate::cluster::mesh::ClusterMsg;
+use crate::cluster::probe::NodeStatus;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/v1/cluster", get(cluster))
@@ -28,7 +28,7 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
     if !who.admin {
         return Err(ApiError::forbidden("only admins see the cluster"));
     }
-    let me = local_status(&state.config, "").await;
+    let me = state.facts.status(&state.config.node_name, "");
     let members = if state.config.cluster.is_some() {
         ask(Role::Cluster, |reply| ClusterMsg::Members { reply }, CALL_TIMEOUT).await?
     } else {

@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
-use crate::actors::cluster::ClusterMsg;
 use crate::actors::converter::ConverterMsg;
 use crate::actors::request::RequestMsg;
 use crate::actors::{Role, ask};
+use crate::cluster::mesh::ClusterMsg;
 use crate::metrics::{self, Snapshot};
 
 pub(super) fn router() -> Router<AppState> {

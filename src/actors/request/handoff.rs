@@ -21,15 +21,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::RpcReplyPort;
+use ractor::{ActorRef, RpcReplyPort};
 
+use super::dispatch::stop;
 use super::jobs::{self, JobView, JobsMsg};
-use super::placement::{self, Answer, status};
-use crate::actors::cluster::ClusterMsg;
-use crate::actors::request::RequestMsg;
-use crate::actors::{CALL_TIMEOUT, Role, ask};
+use super::{JobError, RequestMsg, RequestState};
+use crate::actors::converter::host::{Answer, status};
+use crate::actors::notifier::NotifierMsg;
+use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
+use crate::cluster::mesh::ClusterMsg;
+use crate::cluster::pieces::{next_chunk, stage};
 use crate::config::Config;
-use crate::store::{Files, Handover, JobId, JobState, MailState};
+use crate::store::{Files, Handover, JobId, JobState, MailState, StoreError};
 
 /// How long the desired replica count may take to read.
 const KUBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +69,7 @@ pub struct FilePiece {
     /// Where `data` starts.
     #[prost(uint64, tag = "3")]
     pub offset: u64,
-    /// At most [`jobs::CHUNK`] bytes.
+    /// At most [`CHUNK`](crate::cluster::pieces::CHUNK) bytes.
     #[prost(bytes = "vec", tag = "4")]
     pub data: Vec<u8>,
     /// The file's size (on the last piece).
@@ -115,13 +118,13 @@ fn staged(config: &Config, id: &JobId, kind: &str) -> PathBuf {
 pub async fn leaving(config: &Config) -> Option<u32> {
     let cluster = config.cluster.as_ref()?;
     cluster.kube_selector.as_ref()?;
-    let Some((set, ordinal)) = super::kube::ordinal(&config.node_name) else {
+    let Some((set, ordinal)) = crate::cluster::kube::ordinal(&config.node_name) else {
         tracing::warn!(node = %config.node_name, "not a StatefulSet pod name; stopping without a handoff");
         return None;
     };
     let read = tokio::time::timeout(
         KUBE_TIMEOUT,
-        super::kube::desired_replicas(cluster.kube_namespace.clone(), set),
+        crate::cluster::kube::desired_replicas(cluster.kube_namespace.clone(), set),
     )
     .await;
     match read {
@@ -171,7 +174,7 @@ async fn targets(config: &Config, replicas: u32) -> Vec<String> {
     let mut nodes: Vec<String> = members
         .into_iter()
         .filter(|m| m.state == "up" && m.node != config.node_name)
-        .filter(|m| super::kube::ordinal(&m.node).is_some_and(|(_, n)| n < replicas))
+        .filter(|m| crate::cluster::kube::ordinal(&m.node).is_some_and(|(_, n)| n < replicas))
         .filter(|m| jobs::owner_actor(&m.node).is_some())
         .map(|m| m.node)
         .collect();
@@ -291,7 +294,7 @@ async fn send_file(target: &str, id: &JobId, kind: &str, path: &Path) -> Result<
     let size = file.metadata().await.map_err(|e| e.to_string())?.len();
     let mut offset = 0u64;
     loop {
-        let data = placement::next_chunk(&mut file).await.map_err(|e| e.to_string())?;
+        let data = next_chunk(&mut file).await.map_err(|e| e.to_string())?;
         let len = data.len() as u64;
         let last = offset + len >= size;
         let piece = FilePiece {
@@ -324,7 +327,7 @@ pub async fn receive_piece(config: &Config, piece: FilePiece, reply: RpcReplyPor
         return;
     };
     let path = staged(config, &id, &piece.kind);
-    let written = placement::stage(&path, piece.offset, &piece.data, piece.total).await;
+    let written = stage(&path, piece.offset, &piece.data, piece.total).await;
     let _ = reply.send(match written {
         Ok(()) => answer(status::OK, ""),
         Err(e) => {
@@ -376,5 +379,77 @@ pub async fn adopt(config: &Config, message: HandoverMsg) -> Answer {
         Ok(Ok(_)) => answer(status::OK, ""),
         Ok(Err(e)) => answer(status::REFUSED, e.to_string()),
         Err(e) => answer(status::ERROR, e.to_string()),
+    }
+}
+
+/// The request actor's side of a handoff: releasing every job when this node leaves, and
+/// adopting one that a leaving node hands over.
+impl RequestState {
+    /// Stops all work for a scale-down handoff and lists every job.
+    pub(super) async fn release(&mut self) -> Result<Vec<Handover>, JobError> {
+        self.released = true;
+        self.draining.get_or_insert_with(Vec::new);
+        self.queue.clear();
+        for (_, (_, task)) in self.fetching.drain() {
+            task.abort();
+        }
+        for (id, placed) in self.running.drain() {
+            stop(id, placed);
+        }
+        self.drained();
+        Ok(self.db.run(|s| s.handovers()).await?)
+    }
+
+    /// Takes over a job another node hands over: its files into place, then its row.
+    pub(super) async fn adopt(
+        &mut self,
+        myself: &ActorRef<RequestMsg>,
+        handover: Handover,
+        input: Option<PathBuf>,
+        mp3: Option<PathBuf>,
+    ) -> Result<bool, JobError> {
+        let staged: Vec<PathBuf> = input.iter().chain(mp3.iter()).cloned().collect();
+        let (files, mail) = (self.files.clone(), handover.mail);
+        let taken = if self.draining.is_some() {
+            Err(JobError::Draining)
+        } else {
+            self.db
+                .run(move |s| {
+                    let id = &handover.job.id;
+                    if s.job(id)?.is_some() {
+                        return Ok(None);
+                    }
+                    let placed = input
+                        .as_ref()
+                        .map_or(Ok(()), |p| files.adopt_input(id, p))
+                        .and_then(|()| mp3.as_ref().map_or(Ok(()), |p| files.adopt_output(id, p)));
+                    if let Err(e) = placed {
+                        let _ = files.remove_job(id);
+                        return Err(StoreError::Worker(format!("cannot store its files: {e}")));
+                    }
+                    s.adopt(&handover)
+                })
+                .await
+                .map_err(JobError::from)
+        };
+        let job = match taken {
+            Ok(Some(job)) => job,
+            refused => {
+                // Not taken (already here, draining, or failed): its staged files go.
+                for path in &staged {
+                    let _ = tokio::fs::remove_file(path).await;
+                }
+                return refused.map(|_| false);
+            }
+        };
+        tracing::info!(job_id = %job.id, state = %job.state, "took over a job from a leaving node");
+        crate::metrics::adopted();
+        if !job.state.is_final() {
+            self.resume(myself, &job).await?;
+        }
+        if mail == MailState::Pending {
+            tell(Role::Notifier, NotifierMsg::Wake);
+        }
+        Ok(true)
     }
 }

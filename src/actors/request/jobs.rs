@@ -1,4 +1,4 @@
-//! Jobs across nodes: every node's jobs actor (pg group `jobs.v1:<stable name>`) answers
+//! The request role's face to other nodes (`jobs.v1:<stable name>`): every node's jobs actor (pg group `jobs.v1:<stable name>`) answers
 //! status, list, cancel/delete and MP3 chunks for the jobs it owns, so any node's gateway
 //! can serve any job. Messages are protobuf (prost) structs: typed, and extensible by
 //! adding fields with new tags.
@@ -9,16 +9,15 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
-use super::{handoff, placement};
-use crate::actors::request::{JobError, RequestMsg};
+use super::{JobError, RequestMsg, handoff, placement};
+use crate::actors::converter::host;
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::auth::Principal;
+pub use crate::cluster::RemoteError;
+use crate::cluster::pieces::CHUNK;
 use crate::config::Config;
 use crate::store::{Job, JobId, JobState, Source};
 
-/// Bytes per MP3 chunk (frames are capped at 16 MiB; stay far below).
-pub const CHUNK: u32 = 1 << 20;
-pub use super::RemoteError;
 
 /// The group of `node`'s jobs actor.
 pub fn group(node: &str) -> String {
@@ -191,16 +190,16 @@ pub enum JobsMsg {
     #[rpc]
     Chunk(JobQuery, RpcReplyPort<ChunkAnswer>),
     /// Progress of one of this node's jobs, converting on another node.
-    Progress(placement::Progress),
+    Progress(host::Progress),
     /// A piece of the result of one of this node's jobs, converted on another node.
     #[rpc]
-    Result(placement::Piece, RpcReplyPort<placement::Answer>),
+    Result(host::Piece, RpcReplyPort<host::Answer>),
     /// A piece of a file of a job that a leaving node hands over (scale-down).
     #[rpc]
-    HandoffPiece(handoff::FilePiece, RpcReplyPort<placement::Answer>),
+    HandoffPiece(handoff::FilePiece, RpcReplyPort<host::Answer>),
     /// A job that a leaving node hands over, after its files' pieces.
     #[rpc]
-    Adopt(handoff::HandoverMsg, RpcReplyPort<placement::Answer>),
+    Adopt(handoff::HandoverMsg, RpcReplyPort<host::Answer>),
 }
 
 impl From<&Job> for JobView {
@@ -455,7 +454,7 @@ pub async fn call<T: Send + 'static + ractor::BytesConvertable>(
     make: impl FnOnce(RpcReplyPort<T>) -> JobsMsg,
 ) -> Result<T, RemoteError> {
     let cell = owner_actor(owner).ok_or_else(|| RemoteError::OwnerDown(owner.to_string()))?;
-    super::call_actor(&cell, owner, make).await
+    crate::cluster::call_actor(&cell, owner, make).await
 }
 
 /// The stable names of the other nodes whose jobs actors are connected.

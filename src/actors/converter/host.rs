@@ -1,12 +1,11 @@
-//! Conversions placed on other nodes.
+//! The converter's face to other nodes (`placement.v1`): the host actor runs other nodes'
+//! conversions on this node's converter pool.
 //!
-//! The owner's request actor offers a job to another node's host actor (pg groups
-//! `placement.v1` and `placement.v1:<stable name>`), streams the MP4 to it in chunks, and
-//! the host runs it on its own converter pool. Progress goes back to the owner's jobs actor
-//! as it happens (it doubles as the lease: an owner that hears nothing for [`LEASE`]
-//! re-places the job), and the MP3 goes back in chunks when done. Every message carries the
-//! job's attempt, the fencing token: the owner accepts a result only for the attempt it
-//! placed last, so a late result from a fenced or re-placed host is refused.
+//! An owner's request actor offers a job to a host (pg groups `placement.v1` and
+//! `placement.v1:<stable name>`) and streams it the MP4 in pieces (`request/placement.rs`);
+//! the host runs it on its own pool, sends progress to the owner's jobs actor as it happens
+//! (it doubles as the lease) and hands the MP3 back in pieces when done, retrying while the
+//! owner is unreachable. Every message carries the job's attempt, the fencing token.
 //!
 //! ```text
 //! owner: request ──Offer/Input──▶ host (placement.v1) ──Convert──▶ converter (host's pool)
@@ -20,19 +19,18 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::jobs::{self, CHUNK, JobsMsg, RemoteError};
-use crate::actors::converter::{self, ConvertTask, ConverterMsg, Outcome, ReportTo};
-use crate::actors::request::RequestMsg;
+use crate::actors::converter::{self, ConvertTask, ConverterMsg, ReportTo};
+use crate::actors::request::jobs::{self, JobsMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
+use crate::cluster::RemoteError;
+use crate::cluster::pieces::next_chunk;
 use crate::config::Config;
-use crate::store::{Files, JobId};
+use crate::store::JobId;
 
 /// The group every node's host actor joins.
 pub const GROUP: &str = "placement.v1";
-/// An owner that hears nothing from a placed conversion for this long re-places it.
-pub const LEASE: Duration = Duration::from_secs(20);
 /// A reception that gets no input for this long is dropped.
 const RECEIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a host keeps trying to hand a result to an unreachable owner.
@@ -92,7 +90,7 @@ pub struct Piece {
     /// Where `data` starts.
     #[prost(uint64, tag = "3")]
     pub offset: u64,
-    /// At most [`CHUNK`] bytes.
+    /// At most [`CHUNK`](crate::cluster::pieces::CHUNK) bytes.
     #[prost(bytes = "vec", tag = "4")]
     pub data: Vec<u8>,
     /// The last piece.
@@ -175,7 +173,8 @@ pub enum HostMsg {
     Stop,
 }
 
-fn answer(status: i32, message: impl Into<String>) -> Answer {
+/// An answer with `status` and `message`.
+pub(crate) fn answer(status: i32, message: impl Into<String>) -> Answer {
     Answer {
         status,
         message: message.into(),
@@ -343,13 +342,6 @@ impl HostState {
     }
 }
 
-/// The next (up to) [`CHUNK`] bytes of `file`.
-pub(crate) async fn next_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(CHUNK as usize);
-    file.take(u64::from(CHUNK)).read_to_end(&mut data).await?;
-    Ok(data)
-}
-
 /// Hands a result to its owner, retrying while the owner is unreachable.
 async fn deliver(owner: &str, id: &JobId, outcome: Piece, output: &Path) {
     let started = Instant::now();
@@ -511,206 +503,3 @@ pub fn host_actor(node: &str) -> Option<ActorCell> {
         .find(|c| !c.get_id().is_local())
 }
 
-/// Why a placement did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum PlaceError {
-    /// The host has no free slot.
-    #[error("{0} has no free converter slot")]
-    Busy(String),
-    /// The host is unreachable or failed.
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Offers attempt `attempt` of job `id` (owned by `owner`, this node) to `node` and
-/// streams it the MP4 at `input`.
-pub async fn place(
-    node: &str,
-    owner: &str,
-    id: &JobId,
-    attempt: i64,
-    input: &Path,
-    bitrate_kbps: Option<u16>,
-    vbr_quality: Option<u8>,
-) -> Result<(), PlaceError> {
-    let failed = |e: &dyn std::fmt::Display| PlaceError::Failed(format!("placing on {node}: {e}"));
-    let host = host_actor(node).ok_or_else(|| failed(&"not connected"))?;
-    let mut file = tokio::fs::File::open(input).await.map_err(|e| failed(&e))?;
-    let size = file.metadata().await.map_err(|e| failed(&e))?.len();
-    let offer = Offer {
-        job_id: id.to_string(),
-        attempt,
-        size,
-        bitrate_kbps: bitrate_kbps.map(u32::from),
-        vbr_quality: vbr_quality.map(u32::from),
-        owner: owner.to_string(),
-    };
-    let answer = super::call_actor(&host, node, |reply| HostMsg::Offer(offer, reply))
-        .await
-        .map_err(|e| failed(&e))?;
-    match answer.status {
-        status::OK => {}
-        status::BUSY => return Err(PlaceError::Busy(node.to_string())),
-        _ => return Err(failed(&answer.message)),
-    }
-    let mut offset = 0u64;
-    loop {
-        let data = next_chunk(&mut file).await.map_err(|e| failed(&e))?;
-        let len = data.len() as u64;
-        let last = offset + len >= size;
-        let piece = Piece {
-            job_id: id.to_string(),
-            attempt,
-            offset,
-            data,
-            last,
-            total: size,
-            ..Piece::default()
-        };
-        let answer = super::call_actor(&host, node, |reply| HostMsg::Input(piece, reply))
-            .await
-            .map_err(|e| failed(&e))?;
-        match answer.status {
-            status::OK if last => return Ok(()),
-            status::OK => offset += len,
-            status::BUSY => return Err(PlaceError::Busy(node.to_string())),
-            _ => return Err(failed(&answer.message)),
-        }
-    }
-}
-
-/// Tells `node`'s host to drop attempt `attempt` of `id` (best effort).
-pub fn withdraw(node: &str, id: &JobId, attempt: i64) {
-    if let Some(host) = host_actor(node) {
-        let _ = host.send_message(HostMsg::Cancel(Attempt {
-            job_id: id.to_string(),
-            attempt,
-        }));
-    }
-}
-
-/// The owner's side of a result piece (called by the jobs actor): checks the fencing token
-/// with the request actor, stages the MP3 in `tmp/`, and hands it over on the last piece.
-pub async fn receive(config: &Config, piece: Piece) -> Answer {
-    let Some(id) = JobId::parse(&piece.job_id) else {
-        return answer(status::ERROR, "bad job id");
-    };
-    let attempt = piece.attempt;
-    if piece.offset == 0 || piece.last {
-        let current = ask(
-            Role::Request,
-            |reply| RequestMsg::IsCurrent {
-                id: id.clone(),
-                attempt,
-                reply,
-            },
-            CALL_TIMEOUT,
-        )
-        .await;
-        match current {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!(job_id = %id, attempt, "stale conversion result refused");
-                return answer(status::REFUSED, "this attempt was fenced; the job was placed again");
-            }
-            Err(e) => return answer(status::ERROR, e.to_string()),
-        }
-    }
-    if !piece.error_code.is_empty() {
-        let outcome: Outcome = Err((piece.error_code, piece.error_message));
-        tell(Role::Request, RequestMsg::Converted { id, attempt, outcome });
-        return answer(status::OK, "");
-    }
-    let staged = Files::at(&config.data_dir)
-        .tmp_dir()
-        .join(format!("result-{id}.{attempt}.part"));
-    let written = stage(&staged, piece.offset, &piece.data, piece.last.then_some(piece.total)).await;
-    if let Err(e) = written {
-        let _ = tokio::fs::remove_file(&staged).await;
-        return answer(status::ERROR, e.to_string());
-    }
-    if !piece.last {
-        return answer(status::OK, "");
-    }
-    let taken = ask(
-        Role::Request,
-        |reply| RequestMsg::Delivered {
-            id: id.clone(),
-            attempt,
-            staged: staged.clone(),
-            reply,
-        },
-        CALL_TIMEOUT,
-    )
-    .await;
-    match taken {
-        Ok(true) => answer(status::OK, ""),
-        Ok(false) => {
-            let _ = tokio::fs::remove_file(&staged).await;
-            tracing::info!(job_id = %id, attempt, "stale conversion result refused");
-            answer(status::REFUSED, "this attempt was fenced; the job was placed again")
-        }
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&staged).await;
-            answer(status::ERROR, e.to_string())
-        }
-    }
-}
-
-/// Writes one piece of a file arriving in order into `staged`: the piece at offset 0
-/// creates it; `total` (on the last piece) fsyncs it and checks its size.
-pub async fn stage(staged: &Path, offset: u64, data: &[u8], total: Option<u64>) -> std::io::Result<()> {
-    let mut file = if offset == 0 {
-        tokio::fs::File::create(staged).await?
-    } else {
-        let mut file = tokio::fs::OpenOptions::new().write(true).open(staged).await?;
-        if file.metadata().await?.len() != offset {
-            return Err(std::io::Error::other("out of order"));
-        }
-        file.seek(std::io::SeekFrom::Start(offset)).await?;
-        file
-    };
-    file.write_all(data).await?;
-    // tokio's File finishes a write in the background: without a flush the next piece
-    // could find the file shorter than it is.
-    file.flush().await?;
-    if let Some(total) = total {
-        file.sync_all().await?;
-        if file.metadata().await?.len() != total {
-            return Err(std::io::Error::other("the file arrived incomplete"));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn pieces_staged_one_after_another_make_the_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("staged.part");
-        let piece = |i: u8| vec![i; CHUNK as usize];
-        let total = 24 * u64::from(CHUNK);
-        for i in 0..24u8 {
-            let last = (i == 23).then_some(total);
-            // Each piece must find the ones before it on disk (a tokio write not flushed
-            // yet would make it "out of order").
-            stage(&path, u64::from(i) * u64::from(CHUNK), &piece(i), last)
-                .await
-                .unwrap();
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes.len() as u64, total);
-        assert!(
-            bytes
-                .chunks(CHUNK as usize)
-                .enumerate()
-                .all(|(i, c)| c.iter().all(|b| *b == i as u8))
-        );
-        // A piece at the wrong offset, or a short file at the end, is refused.
-        assert!(stage(&path, 5, b"x", None).await.is_err());
-        assert!(stage(&path, 0, b"abc", Some(4)).await.is_err());
-    }
-}

@@ -4,7 +4,9 @@
 //! ```text
 //! cluster
 //! ├── NodeServer (ractor_cluster)   sessions, cookie handshake
-//! └── probe                         answers peers' heartbeats (pg group probe.v1)
+//! ├── probe                         answers peers' heartbeats (pg group probe.v1)
+//! └── the roles' faces              each role's actor for other nodes ([`Face`]), started
+//!                                   here so they serve peers only while the mesh runs
 //! ```
 //!
 //! Membership: a peer is `up` once its session is ready and its probe answers; each
@@ -16,18 +18,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage,
 };
 
-use crate::cluster::jobs::JobsActor;
-use crate::cluster::placement::HostActor;
-use crate::cluster::probe::{NodeStatus, ProbeActor, ProbeMsg};
-use crate::cluster::users::UsersActor;
-use crate::cluster::{PROBE_GROUP, stable_name};
+use super::probe::{Facts, NodeStatus, ProbeActor, ProbeMsg};
+use super::{PROBE_GROUP, stable_name};
 use crate::config::{ClusterConfig, Config};
 
 /// How often peers are dialled and probed.
@@ -38,6 +38,30 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_MISSES: u32 = 3;
 /// Longest wait between dials of an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A role's face to other nodes: an actor that joins the role's versioned process groups,
+/// started (and restarted) under the cluster actor. The mesh starts whatever faces it is
+/// given and knows nothing of what they do.
+pub struct Face(Box<dyn Fn(Arc<Config>, ActorCell) -> BoxFuture<'static, Result<(), SpawnErr>> + Send + Sync>);
+
+impl Face {
+    /// The face run by the actor `make` builds, started with the node's configuration.
+    pub fn of<A: Actor<Arguments = Arc<Config>>>(make: fn() -> A) -> Face {
+        Face(Box::new(move |config, mesh| {
+            Box::pin(async move { Actor::spawn_linked(None, make(), config, mesh).await.map(|_| ()) })
+        }))
+    }
+}
+
+/// What the cluster actor starts with.
+pub struct MeshArgs {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The roles' faces to start under it.
+    pub faces: Arc<[Face]>,
+    /// What the probe reports.
+    pub facts: Facts,
+}
 
 /// A member as `/v1/cluster` shows it.
 #[derive(Debug, Clone)]
@@ -292,18 +316,18 @@ impl Actor for ClusterActor {
 
     type Msg = ClusterMsg;
     type State = ClusterState;
-    type Arguments = Arc<Config>;
+    type Arguments = MeshArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<ClusterMsg>,
-        config: Arc<Config>,
+        MeshArgs { config, faces, facts }: MeshArgs,
     ) -> Result<ClusterState, ActorProcessingErr> {
         let cluster = config
             .cluster
             .clone()
             .ok_or("the cluster actor needs --cluster-listen")?;
-        let incarnation = crate::cluster::incarnation_name(&config.node_name);
+        let incarnation = super::incarnation_name(&config.node_name);
         let host = cluster
             .advertise
             .rsplit_once(':')
@@ -324,9 +348,9 @@ impl Actor for ClusterActor {
         .with_listen_addr(cluster.listen.ip());
         // Actors that join process groups are spawned without a name: a peer's stub of a
         // named actor unregisters that name here when its session ends (ractor 0.16.5).
-        Actor::spawn_linked(None, JobsActor, config.clone(), myself.get_cell()).await?;
-        Actor::spawn_linked(None, UsersActor, config.clone(), myself.get_cell()).await?;
-        Actor::spawn_linked(None, HostActor, config.clone(), myself.get_cell()).await?;
+        for face in faces.iter() {
+            (face.0)(config.clone(), myself.get_cell()).await?;
+        }
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "membership".into(),
@@ -335,7 +359,7 @@ impl Actor for ClusterActor {
         Actor::spawn_linked(
             None,
             ProbeActor,
-            (config.clone(), incarnation.clone()),
+            (config.node_name.clone(), incarnation.clone(), facts),
             myself.get_cell(),
         )
         .await?;
@@ -343,7 +367,7 @@ impl Actor for ClusterActor {
         myself.send_interval(TICK, || ClusterMsg::Tick);
         let discovery = cluster.kube_selector.clone().map(|selector| {
             let (namespace, port, me) = (cluster.kube_namespace.clone(), cluster.listen.port(), myself.clone());
-            tokio::spawn(crate::cluster::kube::discover(namespace, selector, port, me))
+            tokio::spawn(super::kube::discover(namespace, selector, port, me))
         });
         Ok(ClusterState {
             discovery,

@@ -1,0 +1,160 @@
+use super::*;
+
+fn new_job(key: Option<&str>) -> NewJob {
+    NewJob {
+        id: JobId::new("node-0"),
+        owner_email: "a@example.com".into(),
+        source: Source::Upload,
+        file_name: "song.mp4".into(),
+        bitrate_kbps: None,
+        vbr_quality: None,
+        idempotency_key: key.map(str::to_string),
+    }
+}
+
+#[test]
+fn ids_name_their_owner_and_parse_strictly() {
+    let id = JobId::new("mp4tomp3-2");
+    assert_eq!(id.owner(), "mp4tomp3-2");
+    assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
+    assert_ne!(JobId::new("n"), JobId::new("n"));
+    for bad in [
+        "",
+        "~",
+        "node~xyz",
+        "node",
+        "../x~0123456789abcdef01234567",
+        "a/b~0123456789abcdef01234567",
+    ] {
+        assert_eq!(JobId::parse(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn idempotency_key_returns_the_same_job() {
+    let mut store = Store::open_in_memory().unwrap();
+    let (first, new) = store.insert_job(&new_job(Some("k1"))).unwrap();
+    assert!(new);
+    assert_eq!(first.state, JobState::Queued);
+    let (again, new) = store.insert_job(&new_job(Some("k1"))).unwrap();
+    assert!(!new);
+    assert_eq!(again.id, first.id);
+    let (other, new) = store.insert_job(&new_job(Some("k2"))).unwrap();
+    assert!(new);
+    assert_ne!(other.id, first.id);
+    assert_eq!(store.list_jobs(Some("a@example.com"), 10, 0).unwrap().len(), 2);
+    assert_eq!(store.list_jobs(Some("b@example.com"), 10, 0).unwrap().len(), 0);
+    assert_eq!(store.job(&first.id).unwrap().map(|j| j.id), Some(first.id.clone()));
+    assert_eq!(store.job(&JobId::new("node-0")).unwrap(), None);
+    // Other nodes ask by key: the submitter's own key only.
+    let keyed = store.keyed_job("a@example.com", "k1").unwrap().map(|j| j.id);
+    assert_eq!(keyed, Some(first.id.clone()));
+    assert_eq!(store.keyed_job("b@example.com", "k1").unwrap(), None);
+    assert_eq!(store.keyed_job("a@example.com", "k3").unwrap(), None);
+}
+
+#[test]
+fn finishing_writes_the_outbox_row_and_fences_stale_attempts() {
+    let mut store = Store::open_in_memory().unwrap();
+    let (job, _) = store.insert_job(&new_job(None)).unwrap();
+    let first = store.start(&job.id, JobState::Converting).unwrap();
+    let second = store.start(&job.id, JobState::Converting).unwrap();
+    assert_eq!(second, first + 1, "re-placing bumps the fencing token");
+    assert!(
+        !store.set_progress(&job.id, first, 0.5).unwrap(),
+        "stale progress is ignored"
+    );
+    assert!(store.set_progress(&job.id, second, 0.5).unwrap());
+    assert!(matches!(
+        store.finish(&job.id, first, None),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(store.due_mail(10).unwrap().is_empty(), "no mail for a refused result");
+    let done = store.finish(&job.id, second, None).unwrap();
+    assert_eq!(done.state, JobState::Done);
+    let mail = store.due_mail(10).unwrap();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0].job_id, job.id);
+    assert!(
+        matches!(store.finish(&job.id, second, None), Err(StoreError::Conflict { .. })),
+        "only once"
+    );
+    store.mail_sent(mail[0].id).unwrap();
+    assert!(store.due_mail(10).unwrap().is_empty());
+}
+
+#[test]
+fn handovers_carry_state_key_and_mail_and_adopt_once() {
+    let mut from = Store::open_in_memory().unwrap();
+    let (queued, _) = from.insert_job(&new_job(Some("k1"))).unwrap();
+    let (done, _) = from.insert_job(&new_job(None)).unwrap();
+    let (mailed, _) = from.insert_job(&new_job(None)).unwrap();
+    for id in [&done.id, &mailed.id] {
+        let attempt = from.start(id, JobState::Converting).unwrap();
+        from.finish(id, attempt, None).unwrap();
+    }
+    let sent = from
+        .due_mail(10)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.job_id == mailed.id)
+        .unwrap();
+    from.mail_sent(sent.id).unwrap();
+    from.start(&queued.id, JobState::Converting).unwrap();
+    let all = from.handovers().unwrap();
+    let order: Vec<_> = all.iter().map(|h| (&h.job.id, h.mail)).collect();
+    assert_eq!(
+        order,
+        vec![
+            (&queued.id, MailState::None),
+            (&done.id, MailState::Pending),
+            (&mailed.id, MailState::Sent)
+        ],
+        "unfinished first, then pending mail"
+    );
+    assert_eq!(all[0].idempotency_key.as_deref(), Some("k1"));
+
+    let mut to = Store::open_in_memory().unwrap();
+    let (clash, _) = to.insert_job(&new_job(Some("k1"))).unwrap();
+    for h in &all {
+        assert_eq!(to.adopt(h).unwrap().map(|j| j.id), Some(h.job.id.clone()));
+        assert_eq!(to.adopt(h).unwrap(), None, "a retried handover changes nothing");
+    }
+    let taken = to.job(&queued.id).unwrap().unwrap();
+    assert_eq!(taken.state, JobState::Queued, "an interrupted conversion starts again");
+    assert_eq!(taken.attempt, all[0].job.attempt, "the fencing token carries on");
+    assert_eq!(to.job(&done.id).unwrap().unwrap().state, JobState::Done);
+    let due = to.due_mail(10).unwrap();
+    assert_eq!(
+        due.iter().map(|m| &m.job_id).collect::<Vec<_>>(),
+        vec![&done.id],
+        "only the unsent mail"
+    );
+    let (again, new) = to.insert_job(&new_job(Some("k1"))).unwrap();
+    assert!(!new);
+    assert_eq!(again.id, clash.id, "the key already used here keeps its job");
+    assert!(from.forget_job(&queued.id).unwrap());
+    assert_eq!(from.job(&queued.id).unwrap(), None);
+}
+
+#[test]
+fn failures_keep_code_and_message_and_unfinished_jobs_are_found() {
+    let mut store = Store::open_in_memory().unwrap();
+    let (a, _) = store.insert_job(&new_job(None)).unwrap();
+    let (b, _) = store.insert_job(&new_job(None)).unwrap();
+    let attempt = store.start(&a.id, JobState::Converting).unwrap();
+    let failed = store
+        .finish(&a.id, attempt, Some(("not_mp4", "not an MP4 file")))
+        .unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.error_code.as_deref(), Some("not_mp4"));
+    let unfinished = store.unfinished_jobs().unwrap();
+    assert_eq!(unfinished.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&b.id]);
+    store.cancel(&b.id).unwrap();
+    assert!(store.unfinished_jobs().unwrap().is_empty());
+    assert!(matches!(store.cancel(&b.id), Err(StoreError::Conflict { .. })));
+    store
+        .mail_failed(store.due_mail(1).unwrap()[0].id, "smtp down", i64::MAX)
+        .unwrap();
+    assert!(store.due_mail(10).unwrap().is_empty(), "retry waits for its time");
+}
