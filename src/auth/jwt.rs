@@ -1,7 +1,8 @@
 //! Access tokens and signed download links: JWTs signed with HS256, and only HS256.
 //!
 //! Verification pins the algorithm (a token that says `alg: none` or RS256 is refused),
-//! requires `iss`, `aud`, `sub` and `exp`, and allows 5 s of clock skew. Access tokens and
+//! requires `iss`, `aud`, `sub` and `exp`, checks `nbf` when present, and allows 5 s of
+//! clock skew. Access tokens and
 //! download links have different audiences, so one can never stand in for the other.
 
 use std::fmt;
@@ -19,7 +20,7 @@ pub const ISSUER: &str = "mp4tomp3";
 pub const ACCESS_AUDIENCE: &str = "mp4tomp3";
 /// The `aud` of download links.
 pub const LINK_AUDIENCE: &str = "mp4tomp3-download";
-/// Clock skew allowed on `exp`.
+/// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
 
 /// The signing key, shared by every node.
@@ -83,6 +84,7 @@ impl Keys {
         let mut v = Validation::new(Algorithm::HS256);
         v.algorithms = vec![Algorithm::HS256];
         v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -197,6 +199,24 @@ mod tests {
         let past = now_secs() - LEEWAY_SECS - 2;
         let token = forge(serde_json::json!({"alg": "HS256"}), claims(past), true);
         assert_eq!(keys().verify(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn tokens_not_valid_yet_are_refused_beyond_the_leeway() {
+        let header = serde_json::json!({"alg": "HS256"});
+        let mut early = claims(now_secs() + 7200);
+        early["nbf"] = (now_secs() + 3600).into();
+        assert_eq!(
+            keys().verify(&forge(header.clone(), early, true)),
+            Err(TokenError::Invalid)
+        );
+        let mut started = claims(now_secs() + 7200);
+        started["nbf"] = (now_secs() - 10).into();
+        assert_eq!(keys().verify(&forge(header.clone(), started, true)), Ok(ann()));
+        // Within the clock-skew leeway.
+        let mut skewed = claims(now_secs() + 7200);
+        skewed["nbf"] = (now_secs() + 2).into();
+        assert_eq!(keys().verify(&forge(header, skewed, true)), Ok(ann()));
     }
 
     #[test]
