@@ -56,6 +56,23 @@ pub struct ServeArgs {
     /// Largest accepted upload or download, in bytes.
     #[arg(long, env = "MP4TOMP3_MAX_UPLOAD_BYTES", default_value_t = 2 << 30)]
     pub max_upload_bytes: u64,
+    /// Free space kept on the data volume: uploads and imports are refused with 507 (and no
+    /// conversion is placed here) while less is free, counting the upload's length.
+    #[arg(long, env = "MP4TOMP3_MIN_FREE_BYTES", default_value_t = 256 << 20)]
+    pub min_free_bytes: u64,
+    /// Longest wait for a request's headers, and longest idle keep-alive connection.
+    #[arg(long, env = "MP4TOMP3_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Most open HTTP connections from one IP address (more are closed at once).
+    #[arg(long, env = "MP4TOMP3_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Uploads slower than this many bytes per second over `--slow-upload-window` are
+    /// dropped (their staged file deleted).
+    #[arg(long, env = "MP4TOMP3_MIN_UPLOAD_RATE", default_value_t = 1024)]
+    pub min_upload_rate: u64,
+    /// The window `--min-upload-rate` is measured over.
+    #[arg(long, env = "MP4TOMP3_SLOW_UPLOAD_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub slow_upload_window: Duration,
     /// Longest accepted audio, in seconds.
     #[arg(long, env = "MP4TOMP3_MAX_DURATION_SECS", default_value_t = 6 * 3600)]
     pub max_duration_secs: u64,
@@ -241,6 +258,14 @@ pub struct Config {
     pub converter_slots: usize,
     /// Upload/download size cap in bytes.
     pub max_upload_bytes: u64,
+    /// The HTTP server's bounds.
+    pub http_limits: crate::http::serve::Limits,
+    /// Uploads slower than this (bytes per second) over `slow_upload_window` are dropped.
+    pub min_upload_rate: u64,
+    /// The window of `min_upload_rate`.
+    pub slow_upload_window: Duration,
+    /// Free space kept on the data volume.
+    pub min_free_bytes: u64,
     /// Longest accepted audio.
     pub max_duration: Duration,
     /// Drain time on SIGTERM.
@@ -307,6 +332,12 @@ impl Config {
         if converter_slots > 256 {
             return Err(invalid("converter-slots", "at most 256"));
         }
+        if args.max_connections_per_ip == 0 {
+            return Err(invalid("max-connections-per-ip", "must be at least 1"));
+        }
+        if args.header_timeout.is_zero() || args.slow_upload_window.is_zero() {
+            return Err(invalid("header-timeout", "timeouts must be longer than zero"));
+        }
         if args.max_upload_bytes == 0 {
             return Err(invalid("max-upload-bytes", "must be positive"));
         }
@@ -372,7 +403,13 @@ impl Config {
                 path,
                 source,
             })?,
-            (None, None) => generated_key(&args.data_dir.join("jwt.key"))?,
+            // Every node of a cluster must sign and verify with one key (behind the
+            // StatefulSet's Service a client's next request lands on any pod): derive it
+            // from the secret they already share.
+            (None, None) => match &cluster {
+                Some(cluster) => cluster_jwt_key(&cluster.cookie),
+                None => generated_key(&args.data_dir.join("jwt.key"))?,
+            },
         };
         let secret = trim_ascii(&secret);
         let keys = Keys::new(&secret).filter(|_| secret.len() >= 32);
@@ -388,6 +425,13 @@ impl Config {
             node_name,
             converter_slots,
             max_upload_bytes: args.max_upload_bytes,
+            http_limits: crate::http::serve::Limits {
+                header_timeout: args.header_timeout,
+                per_address: args.max_connections_per_ip,
+            },
+            min_upload_rate: args.min_upload_rate,
+            min_free_bytes: args.min_free_bytes,
+            slow_upload_window: args.slow_upload_window,
             max_duration: Duration::from_secs(args.max_duration_secs),
             grace: args.grace,
             keys,
@@ -529,6 +573,15 @@ fn trim_ascii(bytes: &[u8]) -> Vec<u8> {
     bytes.trim_ascii().to_vec()
 }
 
+/// The JWT key of a cluster without `MP4TOMP3_JWT_SECRET`: HMAC-SHA256 of a fixed label
+/// under the cluster cookie, so every node with the cookie derives the same key and the
+/// key reveals nothing of the cookie.
+fn cluster_jwt_key(cookie: &str) -> Vec<u8> {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, cookie.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, b"mp4tomp3 JWT signing key v1");
+    hex::encode(tag.as_ref()).into_bytes()
+}
+
 /// Reads the key kept in the data dir, generating it (with a warning) on first start.
 fn generated_key(path: &Path) -> Result<Vec<u8>, ConfigError> {
     let io = |what| {
@@ -595,5 +648,64 @@ mod tests {
         .unwrap();
         assert_eq!(ok.advertise, "127.0.0.2:4697");
         assert_eq!(ok.peers, peers(&["127.0.0.3:4697"]), "ourselves removed from the peers");
+    }
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config(dir: &Path, extra: &[&str]) -> Config {
+        let mut argv = vec!["serve", "--data-dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(extra);
+        // The environment must not choose the key for this test.
+        assert!(std::env::var_os("MP4TOMP3_JWT_SECRET").is_none());
+        Config::from_args(<Serve as clap::Parser>::parse_from(argv).args).unwrap()
+    }
+
+    #[test]
+    fn nodes_of_a_cluster_without_a_jwt_secret_share_one_key_derived_from_the_cookie() {
+        let (a, b, c, single) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let node = |dir: &tempfile::TempDir, listen: &str, cookie: &str| {
+            config(
+                dir.path(),
+                &[
+                    "--cluster-listen",
+                    listen,
+                    "--peers",
+                    "127.0.0.2:4697,127.0.0.3:4697",
+                    "--cluster-cookie",
+                    cookie,
+                ],
+            )
+        };
+        let (a, b) = (
+            node(&a, "127.0.0.2:4697", "shared"),
+            node(&b, "127.0.0.3:4697", "shared"),
+        );
+        let who = crate::auth::Principal {
+            email: "ann@example.com".into(),
+            admin: false,
+        };
+        let token = a.keys.issue(&who, Duration::from_secs(60));
+        assert_eq!(
+            b.keys.verify(&token),
+            Ok(who.clone()),
+            "a token from node a works on node b"
+        );
+        // Another cluster (another cookie) does not accept it, and no key file is written.
+        let other = node(&c, "127.0.0.2:4697", "another");
+        assert!(other.keys.verify(&token).is_err());
+        assert!(!c.path().join("jwt.key").exists());
+        // A single node keeps its generated key in its data dir.
+        let alone = config(single.path(), &[]);
+        assert!(single.path().join("jwt.key").exists());
+        assert!(alone.keys.verify(&token).is_err());
     }
 }

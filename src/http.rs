@@ -13,6 +13,7 @@ mod jobs;
 mod metrics;
 mod route;
 mod seed;
+pub mod serve;
 mod upload;
 
 use std::sync::Arc;
@@ -31,6 +32,9 @@ use crate::auth::Principal;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::Fetcher;
+
+/// The largest JSON body any route reads (uploads have their own limit).
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -76,9 +80,22 @@ pub fn router(state: AppState) -> Router {
         .merge(download::router())
         .merge(seed::router())
         .merge(metrics::router())
+        // Bodies read whole (JSON) are capped; upload routes lift this for their stream.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .layer(axum::middleware::from_fn(one_authorization))
         .layer(axum::middleware::from_fn(metrics::count))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Refuses a request with more than one `Authorization` header (`400`): which one counts
+/// would depend on who reads them (a proxy may check one, we another).
+async fn one_authorization(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    if request.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        use axum::response::IntoResponse;
+        return ApiError::bad_request("invalid_request", "send exactly one Authorization header").into_response();
+    }
+    next.run(request).await
 }
 
 /// Verifies a bearer token with the auth actor.

@@ -46,6 +46,8 @@ struct Metrics {
     queue_depth: Gauge,
     slots: Family<SlotLabels, Gauge>,
     members: Gauge,
+    free_bytes: Gauge,
+    low_storage: Gauge,
     adopted: Counter,
 }
 
@@ -87,6 +89,18 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         "Peers this node sees (itself excluded)",
         members.clone(),
     );
+    let free_bytes = Gauge::default();
+    registry.register(
+        "data_free_bytes",
+        "Bytes free on this node's data volume",
+        free_bytes.clone(),
+    );
+    let low_storage = Gauge::default();
+    registry.register(
+        "data_low_storage",
+        "1 while the data volume is under its reserve (uploads refused with 507)",
+        low_storage.clone(),
+    );
     let adopted = Counter::default();
     registry.register(
         "jobs_adopted",
@@ -104,6 +118,8 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         queue_depth,
         slots,
         members,
+        free_bytes,
+        low_storage,
     })
 });
 
@@ -154,6 +170,8 @@ pub struct Snapshot {
     pub slots: (usize, usize),
     /// Peers seen.
     pub members: usize,
+    /// The data volume.
+    pub storage: crate::cluster::probe::Storage,
 }
 
 /// The text exposition, with the gauges set from `snapshot`.
@@ -171,6 +189,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         let free = total.saturating_sub(busy) as u64;
         m.slots.get_or_create(&SlotLabels { slot: "free" }).set(gauge(free));
         m.members.set(gauge(snapshot.members as u64));
+        m.free_bytes.set(gauge(snapshot.storage.free_bytes));
+        m.low_storage.set(i64::from(snapshot.storage.low));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &m.registry);
         out

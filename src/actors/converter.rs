@@ -232,7 +232,15 @@ pub async fn start(task: ConvertTask) -> bool {
 
 /// One conversion, on a blocking thread: MP4 → temp file beside the output → fsync → rename.
 fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
-    let internal = |what: &str, e: &dyn std::fmt::Display| ("io_error".to_string(), format!("{what}: {e}"));
+    // A full disk is not the job's fault: the owner queues it again (request/storage.rs).
+    let internal = |what: &str, e: &std::io::Error| {
+        let code = if e.kind() == std::io::ErrorKind::StorageFull {
+            crate::actors::request::NO_SPACE
+        } else {
+            "io_error"
+        };
+        (code.to_string(), format!("{what}: {e}"))
+    };
     let input = std::fs::File::open(&task.input).map_err(|e| internal("cannot open the input", &e))?;
     let dir = task.output.parent().unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::Builder::new()
@@ -264,6 +272,7 @@ fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
             crate::store::files::sync_dir(dir).map_err(|e| internal("cannot store the output", &e))?;
             Ok(())
         }
+        Err(convert::ConvertError::Io(e)) => Err(internal("I/O error while converting", &e)),
         Err(e) => Err((e.code().to_string(), e.to_string())),
     }
 }

@@ -4,7 +4,6 @@
 //! each gateway incarnation, so a restarted gateway serves the same port. Stopping the
 //! gateway first stops accepting, then lets in-flight requests finish.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -63,15 +62,10 @@ impl Actor for GatewayActor {
         args.listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(args.listener)?;
         let stopping = Arc::new(AtomicBool::new(false));
+        let limits = args.config.http_limits;
         let app = http::router(AppState::new(args.config, stopping.clone(), args.facts));
         let shutdown = CancellationToken::new();
-        let signal = shutdown.clone().cancelled_owned();
-        let server = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(signal).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let server = tokio::spawn(http::serve::serve(listener, app, shutdown.clone(), limits));
         Ok(GatewayState {
             shutdown,
             stopping,

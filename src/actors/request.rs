@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use self::dispatch::{Placement, stop};
+use self::dispatch::Placement;
 use self::placement::PlaceError;
 use super::converter::{Outcome, host};
 use super::notifier::NotifierMsg;
 use super::{Role, tell};
 use crate::auth::Principal;
+use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
 use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Source, StoreError};
@@ -28,6 +29,9 @@ mod dispatch;
 pub mod handoff;
 pub mod jobs;
 pub mod placement;
+mod storage;
+
+pub use self::storage::NO_SPACE;
 
 /// How often queued work is re-checked even without a wake-up.
 const DISPATCH_EVERY: Duration = Duration::from_secs(2);
@@ -187,6 +191,11 @@ pub enum RequestMsg {
     },
     /// Place queued work on free converter slots (and expire placements' leases).
     Dispatch,
+    /// A job whose conversion ran out of disk space goes back to the queue.
+    Requeue {
+        /// The job.
+        id: JobId,
+    },
     /// For `/metrics`: this node's jobs by state, and how many wait for a slot.
     Stats {
         /// `(jobs by state, queue depth)`.
@@ -251,6 +260,11 @@ pub struct RequestState {
     draining: Option<Vec<RpcReplyPort<usize>>>,
     /// Set once the node hands its jobs over: results and progress are ignored.
     released: bool,
+    /// Where the data volume's free space is published (for the probe and `/metrics`).
+    facts: Facts,
+    /// Jobs deleted (`true`) or canceled (`false`) whose files are gone but whose row
+    /// could not be written (a full disk): retried on every dispatch.
+    undeleted: HashMap<JobId, bool>,
 }
 
 impl RequestState {
@@ -371,12 +385,12 @@ impl RequestState {
 impl Actor for RequestActor {
     type Msg = RequestMsg;
     type State = RequestState;
-    type Arguments = Arc<Config>;
+    type Arguments = (Arc<Config>, Facts);
 
     async fn pre_start(
         &self,
         myself: ActorRef<RequestMsg>,
-        config: Arc<Config>,
+        (config, facts): (Arc<Config>, Facts),
     ) -> Result<RequestState, ActorProcessingErr> {
         let db = Db::open(&config.db_path())?;
         let files = Files::new(&config.data_dir)?;
@@ -398,6 +412,8 @@ impl Actor for RequestActor {
             fetching: HashMap::new(),
             draining: None,
             released: false,
+            facts,
+            undeleted: HashMap::new(),
         };
         // Resume what was accepted and not finished: after a crash, a restart, or a
         // restart of this actor alone.
@@ -498,36 +514,7 @@ impl Actor for RequestActor {
                 let _ = reply.send(answer.map_err(JobError::from));
             }
             RequestMsg::Delete { id, who, reply } => {
-                let answer = match state.load(&id, Some(&who)).await {
-                    Err(e) => Err(e),
-                    Ok(job) if job.state.is_final() => {
-                        let key = id.clone();
-                        state
-                            .db
-                            .run(move |s| s.delete_job(&key))
-                            .await
-                            .map_err(JobError::from)
-                            .map(|_| None)
-                    }
-                    Ok(_) => {
-                        let key = id.clone();
-                        let canceled = state.db.run(move |s| s.cancel(&key)).await;
-                        state.queue.retain(|q| q != &id);
-                        if let Some((_, task)) = state.fetching.remove(&id) {
-                            task.abort();
-                        }
-                        if let Some(placed) = state.running.remove(&id) {
-                            stop(id.clone(), placed);
-                        }
-                        state.drained();
-                        canceled.map(Some).map_err(JobError::from)
-                    }
-                };
-                if answer.is_ok() {
-                    let (files, key) = (state.files.clone(), id.clone());
-                    let _ = tokio::task::spawn_blocking(move || files.remove_job(&key)).await;
-                }
-                let _ = reply.send(answer);
+                let _ = reply.send(state.delete(id, who).await);
             }
             RequestMsg::Mp3 { id, who, reply } => {
                 let answer = match state.load(&id, who.as_ref()).await {
@@ -570,7 +557,16 @@ impl Actor for RequestActor {
                 }
             }
             RequestMsg::Converted { id, attempt, outcome } => {
-                state.converted(id, attempt, outcome).await?;
+                match outcome {
+                    Err((code, message)) if code == storage::NO_SPACE => {
+                        state.no_space(&myself, id, attempt, &message);
+                    }
+                    outcome => state.converted(id, attempt, outcome).await?,
+                }
+                state.dispatch(&myself).await?;
+            }
+            RequestMsg::Requeue { id } => {
+                state.requeue(id).await?;
                 state.dispatch(&myself).await?;
             }
             RequestMsg::Placed {

@@ -88,7 +88,7 @@ impl NodeSupervisor {
             Role::Auth => Actor::spawn_linked(name, AuthActor, config, cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
-            Role::Request => Actor::spawn_linked(name, RequestActor, config, cell)
+            Role::Request => Actor::spawn_linked(name, RequestActor, (config, state.facts.clone()), cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
             Role::Converter => Actor::spawn_linked(name, ConverterActor, (config, state.facts.clone()), cell)

@@ -42,7 +42,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A role's face to other nodes: an actor that joins the role's versioned process groups,
 /// started (and restarted) under the cluster actor. The mesh starts whatever faces it is
 /// given and knows nothing of what they do.
-pub struct Face(Box<dyn Fn(Arc<Config>, ActorCell) -> BoxFuture<'static, Result<(), SpawnErr>> + Send + Sync>);
+pub struct Face(Box<StartFace>);
+
+/// Starts a face under the cluster actor (the cell given).
+type StartFace = dyn Fn(Arc<Config>, ActorCell) -> BoxFuture<'static, Result<(), SpawnErr>> + Send + Sync;
 
 impl Face {
     /// The face run by the actor `make` builds, started with the node's configuration.

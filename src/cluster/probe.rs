@@ -13,11 +13,21 @@ use tokio::sync::watch;
 /// Busy and total converter slots.
 pub type Slots = (usize, usize);
 
+/// The data volume as the request role last measured it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Storage {
+    /// Bytes free.
+    pub free_bytes: u64,
+    /// Under the node's reserve: it takes no new files and no conversions.
+    pub low: bool,
+}
+
 /// What this node's roles publish about themselves for the mesh to report. Cloned into
 /// each role that publishes (it outlives their restarts) and into the probe that reads.
 #[derive(Clone)]
 pub struct Facts {
     slots: Arc<watch::Sender<Slots>>,
+    storage: Arc<watch::Sender<Storage>>,
     roles: Arc<[&'static str]>,
 }
 
@@ -26,6 +36,7 @@ impl Facts {
     pub fn new(roles: impl IntoIterator<Item = &'static str>) -> Self {
         Facts {
             slots: Arc::new(watch::Sender::new((0, 0))),
+            storage: Arc::new(watch::Sender::new(Storage::default())),
             roles: roles.into_iter().collect(),
         }
     }
@@ -35,9 +46,20 @@ impl Facts {
         self.slots.send_replace(slots);
     }
 
+    /// The data volume's free space (published by the request role).
+    pub fn publish_storage(&self, storage: Storage) {
+        self.storage.send_replace(storage);
+    }
+
+    /// The data volume as last published.
+    pub fn storage(&self) -> Storage {
+        *self.storage.borrow()
+    }
+
     /// This node's status as peers see it.
     pub fn status(&self, node: &str, incarnation: &str) -> NodeStatus {
         let (busy, total) = *self.slots.borrow();
+        let storage = self.storage();
         NodeStatus {
             node: node.to_string(),
             incarnation: incarnation.to_string(),
@@ -47,9 +69,11 @@ impl Facts {
             roles: self
                 .roles
                 .iter()
-                .filter(|name| ractor::registry::where_is(name.to_string()).is_some())
+                .filter(|name| ractor::registry::where_is(name).is_some())
                 .map(|name| name.to_string())
                 .collect(),
+            free_bytes: storage.free_bytes,
+            low_storage: storage.low,
         }
     }
 }
@@ -76,6 +100,12 @@ pub struct NodeStatus {
     /// The roles running now.
     #[prost(string, repeated, tag = "6")]
     pub roles: Vec<String>,
+    /// Bytes free on its data volume.
+    #[prost(uint64, tag = "7")]
+    pub free_bytes: u64,
+    /// Under its reserve: place no conversion there (absent from older nodes: false).
+    #[prost(bool, tag = "8")]
+    pub low_storage: bool,
 }
 
 ractor_cluster::derive_serialization_for_prost_type! {NodeStatus}

@@ -44,7 +44,7 @@ async fn token(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let Json(body) = body.map_err(ApiError::json)?;
     let issued = login(body.email, body.password, client.ip()).await?;
     Ok(Json(serde_json::json!({
         "access_token": issued.token,
@@ -68,7 +68,7 @@ async fn create_user(
     if !who.admin {
         return Err(ApiError::forbidden("only admins create users"));
     }
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let Json(body) = body.map_err(ApiError::json)?;
     let admin = body.admin;
     let email = ask(
         Role::Auth,

@@ -21,6 +21,7 @@ fn status_json(status: &NodeStatus) -> serde_json::Value {
         "version": status.version,
         "roles": status.roles,
         "slots": {"busy": status.busy_slots, "free": status.total_slots.saturating_sub(status.busy_slots), "total": status.total_slots},
+        "storage": {"free_bytes": status.free_bytes, "low": status.low_storage},
     })
 }
 

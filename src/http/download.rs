@@ -2,12 +2,13 @@
 //! link from the email, no login). The seed's `GET /download?fid=` uses [`serve`].
 //!
 //! tower-http's `ServeFile` streams the file and answers Range, HEAD and conditional
-//! requests; we add the `Content-Disposition`.
+//! requests; we add the `Content-Disposition`, and decide first which Range is honoured
+//! ([`honoured_range`]: one byte range, with a matching `If-Range` if any).
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::HeaderValue;
-use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::ServiceExt;
@@ -46,9 +47,14 @@ pub(super) async fn serve(
                 At::Here => Ok(Found::Here(
                     ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??,
                 )),
-                At::Node(owner) => Ok(Found::Streamed(
-                    super::route::remote_mp3(&owner, &id, who.as_ref(), headers).await?,
-                )),
+                At::Node(owner) => {
+                    // A streamed MP3 carries no validator, so no If-Range can match it.
+                    let mut headers = headers.clone();
+                    honoured_range(&mut headers, None);
+                    Ok(Found::Streamed(
+                        super::route::remote_mp3(&owner, &id, who.as_ref(), &headers).await?,
+                    ))
+                }
             }
         }
     })
@@ -57,10 +63,29 @@ pub(super) async fn serve(
         Found::Here(file) => file,
         Found::Streamed(response) => return Ok(response),
     };
+    let mut request = request;
+    let modified = tokio::fs::metadata(&file.path)
+        .await
+        .and_then(|m| m.modified())
+        .ok()
+        .map(httpdate::fmt_http_date);
+    honoured_range(request.headers_mut(), modified.as_deref());
     let response = ServeFile::new(&file.path)
         .oneshot(request)
         .await
         .map_err(ApiError::internal)?;
+    if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+        let mut refused = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            "the range is outside the file",
+        )
+        .into_response();
+        if let Some(range) = response.headers().get(CONTENT_RANGE) {
+            refused.headers_mut().insert(CONTENT_RANGE, range.clone());
+        }
+        return Ok(refused);
+    }
     if response.status() == axum::http::StatusCode::NOT_FOUND {
         return Err(ApiError::internal(format!(
             "MP3 of {} missing at {}",
@@ -76,6 +101,27 @@ pub(super) async fn serve(
         headers.insert(CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// Keeps the request's `Range` only where RFC 9110 says it is honoured: one range in
+/// bytes (another unit, or several ranges, get the whole file: 200), and, with `If-Range`,
+/// only when its validator equals the file's `last_modified` (a stale or foreign validator
+/// gets the whole file). `If-Range` is settled here and removed.
+fn honoured_range(headers: &mut HeaderMap, last_modified: Option<&str>) {
+    let Some(range) = headers.get(RANGE).and_then(|v| v.to_str().ok()) else {
+        headers.remove(IF_RANGE);
+        return;
+    };
+    let range = range.trim();
+    let one_byte_range = range.len() > 6 && range[..6].eq_ignore_ascii_case("bytes=") && !range.contains(',');
+    let validated = match headers.get(IF_RANGE) {
+        None => true,
+        Some(v) => last_modified.is_some_and(|lm| v.as_bytes() == lm.as_bytes()),
+    };
+    if !one_byte_range || !validated {
+        headers.remove(RANGE);
+    }
+    headers.remove(IF_RANGE);
 }
 
 async fn by_job(
@@ -133,7 +179,37 @@ pub(super) fn content_disposition(original: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::content_disposition;
+    use super::*;
+
+    fn range_after(range: &str, if_range: Option<&str>, last_modified: Option<&str>) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(RANGE, HeaderValue::from_str(range).unwrap());
+        if let Some(v) = if_range {
+            headers.insert(IF_RANGE, HeaderValue::from_str(v).unwrap());
+        }
+        honoured_range(&mut headers, last_modified);
+        assert!(headers.get(IF_RANGE).is_none());
+        headers.get(RANGE).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn only_one_byte_range_with_a_matching_validator_is_honoured() {
+        let lm = "Mon, 30 Nov 2026 21:00:00 GMT";
+        assert_eq!(range_after("bytes=0-9", None, Some(lm)).as_deref(), Some("bytes=0-9"));
+        assert_eq!(
+            range_after("bytes=0-9", Some(lm), Some(lm)).as_deref(),
+            Some("bytes=0-9")
+        );
+        assert_eq!(
+            range_after("bytes=0-9", Some("Sun, 29 Nov 2026 21:00:00 GMT"), Some(lm)),
+            None
+        );
+        assert_eq!(range_after("bytes=0-9", Some("\"an-etag\""), Some(lm)), None);
+        assert_eq!(range_after("bytes=0-9", Some(lm), None), None);
+        assert_eq!(range_after("bytes=0-1,5-6", None, Some(lm)), None);
+        assert_eq!(range_after("items=0-9", None, Some(lm)), None);
+        assert_eq!(range_after("bytes=", None, Some(lm)), None);
+    }
 
     #[test]
     fn file_names_lose_paths_quotes_and_control_characters() {

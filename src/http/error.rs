@@ -70,6 +70,34 @@ impl ApiError {
         )
     }
 
+    /// 413 for a JSON body over [`super::MAX_JSON_BYTES`].
+    pub fn json_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("JSON bodies are limited to {} bytes", super::MAX_JSON_BYTES),
+        )
+    }
+
+    /// A JSON body that could not be read: too large (413) or malformed (400).
+    pub fn json(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::json_too_large()
+        } else {
+            Self::bad_request("invalid_request", rejection.body_text())
+        }
+    }
+
+    /// 507: the data volume is under its reserve.
+    pub fn insufficient_storage() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            "this server is short of disk space; try again later",
+        )
+        .retry_after(std::time::Duration::from_secs(60))
+    }
+
     /// 500; the detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");

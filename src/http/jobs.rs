@@ -1,7 +1,7 @@
 //! `/v1/jobs`: submit (multipart upload or JSON URL import), list, status, cancel/delete.
 //! The seed's `POST /upload` reuses [`submit`].
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -203,16 +203,46 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         let upload = upload::receive(multipart, &state.config, one_file).await?;
         submit_upload(&state, who, upload, key).await
     } else if content_type.starts_with("application/json") {
-        // The seed's download request carries the token in the body; a header works too.
-        let request = Request::from_parts(parts, body);
-        let Json(body) = Json::<UrlJob>::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-        let token = header_auth
-            .or(body.access_token)
-            .ok_or_else(ApiError::missing_credentials)?;
-        let who = super::verify(&token).await?;
+        // The seed's download request may carry the token in the body; a header is checked
+        // first, so a caller without one can only make us read MAX_JSON_BYTES.
+        let who = match &header_auth {
+            Some(token) => Some(super::verify(token).await?),
+            None => None,
+        };
+        let announced = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let over = announced.is_some_and(|n| n > super::MAX_JSON_BYTES as u64);
+        let read = if over {
+            None
+        } else {
+            let read = axum::body::to_bytes(body, super::MAX_JSON_BYTES);
+            tokio::time::timeout(state.config.http_limits.header_timeout, read)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let Some(bytes) = read else {
+            // Without credentials in the header, a body we did not read has none either.
+            return Err(if who.is_some() {
+                ApiError::json_too_large()
+            } else {
+                ApiError::missing_credentials()
+            });
+        };
+        let body: UrlJob = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid JSON body: {e}")))?;
+        let who = match who {
+            Some(who) => who,
+            None => {
+                let token = body.access_token.as_deref().ok_or_else(ApiError::missing_credentials)?;
+                super::verify(token).await?
+            }
+        };
         let (bitrate, vbr) = quality(body.bitrate, body.vbr)?;
+        upload::room_for(&state.config, 0).await?;
         let url = state.fetcher.parse(&body.url)?;
         // Refused addresses fail the request now; the fetch checks again (DNS may change).
         state.fetcher.check(&url).await?;

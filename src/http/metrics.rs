@@ -24,7 +24,10 @@ pub(super) fn router() -> Router<AppState> {
 const SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn scrape(State(state): State<AppState>) -> Response {
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        storage: state.facts.storage(),
+        ..Snapshot::default()
+    };
     if let Ok(Ok((jobs, queued))) = ask(Role::Request, |reply| RequestMsg::Stats { reply }, SCRAPE_WAIT).await {
         snapshot.jobs = jobs.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
         snapshot.queue_depth = queued;

@@ -21,10 +21,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::{ApiError, AppState};
+use crate::actors::request::jobs::{self, JobQuery, JobsMsg, ListQuery, RemoteError, status};
 use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
-use crate::actors::request::jobs::{self, JobQuery, JobsMsg, ListQuery, RemoteError, status};
 use crate::store::{Job, JobId};
 
 fn unreachable(e: RemoteError) -> ApiError {

@@ -50,10 +50,11 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
 async fn upload_file(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let who = seed_principal(request.headers()).await?;
     let multipart = upload::multipart(request, &state).await.map_err(|e| {
-        if e.status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            e.plain()
-        } else {
+        if e.code == "invalid_multipart" {
             ApiError::bad_request("invalid_request", "exactly 1 file required").plain()
+        } else {
+            // Too large, short of space, ...: said as the v1 routes say it, in plain text.
+            e.plain()
         }
     })?;
     let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required").plain();

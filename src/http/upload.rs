@@ -18,6 +18,28 @@ const MULTIPART_SLACK: u64 = 64 * 1024;
 const DRAIN_LIMIT: u64 = 16 << 20;
 /// Longest text field accepted.
 const MAX_FIELD: usize = 1024;
+/// How often (in bytes received) an upload of unknown length checks the free space.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
+
+/// Refuses new files (`507`) while the data volume, less `incoming` bytes, would be under
+/// its reserve.
+pub(super) async fn room_for(config: &Config, incoming: u64) -> Result<(), ApiError> {
+    let files = Files::at(&config.data_dir);
+    let free = tokio::task::spawn_blocking(move || files.free_bytes())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if free < config.min_free_bytes.saturating_add(incoming) {
+        tracing::warn!(
+            free,
+            incoming,
+            reserve = config.min_free_bytes,
+            "refusing a new file: short of disk space"
+        );
+        return Err(ApiError::insufficient_storage());
+    }
+    Ok(())
+}
 
 /// The request's one file, on disk, and its text fields.
 pub(super) struct Upload {
@@ -60,6 +82,9 @@ pub(super) async fn multipart(request: Request, state: &AppState) -> Result<Mult
         }
         return Err(ApiError::too_large(cap));
     }
+    room_for(&state.config, declared.unwrap_or(0)).await?;
+    let (config, request) = (&state.config, request);
+    let request = request.map(|body| super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window));
     Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))
@@ -95,11 +120,17 @@ pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file:
             let mut out = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
             staged.0 = Some(path);
             let mut size = 0u64;
+            let mut checked = 0u64;
             while let Some(chunk) = field.chunk().await.map_err(bad)? {
                 size += chunk.len() as u64;
                 if size > config.max_upload_bytes {
                     drain(field).await;
                     return Err(ApiError::too_large(config.max_upload_bytes));
+                }
+                // A body without a length (or a lying one) is checked as it grows.
+                if size - checked >= SPACE_CHECK_EVERY {
+                    checked = size;
+                    room_for(config, 0).await?;
                 }
                 out.write_all(&chunk).await.map_err(ApiError::internal)?;
             }

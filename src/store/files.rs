@@ -77,6 +77,12 @@ impl Files {
         }
     }
 
+    /// Bytes free for us on the data volume (blocking: a `statvfs`).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stats = rustix::fs::statvfs(self.tmp_dir()).map_err(io::Error::from)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
     /// Empties `tmp/`: whatever is there was in flight when the node stopped.
     pub fn clear_tmp(&self) -> io::Result<()> {
         for entry in fs::read_dir(self.tmp_dir())? {

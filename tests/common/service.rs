@@ -127,6 +127,18 @@ impl Node {
         line[at..].split_whitespace().next()?.parse().ok()
     }
 
+    /// The server's resident memory (VmRSS) in bytes.
+    pub fn rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the node runs").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
     /// Restarts the node on the same data dir with the same flags (after a kill or stop).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");

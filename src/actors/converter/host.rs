@@ -502,4 +502,3 @@ pub fn host_actor(node: &str) -> Option<ActorCell> {
         .into_iter()
         .find(|c| !c.get_id().is_local())
 }
-

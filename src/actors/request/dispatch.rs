@@ -86,7 +86,7 @@ impl RequestState {
             .into_iter()
             .filter(|m| m.state == "up" && self.busy_until.get(&m.node).is_none_or(|t| *t <= now))
             .filter_map(|m| {
-                let status = m.status?;
+                let status = m.status.filter(|s| !s.low_storage)?;
                 // Offers in flight are not in the node's last heartbeat yet.
                 let offered = self
                     .running
@@ -106,7 +106,11 @@ impl RequestState {
     /// this node's winning ties.
     pub(super) async fn dispatch(&mut self, myself: &ActorRef<RequestMsg>) -> Result<(), ActorProcessingErr> {
         self.expire_leases();
-        if self.draining.is_some() || self.queue.is_empty() {
+        let storage = self.measure_storage().await;
+        self.retry_deletes().await;
+        // Under the reserve, nothing new is placed: a conversion writes an MP3 here (or
+        // brings one back here).
+        if self.draining.is_some() || self.queue.is_empty() || storage.low {
             return Ok(());
         }
         let status = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await;

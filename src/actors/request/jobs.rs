@@ -18,7 +18,6 @@ use crate::cluster::pieces::CHUNK;
 use crate::config::Config;
 use crate::store::{Job, JobId, JobState, Source};
 
-
 /// The group of `node`'s jobs actor.
 pub fn group(node: &str) -> String {
     format!("jobs.v1:{node}")

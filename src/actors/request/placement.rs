@@ -169,4 +169,3 @@ pub async fn receive(config: &Config, piece: Piece) -> Answer {
         }
     }
 }
-

@@ -1,0 +1,374 @@
+//! Hostile clients: every request is bounded before it costs anything (issue: hostile
+//! clients and full disks). Runs the real binary over HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::Api;
+use common::service::{ADMIN, Node};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, IF_RANGE, LAST_MODIFIED, RANGE};
+
+/// POSTs a JSON body of about `len` bytes (`{"url":"aaa…`) to `/v1/jobs` over a raw
+/// connection, announced with a Content-Length or chunked, writing 1 MiB pieces while
+/// reading: the server may answer and close long before the body is sent. Returns the
+/// answer's status and error code.
+async fn post_json(node: &Node, token: Option<&str>, len: usize, announced: bool) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let framing = if announced {
+        format!("Content-Length: {}\r\n", len + 8)
+    } else {
+        "Transfer-Encoding: chunked\r\n".to_string()
+    };
+    let head = format!("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}{framing}\r\n");
+    let send = async move {
+        let piece = vec![b'a'; 1 << 20];
+        let frame = |data: &[u8]| {
+            if announced {
+                data.to_vec()
+            } else {
+                [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat()
+            }
+        };
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&frame(b"{\"url\":\"")).await?;
+        for _ in 0..len / piece.len() {
+            writer.write_all(&frame(&piece)).await?;
+        }
+        Ok::<_, std::io::Error>(writer)
+    };
+    let receive = async move {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n")
+                && let Some(length) = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                && body.len() >= length.parse::<usize>().unwrap_or(0)
+            {
+                break;
+            }
+        }
+        answer
+    };
+    let (sent, answer) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(60), send),
+        tokio::time::timeout(Duration::from_secs(60), receive)
+    );
+    drop(sent);
+    let answer = String::from_utf8_lossy(&answer.expect("an answer in time")).to_string();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, json["error"]["code"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_are_bounded_and_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let before = node.rss();
+    const BIG: usize = 200 << 20;
+    // No token: 401, announced or chunked.
+    for announced in [true, false] {
+        assert_eq!(
+            post_json(&node, None, BIG, announced).await,
+            (401, "missing_credentials".into()),
+            "no token, announced: {announced}"
+        );
+        // A bad token in the header: 401 before the body.
+        assert_eq!(post_json(&node, Some("not-a-token"), BIG, announced).await.0, 401);
+        // A valid token: 413.
+        assert_eq!(
+            post_json(&node, Some(&token), BIG, announced).await,
+            (413, "too_large".into()),
+            "valid token, announced: {announced}"
+        );
+    }
+    // Other JSON routes: 64 KiB at most.
+    let big_login = serde_json::json!({"email": "a@b.c", "password": "x".repeat(100 << 10)});
+    let r = api
+        .http
+        .post(api.url("/v1/auth/token"))
+        .json(&big_login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into())
+    );
+    let r = api
+        .http
+        .post(api.url("/v1/users"))
+        .bearer_auth(&token)
+        .json(&big_login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(Api::error_code(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let r = api
+        .http
+        .post(api.url("/v1/users"))
+        .json(&big_login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::error_code(r).await.0,
+        StatusCode::UNAUTHORIZED,
+        "no token: 401 first"
+    );
+    let grown = node.rss().saturating_sub(before);
+    assert!(grown < 16 << 20, "server RSS grew by {grown} bytes");
+    // A small JSON import with the token in the body (the seed's form) still works.
+    let r = api
+        .http
+        .post(api.url("/v1/jobs"))
+        .json(&serde_json::json!({"url": "http://127.0.0.1:9/a.mp4", "access_token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "forbidden_url".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let r = api
+        .http
+        .get(api.url("/v1/jobs"))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header(AUTHORIZATION, "Bearer forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    let r = api
+        .http
+        .get(api.url("/v1/jobs"))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "one header still works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_follow_rfc_9110() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let input = common::tone("range.m4a", 440, 22_050, 2.0, 1, &["-c:a", "aac"]);
+    let job = api.upload(&token, &input).await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(api.finished(&token, id).await["state"], "done");
+    let whole = api.mp3(&token, id).await;
+    let url = api.url(&format!("/v1/jobs/{id}/mp3"));
+    let get = |headers: Vec<(reqwest::header::HeaderName, String)>| {
+        let mut req = api.http.get(&url).bearer_auth(&token);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        req.send()
+    };
+    let r = get(vec![(RANGE, "bytes=0-9".into())]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let modified = r.headers()[LAST_MODIFIED].to_str().unwrap().to_string();
+    assert_eq!(r.bytes().await.unwrap(), whole[..10]);
+    // A matching If-Range keeps the range; a stale one (or an ETag we never gave) gets all.
+    let r = get(vec![(RANGE, "bytes=0-9".into()), (IF_RANGE, modified.clone())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    for stale in ["Mon, 01 Jan 2024 00:00:00 GMT", "\"some-etag\""] {
+        let r = get(vec![(RANGE, "bytes=0-9".into()), (IF_RANGE, stale.into())])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "If-Range {stale}");
+        assert_eq!(r.bytes().await.unwrap(), whole);
+    }
+    // Several ranges, or another unit: the whole file.
+    for range in ["bytes=0-1,5-6", "items=0-9"] {
+        let r = get(vec![(RANGE, range.into())]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "Range {range}");
+        assert_eq!(r.headers()["content-type"], "audio/mpeg");
+        assert_eq!(r.bytes().await.unwrap(), whole);
+    }
+    // Outside the file: 416 as a JSON error naming the size.
+    let r = get(vec![(RANGE, format!("bytes={}-", whole.len() + 10))])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()[CONTENT_RANGE], format!("bytes */{}", whole.len()).as_str());
+    assert_eq!(r.headers()["content-type"], "application/json");
+}
+
+/// Reads until the server closes the connection (or `limit` passes): what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.ok().map(|()| got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_cut_off_and_their_uploads_deleted() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &dir.path().join("a"),
+        &[
+            "--header-timeout",
+            "2s",
+            "--slow-upload-window",
+            "2s",
+            "--min-upload-rate",
+            "1024",
+            "--max-connections-per-ip",
+            "6",
+        ],
+    )
+    .await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+
+    // Headers trickled one byte every 300 ms: closed about 2 s in, while still sending.
+    let mut slow = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for byte in request {
+        if slow.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let closed = cut || read_until_closed(&mut slow, Duration::from_secs(3)).await.is_some();
+    assert!(
+        closed,
+        "a trickling client is still connected after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+
+    // An idle keep-alive connection is closed after the header timeout.
+    let mut idle = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(8))
+        .await
+        .expect("the idle connection is closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "kept alive for a while first"
+    );
+
+    // An upload at 100 bytes per second is dropped and its staged file deleted.
+    let mut upload = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/form-data; boundary=XYZ\r\nContent-Length: 1000000\r\n\r\n\
+         --XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    let tmp = node.data.join("tmp");
+    let started = std::time::Instant::now();
+    let mut staged_seen = false;
+    let mut dropped = false;
+    while started.elapsed() < Duration::from_secs(12) {
+        if upload.write_all(&[b'a'; 100]).await.is_err() {
+            dropped = true;
+            break;
+        }
+        staged_seen |= std::fs::read_dir(&tmp).unwrap().count() > 0;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(staged_seen, "the upload was being staged");
+    if !dropped {
+        let answer = read_until_closed(&mut upload, Duration::from_secs(5)).await;
+        assert!(
+            answer.is_some(),
+            "a 100 B/s upload is still open after {:?}",
+            started.elapsed()
+        );
+    }
+    common::service::poll(Duration::from_secs(10), "the slow upload's staged file to go", || {
+        let empty = std::fs::read_dir(&tmp).unwrap().count() == 0;
+        async move { empty.then_some(()) }
+    })
+    .await;
+
+    // At most 6 connections from one address: a 7th is closed at once, and a place
+    // frees when one closes.
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        open.push(tokio::net::TcpStream::connect(node.addr).await.unwrap());
+    }
+    let mut seventh = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let refused = read_until_closed(&mut seventh, Duration::from_millis(1500)).await;
+    assert_eq!(
+        refused.as_deref(),
+        Some(&b""[..]),
+        "the 7th connection is closed without an answer"
+    );
+    drop(open);
+    common::service::poll(
+        Duration::from_secs(5),
+        "a connection after the others closed",
+        || async {
+            reqwest::get(node.url("/healthz"))
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        },
+    )
+    .await;
+}

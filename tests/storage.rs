@@ -1,0 +1,243 @@
+//! A full data volume (issue: hostile clients and full disks), on a small tmpfs mounted by
+//! the test (CI runs as root): new files are refused with 507 under the reserve, what was
+//! accepted is kept, done jobs still download, deletes free space, a conversion that runs
+//! out of space waits for room instead of failing, and the free space is reported.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::api::Api;
+use common::service::{ADMIN, Node, poll};
+use reqwest::StatusCode;
+
+/// A tmpfs of `mib` MiB at `at`, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount(8)");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let stat = rustix::fs::statvfs(&self.0).unwrap();
+        stat.f_bavail * stat.f_frsize
+    }
+
+    /// Fills the volume until `leave` bytes are free, in `filler` (replacing it).
+    fn fill_to(&self, leave: u64) -> PathBuf {
+        let filler = self.0.join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let size = self.free().saturating_sub(leave);
+        std::fs::write(&filler, vec![7u8; size as usize]).unwrap();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_volume_refuses_new_files_keeps_the_old_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = Tmpfs::mount(&dir.path().join("vol"), 48);
+    let data = volume.0.join("data");
+    const RESERVE: u64 = 8 << 20;
+    let reserve = RESERVE.to_string();
+    let node = Node::start(&data, &["--min-free-bytes", &reserve, "--converter-slots", "1"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let input = common::tone("storage.m4a", 440, 22_050, 3.0, 1, &["-c:a", "aac"]);
+    let done = api.upload(&token, &input).await;
+    let done_id = done["id"].as_str().unwrap().to_string();
+    assert_eq!(api.finished(&token, &done_id).await["state"], "done");
+    let mp3 = api.mp3(&token, &done_id).await;
+
+    // Under the reserve: uploads (seed and v1) and imports are refused before staging.
+    let filler = volume.fill_to(RESERVE - (1 << 20));
+    let r = api.upload_as("/upload", &token, &input, None).await;
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE, "the seed's upload");
+    assert!(r.text().await.unwrap().contains("short of disk space"));
+    let r = api.upload_as("/v1/jobs", &token, &input, None).await;
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("60"));
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage".into())
+    );
+    let r = api.import(&token, "http://example.com/a.mp4").await;
+    assert_eq!(Api::error_code(r).await.0, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(
+        std::fs::read_dir(data.join("tmp")).unwrap().count(),
+        0,
+        "nothing staged"
+    );
+    // Still ready, still serving the done job, and the shortage is reported.
+    assert_eq!(reqwest::get(node.url("/readyz")).await.unwrap().status(), 200);
+    assert_eq!(api.mp3(&token, &done_id).await, mp3);
+    let reported = poll(Duration::from_secs(10), "the shortage in /metrics", || async {
+        let text = reqwest::get(node.url("/metrics")).await.ok()?.text().await.ok()?;
+        (metric(&text, "mp4tomp3_data_low_storage") == 1.0).then_some(text)
+    })
+    .await;
+    assert!(metric(&reported, "mp4tomp3_data_free_bytes") < RESERVE as f64);
+    let cluster = api.get_json(&token, "/v1/cluster").await;
+    assert_eq!(cluster["self"]["storage"]["low"], true);
+
+    // A delete frees the job's files even now.
+    let job_dir_files = |id: &str| {
+        walk(&data)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(id))
+            .count()
+    };
+    assert!(job_dir_files(&done_id) > 0);
+    let r = api
+        .http
+        .delete(api.url(&format!("/v1/jobs/{done_id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(job_dir_files(&done_id), 0, "the deleted job's files are gone");
+
+    // Room again: uploads work.
+    std::fs::remove_file(&filler).unwrap();
+    poll(Duration::from_secs(10), "uploads to be taken again", || async {
+        let r = api.upload_as("/v1/jobs", &token, &input, None).await;
+        (r.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_that_runs_out_of_space_waits_for_room_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = Tmpfs::mount(&dir.path().join("vol"), 48);
+    let data = volume.0.join("data");
+    // Accepted while no slot converts it.
+    let mut node = Node::start(&data, &["--min-free-bytes", "0", "--converter-slots", "0"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let input = common::tone("storage_long.m4a", 440, 22_050, 20.0, 2, &["-c:a", "aac"]);
+    let job = api.upload(&token, &input).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    node.kill9();
+    // Room for the database's writes but not for the MP3 (~480 KB).
+    let filler = volume.fill_to(192 << 10);
+    let node = Node::start(&data, &["--min-free-bytes", "0", "--converter-slots", "1"]).await;
+    let api = Api::new(&node);
+    poll(Duration::from_secs(30), "the conversion to run out of space", || {
+        let log = node.log_text();
+        async move { log.contains("ran out of disk space").then_some(()) }
+    })
+    .await;
+    let r: serde_json::Value = api.job(&token, &id).await.json().await.unwrap();
+    assert!(
+        matches!(r["state"].as_str(), Some("queued" | "converting")),
+        "not failed for good: {r}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let finished = api.finished(&token, &id).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let mp3 = api.mp3(&token, &id).await;
+    assert!((common::mp3_seconds(dir.path(), &mp3) - 20.0).abs() < 0.1);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_conversion_is_placed_on_a_node_under_its_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [common::service::free_port(), common::service::free_port()];
+    let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
+    let start = |name: &'static str, i: usize, slots: &'static str, reserve: &'static str| {
+        let (data, listen, peers) = (
+            dir.path().join(name),
+            format!("127.0.0.{}:{}", i + 2, ports[i]),
+            peers.clone(),
+        );
+        async move {
+            let args = [
+                "--node-name",
+                name,
+                "--cluster-listen",
+                &listen,
+                "--peers",
+                &peers,
+                "--converter-slots",
+                slots,
+                "--min-free-bytes",
+                reserve,
+            ];
+            Node::start(&data, &args).await
+        }
+    };
+    let a = start("node-a", 0, "0", "0").await;
+    // node-b's reserve is more than any disk has: it is always under it.
+    let mut b = start("node-b", 1, "1", "1000000000000000000").await;
+    let api = Api::new(&a);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let low = poll(Duration::from_secs(20), "node-b reported low on storage", || async {
+        let r = api
+            .http
+            .get(api.url("/v1/cluster"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?;
+        let cluster: serde_json::Value = r.json().await.ok()?;
+        let b = cluster["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["node"] == "node-b")?
+            .clone();
+        (b["storage"]["low"] == true && b["slots"]["free"] == 1).then_some(b)
+    })
+    .await;
+    assert!(low["storage"]["free_bytes"].as_u64().unwrap() > 0, "{low}");
+    let input = common::tone("storage_cluster.m4a", 440, 22_050, 2.0, 1, &["-c:a", "aac"]);
+    let id = api.upload(&token, &input).await["id"].as_str().unwrap().to_string();
+    // Several dispatch rounds (every 2 s) pass without placing it on node-b.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !b.log_text().contains("converting a job for its owner"),
+        "placed on a node under its reserve"
+    );
+    let job: serde_json::Value = api.job(&token, &id).await.json().await.unwrap();
+    assert_eq!(job["state"], "queued");
+    // node-b back with room: the job is placed there and finishes.
+    b.kill9();
+    let _b = start("node-b", 1, "1", "0").await;
+    assert_eq!(api.finished(&token, &id).await["state"], "done");
+}
