@@ -139,9 +139,11 @@ async fn json_bodies_are_bounded_and_refused_before_they_are_read() {
     );
     let grown = node.rss().saturating_sub(before);
     assert!(grown < 16 << 20, "server RSS grew by {grown} bytes");
-    // A small JSON import with the token in the body (the seed's form) still works.
-    let r = api
-        .http
+    // A small JSON import with the token in the body (the seed's form) still works. (A
+    // fresh connection: the refusals above close theirs, which a pooled client may not
+    // have noticed yet.)
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let r = fresh
         .post(api.url("/v1/jobs"))
         .json(&serde_json::json!({"url": "http://127.0.0.1:9/a.mp4", "access_token": token}))
         .send()
