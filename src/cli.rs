@@ -71,6 +71,19 @@ pub enum UserCommand {
     /// Create a user (or reset its password), reading the password from standard input.
     /// Works while the server runs.
     Add(UserAddArgs),
+    /// Remove a user: their tokens stop working and their jobs and files are deleted, on
+    /// every node of the cluster. Works while the server runs.
+    Remove(UserRemoveArgs),
+}
+
+/// `mp4tomp3 user remove`.
+#[derive(Debug, Args)]
+pub struct UserRemoveArgs {
+    /// The user's email.
+    pub email: String,
+    /// The service's data dir.
+    #[arg(long, env = "MP4TOMP3_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 }
 
 /// `mp4tomp3 user add`.
@@ -152,6 +165,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Convert(args) => run_convert(&args),
         Command::Serve(args) => run_serve(*args),
         Command::User(UserCommand::Add(args)) => run_user_add(&args),
+        Command::User(UserCommand::Remove(args)) => run_user_remove(&args),
     }
 }
 
@@ -196,6 +210,22 @@ fn run_user_add(args: &UserAddArgs) -> Result<(), CliError> {
     let role = if args.admin { "admin" } else { "user" };
     tracing::info!(%email, "user {verb}");
     writeln!(io::stderr(), "mp4tomp3: {role} {email} {verb}")?;
+    Ok(())
+}
+
+fn run_user_remove(args: &UserRemoveArgs) -> Result<(), CliError> {
+    let email = normalize_email(&args.email)
+        .ok_or_else(|| CliError::Usage(format!("{:?} is not an email address", args.email)))?;
+    let db = args.data_dir.join("node.db");
+    if !db.exists() {
+        return Err(CliError::Usage(format!("no database at {}", db.display())));
+    }
+    let mut store = Store::open(&db).map_err(|e| CliError::Service(e.into()))?;
+    if !store.remove_user(&email).map_err(|e| CliError::Service(e.into()))? {
+        return Err(CliError::Usage(format!("no user {email}")));
+    }
+    tracing::info!(%email, "user removed");
+    writeln!(io::stderr(), "mp4tomp3: user {email} removed")?;
     Ok(())
 }
 

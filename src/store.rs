@@ -99,6 +99,10 @@ const MIGRATIONS: &[&str] = &[
         sent_at_ms       INTEGER,
         last_error       TEXT
      );",
+    // v2: removed users stay as tombstones (so the removal replicates), and each user has a
+    // token generation: a password change or removal bumps it, revoking older tokens.
+    "ALTER TABLE users ADD COLUMN token_gen INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE users ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// One node's database.

@@ -37,6 +37,9 @@ pub enum AuthError {
     /// The user exists already.
     #[error("a user with this email exists")]
     Exists,
+    /// No such user.
+    #[error("no such user")]
+    NoSuchUser,
     /// The store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -68,8 +71,8 @@ pub enum AuthMsg {
     Checked {
         /// The normalized email.
         email: String,
-        /// The user, if the password matched.
-        user: Option<Principal>,
+        /// The user and their token generation, if the password matched.
+        user: Option<(Principal, i64)>,
         /// Where the login's answer goes.
         reply: RpcReplyPort<Result<Issued, AuthError>>,
     },
@@ -79,6 +82,14 @@ pub enum AuthMsg {
         token: String,
         /// Who it names.
         reply: RpcReplyPort<Result<Principal, AuthError>>,
+    },
+    /// Remove a user (admins only; the gateway checks): their tokens stop working on every
+    /// node, and every node deletes their jobs (`request/storage.rs`).
+    RemoveUser {
+        /// Email.
+        email: String,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), AuthError>>,
     },
     /// Create a user (admins only; the gateway checks).
     CreateUser {
@@ -154,9 +165,12 @@ impl Actor for AuthActor {
                             .as_ref()
                             .map_or(password::dummy_hash(), |u| u.password_hash.as_str());
                         let ok = password::verify(&password, hash);
-                        user.filter(|_| ok).map(|u| Principal {
-                            email: u.email,
-                            admin: u.is_admin,
+                        user.filter(|_| ok).map(|u| {
+                            let who = Principal {
+                                email: u.email,
+                                admin: u.is_admin,
+                            };
+                            (who, u.token_gen)
                         })
                     })
                     .await
@@ -170,11 +184,11 @@ impl Actor for AuthActor {
             }
             AuthMsg::Checked { email, user, reply } => {
                 let answer = match user {
-                    Some(who) => {
+                    Some((who, generation)) => {
                         state.limiter.succeeded(&email);
                         let ttl = state.config.token_ttl;
                         Ok(Issued {
-                            token: state.config.keys.issue(&who, ttl),
+                            token: state.config.keys.issue_gen(&who, generation, ttl),
                             expires_in: ttl.as_secs(),
                         })
                     }
@@ -186,7 +200,35 @@ impl Actor for AuthActor {
                 let _ = reply.send(answer);
             }
             AuthMsg::Verify { token, reply } => {
-                let _ = reply.send(state.config.keys.verify(&token).map_err(AuthError::from));
+                let (who, generation) = match state.config.keys.verify_gen(&token) {
+                    Ok(verified) => verified,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return Ok(());
+                    }
+                };
+                // The signature is not enough: the user must still exist, under the token
+                // generation the token was issued with (answered off the actor).
+                let db = state.db.clone();
+                tokio::spawn(async move {
+                    let email = who.email.clone();
+                    let answer = match db.run(move |s| s.user(&email)).await {
+                        Ok(Some(user)) if user.token_gen == generation => Ok(who),
+                        Ok(_) => Err(AuthError::Token(TokenError::Revoked)),
+                        Err(e) => Err(e.into()),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            AuthMsg::RemoveUser { email, reply } => {
+                let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());
+                let removed = state.db.run(move |s| s.remove_user(&key)).await;
+                let answer = match removed {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(AuthError::NoSuchUser),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(answer);
             }
             AuthMsg::CreateUser {
                 email,

@@ -45,6 +45,9 @@ pub enum TokenError {
     /// Anything else: bad signature, wrong algorithm or audience, missing claims, garbage.
     #[error("the token is not valid")]
     Invalid,
+    /// Issued before its user's password changed, or its user was removed.
+    #[error("the token was revoked (password changed or user removed); log in again")]
+    Revoked,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,6 +60,9 @@ struct AccessClaims {
     iat: u64,
     #[serde(default)]
     adm: bool,
+    /// The user's token generation when issued (tokens from before it changed are revoked).
+    #[serde(default, rename = "tgen")]
+    generation: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,8 +102,13 @@ impl Keys {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding).unwrap_or_default()
     }
 
-    /// An access token for `who`, valid for `ttl`.
+    /// An access token for `who`, valid for `ttl` (token generation 0).
     pub fn issue(&self, who: &Principal, ttl: Duration) -> String {
+        self.issue_gen(who, 0, ttl)
+    }
+
+    /// An access token for `who` under their token generation `generation`, valid for `ttl`.
+    pub fn issue_gen(&self, who: &Principal, generation: i64, ttl: Duration) -> String {
         let now = now_secs();
         self.sign(&AccessClaims {
             iss: ISSUER.into(),
@@ -106,17 +117,25 @@ impl Keys {
             exp: now + ttl.as_secs(),
             iat: now,
             adm: who.admin,
+            generation,
         })
     }
 
     /// Verifies an access token.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        self.verify_gen(token).map(|(who, _)| who)
+    }
+
+    /// Verifies an access token: who it names and the token generation it was issued under
+    /// (the caller compares that with the user's current one).
+    pub fn verify_gen(&self, token: &str) -> Result<(Principal, i64), TokenError> {
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &Self::validation(ACCESS_AUDIENCE))
             .map_err(map_error)?;
-        Ok(Principal {
+        let who = Principal {
             email: data.claims.sub,
             admin: data.claims.adm,
-        })
+        };
+        Ok((who, data.claims.generation))
     }
 
     /// A download link token for job `job_id`, valid for `ttl`.

@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Path};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -17,6 +17,7 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/auth/token", post(token))
         .route("/v1/users", post(create_user))
+        .route("/v1/users/{email}", delete(remove_user))
 }
 
 /// Logs in through the auth actor.
@@ -85,4 +86,21 @@ async fn create_user(
         StatusCode::CREATED,
         Json(serde_json::json!({"email": email, "admin": admin})),
     ))
+}
+
+/// `DELETE /v1/users/{email}` (admins): the user's tokens stop working on every node and
+/// every node deletes their jobs and files.
+async fn remove_user(Authed(who): Authed, Path(email): Path<String>) -> Result<StatusCode, ApiError> {
+    if !who.admin {
+        return Err(ApiError::forbidden("only admins remove users"));
+    }
+    if email.trim().eq_ignore_ascii_case(&who.email) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "an admin cannot remove their own account",
+        ));
+    }
+    ask(Role::Auth, |reply| AuthMsg::RemoveUser { email, reply }, CALL_TIMEOUT).await??;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -154,6 +154,7 @@ impl From<TokenError> for ApiError {
         let code = match e {
             TokenError::Expired => "token_expired",
             TokenError::Invalid => "invalid_token",
+            TokenError::Revoked => "token_revoked",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
@@ -169,6 +170,7 @@ impl From<AuthError> for ApiError {
             AuthError::Token(t) => t.into(),
             AuthError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m),
             AuthError::Exists => ApiError::new(StatusCode::CONFLICT, "exists", e.to_string()),
+            AuthError::NoSuchUser => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             AuthError::Store(e) => ApiError::internal(e),
         }
     }

@@ -1,6 +1,7 @@
-//! Users: email, argon2id hash, admin flag.
+//! Users: email, argon2id hash, admin flag, token generation; removed users stay as
+//! tombstones (`removed`, no password) so their removal replicates like any change.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Result, Store, now_ms};
 
@@ -9,60 +10,92 @@ use super::{Result, Store, now_ms};
 pub struct User {
     /// Lower-case email, the key.
     pub email: String,
-    /// PHC string of the password hash.
+    /// PHC string of the password hash (empty once removed).
     pub password_hash: String,
     /// May create users and see all jobs.
     pub is_admin: bool,
     /// Last change (ms since the epoch): newer wins when replicas merge.
     pub updated_at_ms: i64,
+    /// Tokens carry the generation they were issued under; a password change or removal
+    /// bumps it, and older tokens stop working.
+    pub token_gen: i64,
+    /// Removed: a tombstone.
+    pub removed: bool,
+}
+
+const COLUMNS: &str = "email, password_hash, is_admin, updated_at_ms, token_gen, removed";
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        email: r.get(0)?,
+        password_hash: r.get(1)?,
+        is_admin: r.get(2)?,
+        updated_at_ms: r.get(3)?,
+        token_gen: r.get(4)?,
+        removed: r.get(5)?,
+    })
 }
 
 impl Store {
-    /// Creates or replaces a user. Returns `true` if it was new.
+    /// Creates or replaces a user (a replaced password revokes the user's tokens). Returns
+    /// `true` if it was new (or removed before).
     pub fn put_user(&mut self, email: &str, password_hash: &str, is_admin: bool) -> Result<bool> {
         let now = now_ms();
         self.write(|tx| {
             let existed: bool = tx
-                .query_row("SELECT 1 FROM users WHERE email = ?1", [email], |_| Ok(()))
+                .query_row("SELECT 1 FROM users WHERE email = ?1 AND removed = 0", [email], |_| {
+                    Ok(())
+                })
                 .optional()?
                 .is_some();
             tx.execute(
                 "INSERT INTO users (email, password_hash, is_admin, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4",
+                 ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, \
+                 updated_at_ms = max(?4, users.updated_at_ms + 1), token_gen = users.token_gen + 1, removed = 0",
                 params![email, password_hash, is_admin, now],
             )?;
             Ok(!existed)
         })
     }
 
-    /// Creates a user only if the email is free. Returns `false` if it was taken.
+    /// Creates a user only if the email is free (a removed user's email is). Returns
+    /// `false` if it was taken.
     pub fn add_user(&mut self, email: &str, password_hash: &str, is_admin: bool) -> Result<bool> {
         let now = now_ms();
         self.write(|tx| {
             let added = tx.execute(
                 "INSERT INTO users (email, password_hash, is_admin, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (email) DO NOTHING",
+                 ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, \
+                 updated_at_ms = max(?4, users.updated_at_ms + 1), token_gen = users.token_gen + 1, removed = 0 \
+                 WHERE users.removed = 1",
                 params![email, password_hash, is_admin, now],
             )?;
             Ok(added == 1)
         })
     }
 
-    /// The user with this email.
+    /// Removes a user: a tombstone without password, its token generation bumped. Returns
+    /// `false` if there was no such (live) user.
+    pub fn remove_user(&mut self, email: &str) -> Result<bool> {
+        let now = now_ms();
+        self.write(|tx| {
+            let removed = tx.execute(
+                "UPDATE users SET removed = 1, password_hash = '', is_admin = 0, token_gen = token_gen + 1, \
+                 updated_at_ms = max(?2, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
+                params![email, now],
+            )?;
+            Ok(removed == 1)
+        })
+    }
+
+    /// The live user with this email.
     pub fn user(&self, email: &str) -> Result<Option<User>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT email, password_hash, is_admin, updated_at_ms FROM users WHERE email = ?1",
+                &format!("SELECT {COLUMNS} FROM users WHERE email = ?1 AND removed = 0"),
                 [email],
-                |r| {
-                    Ok(User {
-                        email: r.get(0)?,
-                        password_hash: r.get(1)?,
-                        is_admin: r.get(2)?,
-                        updated_at_ms: r.get(3)?,
-                    })
-                },
+                user_row,
             )
             .optional()?)
     }
@@ -72,34 +105,48 @@ impl Store {
     pub fn merge_user(&mut self, user: &User) -> Result<bool> {
         self.write(|tx| {
             let changed = tx.execute(
-                "INSERT INTO users (email, password_hash, is_admin, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4 \
+                "INSERT INTO users (email, password_hash, is_admin, updated_at_ms, token_gen, removed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4, \
+                 token_gen = max(?5, users.token_gen), removed = ?6 \
                  WHERE excluded.updated_at_ms > users.updated_at_ms",
-                params![user.email, user.password_hash, user.is_admin, user.updated_at_ms],
+                params![
+                    user.email,
+                    user.password_hash,
+                    user.is_admin,
+                    user.updated_at_ms,
+                    user.token_gen,
+                    user.removed
+                ],
             )?;
             Ok(changed == 1)
         })
     }
 
-    /// Users changed after `since_ms` (all with 0), oldest change first.
+    /// Users changed after `since_ms` (all with 0), tombstones included, oldest change first.
     pub fn users_changed_since(&self, since_ms: i64) -> Result<Vec<User>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT email, password_hash, is_admin, updated_at_ms FROM users WHERE updated_at_ms > ?1 ORDER BY updated_at_ms",
-        )?;
-        let rows = stmt.query_map([since_ms], |r| {
-            Ok(User {
-                email: r.get(0)?,
-                password_hash: r.get(1)?,
-                is_admin: r.get(2)?,
-                updated_at_ms: r.get(3)?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM users WHERE updated_at_ms > ?1 ORDER BY updated_at_ms"
+        ))?;
+        let rows = stmt.query_map([since_ms], user_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// How many users exist.
+    /// How many (live) users exist.
     pub fn user_count(&self) -> Result<i64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM users WHERE removed = 0", [], |r| r.get(0))?)
+    }
+
+    /// Ids of jobs here whose owner was removed (their files and rows are to go).
+    pub fn jobs_of_removed_users(&self, limit: u32) -> Result<Vec<crate::store::JobId>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT j.id FROM jobs j JOIN users u ON u.email = j.owner_email WHERE u.removed = 1 LIMIT ?1")?;
+        let rows = stmt.query_map([limit], |r| r.get::<_, String>(0))?;
+        let ids: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(ids.iter().filter_map(|id| crate::store::JobId::parse(id)).collect())
     }
 }
 
@@ -145,9 +192,39 @@ mod tests {
             password_hash: "b".into(),
             is_admin: false,
             updated_at_ms: 5,
+            token_gen: 0,
+            removed: false,
         };
         assert!(store.merge_user(&bob).unwrap(), "unknown users are added");
         assert_eq!(store.users_changed_since(ours.updated_at_ms).unwrap(), vec![newer]);
         assert_eq!(store.users_changed_since(0).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn password_changes_and_removal_bump_the_token_generation_and_removal_replicates() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.add_user("ann@example.com", "h1", false).unwrap();
+        let first = store.user("ann@example.com").unwrap().unwrap();
+        store.put_user("ann@example.com", "h2", false).unwrap();
+        let changed = store.user("ann@example.com").unwrap().unwrap();
+        assert_eq!(changed.token_gen, first.token_gen + 1, "a new password revokes tokens");
+        assert!(changed.updated_at_ms > first.updated_at_ms);
+        assert!(store.remove_user("ann@example.com").unwrap());
+        assert!(!store.remove_user("ann@example.com").unwrap(), "removed once");
+        assert_eq!(store.user("ann@example.com").unwrap(), None);
+        assert_eq!(store.user_count().unwrap(), 0);
+        let tombstone = store.users_changed_since(changed.updated_at_ms).unwrap();
+        assert_eq!(tombstone.len(), 1);
+        assert!(tombstone[0].removed && tombstone[0].password_hash.is_empty());
+        assert!(tombstone[0].token_gen > changed.token_gen);
+        // The tombstone replicates over the live copy another node still has.
+        let mut other = Store::open_in_memory().unwrap();
+        assert!(other.merge_user(&changed).unwrap());
+        assert!(other.merge_user(&tombstone[0]).unwrap());
+        assert_eq!(other.user("ann@example.com").unwrap(), None);
+        // The email is free again, with a newer generation than any old token.
+        assert!(store.add_user("ann@example.com", "h3", false).unwrap());
+        let again = store.user("ann@example.com").unwrap().unwrap();
+        assert!(again.token_gen > tombstone[0].token_gen);
     }
 }

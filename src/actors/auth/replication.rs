@@ -36,6 +36,12 @@ pub struct UserRecord {
     /// Version: newer wins.
     #[prost(int64, tag = "4")]
     pub updated_at_ms: i64,
+    /// Token generation (older tokens are revoked).
+    #[prost(int64, tag = "5")]
+    pub token_gen: i64,
+    /// Removed: a tombstone (its jobs go on every node).
+    #[prost(bool, tag = "6")]
+    pub removed: bool,
 }
 
 /// A batch of users.
@@ -78,6 +84,8 @@ fn batch(users: &[User]) -> UserBatch {
                 password_hash: u.password_hash.clone(),
                 is_admin: u.is_admin,
                 updated_at_ms: u.updated_at_ms,
+                token_gen: u.token_gen,
+                removed: u.removed,
             })
             .collect(),
     }
@@ -118,6 +126,8 @@ impl Actor for UsersActor {
                         password_hash: u.password_hash,
                         is_admin: u.is_admin,
                         updated_at_ms: u.updated_at_ms,
+                        token_gen: u.token_gen,
+                        removed: u.removed,
                     })
                     .collect();
                 let changed = state

@@ -108,6 +108,7 @@ impl RequestState {
         self.expire_leases();
         let storage = self.measure_storage().await;
         self.retry_deletes().await;
+        self.purge_removed_users().await;
         // Under the reserve, nothing new is placed: a conversion writes an MP3 here (or
         // brings one back here).
         if self.draining.is_some() || self.queue.is_empty() || storage.low {

@@ -138,6 +138,34 @@ impl RequestState {
         }
     }
 
+    /// Deletes the jobs (work, files, rows) of users removed here or on another node (their
+    /// tombstones replicate), a batch per dispatch.
+    pub(super) async fn purge_removed_users(&mut self) {
+        let orphans = match self.db.run(|s| s.jobs_of_removed_users(50)).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for removed users' jobs");
+                return;
+            }
+        };
+        for id in orphans {
+            self.queue.retain(|q| q != &id);
+            if let Some((_, task)) = self.fetching.remove(&id) {
+                task.abort();
+            }
+            if let Some(placed) = self.running.remove(&id) {
+                stop(id.clone(), placed);
+            }
+            self.remove_files(&id).await;
+            let key = id.clone();
+            match self.db.run(move |s| s.forget_job(&key)).await {
+                Ok(_) => tracing::info!(job_id = %id, "deleted a removed user's job"),
+                Err(e) => tracing::warn!(job_id = %id, error = %e, "cannot delete a removed user's job"),
+            }
+        }
+        self.drained();
+    }
+
     /// Retries the rows of deletes and cancels that a full disk refused.
     pub(super) async fn retry_deletes(&mut self) {
         let pending: Vec<(JobId, bool)> = self.undeleted.iter().map(|(id, f)| (id.clone(), *f)).collect();

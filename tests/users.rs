@@ -1,0 +1,179 @@
+//! Users can be removed, and a password change or removal revokes their tokens on every
+//! node (issue: hostile clients and full disks, item 8).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::api::Api;
+use common::service::{ADMIN, Node, free_port, poll};
+use reqwest::StatusCode;
+
+/// `mp4tomp3 user ARGS... --data-dir DATA`, with `stdin`: (exit code, stderr).
+fn cli(data: &Path, args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
+        .arg("user")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+async fn status_with(api: &Api, token: &str) -> (StatusCode, String) {
+    let r = api
+        .http
+        .get(api.url("/v1/jobs"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    Api::error_code(r).await
+}
+
+async fn create_user(api: &Api, admin: &str, email: &str, password: &str) {
+    let r = api
+        .http
+        .post(api.url("/v1/users"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+async fn delete_user(api: &Api, token: &str, email: &str) -> (StatusCode, String) {
+    let r = api
+        .http
+        .delete(api.url(&format!("/v1/users/{email}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    Api::error_code(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_or_removal_revokes_tokens_and_removal_deletes_the_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    create_user(&api, &admin, "bob@example.com", "bob-password-1").await;
+    let old = api.login("bob@example.com", "bob-password-1").await;
+    let input = common::tone("users.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
+    let job = api.upload(&old, &input).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(api.finished(&old, &id).await["state"], "done");
+    assert_eq!(status_with(&api, &old).await.0, StatusCode::OK);
+
+    // A new password (the CLI, while the server runs) revokes the old token.
+    let (code, err) = cli(&node.data, &["add", "bob@example.com"], b"bob-password-2\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        status_with(&api, &old).await,
+        (StatusCode::UNAUTHORIZED, "token_revoked".into())
+    );
+    let r = api
+        .http
+        .post(api.url("/login"))
+        .basic_auth("bob@example.com", Some("bob-password-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let new = api.login("bob@example.com", "bob-password-2").await;
+    assert_eq!(status_with(&api, &new).await.0, StatusCode::OK);
+
+    // Only admins remove users, and not themselves; unknown users are 404.
+    assert_eq!(
+        delete_user(&api, &new, "bob@example.com").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(delete_user(&api, &admin, ADMIN.0).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        delete_user(&api, &admin, "nobody@example.com").await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Removal: the token stops working, the login too, and the jobs and files go.
+    assert_eq!(
+        delete_user(&api, &admin, "bob@example.com").await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status_with(&api, &new).await,
+        (StatusCode::UNAUTHORIZED, "token_revoked".into())
+    );
+    let r = api
+        .http
+        .post(api.url("/login"))
+        .basic_auth("bob@example.com", Some("bob-password-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    poll(Duration::from_secs(10), "bob's job to be deleted", || async {
+        (api.job(&admin, &id).await.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(!node.data.join("jobs").join(&id).exists(), "bob's files are gone");
+    // The CLI removes too (and says so for an unknown user).
+    create_user(&api, &admin, "cy@example.com", "cy-password-1").await;
+    let cy = api.login("cy@example.com", "cy-password-1").await;
+    assert_eq!(cli(&node.data, &["remove", "cy@example.com"], b"").0, Some(0));
+    assert_eq!(status_with(&api, &cy).await.0, StatusCode::UNAUTHORIZED);
+    let (code, err) = cli(&node.data, &["remove", "cy@example.com"], b"");
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A removed user's email can be used again, and old tokens stay revoked.
+    create_user(&api, &admin, "bob@example.com", "bob-password-3").await;
+    assert_eq!(status_with(&api, &new).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_user_on_one_node_revokes_and_deletes_on_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
+    let mut nodes = Vec::new();
+    for (i, name) in ["node-a", "node-b"].iter().enumerate() {
+        let listen = format!("127.0.0.{}:{}", i + 2, ports[i]);
+        let args = ["--node-name", name, "--cluster-listen", &listen, "--peers", &peers];
+        nodes.push(Node::start(&dir.path().join(name), &args).await);
+    }
+    let (a, b) = (Api::new(&nodes[0]), Api::new(&nodes[1]));
+    let admin = a.login(ADMIN.0, ADMIN.1).await;
+    create_user(&a, &admin, "dee@example.com", "dee-password-1").await;
+    // The user reaches node-b; a token from node-a works there (one key per cluster).
+    let token = a.login("dee@example.com", "dee-password-1").await;
+    poll(Duration::from_secs(20), "dee's token to work on node-b", || async {
+        (status_with(&b, &token).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    // A job dee owns on node-b.
+    let input = common::tone("users_b.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
+    let id = b.upload(&token, &input).await["id"].as_str().unwrap().to_string();
+    assert_eq!(b.finished(&token, &id).await["state"], "done");
+    assert_eq!(
+        delete_user(&a, &admin, "dee@example.com").await.0,
+        StatusCode::NO_CONTENT
+    );
+    poll(Duration::from_secs(20), "the token revoked on node-b", || async {
+        (status_with(&b, &token).await.0 == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    let admin_b = b.login(ADMIN.0, ADMIN.1).await;
+    poll(Duration::from_secs(20), "dee's job deleted on node-b", || async {
+        (b.job(&admin_b, &id).await.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(!nodes[1].data.join("jobs").join(&id).exists());
+}
