@@ -191,6 +191,9 @@ pub enum RequestMsg {
     },
     /// Place queued work on free converter slots (and expire placements' leases).
     Dispatch,
+    /// Every 2 s (`DISPATCH_EVERY`): measure the data volume, retry refused deletes, delete
+    /// removed users' jobs, then dispatch.
+    Tick,
     /// A job whose conversion ran out of disk space goes back to the queue.
     Requeue {
         /// The job.
@@ -263,7 +266,7 @@ pub struct RequestState {
     /// Where the data volume's free space is published (for the probe and `/metrics`).
     facts: Facts,
     /// Jobs deleted (`true`) or canceled (`false`) whose files are gone but whose row
-    /// could not be written (a full disk): retried on every dispatch.
+    /// could not be written (a full disk): retried on every tick.
     undeleted: HashMap<JobId, bool>,
 }
 
@@ -346,8 +349,7 @@ impl RequestState {
             Err(StoreError::Conflict { state: job_state, .. }) => {
                 tracing::info!(job_id = %id, attempt, %job_state, "stale conversion result refused");
                 if job_state == JobState::Canceled {
-                    let (files, key) = (self.files.clone(), id.clone());
-                    let _ = tokio::task::spawn_blocking(move || files.remove_job(&key)).await;
+                    self.remove_files(&id).await;
                 }
             }
             Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => {} // deleted
@@ -426,8 +428,8 @@ impl Actor for RequestActor {
         }
         // Another node's converter leaving (its node died or was fenced) re-places its jobs.
         ractor::pg::monitor(host::GROUP.to_string(), myself.get_cell());
-        myself.send_interval(DISPATCH_EVERY, || RequestMsg::Dispatch);
-        myself.send_message(RequestMsg::Dispatch)?;
+        myself.send_interval(DISPATCH_EVERY, || RequestMsg::Tick);
+        myself.send_message(RequestMsg::Tick)?;
         Ok(state)
     }
 
@@ -623,6 +625,12 @@ impl Actor for RequestActor {
                 state.dispatch(&myself).await?;
             }
             RequestMsg::Dispatch => state.dispatch(&myself).await?,
+            RequestMsg::Tick => {
+                state.measure_storage().await;
+                state.retry_deletes().await;
+                state.purge_removed_users().await;
+                state.dispatch(&myself).await?;
+            }
             RequestMsg::Stats { reply } => {
                 let counts = state.db.run(|s| s.count_by_state()).await;
                 let _ = reply.send(counts.map(|c| (c, state.queue.len())).map_err(JobError::from));

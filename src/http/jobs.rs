@@ -209,12 +209,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
             Some(token) => Some(super::verify(token).await?),
             None => None,
         };
-        let announced = parts
-            .headers
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let over = announced.is_some_and(|n| n > super::MAX_JSON_BYTES as u64);
+        let over = upload::declared_length(&parts.headers).is_some_and(|n| n > super::MAX_JSON_BYTES as u64);
         let read = if over {
             None
         } else {

@@ -21,6 +21,11 @@ const MAX_FIELD: usize = 1024;
 /// How often (in bytes received) an upload of unknown length checks the free space.
 const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
+/// The body's length as its `Content-Length` announces it.
+pub(super) fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Refuses new files (`507`) while the data volume, less `incoming` bytes, would be under
 /// its reserve.
 pub(super) async fn room_for(config: &Config, incoming: u64) -> Result<(), ApiError> {
@@ -69,11 +74,7 @@ impl Drop for Staged {
 /// A refused body of moderate size is read and discarded first: a client still sending
 /// would otherwise meet a reset connection instead of the `413`.
 pub(super) async fn multipart(request: Request, state: &AppState) -> Result<Multipart, ApiError> {
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(request.headers());
     let cap = state.config.max_upload_bytes;
     if let Some(n) = declared.filter(|n| *n > cap + MULTIPART_SLACK) {
         if n <= cap + DRAIN_LIMIT {

@@ -106,12 +106,9 @@ impl RequestState {
     /// this node's winning ties.
     pub(super) async fn dispatch(&mut self, myself: &ActorRef<RequestMsg>) -> Result<(), ActorProcessingErr> {
         self.expire_leases();
-        let storage = self.measure_storage().await;
-        self.retry_deletes().await;
-        self.purge_removed_users().await;
-        // Under the reserve, nothing new is placed: a conversion writes an MP3 here (or
-        // brings one back here).
-        if self.draining.is_some() || self.queue.is_empty() || storage.low {
+        // Under the reserve (as last measured, on the tick), nothing new is placed: a
+        // conversion writes an MP3 here (or brings one back here).
+        if self.draining.is_some() || self.queue.is_empty() || self.facts.storage().low {
             return Ok(());
         }
         let status = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await;

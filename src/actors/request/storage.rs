@@ -1,13 +1,13 @@
 //! The request role and a full data volume.
 //!
-//! - Free space is measured on every dispatch (at least every 2 s) and published in the
+//! - Free space is measured on every tick (every 2 s) and published in the
 //!   node's facts: `/metrics`, `/v1/cluster` and the heartbeats report it, the gateway
 //!   refuses uploads and imports with `507` under the reserve (`--min-free-bytes`), and no
 //!   conversion is placed on (or by) a node under its reserve.
 //! - A conversion that runs out of space ([`NO_SPACE`]) is not a failed job: it goes back
 //!   to the queue after [`REQUEUE_AFTER`] and runs again once there is room.
 //! - A delete frees the job's files first; if its row cannot be written then (SQLite needs
-//!   a little space too), the row is retried on every dispatch and the caller is told the
+//!   a little space too), the row is retried on every tick and the caller is told the
 //!   job is gone.
 
 use std::time::Duration;
@@ -27,7 +27,7 @@ const REQUEUE_AFTER: Duration = Duration::from_secs(10);
 
 impl RequestState {
     /// Measures the data volume and publishes it; an unreadable volume counts as full.
-    pub(super) async fn measure_storage(&self) -> Storage {
+    pub(super) async fn measure_storage(&self) {
         let files = self.files.clone();
         let free = tokio::task::spawn_blocking(move || files.free_bytes())
             .await
@@ -56,7 +56,6 @@ impl RequestState {
             tracing::info!(free = storage.free_bytes, "the data volume has room again");
         }
         self.facts.publish_storage(storage);
-        storage
     }
 
     /// A conversion of attempt `attempt` ran out of disk space: its placement ends and the
@@ -106,14 +105,7 @@ impl RequestState {
                 Err(e @ StoreError::Conflict { .. }) => return Err(e.into()),
                 other => other,
             };
-            self.queue.retain(|q| q != &id);
-            if let Some((_, task)) = self.fetching.remove(&id) {
-                task.abort();
-            }
-            if let Some(placed) = self.running.remove(&id) {
-                stop(id.clone(), placed);
-            }
-            self.drained();
+            self.stop_work(&id);
             self.remove_files(&id).await;
             canceled.map(Some)
         };
@@ -130,7 +122,8 @@ impl RequestState {
         }
     }
 
-    async fn remove_files(&self, id: &JobId) {
+    /// Removes the job's files (off the runtime), logging a failure.
+    pub(super) async fn remove_files(&self, id: &JobId) {
         let (files, key) = (self.files.clone(), id.clone());
         let removed = tokio::task::spawn_blocking(move || files.remove_job(&key)).await;
         if let Ok(Err(e)) = removed {
@@ -139,7 +132,7 @@ impl RequestState {
     }
 
     /// Deletes the jobs (work, files, rows) of users removed here or on another node (their
-    /// tombstones replicate), a batch per dispatch.
+    /// tombstones replicate), a batch per tick.
     pub(super) async fn purge_removed_users(&mut self) {
         let orphans = match self.db.run(|s| s.jobs_of_removed_users(50)).await {
             Ok(ids) => ids,
@@ -149,19 +142,25 @@ impl RequestState {
             }
         };
         for id in orphans {
-            self.queue.retain(|q| q != &id);
-            if let Some((_, task)) = self.fetching.remove(&id) {
-                task.abort();
-            }
-            if let Some(placed) = self.running.remove(&id) {
-                stop(id.clone(), placed);
-            }
+            self.stop_work(&id);
             self.remove_files(&id).await;
             let key = id.clone();
             match self.db.run(move |s| s.forget_job(&key)).await {
                 Ok(_) => tracing::info!(job_id = %id, "deleted a removed user's job"),
                 Err(e) => tracing::warn!(job_id = %id, error = %e, "cannot delete a removed user's job"),
             }
+        }
+    }
+
+    /// Stops whatever runs for `id`: unqueued, its import aborted, its conversion stopped
+    /// here or withdrawn from its host.
+    fn stop_work(&mut self, id: &JobId) {
+        self.queue.retain(|q| q != id);
+        if let Some((_, task)) = self.fetching.remove(id) {
+            task.abort();
+        }
+        if let Some(placed) = self.running.remove(id) {
+            stop(id.clone(), placed);
         }
         self.drained();
     }
