@@ -43,6 +43,7 @@ pub async fn run(
     .await
     .context("cannot start the node")?;
     tracing::info!(%address, node = %config.node_name, slots = config.converter_slots, "mp4tomp3 serving");
+    crate::memory::spawn_trimmer();
 
     tokio::select! {
         () = shutdown => tracing::info!("shutting down"),

@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         // Bodies read whole (JSON) are capped; upload routes lift this for their stream.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(axum::middleware::from_fn(one_authorization))
+        .layer(axum::middleware::from_fn(close_after_refusal))
         .layer(axum::middleware::from_fn(metrics::count))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -96,6 +97,31 @@ async fn one_authorization(request: axum::extract::Request, next: axum::middlewa
         return ApiError::bad_request("invalid_request", "send exactly one Authorization header").into_response();
     }
     next.run(request).await
+}
+
+/// An error answer to an HTTP/1 request that carried a body says `Connection: close`: the
+/// body may be left unread (refused before reading: 401, 413, 507), so the connection cannot
+/// carry another request, and a client told so does not send its next one into a closing
+/// socket.
+async fn close_after_refusal(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let headers = request.headers();
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) != Some(0));
+    let http1 = request.version() < axum::http::Version::HTTP_2;
+    let mut response = next.run(request).await;
+    let refused = response.status().is_client_error() || response.status().is_server_error();
+    if has_body && http1 && refused {
+        response
+            .headers_mut()
+            .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Verifies a bearer token with the auth actor.

@@ -14,5 +14,6 @@ pub mod convert;
 pub mod fetch;
 pub mod http;
 pub mod mail;
+pub mod memory;
 pub mod metrics;
 pub mod store;

@@ -194,4 +194,22 @@ mod tests {
         assert!(raw.contains("Reason (not_mp4): the input is not an MP4 <file>"));
         assert!(raw.contains("not an MP4 &lt;file&gt;"));
     }
+
+    #[test]
+    fn a_file_name_cannot_inject_headers_into_the_mail() {
+        let mut evil = job(JobState::Done);
+        evil.file_name = "a.mp4\r\nBcc: victim@example.org\r\nSubject: free money\n\rX-Evil: 1".into();
+        let mail = job_mail(&evil, "m@x.org", "http://h/l", Duration::from_secs(1)).unwrap();
+        let raw = mail.formatted();
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let names: Vec<String> = parsed.headers().iter().map(|h| h.name().to_ascii_lowercase()).collect();
+        assert!(!names.iter().any(|n| n == "bcc" || n == "x-evil"), "{names:?}");
+        assert_eq!(names.iter().filter(|n| *n == "subject").count(), 1, "{names:?}");
+        // The name arrives whole, inside the one Subject, as text.
+        let subject = parsed.subject().unwrap();
+        assert!(subject.starts_with("Your MP3 is ready: a.mp4"), "{subject:?}");
+        assert!(subject.contains("Bcc: victim@example.org"), "{subject:?}");
+        assert_eq!(parsed.to().unwrap().first().unwrap().address(), Some("ann@example.com"));
+        assert!(parsed.bcc().is_none());
+    }
 }

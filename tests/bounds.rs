@@ -13,7 +13,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, IF_RANGE, LAST_MODIFIED, RAN
 /// POSTs a JSON body of about `len` bytes (`{"url":"aaa…`) to `/v1/jobs` over a raw
 /// connection, announced with a Content-Length or chunked, writing 1 MiB pieces while
 /// reading: the server may answer and close long before the body is sent. Returns the
-/// answer's status and error code.
+/// answer's status and error code; every answer must be a refusal that says
+/// `Connection: close`.
 async fn post_json(node: &Node, token: Option<&str>, len: usize, announced: bool) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
@@ -74,7 +75,11 @@ async fn post_json(node: &Node, token: Option<&str>, len: usize, announced: bool
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nconnection: close"),
+        "a refusal that leaves the body unread closes the connection, and says so: {head}"
+    );
     let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     (status, json["error"]["code"].as_str().unwrap_or("").to_string())
 }

@@ -561,6 +561,53 @@ async fn logins_are_rate_limited_and_accounts_lock_out() {
     assert!(limited, "the per-address limit applies");
 }
 
+/// No user enumeration by timing: a login for an unknown email costs what a wrong password
+/// for a real one costs (both run one Argon2 verification), within noise.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_users_and_wrong_passwords_take_the_same_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &dir.path().join("a"),
+        &["--login-per-minute", "100000", "--lockout-after", "100000"],
+    )
+    .await;
+    let api = Api::new(&node);
+    let timed = |email: &'static str| {
+        let api = &api;
+        async move {
+            let start = std::time::Instant::now();
+            let r = api
+                .http
+                .post(api.url("/login"))
+                .basic_auth(email, Some("wrong-password"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(r.text().await.unwrap(), "invalid credentials", "one answer for both");
+            start.elapsed().as_secs_f64()
+        }
+    };
+    timed(ADMIN.0).await; // warm-up: the first verification builds the dummy hash
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        unknown.push(timed("nobody@example.com").await);
+        wrong.push(timed(ADMIN.0).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (u, w) = (median(&mut unknown), median(&mut wrong));
+    // Without the dummy verification an unknown user answers in well under a millisecond,
+    // a wrong password in tens of milliseconds: a ratio near 0.01.
+    let ratio = u / w;
+    assert!(
+        (0.7..1.4).contains(&ratio),
+        "unknown user {u:.4} s, wrong password {w:.4} s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_conversions_then_restart_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -766,4 +813,74 @@ async fn deleting_a_running_job_stops_its_conversion_and_frees_the_slot() {
         1,
         "no mail for the canceled job, one for the other"
     );
+}
+
+/// The audit's burst: 100 uploads at once → 100 done jobs, 100 emails (one per job, each to
+/// its owner only), and nothing left in `tmp/`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_concurrent_uploads_make_a_hundred_jobs_and_a_hundred_emails() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(dir.path()).await;
+    let port = smtp.port.to_string();
+    let data = dir.path().join("a");
+    let node = Node::start(
+        &data,
+        &["--smtp-host", "127.0.0.1", "--smtp-port", &port, "--smtp-tls", "none"],
+    )
+    .await;
+    let api = std::sync::Arc::new(Api::new(&node));
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let bytes = std::fs::read(common::video(12)).unwrap();
+    let uploads = (0..100).map(|i| {
+        let (api, token, bytes) = (api.clone(), token.clone(), bytes.clone());
+        tokio::spawn(async move {
+            let form = reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(format!("clip-{i}.mp4")),
+            );
+            let r = api
+                .http
+                .post(api.url("/v1/jobs"))
+                .bearer_auth(&token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED, "upload {i}");
+            r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+        })
+    });
+    let mut ids = Vec::new();
+    for upload in uploads.collect::<Vec<_>>() {
+        ids.push(upload.await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100, "100 distinct jobs");
+    for id in &ids {
+        assert_eq!(api.finished(&token, id).await["state"], "done", "{id}");
+    }
+    let mails = poll(WAIT, "100 emails", || async {
+        let m = smtp.messages();
+        (m.len() >= 100).then_some(m)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(smtp.messages().len(), 100, "one email per job, no more");
+    let mut mailed: Vec<String> = mails
+        .iter()
+        .map(|m| {
+            assert_eq!(
+                mail_header(m, "X-RcptTo").as_deref(),
+                Some(ADMIN.0),
+                "to the owner only"
+            );
+            let id = mail_header(m, "Message-ID").unwrap();
+            id.trim_matches(['<', '>']).trim_end_matches("@mp4tomp3").to_string()
+        })
+        .collect();
+    mailed.sort();
+    assert_eq!(mailed, ids, "each job's Message-ID exactly once");
+    let tmp: Vec<_> = std::fs::read_dir(data.join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "tmp/ is empty after the burst: {tmp:?}");
 }
