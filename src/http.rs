@@ -11,6 +11,7 @@ mod error;
 mod health;
 mod jobs;
 mod metrics;
+pub mod openapi;
 mod route;
 mod seed;
 pub mod serve;
@@ -70,9 +71,9 @@ impl AppState {
     }
 }
 
-/// The whole API.
+/// The whole API, and its OpenAPI document (published at `/openapi.json`).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let (router, document) = openapi::router()
         .merge(health::router())
         .merge(auth::router())
         .merge(cluster::router())
@@ -80,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .merge(download::router())
         .merge(seed::router())
         .merge(metrics::router())
+        .split_for_parts();
+    openapi::publish(&document);
+    router
+        .fallback(no_route)
         // Bodies read whole (JSON) are capped; upload routes lift this for their stream.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(axum::middleware::from_fn(one_authorization))
@@ -87,6 +92,15 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(metrics::count))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `404 no_route`: no such path (told apart from `not_found`, a missing job on a real route).
+async fn no_route() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route; see /openapi.json",
+    )
 }
 
 /// Refuses a request with more than one `Authorization` header (`400`): which one counts

@@ -3,21 +3,26 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::Json;
 use axum::extract::{ConnectInfo, Path};
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooManyRequests, Unauthorized, Unavailable, Unprocessable,
+};
 use super::{ApiError, AppState, Authed};
 use crate::actors::auth::{AuthMsg, Issued};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/auth/token", post(token))
-        .route("/v1/users", post(create_user))
-        .route("/v1/users/{email}", delete(remove_user))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(create_user))
+        .routes(routes!(remove_user))
 }
 
 /// Logs in through the auth actor.
@@ -35,37 +40,90 @@ pub(super) async fn login(email: String, password: String, client: IpAddr) -> Re
     .await??)
 }
 
-#[derive(Deserialize)]
+/// A user's credentials.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ann@example.com", "password": "correct horse battery"}))]
 struct Credentials {
     email: String,
     password: String,
 }
 
+/// An access token.
+#[derive(Serialize, ToSchema)]
+struct Token {
+    /// The JWT; send it as `Authorization: Bearer …`.
+    access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Seconds until it expires.
+    expires_in: u64,
+}
+
+/// Logs in: an access token for an email and password. Logins are throttled per client
+/// address, and an account locks for a while after repeated wrong passwords.
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", operation_id = "login",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in", body = Token),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ))]
 async fn token(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Token>, ApiError> {
     let Json(body) = body.map_err(ApiError::json)?;
     let issued = login(body.email, body.password, client.ip()).await?;
-    Ok(Json(serde_json::json!({
-        "access_token": issued.token,
-        "token_type": "Bearer",
-        "expires_in": issued.expires_in,
-    })))
+    Ok(Json(Token {
+        access_token: issued.token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+    }))
 }
 
-#[derive(Deserialize)]
+/// A new user.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "bob@example.com", "password": "a long passphrase", "admin": false}))]
 struct NewUser {
+    #[schema(format = Email)]
     email: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
+    /// May manage users and see every job and the cluster.
     #[serde(default)]
     admin: bool,
 }
 
+/// A user.
+#[derive(Serialize, ToSchema)]
+struct User {
+    email: String,
+    admin: bool,
+}
+
+/// Creates a user (admins only). Every node learns it.
+#[utoipa::path(post, path = "/v1/users", tag = "auth", operation_id = "create_user",
+    security(("bearer" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ))]
 async fn create_user(
     Authed(who): Authed,
     body: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<User>), ApiError> {
     if !who.admin {
         return Err(ApiError::forbidden("only admins create users"));
     }
@@ -82,14 +140,22 @@ async fn create_user(
         CALL_TIMEOUT,
     )
     .await??;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({"email": email, "admin": admin})),
-    ))
+    Ok((StatusCode::CREATED, Json(User { email, admin })))
 }
 
-/// `DELETE /v1/users/{email}` (admins): the user's tokens stop working on every node and
-/// every node deletes their jobs and files.
+/// Removes a user (admins only): their tokens stop working on every node and every node
+/// deletes their jobs and files.
+#[utoipa::path(delete, path = "/v1/users/{email}", tag = "auth", operation_id = "remove_user",
+    security(("bearer" = [])),
+    params(("email" = String, Path, description = "The user's email")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    ))]
 async fn remove_user(Authed(who): Authed, Path(email): Path<String>) -> Result<StatusCode, ApiError> {
     if !who.admin {
         return Err(ApiError::forbidden("only admins remove users"));

@@ -1,31 +1,111 @@
 //! `GET /v1/cluster` (admins): this node and every member it sees, their roles, state,
 //! converter slots, version, and the round-trip time of the last heartbeat to it.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState, Authed};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::cluster::mesh::ClusterMsg;
 use crate::cluster::probe::NodeStatus;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/v1/cluster", get(cluster))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(cluster))
 }
 
-fn status_json(status: &NodeStatus) -> serde_json::Value {
-    serde_json::json!({
-        "node": status.node,
-        "incarnation": status.incarnation,
-        "version": status.version,
-        "roles": status.roles,
-        "slots": {"busy": status.busy_slots, "free": status.total_slots.saturating_sub(status.busy_slots), "total": status.total_slots},
-        "storage": {"free_bytes": status.free_bytes, "low": status.low_storage},
-    })
+/// The cluster as this node sees it.
+#[derive(Serialize, ToSchema)]
+struct ClusterView {
+    /// This node.
+    #[serde(rename = "self")]
+    this: NodeView,
+    /// The other members this node knows (empty without a cluster).
+    members: Vec<NodeView>,
 }
 
-async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<Json<serde_json::Value>, ApiError> {
+/// One node: what its last heartbeat said (absent fields: no heartbeat answered yet).
+#[derive(Serialize, ToSchema)]
+struct NodeView {
+    /// Its name (the pod name in Kubernetes).
+    node: String,
+    /// This run of the node (changes at every restart).
+    incarnation: String,
+    /// `up` or `suspect` (missed heartbeats), as this node sees it.
+    state: String,
+    /// Its cluster address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    /// Round-trip time of the last heartbeat, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_rtt_ms: Option<f64>,
+    /// Its version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    /// The roles it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<Vec<String>>,
+    /// Its converter slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots: Option<Slots>,
+    /// Its data volume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<Storage>,
+}
+
+/// Converter slots.
+#[derive(Serialize, ToSchema)]
+struct Slots {
+    busy: u32,
+    free: u32,
+    total: u32,
+}
+
+/// A data volume.
+#[derive(Serialize, ToSchema)]
+struct Storage {
+    /// Free bytes.
+    free_bytes: u64,
+    /// Under the reserve (`--min-free-bytes`): takes no new work.
+    low: bool,
+}
+
+impl NodeView {
+    fn of(status: &NodeStatus, state: &str) -> Self {
+        NodeView {
+            node: status.node.clone(),
+            incarnation: status.incarnation.clone(),
+            state: state.to_string(),
+            address: None,
+            heartbeat_rtt_ms: None,
+            version: Some(status.version.clone()),
+            roles: Some(status.roles.clone()),
+            slots: Some(Slots {
+                busy: status.busy_slots,
+                free: status.total_slots.saturating_sub(status.busy_slots),
+                total: status.total_slots,
+            }),
+            storage: Some(Storage {
+                free_bytes: status.free_bytes,
+                low: status.low_storage,
+            }),
+        }
+    }
+}
+
+/// This node and every member it sees (admins only).
+#[utoipa::path(get, path = "/v1/cluster", tag = "operations", operation_id = "cluster",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The cluster", body = ClusterView),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 503, response = super::openapi::Unavailable),
+    ))]
+async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<Json<ClusterView>, ApiError> {
     if !who.admin {
         return Err(ApiError::forbidden("only admins see the cluster"));
     }
@@ -35,22 +115,32 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
     } else {
         Vec::new()
     };
-    let members: Vec<serde_json::Value> = members
+    let members = members
         .iter()
         .map(|m| {
-            let mut v = m
-                .status
-                .as_ref()
-                .map(status_json)
-                .unwrap_or_else(|| serde_json::json!({"node": m.node}));
-            v["incarnation"] = m.name.clone().into();
-            v["address"] = m.address.clone().into();
-            v["state"] = m.state.into();
-            v["heartbeat_rtt_ms"] = m.rtt.map(|d| d.as_secs_f64() * 1000.0).into();
-            v
+            let mut view = match &m.status {
+                Some(status) => NodeView::of(status, m.state),
+                None => NodeView {
+                    node: m.node.clone(),
+                    incarnation: String::new(),
+                    state: m.state.to_string(),
+                    address: None,
+                    heartbeat_rtt_ms: None,
+                    version: None,
+                    roles: None,
+                    slots: None,
+                    storage: None,
+                },
+            };
+            view.incarnation = m.name.clone();
+            view.state = m.state.to_string();
+            view.address = Some(m.address.clone());
+            view.heartbeat_rtt_ms = m.rtt.map(|d| d.as_secs_f64() * 1000.0);
+            view
         })
         .collect();
-    let mut this = status_json(&me);
-    this["state"] = "up".into();
-    Ok(Json(serde_json::json!({"self": this, "members": members})))
+    Ok(Json(ClusterView {
+        this: NodeView::of(&me, "up"),
+        members,
+    }))
 }

@@ -5,26 +5,25 @@
 //! requests; we add the `Content-Disposition`, and decide first which Range is honoured
 //! ([`honoured_range`]: one byte range, with a matching `If-Range` if any).
 
-use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use super::openapi::{Conflict, NotFound, Unauthorized, Unavailable};
 use super::route::At;
 use super::{ApiError, AppState, Authed};
 use crate::actors::request::{Mp3File, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::store::JobId;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs/{id}/mp3", get(by_job))
-        .route("/v1/links/{token}", get(by_link))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(by_job)).routes(routes!(by_link))
 }
 
 /// Streams the MP3 of job `id` to `who` (`None`: a verified signed link).
@@ -124,6 +123,26 @@ fn honoured_range(headers: &mut HeaderMap, last_modified: Option<&str>) {
     headers.remove(IF_RANGE);
 }
 
+/// The MP3 of a done job, streamed; `Range` (one byte range, with `If-Range`) resumes a
+/// download; `HEAD` answers the headers only.
+#[utoipa::path(get, path = "/v1/jobs/{id}/mp3", tag = "downloads", operation_id = "get_mp3",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The job's id"),
+        ("Range" = Option<String>, Header, description = "`bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX`"),
+    ),
+    responses(
+        (status = 200, description = "The MP3", body = [u8], content_type = "audio/mpeg",
+            headers(("Content-Disposition" = String, description = "`attachment` with the upload's name, `.mp3`"))),
+        (status = 206, description = "The requested range of the MP3", body = [u8], content_type = "audio/mpeg",
+            headers(("Content-Range" = String))),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 416, description = "`range_not_satisfiable`: the range is outside the file", body = super::openapi::ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
+        (status = 503, response = Unavailable),
+    ))]
 async fn by_job(
     State(state): State<AppState>,
     Authed(who): Authed,
@@ -133,6 +152,24 @@ async fn by_job(
     serve(&state, super::jobs::job_id(&id)?, Some(who), request).await
 }
 
+/// The MP3 behind the signed link of the email: no login; the link expires (`--link-ttl`).
+#[utoipa::path(get, path = "/v1/links/{token}", tag = "downloads", operation_id = "get_mp3_by_link",
+    params(
+        ("token" = String, Path, description = "The signed link's token"),
+        ("Range" = Option<String>, Header, description = "`bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX`"),
+    ),
+    responses(
+        (status = 200, description = "The MP3", body = [u8], content_type = "audio/mpeg",
+            headers(("Content-Disposition" = String, description = "`attachment` with the upload's name, `.mp3`"))),
+        (status = 206, description = "The requested range of the MP3", body = [u8], content_type = "audio/mpeg",
+            headers(("Content-Range" = String))),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 416, description = "`range_not_satisfiable`: the range is outside the file", body = super::openapi::ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
+        (status = 503, response = Unavailable),
+    ))]
 async fn by_link(
     State(state): State<AppState>,
     Path(token): Path<String>,

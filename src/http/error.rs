@@ -27,6 +27,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Answer in plain text (seed-compatible routes).
     pub plain: bool,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub challenge: &'static str,
 }
 
 impl ApiError {
@@ -38,6 +40,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             plain: false,
+            challenge: "Bearer",
         }
     }
 
@@ -114,6 +117,12 @@ impl ApiError {
         self
     }
 
+    /// A 401 that asks for HTTP Basic credentials (`POST /login`).
+    pub fn basic_challenge(mut self) -> Self {
+        self.challenge = "Basic realm=\"mp4tomp3\"";
+        self
+    }
+
     /// Plain-text body (the seed's style).
     pub fn plain(mut self) -> Self {
         self.plain = true;
@@ -126,7 +135,12 @@ impl IntoResponse for ApiError {
         let mut response = if self.plain {
             (self.status, self.message).into_response()
         } else {
-            let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+            let body = super::openapi::ErrorBody {
+                error: super::openapi::ErrorDetail {
+                    code: self.code.to_string(),
+                    message: self.message,
+                },
+            };
             (self.status, axum::Json(body)).into_response()
         };
         if let Some(secs) = self.retry_after {
@@ -137,7 +151,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(self.challenge));
         }
         response
     }

@@ -2,26 +2,58 @@
 
 use std::sync::atomic::Ordering;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::actors::Role;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// The process serves.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let missing: Vec<&str> = Role::ALL
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Whether this node takes work.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    /// Every role runs and the node is not shutting down.
+    ready: bool,
+    /// The node is shutting down.
+    stopping: bool,
+    /// Roles that are not running (being restarted by their supervisor).
+    missing: Vec<&'static str>,
+    /// This node's name.
+    node: String,
+}
+
+/// Readiness: every role runs and the node is not shutting down (a full data volume does not
+/// make a node unready: downloads and deletes still work there).
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready", body = Readiness),
+    ))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let missing: Vec<&'static str> = Role::ALL
         .iter()
         .filter(|r| r.local().is_none())
         .map(|r| r.name())
@@ -33,10 +65,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let node = state.config.node_name.clone();
     (
         status,
-        Json(
-            serde_json::json!({"ready": ready, "stopping": stopping, "missing": missing, "node": state.config.node_name}),
-        ),
+        Json(Readiness {
+            ready,
+            stopping,
+            missing,
+            node,
+        }),
     )
 }

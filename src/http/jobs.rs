@@ -1,14 +1,20 @@
 //! `/v1/jobs`: submit (multipart upload or JSON URL import), list, status, cancel/delete.
 //! The seed's `POST /upload` reuses [`submit`].
 
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{
+    BadRequest, Forbidden, InsufficientStorage, NotFound, TooLarge, Unauthorized, Unavailable, Unprocessable,
+    UnsupportedMediaType,
+};
 use super::route;
 use super::upload::{self, Upload};
 use super::{ApiError, AppState, Authed};
@@ -16,52 +22,134 @@ use crate::actors::request::RequestMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::convert::Quality;
-use crate::store::{Job, JobId, NewJob, Source};
+use crate::store::{Job, JobId, JobState, NewJob, Source};
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// Largest page of `GET /v1/jobs`.
 const MAX_PAGE: u32 = 100;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(create).layer(DefaultBodyLimit::disable()).get(list))
-        .route("/v1/jobs/{id}", get(status).delete(remove))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    // Uploads stream past the JSON cap (and are bounded by --max-upload-bytes instead).
+    let (schemas, paths, methods) = routes!(create, list);
+    OpenApiRouter::new()
+        .routes((schemas, paths, methods.layer(DefaultBodyLimit::disable())))
+        .routes(routes!(status, remove))
 }
 
 /// A job as the API shows it.
-pub(super) fn job_json(job: &Job) -> serde_json::Value {
-    let time = |ms: i64| {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-        humantime::format_rfc3339_millis(t).to_string()
-    };
-    let error = job
-        .error_code
-        .as_ref()
-        .map(|code| serde_json::json!({"code": code, "message": job.error_message.clone().unwrap_or_default()}));
-    let (source, url) = match &job.source {
-        Source::Upload => ("upload", None),
-        Source::Url(url) => ("url", Some(url.clone())),
-    };
-    serde_json::json!({
-        "id": job.id.as_str(),
-        "state": job.state.as_str(),
-        "progress": job.progress,
-        "error": error,
-        "file_name": job.file_name,
-        "source": source,
-        "url": url,
-        "bitrate": job.bitrate_kbps,
-        "vbr": job.vbr_quality,
-        "attempt": job.attempt,
-        "created_at": time(job.created_at_ms),
-        "updated_at": time(job.updated_at_ms),
-        "finished_at": job.finished_at_ms.map(time),
-        "links": {
-            "self": format!("/v1/jobs/{}", job.id),
-            "mp3": format!("/v1/jobs/{}/mp3", job.id),
-        },
-    })
+#[derive(Serialize, ToSchema)]
+#[schema(as = Job)]
+pub(super) struct JobJson {
+    /// Its id; the part before `~` names the node that owns it.
+    #[schema(example = "node-a~01HZX3K5V9R7Q2W8E4T6Y0U1I3")]
+    id: String,
+    state: StateName,
+    /// 0 to 1 while converting; 1 when done.
+    progress: f64,
+    /// Why it failed (`failed` only).
+    error: Option<JobFailure>,
+    /// The uploaded file's name, or the URL's last segment.
+    file_name: String,
+    source: SourceName,
+    /// The URL it was imported from (`url` jobs).
+    url: Option<String>,
+    /// CBR bitrate in kbit/s, if one was asked for.
+    bitrate: Option<u16>,
+    /// VBR quality (0 best … 9), if asked for.
+    vbr: Option<u8>,
+    /// Conversion attempts so far.
+    attempt: i64,
+    /// Accepted at (RFC 3339).
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// Last change (RFC 3339).
+    #[schema(format = DateTime)]
+    updated_at: String,
+    /// Ended at (RFC 3339), once ended.
+    #[schema(format = DateTime)]
+    finished_at: Option<String>,
+    links: JobLinks,
+}
+
+/// Where a job is.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum StateName {
+    Queued,
+    Fetching,
+    Converting,
+    Done,
+    Failed,
+    Canceled,
+}
+
+/// Where a job's input came from.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum SourceName {
+    Upload,
+    Url,
+}
+
+/// Why a job failed: a stable code and a message. Codes: the input's (`not_mp4`,
+/// `no_audio_track`, `unsupported_codec`, `corrupt_media`, `truncated_media`, `too_long`), the
+/// URL import's (`invalid_url`, `forbidden_url`, `too_large`, `fetch_failed`), ours
+/// (`encoder_failed`, `io_error`).
+#[derive(Serialize, ToSchema)]
+struct JobFailure {
+    code: String,
+    message: String,
+}
+
+/// The job's own URLs.
+#[derive(Serialize, ToSchema)]
+struct JobLinks {
+    #[serde(rename = "self")]
+    this: String,
+    mp3: String,
+}
+
+impl From<&Job> for JobJson {
+    fn from(job: &Job) -> Self {
+        let time = |ms: i64| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            humantime::format_rfc3339_millis(t).to_string()
+        };
+        let (source, url) = match &job.source {
+            Source::Upload => (SourceName::Upload, None),
+            Source::Url(url) => (SourceName::Url, Some(url.clone())),
+        };
+        JobJson {
+            id: job.id.to_string(),
+            state: match job.state {
+                JobState::Queued => StateName::Queued,
+                JobState::Fetching => StateName::Fetching,
+                JobState::Converting => StateName::Converting,
+                JobState::Done => StateName::Done,
+                JobState::Failed => StateName::Failed,
+                JobState::Canceled => StateName::Canceled,
+            },
+            progress: job.progress,
+            error: job.error_code.as_ref().map(|code| JobFailure {
+                code: code.clone(),
+                message: job.error_message.clone().unwrap_or_default(),
+            }),
+            file_name: job.file_name.clone(),
+            source,
+            url,
+            bitrate: job.bitrate_kbps,
+            vbr: job.vbr_quality,
+            attempt: job.attempt,
+            created_at: time(job.created_at_ms),
+            updated_at: time(job.updated_at_ms),
+            finished_at: job.finished_at_ms.map(time),
+            links: JobLinks {
+                this: format!("/v1/jobs/{}", job.id),
+                mp3: format!("/v1/jobs/{}/mp3", job.id),
+            },
+        }
+    }
 }
 
 /// Parses the optional bitrate / VBR settings (from form fields or JSON).
@@ -143,7 +231,7 @@ pub(super) async fn submit(
     Ok((
         status,
         [("location", format!("/v1/jobs/{}", job.id))],
-        Json(job_json(&job)),
+        Json(JobJson::from(&job)),
     )
         .into_response())
 }
@@ -177,13 +265,73 @@ pub(super) async fn submit_upload(
     submit(state, job, Some(upload.path)).await
 }
 
-#[derive(Deserialize)]
+/// A URL import.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"url": "https://media.example.org/talk.mp4", "bitrate": 192}))]
 struct UrlJob {
+    /// An `http` or `https` URL of an MP4/M4A/MOV file on a public address.
+    #[schema(format = "uri")]
     url: String,
+    /// The seed's way: the token in the body instead of the `Authorization` header.
     access_token: Option<String>,
+    /// CBR bitrate in kbit/s, a standard MP3 bitrate (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256 or 320); not with `vbr`.
+    #[schema(minimum = 32, maximum = 320)]
     bitrate: Option<u16>,
+    /// VBR quality, 0 (best) to 9; not with `bitrate`.
+    #[schema(minimum = 0, maximum = 9)]
     vbr: Option<u8>,
 }
+
+/// An upload: one file part (any field name) and optional settings.
+#[derive(ToSchema)]
+#[expect(
+    dead_code,
+    reason = "describes the multipart body, which upload.rs reads as a stream"
+)]
+pub(super) struct UploadForm {
+    /// The MP4/M4A/MOV file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// CBR bitrate in kbit/s, a standard MP3 bitrate (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256 or 320); not with `vbr`.
+    #[schema(minimum = 32, maximum = 320)]
+    bitrate: Option<u16>,
+    /// VBR quality, 0 (best) to 9; not with `bitrate`.
+    #[schema(minimum = 0, maximum = 9)]
+    vbr: Option<u8>,
+}
+
+/// Submits a job: a multipart upload of one file, or a JSON URL import. With an
+/// `Idempotency-Key`, a retry answers the job of the first request (`200`) on any node.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "create_job",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–200 visible characters; one job per key and user")),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (UrlJob = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "Accepted: a new job", body = JobJson,
+            headers(("Location" = String, description = "The job's URL")),
+            links(
+                ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("GetMp3" = (operation_id = "get_mp3", parameters(("id" = "$response.body#/id")))),
+                ("DeleteJob" = (operation_id = "delete_job", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 200, description = "The job an earlier request with this Idempotency-Key made", body = JobJson,
+            headers(("Location" = String, description = "The job's URL")),
+            links(
+                ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("GetMp3" = (operation_id = "get_mp3", parameters(("id" = "$response.body#/id")))),
+                ("DeleteJob" = (operation_id = "delete_job", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+        (status = 507, response = InsufficientStorage),
+    ))]
 
 async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
@@ -266,18 +414,46 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     }
 }
 
-#[derive(Deserialize)]
+/// A page of jobs.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Jobs per page (1–100, default 20).
     limit: Option<u32>,
+    /// Jobs to skip (default 0).
     offset: Option<u32>,
+    /// Every user's jobs (admins only).
     all: Option<bool>,
 }
+
+/// A page of jobs, newest first.
+#[derive(Serialize, ToSchema)]
+struct JobPage {
+    jobs: Vec<JobJson>,
+    limit: u32,
+    offset: u32,
+    /// The `offset` of the next page, if there may be one.
+    next_offset: Option<u32>,
+}
+
+/// Lists the caller's jobs (admins: `all=true` for everyone's), newest first, from every
+/// node of the cluster.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
+    security(("bearer" = [])),
+    params(Page),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ))]
 
 async fn list(
     State(state): State<AppState>,
     Authed(who): Authed,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let Query(page) = page.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     let limit = page.limit.unwrap_or(20).clamp(1, MAX_PAGE);
     let offset = page.offset.unwrap_or(0);
@@ -287,12 +463,12 @@ async fn list(
     }
     let jobs = super::route::list(&state, who, all, limit, offset).await?;
     let next = (jobs.len() as u32 == limit).then_some(offset + limit);
-    Ok(Json(serde_json::json!({
-        "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
-        "limit": limit,
-        "offset": offset,
-        "next_offset": next,
-    })))
+    Ok(Json(JobPage {
+        jobs: jobs.iter().map(JobJson::from).collect(),
+        limit,
+        offset,
+        next_offset: next,
+    }))
 }
 
 /// Parses a job id from a path; malformed ids are simply not found.
@@ -300,16 +476,38 @@ pub(super) fn job_id(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse(raw).ok_or_else(ApiError::not_found)
 }
 
+/// A job: its state, progress, and why it failed if it did.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ))]
 async fn status(
     State(state): State<AppState>,
     Authed(who): Authed,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobJson>, ApiError> {
     let id = job_id(&id)?;
     let job = super::route::get(&state, id, who).await?;
-    Ok(Json(job_json(&job)))
+    Ok(Json(JobJson::from(&job)))
 }
 
+/// Cancels a job that has not ended (answering it, `canceled`) or deletes an ended one and
+/// its files (`204`). Files are deleted even when the data volume is full.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "delete_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Canceled", body = JobJson),
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ))]
 async fn remove(
     State(state): State<AppState>,
     Authed(who): Authed,
@@ -318,7 +516,7 @@ async fn remove(
     let id = job_id(&id)?;
     let canceled = super::route::delete(&state, id, who).await?;
     Ok(match canceled {
-        Some(job) => Json(job_json(&job)).into_response(),
+        Some(job) => Json(JobJson::from(&job)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }

@@ -2,12 +2,12 @@
 //! `/healthz`: scrapers reach it inside the cluster network), and the middleware that counts
 //! HTTP requests by route pattern and status.
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::actors::converter::ConverterMsg;
@@ -16,13 +16,18 @@ use crate::actors::{Role, ask};
 use crate::cluster::mesh::ClusterMsg;
 use crate::metrics::{self, Snapshot};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(scrape))
 }
 
 /// How long a scrape waits for each actor.
 const SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The node's metrics: jobs by state, queue depth, converter slots, conversions, emails,
+/// HTTP requests by route and status, cluster members, the data volume.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text")))]
 async fn scrape(State(state): State<AppState>) -> Response {
     let mut snapshot = Snapshot {
         storage: state.facts.storage(),
