@@ -61,6 +61,72 @@ async fn delete_user(api: &Api, token: &str, email: &str) -> (StatusCode, String
     Api::error_code(r).await
 }
 
+/// `POST /v1/me/password`: the current password is checked like a login, every older token
+/// is revoked, and the answer is a token that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_change_their_own_password_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    create_user(&api, &admin, "dee@example.com", "dee-password-1").await;
+    let first = api.login("dee@example.com", "dee-password-1").await;
+    let second = api.login("dee@example.com", "dee-password-1").await;
+    let change = |token: &str, current: &str, new: &str| {
+        api.http
+            .post(api.url("/v1/me/password"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"current_password": current, "new_password": new}))
+            .send()
+    };
+    let r = change(&first, "not-the-password", "dee-password-2").await.unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_credentials".into())
+    );
+    let r = change(&first, "dee-password-1", "short").await.unwrap();
+    assert_eq!(Api::error_code(r).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        status_with(&api, &first).await.0,
+        StatusCode::OK,
+        "refused changes change nothing"
+    );
+
+    let r = change(&first, "dee-password-1", "dee-password-2").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let fresh = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(body["token_type"], "Bearer");
+    for old in [&first, &second] {
+        assert_eq!(
+            status_with(&api, old).await,
+            (StatusCode::UNAUTHORIZED, "token_revoked".into())
+        );
+    }
+    assert_eq!(status_with(&api, &fresh).await.0, StatusCode::OK);
+    let r = api
+        .http
+        .post(api.url("/login"))
+        .basic_auth("dee@example.com", Some("dee-password-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the old password no longer logs in"
+    );
+    api.login("dee@example.com", "dee-password-2").await;
+    // Someone else's session cannot change it: the token names the user.
+    let r = change(&admin, "dee-password-2", "dee-password-3").await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the admin's password is not dee's"
+    );
+    api.login("dee@example.com", "dee-password-2").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_change_or_removal_revokes_tokens_and_removal_deletes_the_jobs() {
     let dir = tempfile::tempdir().unwrap();

@@ -91,6 +91,16 @@ pub enum AuthMsg {
         /// Done, or why not.
         reply: RpcReplyPort<Result<(), AuthError>>,
     },
+    /// Set a user's new password (the gateway has checked the current one with a login):
+    /// their other tokens stop working on every node; a token under the new generation.
+    SetPassword {
+        /// The (normalized) email.
+        email: String,
+        /// The new password.
+        password: String,
+        /// A token that works after the change, or why not.
+        reply: RpcReplyPort<Result<Issued, AuthError>>,
+    },
     /// Create a user (admins only; the gateway checks).
     CreateUser {
         /// Email.
@@ -229,6 +239,34 @@ impl Actor for AuthActor {
                     Err(e) => Err(e.into()),
                 };
                 let _ = reply.send(answer);
+            }
+            AuthMsg::SetPassword { email, password, reply } => {
+                let (db, config) = (state.db.clone(), state.config.clone());
+                tokio::spawn(async move {
+                    let hashed = tokio::task::spawn_blocking(move || password::hash(&password)).await;
+                    let answer = match hashed {
+                        Ok(Ok(hash)) => {
+                            let key = email.clone();
+                            match db.run(move |s| Ok((s.set_password(&key, &hash)?, s.user(&key)?))).await {
+                                Ok((Some(generation), Some(user))) => {
+                                    let who = Principal {
+                                        email: user.email,
+                                        admin: user.is_admin,
+                                    };
+                                    Ok(Issued {
+                                        token: config.keys.issue_gen(&who, generation, config.token_ttl),
+                                        expires_in: config.token_ttl.as_secs(),
+                                    })
+                                }
+                                Ok(_) => Err(AuthError::NoSuchUser),
+                                Err(e) => Err(e.into()),
+                            }
+                        }
+                        Ok(Err(e)) => Err(AuthError::Invalid(e.to_string())),
+                        Err(e) => Err(AuthError::Invalid(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                });
             }
             AuthMsg::CreateUser {
                 email,

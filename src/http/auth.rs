@@ -1,4 +1,5 @@
-//! `POST /v1/auth/token` (JSON login) and `POST /v1/users` (admins create users).
+//! `POST /v1/auth/token` (JSON login), `POST /v1/me/password`, and `POST /v1/users` /
+//! `DELETE /v1/users/{email}` (admins manage users).
 //! The seed's `POST /login` (HTTP Basic) is in `seed.rs` and shares [`login`].
 
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +24,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(token))
         .routes(routes!(create_user))
         .routes(routes!(remove_user))
+        .routes(routes!(change_password))
 }
 
 /// Logs in through the auth actor.
@@ -169,4 +171,52 @@ async fn remove_user(Authed(who): Authed, Path(email): Path<String>) -> Result<S
     }
     ask(Role::Auth, |reply| AuthMsg::RemoveUser { email, reply }, CALL_TIMEOUT).await??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A password change.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"current_password": "correct horse battery", "new_password": "a new long passphrase"}))]
+struct PasswordChange {
+    /// The password now.
+    current_password: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
+    new_password: String,
+}
+
+/// Changes the caller's password. Every token issued before stops working, on every node;
+/// the answer is a fresh token. The current password is checked as a login is (throttled,
+/// and failures count towards the lockout).
+#[utoipa::path(post, path = "/v1/me/password", tag = "auth", operation_id = "change_password",
+    security(("bearer" = [])),
+    request_body = PasswordChange,
+    responses(
+        (status = 200, description = "Changed; a token that works from now on", body = Token),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ))]
+async fn change_password(
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Authed(who): Authed,
+    body: Result<Json<PasswordChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Token>, ApiError> {
+    let Json(body) = body.map_err(ApiError::json)?;
+    login(who.email.clone(), body.current_password, client.ip()).await?;
+    let password = body.new_password;
+    let email = who.email;
+    let issued = ask(
+        Role::Auth,
+        |reply| AuthMsg::SetPassword { email, password, reply },
+        CALL_TIMEOUT,
+    )
+    .await??;
+    Ok(Json(Token {
+        access_token: issued.token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+    }))
 }

@@ -74,6 +74,22 @@ impl Store {
         })
     }
 
+    /// Replaces a live user's password and revokes their tokens. Returns the new token
+    /// generation, or `None` if there is no such (live) user.
+    pub fn set_password(&mut self, email: &str, password_hash: &str) -> Result<Option<i64>> {
+        let now = now_ms();
+        self.write(|tx| {
+            Ok(tx
+                .query_row(
+                    "UPDATE users SET password_hash = ?2, token_gen = token_gen + 1, \
+                     updated_at_ms = max(?3, updated_at_ms + 1) WHERE email = ?1 AND removed = 0 RETURNING token_gen",
+                    params![email, password_hash, now],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
     /// Removes a user: a tombstone without password, its token generation bumped. Returns
     /// `false` if there was no such (live) user.
     pub fn remove_user(&mut self, email: &str) -> Result<bool> {
