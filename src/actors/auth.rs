@@ -116,6 +116,14 @@ pub enum AuthMsg {
 
 impl ractor::Message for AuthMsg {}
 
+/// An access token for `who` under token generation `generation`.
+fn issue(config: &Config, who: &Principal, generation: i64) -> Issued {
+    Issued {
+        token: config.keys.issue_gen(who, generation, config.token_ttl),
+        expires_in: config.token_ttl.as_secs(),
+    }
+}
+
 /// The auth actor.
 pub struct AuthActor;
 
@@ -196,11 +204,7 @@ impl Actor for AuthActor {
                 let answer = match user {
                     Some((who, generation)) => {
                         state.limiter.succeeded(&email);
-                        let ttl = state.config.token_ttl;
-                        Ok(Issued {
-                            token: state.config.keys.issue_gen(&who, generation, ttl),
-                            expires_in: ttl.as_secs(),
-                        })
+                        Ok(issue(&state.config, &who, generation))
                     }
                     None => {
                         state.limiter.failed(&email);
@@ -253,10 +257,7 @@ impl Actor for AuthActor {
                                         email: user.email,
                                         admin: user.is_admin,
                                     };
-                                    Ok(Issued {
-                                        token: config.keys.issue_gen(&who, generation, config.token_ttl),
-                                        expires_in: config.token_ttl.as_secs(),
-                                    })
+                                    Ok(issue(&config, &who, generation))
                                 }
                                 Ok(_) => Err(AuthError::NoSuchUser),
                                 Err(e) => Err(e.into()),

@@ -62,6 +62,16 @@ struct Token {
     expires_in: u64,
 }
 
+impl From<Issued> for Token {
+    fn from(issued: Issued) -> Self {
+        Token {
+            access_token: issued.token,
+            token_type: "Bearer",
+            expires_in: issued.expires_in,
+        }
+    }
+}
+
 /// Logs in: an access token for an email and password. Logins are throttled per client
 /// address, and an account locks for a while after repeated wrong passwords.
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth", operation_id = "login",
@@ -79,12 +89,7 @@ async fn token(
     body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Token>, ApiError> {
     let Json(body) = body.map_err(ApiError::json)?;
-    let issued = login(body.email, body.password, client.ip()).await?;
-    Ok(Json(Token {
-        access_token: issued.token,
-        token_type: "Bearer",
-        expires_in: issued.expires_in,
-    }))
+    Ok(Json(login(body.email, body.password, client.ip()).await?.into()))
 }
 
 /// A new user.
@@ -214,9 +219,5 @@ async fn change_password(
         CALL_TIMEOUT,
     )
     .await??;
-    Ok(Json(Token {
-        access_token: issued.token,
-        token_type: "Bearer",
-        expires_in: issued.expires_in,
-    }))
+    Ok(Json(issued.into()))
 }
