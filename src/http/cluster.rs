@@ -73,25 +73,21 @@ struct Storage {
     low: bool,
 }
 
-impl NodeView {
-    fn of(status: &NodeStatus, state: &str) -> Self {
-        NodeView {
-            node: status.node.clone(),
-            incarnation: status.incarnation.clone(),
-            state: state.to_string(),
-            address: None,
-            heartbeat_rtt_ms: None,
-            version: Some(status.version.clone()),
-            roles: Some(status.roles.clone()),
-            slots: Some(Slots {
-                busy: status.busy_slots,
-                free: status.total_slots.saturating_sub(status.busy_slots),
-                total: status.total_slots,
-            }),
-            storage: Some(Storage {
-                free_bytes: status.free_bytes,
-                low: status.low_storage,
-            }),
+impl Slots {
+    fn of(status: &NodeStatus) -> Self {
+        Slots {
+            busy: status.busy_slots,
+            free: status.total_slots.saturating_sub(status.busy_slots),
+            total: status.total_slots,
+        }
+    }
+}
+
+impl Storage {
+    fn of(status: &NodeStatus) -> Self {
+        Storage {
+            free_bytes: status.free_bytes,
+            low: status.low_storage,
         }
     }
 }
@@ -118,29 +114,32 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
     let members = members
         .iter()
         .map(|m| {
-            let mut view = match &m.status {
-                Some(status) => NodeView::of(status, m.state),
-                None => NodeView {
-                    node: m.node.clone(),
-                    incarnation: String::new(),
-                    state: m.state.to_string(),
-                    address: None,
-                    heartbeat_rtt_ms: None,
-                    version: None,
-                    roles: None,
-                    slots: None,
-                    storage: None,
-                },
-            };
-            view.incarnation = m.name.clone();
-            view.state = m.state.to_string();
-            view.address = Some(m.address.clone());
-            view.heartbeat_rtt_ms = m.rtt.map(|d| d.as_secs_f64() * 1000.0);
-            view
+            let status = m.status.as_ref();
+            NodeView {
+                node: m.node.clone(),
+                incarnation: m.name.clone(),
+                state: m.state.to_string(),
+                address: Some(m.address.clone()),
+                heartbeat_rtt_ms: m.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                version: status.map(|s| s.version.clone()),
+                roles: status.map(|s| s.roles.clone()),
+                slots: status.map(Slots::of),
+                storage: status.map(Storage::of),
+            }
         })
         .collect();
     Ok(Json(ClusterView {
-        this: NodeView::of(&me, "up"),
+        this: NodeView {
+            node: me.node.clone(),
+            incarnation: me.incarnation.clone(),
+            state: "up".into(),
+            address: None,
+            heartbeat_rtt_ms: None,
+            version: Some(me.version.clone()),
+            roles: Some(me.roles.clone()),
+            slots: Some(Slots::of(&me)),
+            storage: Some(Storage::of(&me)),
+        },
         members,
     }))
 }
