@@ -7,8 +7,11 @@
 //! ├── auth       auth.rs              users, argon2 checks off the runtime, JWT, login throttle
 //! ├── request    request.rs           job intake, persistence, fetching, fencing of results
 //! │                request/dispatch.rs    where conversions run: placement bookkeeping, leases
+//! │                request/events.rs      each change of a job → this node's event ring
+//! │                                       (`/v1/events`) and every other node's
 //! ├── converter  converter.rs         a pool of conversion slots; CPU work on blocking threads
-//! ├── notifier   notifier.rs          transactional outbox → SMTP or .eml files, with retries
+//! ├── notifier   notifier.rs          transactional outboxes → SMTP or .eml files, and signed
+//! │                                   webhook calls (../webhook.rs), with retries
 //! ├── gateway    gateway.rs           owns the axum server; its handlers call the others by role
 //! └── cluster    ../cluster/mesh.rs   (with --cluster-listen) sessions, dialling, heartbeats,
 //!     │                               fencing, discovery; publishes members to whoever asks
@@ -16,6 +19,7 @@
 //!     └── faces, one per role that other nodes call (started under the mesh, found by pg):
 //!         ├── jobs.v1:<node>   request/jobs.rs        status, list, cancel, MP3 chunks,
 //!         │                                           placed results, handed-over jobs
+//!         ├── events.v1        request/events.rs      other owners' job events into this ring
 //!         ├── placement.v1     converter/host.rs      runs other nodes' conversions here
 //!         └── users.v1         auth/replication.rs    user replication (last writer wins)
 //! ```
@@ -27,7 +31,8 @@
 //! owner's jobs    ◀──Progress/Result────────────────────── host
 //! any gateway     ──Get/List/Delete/Chunk/Keyed (http/route.rs)──▶ owner's jobs ──▶ owner's request
 //! leaving request ──HandoffPiece/Adopt (request/handoff.rs)──▶ staying node's jobs ──▶ its request
-//! auth's users    ◀──UserBatch──▶ every peer's users
+//! owner's request ──JobEvent (request/events.rs)──▶ every peer's events
+//! auth's users    ◀──UserBatch──▶ every peer's users (with their webhook settings)
 //! every mesh      ──Status (heartbeat)──▶ every peer's probe
 //! ```
 //!

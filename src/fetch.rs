@@ -1,4 +1,4 @@
-//! URL import: download a job's MP4 from the web, safely.
+//! URL import: download a job's MP4 from the web, safely (and call webhooks the same way).
 //!
 //! Only `http`/`https`. Every hop (the URL and each of at most 3 redirects) is resolved by
 //! us, every address checked by [`guard`], and the connection pinned to the checked
@@ -152,6 +152,27 @@ impl Fetcher {
             builder = builder.resolve_to_addrs(host, addrs);
         }
         builder.build().map_err(|e| FetchError::Failed(e.to_string()))
+    }
+
+    /// One `POST` of `body` to `url` (a webhook call): the address checked and pinned as
+    /// for a download, no redirects followed, the whole call bounded by `timeout`. Returns
+    /// the answer's status.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u16, FetchError> {
+        let url = self.parse(url)?;
+        let addrs = self.check(&url).await?;
+        let client = self.client_for(&url, &addrs)?;
+        let mut request = client.post(url).timeout(timeout).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.map_err(|e| FetchError::Failed(describe(&e)))?;
+        Ok(response.status().as_u16())
     }
 
     /// Downloads `url` into `dest` (created; fsynced at the end). Returns the byte count.

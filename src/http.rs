@@ -8,6 +8,7 @@ mod auth;
 mod cluster;
 mod download;
 mod error;
+mod events;
 mod health;
 mod jobs;
 mod metrics;
@@ -16,6 +17,7 @@ mod route;
 mod seed;
 pub mod serve;
 mod upload;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,10 +26,13 @@ use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use events::event_body;
 
 use crate::actors::auth::AuthMsg;
+use crate::actors::request::events::Events;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::cluster::probe::Facts;
@@ -50,11 +55,21 @@ pub struct AppState {
     pub moved: route::Moved,
     /// What this node's roles publish (its status in `/v1/cluster`).
     pub facts: Facts,
+    /// This node's ring of job events, cluster-wide (`/v1/events`).
+    pub events: Events,
+    /// Cancelled when the server stops: long-lived responses (event streams) end.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
     /// The state for `config`.
-    pub fn new(config: Arc<Config>, stopping: Arc<AtomicBool>, facts: Facts) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        stopping: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+        facts: Facts,
+        events: Events,
+    ) -> Self {
         let fetcher = Fetcher::new(
             config.fetch_allow_hosts.clone(),
             config.max_upload_bytes,
@@ -67,6 +82,8 @@ impl AppState {
             stopping,
             moved: route::Moved::default(),
             facts,
+            events,
+            shutdown,
         }
     }
 }
@@ -78,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(cluster::router())
         .merge(jobs::router())
+        .merge(events::router())
+        .merge(webhooks::router())
         .merge(download::router())
         .merge(seed::router())
         .merge(metrics::router())

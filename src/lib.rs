@@ -17,3 +17,4 @@ pub mod mail;
 pub mod memory;
 pub mod metrics;
 pub mod store;
+pub mod webhook;

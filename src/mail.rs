@@ -163,6 +163,8 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             finished_at_ms: Some(0),
+            webhook_url: None,
+            webhook: None,
         }
     }
 

@@ -40,6 +40,7 @@ struct Metrics {
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     emails: Family<OutcomeLabels, Counter>,
+    webhook_calls: Family<OutcomeLabels, Counter>,
     conversion_seconds: Histogram,
     realtime_factor: Histogram,
     jobs: Family<StateLabels, Gauge>,
@@ -61,6 +62,12 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
     );
     let emails = Family::<OutcomeLabels, Counter>::default();
     registry.register("emails", "Email deliveries by outcome (sent, failed)", emails.clone());
+    let webhook_calls = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "webhook_calls",
+        "Webhook call attempts by outcome (delivered, retry, gone, refused)",
+        webhook_calls.clone(),
+    );
     let conversion_seconds = Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]);
     registry.register(
         "conversion_seconds",
@@ -112,6 +119,7 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         adopted,
         http_requests,
         emails,
+        webhook_calls,
         conversion_seconds,
         realtime_factor,
         jobs,
@@ -141,6 +149,11 @@ pub fn http_request(route: &str, method: &str, status: u16) {
 pub fn email(sent: bool) {
     let outcome = if sent { "sent" } else { "failed" };
     with(|m| m.emails.get_or_create(&OutcomeLabels { outcome }).inc());
+}
+
+/// Counts a webhook call attempt by how it ended.
+pub fn webhook_call(outcome: &'static str) {
+    with(|m| m.webhook_calls.get_or_create(&OutcomeLabels { outcome }).inc());
 }
 
 /// Records a finished conversion: its wall time and the audio it produced.

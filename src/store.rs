@@ -8,6 +8,7 @@
 pub mod files;
 mod jobs;
 mod users;
+pub mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use files::Files;
 pub use jobs::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Source};
 pub use users::User;
+pub use webhooks::{Attempt, Delivery, DeliveryState, DueDelivery, WebhookSettings};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,35 @@ const MIGRATIONS: &[&str] = &[
     // token generation: a password change or removal bumps it, revoking older tokens.
     "ALTER TABLE users ADD COLUMN token_gen INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE users ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;",
+    // v3: webhooks. Each user's default URL, events and signing secret (replicated with the
+    // user); a job's own URL; the delivery outbox; and the jobs as the API shows them, with
+    // their latest delivery.
+    "ALTER TABLE users ADD COLUMN webhook_url TEXT;
+     ALTER TABLE users ADD COLUMN webhook_events TEXT;
+     ALTER TABLE users ADD COLUMN webhook_secret TEXT;
+     ALTER TABLE jobs ADD COLUMN webhook_url TEXT;
+     CREATE TABLE webhooks (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id         TEXT NOT NULL UNIQUE,
+        job_id           TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        event_type       TEXT NOT NULL,
+        url              TEXT NOT NULL,
+        created_at_ms    INTEGER NOT NULL,
+        state            TEXT NOT NULL DEFAULT 'pending',
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER NOT NULL,
+        last_status      INTEGER,
+        last_error       TEXT,
+        delivered_at_ms  INTEGER
+     );
+     CREATE INDEX webhooks_due ON webhooks (state, next_attempt_ms);
+     CREATE INDEX webhooks_by_job ON webhooks (job_id);
+     CREATE VIEW jobs_view AS
+        SELECT j.*, w.event_id AS wh_event_id, w.event_type AS wh_event_type, w.url AS wh_url,
+               w.created_at_ms AS wh_created_at_ms, w.state AS wh_state, w.attempts AS wh_attempts,
+               w.next_attempt_ms AS wh_next_attempt_ms, w.last_status AS wh_last_status,
+               w.last_error AS wh_last_error, w.delivered_at_ms AS wh_delivered_at_ms
+        FROM jobs j LEFT JOIN webhooks w ON w.id = (SELECT max(id) FROM webhooks WHERE job_id = j.id);",
 ];
 
 /// One node's database.

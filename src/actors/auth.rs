@@ -15,7 +15,7 @@ use crate::auth::jwt::TokenError;
 use crate::auth::limiter::LoginLimiter;
 use crate::auth::{Principal, normalize_email, password};
 use crate::config::Config;
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, WebhookSettings};
 
 pub mod replication;
 
@@ -101,6 +101,15 @@ pub enum AuthMsg {
         /// A token that works after the change, or why not.
         reply: RpcReplyPort<Result<Issued, AuthError>>,
     },
+    /// Read or change a user's webhook settings.
+    Webhook {
+        /// The (normalized) email.
+        email: String,
+        /// What to do.
+        change: WebhookChange,
+        /// The settings after it, and a signing secret made by it (shown once), or why not.
+        reply: RpcReplyPort<Result<(WebhookSettings, Option<String>), AuthError>>,
+    },
     /// Create a user (admins only; the gateway checks).
     CreateUser {
         /// Email.
@@ -115,6 +124,24 @@ pub enum AuthMsg {
 }
 
 impl ractor::Message for AuthMsg {}
+
+/// What [`AuthMsg::Webhook`] does.
+#[derive(Debug, Clone)]
+pub enum WebhookChange {
+    /// Nothing: read them.
+    Get,
+    /// Set the default URL and events (a signing secret is made if there is none).
+    Set {
+        /// The URL (checked by the gateway).
+        url: String,
+        /// The events (checked by the gateway).
+        events: Vec<String>,
+    },
+    /// Remove the default URL (the secret stays, for jobs that name their own URL).
+    Remove,
+    /// Replace the signing secret (or make the first one).
+    RotateSecret,
+}
 
 /// An access token for `who` under token generation `generation`.
 fn issue(config: &Config, who: &Principal, generation: i64) -> Issued {
@@ -269,6 +296,9 @@ impl Actor for AuthActor {
                     let _ = reply.send(answer);
                 });
             }
+            AuthMsg::Webhook { email, change, reply } => {
+                let _ = reply.send(webhook(&state.db, email, change).await);
+            }
             AuthMsg::CreateUser {
                 email,
                 password,
@@ -301,4 +331,34 @@ impl Actor for AuthActor {
         }
         Ok(())
     }
+}
+
+/// Reads or changes `email`'s webhook settings; a secret made here is returned once.
+async fn webhook(
+    db: &Db,
+    email: String,
+    change: WebhookChange,
+) -> Result<(WebhookSettings, Option<String>), AuthError> {
+    let fresh = match change {
+        WebhookChange::Set { .. } | WebhookChange::RotateSecret => {
+            Some(crate::webhook::new_secret().map_err(|e| AuthError::Invalid(format!("no randomness: {e}")))?)
+        }
+        WebhookChange::Get | WebhookChange::Remove => None,
+    };
+    let made = fresh.clone();
+    let settings = db
+        .run(move |s| match change {
+            WebhookChange::Get => s.webhook_settings(&email),
+            WebhookChange::Set { url, events } => s.set_webhook(&email, Some(&url), &events, made.as_deref()),
+            WebhookChange::Remove => s.set_webhook(&email, None, &[], None),
+            WebhookChange::RotateSecret => match s.set_webhook_secret(&email, made.as_deref().unwrap_or_default())? {
+                true => s.webhook_settings(&email),
+                false => Ok(None),
+            },
+        })
+        .await?
+        .ok_or(AuthError::NoSuchUser)?;
+    // Shown only if it is the one stored now (a `Set` keeps an existing secret).
+    let shown = fresh.filter(|f| settings.secret.as_ref() == Some(f));
+    Ok((settings, shown))
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::sync::CancellationToken;
 
+use crate::actors::request::events::Events;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::http::{self, AppState};
@@ -37,6 +38,8 @@ pub struct GatewayArgs {
     pub listener: std::net::TcpListener,
     /// What this node's roles publish (for `/v1/cluster`).
     pub facts: Facts,
+    /// This node's ring of job events (for `/v1/events`).
+    pub events: Events,
 }
 
 /// The gateway actor.
@@ -63,8 +66,14 @@ impl Actor for GatewayActor {
         let listener = tokio::net::TcpListener::from_std(args.listener)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let limits = args.config.http_limits;
-        let app = http::router(AppState::new(args.config, stopping.clone(), args.facts));
         let shutdown = CancellationToken::new();
+        let app = http::router(AppState::new(
+            args.config,
+            stopping.clone(),
+            shutdown.clone(),
+            args.facts,
+            args.events,
+        ));
         let server = tokio::spawn(http::serve::serve(listener, app, shutdown.clone(), limits));
         Ok(GatewayState {
             shutdown,

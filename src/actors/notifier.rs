@@ -1,29 +1,46 @@
-//! The notifier: drains the outbox into emails.
+//! The notifier: drains the outboxes into emails and webhook calls.
 //!
-//! Rows enter the outbox in the transaction that finishes a job, so every finished job
-//! gets its mail even across crashes. The notifier wakes when told and every few seconds,
-//! sends what is due, and reschedules failures with exponential backoff (5 s doubling to
-//! an hour). A row is marked sent only after the transport accepted the mail.
+//! Rows enter the outboxes in the transaction that finishes a job, so every finished job
+//! gets its mail (and its webhook) even across crashes. The notifier wakes when told and
+//! every few seconds, sends what is due, and reschedules failures with exponential backoff
+//! (5 s doubling to an hour). A row is marked sent only after the transport accepted the
+//! mail, or the receiver answered 2xx. Webhook calls run as tasks, at most
+//! [`MAX_CALLS`] at a time, so a slow receiver holds up neither mail nor other receivers;
+//! each attempt's end comes back as [`NotifierMsg::Attempted`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::config::Config;
+use crate::fetch::Fetcher;
 use crate::mail::{self, Mailer};
-use crate::store::{Db, now_ms};
+use crate::store::{Attempt, Db, DueDelivery, JobId, JobState, now_ms};
+use crate::webhook;
 
 /// Backstop polling period.
 const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Mails sent per wake-up before yielding to other messages.
 const BATCH: u32 = 20;
+/// Webhook calls in flight at most.
+pub const MAX_CALLS: usize = 16;
 
 /// The notifier's messages.
 #[derive(Debug)]
 pub enum NotifierMsg {
     /// Something may be due.
     Wake,
+    /// A webhook call ended (from its task).
+    Attempted {
+        /// The outbox row.
+        row: i64,
+        /// The job.
+        job: JobId,
+        /// How it went.
+        attempt: Attempt,
+    },
 }
 
 impl ractor::Message for NotifierMsg {}
@@ -36,6 +53,10 @@ pub struct NotifierState {
     config: Arc<Config>,
     db: Db,
     mailer: Mailer,
+    /// Webhook calls go through the URL imports' address guard.
+    fetcher: Fetcher,
+    /// Webhook rows being called now.
+    calling: HashSet<i64>,
 }
 
 /// The delay before retry number `attempts` (1-based): 5 s, 10 s, 20 s, ... at most 1 h.
@@ -57,6 +78,13 @@ impl Actor for NotifierActor {
         let state = NotifierState {
             db: Db::open(&config.db_path())?,
             mailer: Mailer::new(&config.mail)?,
+            fetcher: Fetcher::new(
+                config.fetch_allow_hosts.clone(),
+                0,
+                config.fetch_connect_timeout,
+                config.fetch_read_timeout,
+            ),
+            calling: HashSet::new(),
             config,
         };
         myself.send_interval(POLL_EVERY, || NotifierMsg::Wake);
@@ -67,42 +95,134 @@ impl Actor for NotifierActor {
     async fn handle(
         &self,
         myself: ActorRef<NotifierMsg>,
-        _message: NotifierMsg,
+        message: NotifierMsg,
         state: &mut NotifierState,
     ) -> Result<(), ActorProcessingErr> {
-        let due = state.db.run(|s| s.due_mail(BATCH)).await?;
+        match message {
+            NotifierMsg::Wake => {
+                state.send_mail(&myself).await?;
+                state.call_webhooks(&myself).await?;
+            }
+            NotifierMsg::Attempted { row, job, attempt } => {
+                state.calling.remove(&row);
+                crate::metrics::webhook_call(match &attempt {
+                    Attempt::Delivered { .. } => "delivered",
+                    Attempt::Retry { .. } => "retry",
+                    Attempt::Gone => "gone",
+                    Attempt::Refused { .. } => "refused",
+                });
+                match &attempt {
+                    Attempt::Delivered { status } => tracing::info!(job_id = %job, status, "webhook delivered"),
+                    Attempt::Retry {
+                        error,
+                        retry_at_ms: Some(at),
+                        ..
+                    } => {
+                        tracing::info!(job_id = %job, error = %error, "webhook not delivered; will retry");
+                        let wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+                        myself.send_after(wait, || NotifierMsg::Wake);
+                    }
+                    other => tracing::warn!(job_id = %job, outcome = ?other, "webhook given up"),
+                }
+                state.db.run(move |s| s.webhook_attempted(row, &attempt)).await?;
+                if state.calling.len() + 1 == MAX_CALLS {
+                    myself.send_message(NotifierMsg::Wake)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NotifierState {
+    /// Sends the mails that are due.
+    async fn send_mail(&mut self, myself: &ActorRef<NotifierMsg>) -> Result<(), ActorProcessingErr> {
+        let due = self.db.run(|s| s.due_mail(BATCH)).await?;
         let full_batch = due.len() == BATCH as usize;
         for row in due {
             let key = row.job_id.clone();
-            let Some(job) = state.db.run(move |s| s.job(&key)).await? else {
+            let Some(job) = self.db.run(move |s| s.job(&key)).await? else {
                 continue; // deleted with its outbox row
             };
             let link = format!(
                 "{}/v1/links/{}",
-                state.config.public_url,
-                state.config.keys.sign_link(job.id.as_str(), state.config.link_ttl)
+                self.config.public_url,
+                self.config.keys.sign_link(job.id.as_str(), self.config.link_ttl)
             );
-            let sent = match mail::job_mail(&job, &state.config.mail_from, &link, state.config.link_ttl) {
-                Ok(message) => state.mailer.send(message).await,
+            let sent = match mail::job_mail(&job, &self.config.mail_from, &link, self.config.link_ttl) {
+                Ok(message) => self.mailer.send(message).await,
                 Err(e) => Err(e),
             };
             match sent {
                 Ok(()) => {
                     tracing::info!(job_id = %job.id, to = %row.recipient, "email sent");
                     crate::metrics::email(true);
-                    state.db.run(move |s| s.mail_sent(row.id)).await?;
+                    self.db.run(move |s| s.mail_sent(row.id)).await?;
                 }
                 Err(e) => {
                     crate::metrics::email(false);
                     let retry_at = now_ms() + backoff(row.attempts + 1).as_millis() as i64;
                     tracing::warn!(job_id = %job.id, error = %e, attempts = row.attempts + 1, "email not sent; will retry");
                     let message = e.to_string();
-                    state.db.run(move |s| s.mail_failed(row.id, &message, retry_at)).await?;
+                    self.db.run(move |s| s.mail_failed(row.id, &message, retry_at)).await?;
                 }
             }
         }
         if full_batch {
             myself.send_message(NotifierMsg::Wake)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a call for each due webhook delivery not being called already.
+    async fn call_webhooks(&mut self, myself: &ActorRef<NotifierMsg>) -> Result<(), ActorProcessingErr> {
+        if self.calling.len() >= MAX_CALLS {
+            return Ok(());
+        }
+        let due = self.db.run(|s| s.due_webhooks(BATCH + MAX_CALLS as u32)).await?;
+        for d in due {
+            if self.calling.len() >= MAX_CALLS {
+                break;
+            }
+            if self.calling.contains(&d.row) {
+                continue;
+            }
+            let (key, owner) = (d.job_id.clone(), d.owner_email.clone());
+            let found = self
+                .db
+                .run(move |s| Ok((s.job(&key)?, s.webhook_settings(&owner)?)))
+                .await?;
+            let (Some(mut job), settings) = found else { continue };
+            if d.delivery.event_type == "job.created" {
+                // The job as it was created (it may have moved on since).
+                job.state = JobState::Queued;
+                job.progress = 0.0;
+                (job.error_code, job.error_message, job.finished_at_ms) = (None, None, None);
+                job.updated_at_ms = job.created_at_ms;
+            }
+            self.calling.insert(d.row);
+            let me = myself.clone();
+            let fetcher = self.fetcher.clone();
+            let secret = settings.and_then(|s| s.secret);
+            tokio::spawn(async move {
+                let DueDelivery { row, delivery: w, .. } = d;
+                let attempt = match secret {
+                    Some(secret) => {
+                        let body = crate::http::event_body(&w.event_id, &w.event_type, w.created_at_ms, &job);
+                        let event = (w.event_id.as_str(), w.event_type.as_str());
+                        webhook::attempt(&fetcher, &w.url, event, body, &secret, w.created_at_ms, w.attempts).await
+                    }
+                    None => Attempt::Refused {
+                        status: None,
+                        error: "the user has no webhook signing secret".into(),
+                    },
+                };
+                let _ = me.send_message(NotifierMsg::Attempted {
+                    row,
+                    job: job.id,
+                    attempt,
+                });
+            });
         }
         Ok(())
     }

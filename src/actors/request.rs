@@ -15,6 +15,7 @@ use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use self::dispatch::Placement;
+use self::events::{Events, Kind};
 use self::placement::PlaceError;
 use super::converter::{Outcome, host};
 use super::notifier::NotifierMsg;
@@ -26,6 +27,7 @@ use crate::fetch::{FetchError, Fetcher};
 use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Source, StoreError};
 
 mod dispatch;
+pub mod events;
 pub mod handoff;
 pub mod jobs;
 pub mod placement;
@@ -265,6 +267,8 @@ pub struct RequestState {
     released: bool,
     /// Where the data volume's free space is published (for the probe and `/metrics`).
     facts: Facts,
+    /// Where changes of this node's jobs are published (for `/v1/events`, cluster-wide).
+    events: Events,
     /// Jobs deleted (`true`) or canceled (`false`) whose files are gone but whose row
     /// could not be written (a full disk): retried on every tick.
     undeleted: HashMap<JobId, bool>,
@@ -284,6 +288,19 @@ impl RequestState {
         }
     }
 
+    /// Tells subscribers (on every node) how one of this node's jobs changed.
+    fn announce(&self, kind: Kind, job: &Job) {
+        self.events.publish(kind, job);
+    }
+
+    /// [`Self::announce`] with the job as stored now.
+    async fn announce_stored(&self, id: &JobId) {
+        let key = id.clone();
+        if let Ok(Some(job)) = self.db.run(move |s| s.job(&key)).await {
+            self.announce(Kind::of(job.state), &job);
+        }
+    }
+
     /// Takes up an unfinished job (just accepted, found in the store at start, or handed
     /// over): queued if its input is here, fetched if it is a URL import, failed if its
     /// upload is lost.
@@ -293,6 +310,7 @@ impl RequestState {
             (Source::Url(_), false) => {
                 let key = job.id.clone();
                 self.db.run(move |s| s.start(&key, JobState::Fetching)).await?;
+                self.announce_stored(&job.id).await;
                 self.start_fetch(myself, job);
             }
             (_, true) => self.queue.push_back(job.id.clone()),
@@ -344,6 +362,7 @@ impl RequestState {
         match finished {
             Ok(job) => {
                 tracing::info!(job_id = %id, state = %job.state, "job finished");
+                self.announce(Kind::of(job.state), &job);
                 tell(Role::Notifier, NotifierMsg::Wake);
             }
             Err(StoreError::Conflict { state: job_state, .. }) => {
@@ -374,7 +393,8 @@ impl RequestState {
             .run(move |s| s.finish(&key, attempt, Some((&code, &message))))
             .await
         {
-            Ok(_) => {
+            Ok(job) => {
+                self.announce(Kind::Failed, &job);
                 tell(Role::Notifier, NotifierMsg::Wake);
                 Ok(())
             }
@@ -387,12 +407,12 @@ impl RequestState {
 impl Actor for RequestActor {
     type Msg = RequestMsg;
     type State = RequestState;
-    type Arguments = (Arc<Config>, Facts);
+    type Arguments = (Arc<Config>, Facts, Events);
 
     async fn pre_start(
         &self,
         myself: ActorRef<RequestMsg>,
-        (config, facts): (Arc<Config>, Facts),
+        (config, facts, events): (Arc<Config>, Facts, Events),
     ) -> Result<RequestState, ActorProcessingErr> {
         let db = Db::open(&config.db_path())?;
         let files = Files::new(&config.data_dir)?;
@@ -415,6 +435,7 @@ impl Actor for RequestActor {
             draining: None,
             released: false,
             facts,
+            events,
             undeleted: HashMap::new(),
         };
         // Resume what was accepted and not finished: after a crash, a restart, or a
@@ -482,6 +503,8 @@ impl Actor for RequestActor {
                     .await;
                 if let Ok((job, true)) = &result {
                     tracing::info!(job_id = %job.id, owner = %job.owner_email, "job accepted");
+                    state.announce(Kind::Created, job);
+                    tell(Role::Notifier, NotifierMsg::Wake); // a job.created webhook may be due
                     state.resume(&myself, job).await?;
                     state.dispatch(&myself).await?;
                 }
@@ -555,7 +578,10 @@ impl Actor for RequestActor {
                     remote.heard = Instant::now();
                 }
                 if state.current(&id, attempt) {
-                    state.db.run(move |s| s.set_progress(&id, attempt, fraction)).await?;
+                    let key = id.clone();
+                    if state.db.run(move |s| s.set_progress(&key, attempt, fraction)).await? {
+                        state.announce_stored(&id).await;
+                    }
                 }
             }
             RequestMsg::Converted { id, attempt, outcome } => {

@@ -4,7 +4,8 @@
 //! node supervisor
 //! ├── auth  ├── request  ├── converter  ├── notifier  └── gateway
 //! └── cluster (with --cluster-listen; cluster/mesh.rs)
-//!     └── the roles' faces: jobs.v1 (request), users.v1 (auth), placement.v1 (converter)
+//!     └── the roles' faces: jobs.v1 and events.v1 (request), users.v1 (auth), placement.v1
+//!         (converter)
 //! ```
 //!
 //! A child that dies is restarted under the same registry name (retrying while the old
@@ -26,6 +27,7 @@ use super::converter::host::HostActor;
 use super::gateway::{GatewayActor, GatewayArgs};
 use super::notifier::NotifierActor;
 use super::request::RequestActor;
+use super::request::events::{Events, EventsActor};
 use super::request::jobs::JobsActor;
 use crate::cluster::mesh::{ClusterActor, Face, MeshArgs};
 use crate::cluster::probe::Facts;
@@ -70,6 +72,8 @@ pub struct SupervisorState {
     stopping: bool,
     /// What the roles publish for the mesh (outlives their restarts).
     facts: Facts,
+    /// This node's ring of job events (outlives the roles' restarts).
+    events: Events,
     /// The roles' faces to other nodes, started under the cluster actor.
     faces: Arc<[Face]>,
 }
@@ -88,9 +92,14 @@ impl NodeSupervisor {
             Role::Auth => Actor::spawn_linked(name, AuthActor, config, cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
-            Role::Request => Actor::spawn_linked(name, RequestActor, (config, state.facts.clone()), cell)
-                .await
-                .map(|(r, _)| r.get_cell()),
+            Role::Request => Actor::spawn_linked(
+                name,
+                RequestActor,
+                (config, state.facts.clone(), state.events.clone()),
+                cell,
+            )
+            .await
+            .map(|(r, _)| r.get_cell()),
             Role::Converter => Actor::spawn_linked(name, ConverterActor, (config, state.facts.clone()), cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
@@ -112,6 +121,7 @@ impl NodeSupervisor {
                     config,
                     listener: state.listener.try_clone()?,
                     facts: state.facts.clone(),
+                    events: state.events.clone(),
                 };
                 Actor::spawn_linked(name, GatewayActor, args, cell)
                     .await
@@ -143,6 +153,8 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let events = Events::new();
+        let ring = events.clone();
         let mut state = SupervisorState {
             config: args.config,
             listener: args.listener,
@@ -150,9 +162,15 @@ impl Actor for NodeSupervisor {
             restarts: VecDeque::new(),
             stopping: false,
             facts: Facts::new(Role::ALL.map(Role::name)),
-            // Each role that other nodes call: request (jobs.v1), auth (users.v1), converter
-            // (placement.v1).
-            faces: Arc::new([Face::of(|| JobsActor), Face::of(|| UsersActor), Face::of(|| HostActor)]),
+            events,
+            // Each role that other nodes call: request (jobs.v1, events.v1), auth (users.v1),
+            // converter (placement.v1).
+            faces: Arc::new([
+                Face::of(|| JobsActor),
+                Face::of(move || EventsActor(ring.clone())),
+                Face::of(|| UsersActor),
+                Face::of(|| HostActor),
+            ]),
         };
         let cluster = state.config.cluster.is_some().then_some(Role::Cluster);
         for role in Role::ALL.into_iter().chain(cluster) {

@@ -49,9 +49,10 @@ type StartFace = dyn Fn(Arc<Config>, ActorCell) -> BoxFuture<'static, Result<(),
 
 impl Face {
     /// The face run by the actor `make` builds, started with the node's configuration.
-    pub fn of<A: Actor<Arguments = Arc<Config>>>(make: fn() -> A) -> Face {
+    pub fn of<A: Actor<Arguments = Arc<Config>>>(make: impl Fn() -> A + Send + Sync + 'static) -> Face {
         Face(Box::new(move |config, mesh| {
-            Box::pin(async move { Actor::spawn_linked(None, make(), config, mesh).await.map(|_| ()) })
+            let actor = make();
+            Box::pin(async move { Actor::spawn_linked(None, actor, config, mesh).await.map(|_| ()) })
         }))
     }
 }

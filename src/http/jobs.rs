@@ -22,7 +22,7 @@ use crate::actors::request::RequestMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::convert::Quality;
-use crate::store::{Job, JobId, JobState, NewJob, Source};
+use crate::store::{Delivery, DeliveryState, Job, JobId, JobState, NewJob, Source};
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -69,7 +69,69 @@ pub(super) struct JobJson {
     /// Ended at (RFC 3339), once ended.
     #[schema(format = DateTime)]
     finished_at: Option<String>,
+    /// This job's own webhook URL, if it was given one (else its owner's default applies).
+    webhook_url: Option<String>,
+    /// Its latest webhook call, if any.
+    webhook: Option<DeliveryJson>,
     links: JobLinks,
+}
+
+/// A webhook call and how it went.
+#[derive(Serialize, ToSchema)]
+struct DeliveryJson {
+    /// The event's id (the body's `id`; the same on every attempt).
+    event_id: String,
+    /// `job.created`, `job.finished` or `job.failed`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Where it goes.
+    url: String,
+    state: DeliveryStateName,
+    /// Attempts so far.
+    attempts: i64,
+    /// The next attempt (RFC 3339), while pending.
+    #[schema(format = DateTime)]
+    next_attempt_at: Option<String>,
+    /// The last HTTP status received.
+    last_status: Option<i64>,
+    /// The last error.
+    last_error: Option<String>,
+    /// When the receiver answered 2xx (RFC 3339).
+    #[schema(format = DateTime)]
+    delivered_at: Option<String>,
+}
+
+/// Where a webhook call is: `pending` (retried with backoff for up to 24 h on connection
+/// errors, timeouts, 408, 429 and 5xx), `delivered` (2xx), `failed` (another 4xx, or 24 h
+/// of failures), `disabled` (the receiver answered 410 Gone).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum DeliveryStateName {
+    Pending,
+    Delivered,
+    Failed,
+    Disabled,
+}
+
+impl From<&Delivery> for DeliveryJson {
+    fn from(d: &Delivery) -> Self {
+        DeliveryJson {
+            event_id: d.event_id.clone(),
+            kind: d.event_type.clone(),
+            url: d.url.clone(),
+            state: match d.state {
+                DeliveryState::Pending => DeliveryStateName::Pending,
+                DeliveryState::Delivered => DeliveryStateName::Delivered,
+                DeliveryState::Failed => DeliveryStateName::Failed,
+                DeliveryState::Disabled => DeliveryStateName::Disabled,
+            },
+            attempts: d.attempts,
+            next_attempt_at: (d.state == DeliveryState::Pending).then(|| rfc3339(d.next_attempt_ms)),
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+            delivered_at: d.delivered_at_ms.map(rfc3339),
+        }
+    }
 }
 
 /// Where a job is.
@@ -110,12 +172,15 @@ struct JobLinks {
     mp3: String,
 }
 
+/// A store timestamp (ms since the epoch) as RFC 3339.
+pub(super) fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 impl From<&Job> for JobJson {
     fn from(job: &Job) -> Self {
-        let time = |ms: i64| {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-            humantime::format_rfc3339_millis(t).to_string()
-        };
+        let time = rfc3339;
         let (source, url) = match &job.source {
             Source::Upload => (SourceName::Upload, None),
             Source::Url(url) => (SourceName::Url, Some(url.clone())),
@@ -144,6 +209,8 @@ impl From<&Job> for JobJson {
             created_at: time(job.created_at_ms),
             updated_at: time(job.updated_at_ms),
             finished_at: job.finished_at_ms.map(time),
+            webhook_url: job.webhook_url.clone(),
+            webhook: job.webhook.as_deref().map(DeliveryJson::from),
             links: JobLinks {
                 this: format!("/v1/jobs/{}", job.id),
                 mp3: format!("/v1/jobs/{}/mp3", job.id),
@@ -246,7 +313,13 @@ pub(super) async fn submit_upload(
     let settings = parse_field::<u16>("bitrate", upload.bitrate.clone())
         .and_then(|b| Ok((b, parse_field::<u8>("vbr", upload.vbr.clone())?)))
         .and_then(|(b, v)| quality(b, v));
-    let (bitrate, vbr) = match settings {
+    let settings = match settings {
+        Ok(s) => webhook_url(state, &who.email, upload.webhook_url.as_deref())
+            .await
+            .map(|w| (s, w)),
+        Err(e) => Err(e),
+    };
+    let ((bitrate, vbr), webhook_url) = match settings {
         Ok(s) => s,
         Err(e) => {
             let _ = tokio::fs::remove_file(&upload.path).await;
@@ -261,8 +334,23 @@ pub(super) async fn submit_upload(
         bitrate_kbps: bitrate,
         vbr_quality: vbr,
         idempotency_key: key,
+        webhook_url,
     };
     submit(state, job, Some(upload.path)).await
+}
+
+/// A job's own webhook URL, checked; its owner must have a signing secret.
+async fn webhook_url(state: &AppState, email: &str, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let url = super::webhooks::check_url(state, raw).await?;
+    if !super::webhooks::has_secret(email.to_string()).await? {
+        return Err(super::webhooks::invalid_webhook(
+            "make a signing secret first (POST /v1/me/webhook/secret, or PUT /v1/me/webhook)",
+        ));
+    }
+    Ok(Some(url))
 }
 
 /// A URL import.
@@ -280,6 +368,10 @@ struct UrlJob {
     /// VBR quality, 0 (best) to 9; not with `bitrate`.
     #[schema(minimum = 0, maximum = 9)]
     vbr: Option<u8>,
+    /// Where this job's webhook events go (instead of the default of `PUT /v1/me/webhook`);
+    /// needs a signing secret.
+    #[schema(format = "uri")]
+    webhook_url: Option<String>,
 }
 
 /// An upload: one file part (any field name) and optional settings.
@@ -298,6 +390,10 @@ pub(super) struct UploadForm {
     /// VBR quality, 0 (best) to 9; not with `bitrate`.
     #[schema(minimum = 0, maximum = 9)]
     vbr: Option<u8>,
+    /// Where this job's webhook events go (instead of the default of `PUT /v1/me/webhook`);
+    /// needs a signing secret.
+    #[schema(format = "uri")]
+    webhook_url: Option<String>,
 }
 
 /// Submits a job: a multipart upload of one file, or a JSON URL import. With an
@@ -385,6 +481,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
             }
         };
         let (bitrate, vbr) = quality(body.bitrate, body.vbr)?;
+        let webhook_url = webhook_url(&state, &who.email, body.webhook_url.as_deref()).await?;
         upload::room_for(&state.config, 0).await?;
         let url = state.fetcher.parse(&body.url)?;
         // Refused addresses fail the request now; the fetch checks again (DNS may change).
@@ -403,6 +500,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
             bitrate_kbps: bitrate,
             vbr_quality: vbr,
             idempotency_key: key,
+            webhook_url,
         };
         submit(&state, job, None).await
     } else {

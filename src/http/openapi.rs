@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::events::EventJson;
 
 /// The document's fixed parts; the paths come from the handlers.
 #[derive(OpenApi)]
@@ -35,7 +36,7 @@ use super::AppState;
     ),
     modifiers(&SecuritySchemes),
     components(
-        schemas(ErrorBody, ErrorDetail),
+        schemas(ErrorBody, ErrorDetail, EventJson),
         responses(
             BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, UnsupportedMediaType,
             Unprocessable, TooManyRequests, Internal, Unavailable, InsufficientStorage
@@ -45,6 +46,7 @@ use super::AppState;
         (name = "auth", description = "Tokens and users"),
         (name = "jobs", description = "Conversions: submit, follow, cancel"),
         (name = "downloads", description = "The MP3s"),
+        (name = "webhooks", description = "Signed calls to your URL when jobs end"),
         (name = "seed", description = "The original project's routes, kept for its users"),
         (name = "operations", description = "Health, readiness, metrics, the cluster, this document"),
     )

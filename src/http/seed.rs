@@ -90,9 +90,11 @@ async fn upload_file(State(state): State<AppState>, request: Request) -> Result<
         }
     })?;
     let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required").plain();
-    let upload = upload::receive(multipart, &state.config, one_file)
+    let mut upload = upload::receive(multipart, &state.config, one_file)
         .await
         .map_err(ApiError::plain)?;
+    // The original route knows no webhooks (its answers stay as they were).
+    upload.webhook_url = None;
     jobs::submit_upload(&state, who, upload, None)
         .await
         .map_err(ApiError::plain)

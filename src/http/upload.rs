@@ -56,6 +56,8 @@ pub(super) struct Upload {
     pub bitrate: Option<String>,
     /// `vbr` field.
     pub vbr: Option<String>,
+    /// `webhook_url` field.
+    pub webhook_url: Option<String>,
 }
 
 /// Deletes a staged file unless it was handed on.
@@ -102,14 +104,14 @@ async fn drain(mut field: Field<'_>) {
     }
 }
 
-/// Reads the multipart body: exactly one file part (any field name), optional `bitrate`
-/// and `vbr` text fields. `one_file` is the error for zero or several files.
+/// Reads the multipart body: exactly one file part (any field name), optional `bitrate`,
+/// `vbr` and `webhook_url` text fields. `one_file` is the error for zero or several files.
 pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file: ApiError) -> Result<Upload, ApiError> {
     let files = Files::new(&config.data_dir).map_err(ApiError::internal)?;
     let bad = |e: axum::extract::multipart::MultipartError| ApiError::bad_request("invalid_multipart", e.body_text());
     let mut staged = Staged(None);
     let mut file_name = None;
-    let (mut bitrate, mut vbr) = (None, None);
+    let (mut bitrate, mut vbr, mut webhook_url) = (None, None, None);
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         if let Some(name) = field.file_name().map(str::to_string) {
             if staged.0.is_some() {
@@ -152,6 +154,7 @@ pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file:
             match key.as_str() {
                 "bitrate" => bitrate = Some(value),
                 "vbr" => vbr = Some(value),
+                "webhook_url" => webhook_url = Some(value),
                 _ => {}
             }
         }
@@ -162,6 +165,7 @@ pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file:
             file_name,
             bitrate,
             vbr,
+            webhook_url,
         }),
         _ => Err(one_file),
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use rusqlite::{OptionalExtension, Row, params};
 
+use super::webhooks::{self, Delivery};
 use super::{Result, Store, StoreError, now_ms};
 
 /// A job id: `<owner node>~<random>`. The owner is the stable node (pod) name that accepted
@@ -144,6 +145,8 @@ pub struct NewJob {
     pub vbr_quality: Option<u8>,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency_key: Option<String>,
+    /// Where this job's webhook events go (instead of its owner's default URL).
+    pub webhook_url: Option<String>,
 }
 
 /// A stored job.
@@ -177,6 +180,10 @@ pub struct Job {
     pub updated_at_ms: i64,
     /// Ended at (ms since the epoch).
     pub finished_at_ms: Option<i64>,
+    /// Its own webhook URL, if it was given one.
+    pub webhook_url: Option<String>,
+    /// Its latest webhook delivery, if any (boxed: most jobs have none).
+    pub webhook: Option<Box<Delivery>>,
 }
 
 /// An email waiting in the outbox.
@@ -212,10 +219,17 @@ pub struct Handover {
     pub idempotency_key: Option<String>,
     /// Its email.
     pub mail: MailState,
+    /// Its webhook deliveries (done or pending).
+    pub webhooks: Vec<Delivery>,
 }
 
+/// The columns of `jobs_view` a [`Job`] is read from (`job_from_row`'s order).
 const JOB_COLUMNS: &str = "id, owner_email, state, progress, error_code, error_message, source_kind, source_url, \
-     file_name, bitrate_kbps, vbr_quality, attempt, created_at_ms, updated_at_ms, finished_at_ms";
+     file_name, bitrate_kbps, vbr_quality, attempt, created_at_ms, updated_at_ms, finished_at_ms, webhook_url, \
+     wh_event_id, wh_event_type, wh_url, wh_created_at_ms, wh_state, wh_attempts, wh_next_attempt_ms, \
+     wh_last_status, wh_last_error, wh_delivered_at_ms";
+/// How many columns [`JOB_COLUMNS`] has.
+const JOB_COLUMN_COUNT: usize = 26;
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<std::result::Result<Job, StoreError>> {
     let id: String = row.get(0)?;
@@ -250,12 +264,14 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<std::result::Result<Job, Stor
         created_at_ms: row.get(12)?,
         updated_at_ms: row.get(13)?,
         finished_at_ms: row.get(14)?,
+        webhook_url: row.get(15)?,
+        webhook: webhooks::latest_from(row, 16)?.map(Box::new),
     }))
 }
 
 fn keyed_job(conn: &rusqlite::Connection, owner: &str, key: &str) -> Result<Option<Job>> {
     conn.query_row(
-        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner_email = ?1 AND idempotency_key = ?2"),
+        &format!("SELECT {JOB_COLUMNS} FROM jobs_view WHERE owner_email = ?1 AND idempotency_key = ?2"),
         params![owner, key],
         job_from_row,
     )
@@ -280,8 +296,8 @@ impl Store {
             };
             tx.execute(
                 "INSERT INTO jobs (id, owner_email, state, source_kind, source_url, file_name, bitrate_kbps, \
-                 vbr_quality, idempotency_key, created_at_ms, updated_at_ms) \
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                 vbr_quality, idempotency_key, created_at_ms, updated_at_ms, webhook_url) \
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
                 params![
                     job.id.as_str(),
                     job.owner_email,
@@ -291,9 +307,11 @@ impl Store {
                     job.bitrate_kbps,
                     job.vbr_quality,
                     job.idempotency_key,
-                    now
+                    now,
+                    job.webhook_url
                 ],
             )?;
+            webhooks::record(tx, &job.id, "job.created", now)?;
             let stored = stored_job(tx, &job.id)?;
             Ok((stored, true))
         })
@@ -308,7 +326,7 @@ impl Store {
     pub fn job(&self, id: &JobId) -> Result<Option<Job>> {
         self.conn
             .query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                &format!("SELECT {JOB_COLUMNS} FROM jobs_view WHERE id = ?1"),
                 [id.as_str()],
                 job_from_row,
             )
@@ -319,7 +337,7 @@ impl Store {
     /// A user's jobs (or everyone's, with `None`), newest first, `limit` from `offset`.
     pub fn list_jobs(&self, owner_email: Option<&str>, limit: u32, offset: u32) -> Result<Vec<Job>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR owner_email = ?1) \
+            "SELECT {JOB_COLUMNS} FROM jobs_view WHERE (?1 IS NULL OR owner_email = ?1) \
              ORDER BY created_at_ms DESC, id DESC LIMIT ?2 OFFSET ?3"
         ))?;
         let rows = stmt.query_map(params![owner_email, limit, offset], job_from_row)?;
@@ -329,7 +347,7 @@ impl Store {
     /// Jobs that were accepted but not finished: what a restarted node resumes.
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'fetching', 'converting') ORDER BY created_at_ms"
+            "SELECT {JOB_COLUMNS} FROM jobs_view WHERE state IN ('queued', 'fetching', 'converting') ORDER BY created_at_ms"
         ))?;
         let rows = stmt.query_map([], job_from_row)?;
         rows.map(|r| r?).collect()
@@ -415,6 +433,12 @@ impl Store {
                 "INSERT INTO outbox (job_id, recipient, next_attempt_ms) VALUES (?1, ?2, ?3)",
                 params![id.as_str(), owner, now],
             )?;
+            let event = if new_state == JobState::Done {
+                "job.finished"
+            } else {
+                "job.failed"
+            };
+            webhooks::record(tx, id, event, now)?;
             stored_job(tx, id)
         })
     }
@@ -465,22 +489,27 @@ impl Store {
             .join(", ");
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {columns}, j.idempotency_key, o.id IS NOT NULL, o.sent_at_ms IS NOT NULL \
-             FROM jobs j LEFT JOIN outbox o ON o.job_id = j.id"
+             FROM jobs_view j LEFT JOIN outbox o ON o.job_id = j.id"
         ))?;
         let rows = stmt.query_map([], |r| {
-            let mail = match (r.get::<_, bool>(16)?, r.get::<_, bool>(17)?) {
+            let n = JOB_COLUMN_COUNT;
+            let mail = match (r.get::<_, bool>(n + 1)?, r.get::<_, bool>(n + 2)?) {
                 (false, _) => MailState::None,
                 (true, false) => MailState::Pending,
                 (true, true) => MailState::Sent,
             };
-            let idempotency_key = r.get(15)?;
+            let idempotency_key = r.get(n)?;
             Ok(job_from_row(r)?.map(|job| Handover {
                 job,
                 idempotency_key,
                 mail,
+                webhooks: Vec::new(),
             }))
         })?;
         let mut all = rows.map(|r| r?).collect::<Result<Vec<_>>>()?;
+        for h in &mut all {
+            h.webhooks = webhooks::of_job(&self.conn, &h.job.id)?;
+        }
         let rank = |h: &Handover| match (h.job.state.is_final(), h.mail) {
             (false, _) => 0,
             (true, MailState::Pending) => 1,
@@ -524,8 +553,8 @@ impl Store {
             tx.execute(
                 "INSERT INTO jobs (id, owner_email, state, progress, error_code, error_message, source_kind, \
                  source_url, file_name, bitrate_kbps, vbr_quality, idempotency_key, attempt, created_at_ms, \
-                 updated_at_ms, finished_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 updated_at_ms, finished_at_ms, webhook_url) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![
                     job.id.as_str(),
                     job.owner_email,
@@ -542,9 +571,11 @@ impl Store {
                     job.attempt,
                     job.created_at_ms,
                     now_ms(),
-                    job.finished_at_ms
+                    job.finished_at_ms,
+                    job.webhook_url
                 ],
             )?;
+            webhooks::adopt(tx, &job.id, &h.webhooks)?;
             let sent = match h.mail {
                 MailState::None => None,
                 MailState::Pending => Some(None),
@@ -608,7 +639,7 @@ impl Store {
 /// The job `id`, which the caller knows exists (it just wrote it).
 fn stored_job(conn: &rusqlite::Connection, id: &JobId) -> Result<Job> {
     conn.query_row(
-        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+        &format!("SELECT {JOB_COLUMNS} FROM jobs_view WHERE id = ?1"),
         [id.as_str()],
         job_from_row,
     )?

@@ -21,9 +21,12 @@ pub struct User {
     pub token_gen: i64,
     /// Removed: a tombstone.
     pub removed: bool,
+    /// Webhook settings as stored: default URL, events (comma-separated), signing secret.
+    pub webhook: [Option<String>; 3],
 }
 
-const COLUMNS: &str = "email, password_hash, is_admin, updated_at_ms, token_gen, removed";
+const COLUMNS: &str =
+    "email, password_hash, is_admin, updated_at_ms, token_gen, removed, webhook_url, webhook_events, webhook_secret";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -33,6 +36,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         updated_at_ms: r.get(3)?,
         token_gen: r.get(4)?,
         removed: r.get(5)?,
+        webhook: [r.get(6)?, r.get(7)?, r.get(8)?],
     })
 }
 
@@ -97,7 +101,7 @@ impl Store {
         self.write(|tx| {
             let removed = tx.execute(
                 "UPDATE users SET removed = 1, password_hash = '', is_admin = 0, token_gen = token_gen + 1, \
-                 updated_at_ms = max(?2, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
+                 webhook_url = NULL, webhook_events = NULL, webhook_secret = NULL, updated_at_ms = max(?2, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
                 params![email, now],
             )?;
             Ok(removed == 1)
@@ -121,18 +125,21 @@ impl Store {
     pub fn merge_user(&mut self, user: &User) -> Result<bool> {
         self.write(|tx| {
             let changed = tx.execute(
-                "INSERT INTO users (email, password_hash, is_admin, updated_at_ms, token_gen, removed) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                "INSERT INTO users (email, password_hash, is_admin, updated_at_ms, token_gen, removed, \
+                 webhook_url, webhook_events, webhook_secret) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                  ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4, \
-                 token_gen = max(?5, users.token_gen), removed = ?6 \
-                 WHERE excluded.updated_at_ms > users.updated_at_ms",
+                 token_gen = max(?5, users.token_gen), removed = ?6, webhook_url = ?7, webhook_events = ?8, \
+                 webhook_secret = ?9 WHERE excluded.updated_at_ms > users.updated_at_ms",
                 params![
                     user.email,
                     user.password_hash,
                     user.is_admin,
                     user.updated_at_ms,
                     user.token_gen,
-                    user.removed
+                    user.removed,
+                    user.webhook[0],
+                    user.webhook[1],
+                    user.webhook[2]
                 ],
             )?;
             Ok(changed == 1)
@@ -210,8 +217,14 @@ mod tests {
             updated_at_ms: 5,
             token_gen: 0,
             removed: false,
+            webhook: [Some("https://hooks.example.org/b".into()), None, Some("whsec_b".into())],
         };
         assert!(store.merge_user(&bob).unwrap(), "unknown users are added");
+        assert_eq!(
+            store.user("bob@example.com").unwrap().as_ref(),
+            Some(&bob),
+            "with their webhook settings"
+        );
         assert_eq!(store.users_changed_since(ours.updated_at_ms).unwrap(), vec![newer]);
         assert_eq!(store.users_changed_since(0).unwrap().len(), 2);
     }

@@ -8,7 +8,9 @@
 
 pub mod api;
 pub mod kube_stub;
+pub mod receiver;
 pub mod service;
+pub mod sse;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -42,6 +42,15 @@ pub struct UserRecord {
     /// Removed: a tombstone (its jobs go on every node).
     #[prost(bool, tag = "6")]
     pub removed: bool,
+    /// Default webhook URL.
+    #[prost(string, optional, tag = "7")]
+    pub webhook_url: Option<String>,
+    /// Webhook events, comma-separated.
+    #[prost(string, optional, tag = "8")]
+    pub webhook_events: Option<String>,
+    /// Webhook signing secret (the mesh is private, and TLS where configured).
+    #[prost(string, optional, tag = "9")]
+    pub webhook_secret: Option<String>,
 }
 
 /// A batch of users.
@@ -86,6 +95,9 @@ fn batch(users: &[User]) -> UserBatch {
                 updated_at_ms: u.updated_at_ms,
                 token_gen: u.token_gen,
                 removed: u.removed,
+                webhook_url: u.webhook[0].clone(),
+                webhook_events: u.webhook[1].clone(),
+                webhook_secret: u.webhook[2].clone(),
             })
             .collect(),
     }
@@ -128,6 +140,7 @@ impl Actor for UsersActor {
                         updated_at_ms: u.updated_at_ms,
                         token_gen: u.token_gen,
                         removed: u.removed,
+                        webhook: [u.webhook_url, u.webhook_events, u.webhook_secret],
                     })
                     .collect();
                 let changed = state

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{ActorCell, ActorId, ActorProcessingErr, ActorRef};
 
+use super::events::Kind;
 use super::{RequestMsg, RequestState, placement};
 use crate::actors::converter::host::host_actor;
 use crate::actors::converter::{self, ConvertTask, ConverterMsg, ReportTo};
@@ -145,6 +146,7 @@ impl RequestState {
             let key = id.clone();
             let job = self.db.run(move |s| s.job(&key)).await?;
             let Some(job) = job else { continue };
+            self.announce(Kind::Progress, &job);
             if let Some(node) = target {
                 self.place_remote(myself, &job, attempt, node);
                 continue;

@@ -24,7 +24,8 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 
 use super::dispatch::stop;
-use super::jobs::{self, JobView, JobsMsg};
+use super::events::Kind;
+use super::jobs::{self, DeliveryView, JobView, JobsMsg};
 use super::{JobError, RequestMsg, RequestState};
 use crate::actors::converter::host::{Answer, status};
 use crate::actors::notifier::NotifierMsg;
@@ -40,9 +41,9 @@ const KUBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A job handed over, on the wire.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HandoverMsg {
-    /// The job.
-    #[prost(message, optional, tag = "1")]
-    pub job: Option<JobView>,
+    /// The job (boxed: it is most of the message).
+    #[prost(message, optional, boxed, tag = "1")]
+    pub job: Option<Box<JobView>>,
     /// The client's `Idempotency-Key`.
     #[prost(string, optional, tag = "2")]
     pub idempotency_key: Option<String>,
@@ -55,6 +56,9 @@ pub struct HandoverMsg {
     /// The size of its MP3, sent before in pieces.
     #[prost(uint64, optional, tag = "5")]
     pub mp3_size: Option<u64>,
+    /// Its webhook deliveries, done or pending.
+    #[prost(message, repeated, tag = "6")]
+    pub webhooks: Vec<DeliveryView>,
 }
 
 /// A piece of a handed-over job's file.
@@ -272,11 +276,12 @@ async fn send_job(target: &str, files: &Files, h: &Handover) -> Result<(), Strin
         sizes[slot] = Some(send_file(target, id, kind, &path).await?);
     }
     let message = HandoverMsg {
-        job: Some(JobView::from(&h.job)),
+        job: Some(Box::new(JobView::from(&h.job))),
         idempotency_key: h.idempotency_key.clone(),
         mail: mail_code(h.mail),
         mp4_size: sizes[0],
         mp3_size: sizes[1],
+        webhooks: h.webhooks.iter().map(DeliveryView::from).collect(),
     };
     let answer = jobs::call(target, |reply| JobsMsg::Adopt(message, reply))
         .await
@@ -340,7 +345,7 @@ pub async fn receive_piece(config: &Config, piece: FilePiece, reply: RpcReplyPor
 /// The receiving side of a job (called by the jobs actor): its staged files are checked
 /// and the request actor takes it over.
 pub async fn adopt(config: &Config, message: HandoverMsg) -> Answer {
-    let Some(job) = message.job.as_ref().and_then(JobView::to_job) else {
+    let Some(job) = message.job.as_deref().and_then(JobView::to_job) else {
         return answer(status::ERROR, "unreadable job");
     };
     let Some(mail) = mail_state(message.mail) else {
@@ -359,10 +364,14 @@ pub async fn adopt(config: &Config, message: HandoverMsg) -> Answer {
         }
     }
     let (input, mp3) = (files[0].take(), files[1].take());
+    let Some(webhooks) = message.webhooks.iter().map(DeliveryView::to_delivery).collect() else {
+        return answer(status::ERROR, "unreadable webhook delivery");
+    };
     let handover = Handover {
         job,
         idempotency_key: message.idempotency_key,
         mail,
+        webhooks,
     };
     let taken = ask(
         Role::Request,
@@ -445,6 +454,7 @@ impl RequestState {
         tracing::info!(job_id = %job.id, state = %job.state, "took over a job from a leaving node");
         crate::metrics::adopted();
         if !job.state.is_final() {
+            self.announce(Kind::Progress, &job);
             self.resume(myself, &job).await?;
         }
         if mail == MailState::Pending {

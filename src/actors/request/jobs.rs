@@ -16,7 +16,7 @@ use crate::auth::Principal;
 pub use crate::cluster::RemoteError;
 use crate::cluster::pieces::CHUNK;
 use crate::config::Config;
-use crate::store::{Job, JobId, JobState, Source};
+use crate::store::{Delivery, DeliveryState, Job, JobId, JobState, Source};
 
 /// The group of `node`'s jobs actor.
 pub fn group(node: &str) -> String {
@@ -88,6 +88,70 @@ pub struct JobView {
     updated_at_ms: i64,
     #[prost(int64, optional, tag = "14")]
     finished_at_ms: Option<i64>,
+    #[prost(string, optional, tag = "15")]
+    webhook_url: Option<String>,
+    #[prost(message, optional, boxed, tag = "16")]
+    webhook: Option<Box<DeliveryView>>,
+}
+
+/// A webhook delivery on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeliveryView {
+    #[prost(string, tag = "1")]
+    event_id: String,
+    #[prost(string, tag = "2")]
+    event_type: String,
+    #[prost(string, tag = "3")]
+    url: String,
+    #[prost(int64, tag = "4")]
+    created_at_ms: i64,
+    #[prost(string, tag = "5")]
+    state: String,
+    #[prost(int64, tag = "6")]
+    attempts: i64,
+    #[prost(int64, tag = "7")]
+    next_attempt_ms: i64,
+    #[prost(int64, optional, tag = "8")]
+    last_status: Option<i64>,
+    #[prost(string, optional, tag = "9")]
+    last_error: Option<String>,
+    #[prost(int64, optional, tag = "10")]
+    delivered_at_ms: Option<i64>,
+}
+
+impl From<&Delivery> for DeliveryView {
+    fn from(d: &Delivery) -> Self {
+        DeliveryView {
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            url: d.url.clone(),
+            created_at_ms: d.created_at_ms,
+            state: d.state.as_str().to_string(),
+            attempts: d.attempts,
+            next_attempt_ms: d.next_attempt_ms,
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+            delivered_at_ms: d.delivered_at_ms,
+        }
+    }
+}
+
+impl DeliveryView {
+    /// Back to a [`Delivery`]; `None` if its state is not understood.
+    pub fn to_delivery(&self) -> Option<Delivery> {
+        Some(Delivery {
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            url: self.url.clone(),
+            created_at_ms: self.created_at_ms,
+            state: DeliveryState::parse(&self.state)?,
+            attempts: self.attempts,
+            next_attempt_ms: self.next_attempt_ms,
+            last_status: self.last_status,
+            last_error: self.last_error.clone(),
+            delivered_at_ms: self.delivered_at_ms,
+        })
+    }
 }
 
 /// One job, or why not.
@@ -221,6 +285,8 @@ impl From<&Job> for JobView {
             created_at_ms: job.created_at_ms,
             updated_at_ms: job.updated_at_ms,
             finished_at_ms: job.finished_at_ms,
+            webhook_url: job.webhook_url.clone(),
+            webhook: job.webhook.as_deref().map(|d| Box::new(DeliveryView::from(d))),
         }
     }
 }
@@ -243,6 +309,11 @@ impl JobView {
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             finished_at_ms: self.finished_at_ms,
+            webhook_url: self.webhook_url.clone(),
+            webhook: match &self.webhook {
+                Some(d) => Some(Box::new(d.to_delivery()?)),
+                None => None,
+            },
         })
     }
 }

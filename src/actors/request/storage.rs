@@ -15,6 +15,7 @@ use std::time::Duration;
 use ractor::ActorRef;
 
 use super::dispatch::stop;
+use super::events::Kind;
 use super::{JobError, RequestMsg, RequestState};
 use crate::auth::Principal;
 use crate::cluster::probe::Storage;
@@ -110,7 +111,13 @@ impl RequestState {
             canceled.map(Some)
         };
         match row {
-            Ok(answer) => Ok(answer),
+            Ok(answer) => {
+                match &answer {
+                    Some(canceled) => self.announce(Kind::Canceled, canceled),
+                    None => self.announce(Kind::Deleted, &job),
+                }
+                Ok(answer)
+            }
             Err(e) => {
                 tracing::warn!(job_id = %id, error = %e, "files freed, but the job's row could not be written; retrying");
                 self.undeleted.insert(id, is_final);

@@ -9,6 +9,7 @@ fn new_job(key: Option<&str>) -> NewJob {
         bitrate_kbps: None,
         vbr_quality: None,
         idempotency_key: key.map(str::to_string),
+        webhook_url: None,
     }
 }
 
@@ -84,10 +85,14 @@ fn finishing_writes_the_outbox_row_and_fences_stale_attempts() {
 }
 
 #[test]
-fn handovers_carry_state_key_and_mail_and_adopt_once() {
+fn handovers_carry_state_key_mail_and_webhooks_and_adopt_once() {
     let mut from = Store::open_in_memory().unwrap();
     let (queued, _) = from.insert_job(&new_job(Some("k1"))).unwrap();
-    let (done, _) = from.insert_job(&new_job(None)).unwrap();
+    let hooked = NewJob {
+        webhook_url: Some("https://hooks.example.org/x".into()),
+        ..new_job(None)
+    };
+    let (done, _) = from.insert_job(&hooked).unwrap();
     let (mailed, _) = from.insert_job(&new_job(None)).unwrap();
     for id in [&done.id, &mailed.id] {
         let attempt = from.start(id, JobState::Converting).unwrap();
@@ -113,6 +118,11 @@ fn handovers_carry_state_key_and_mail_and_adopt_once() {
         "unfinished first, then pending mail"
     );
     assert_eq!(all[0].idempotency_key.as_deref(), Some("k1"));
+    assert_eq!(
+        all[1].webhooks.len(),
+        1,
+        "the done job's pending webhook call goes with it"
+    );
 
     let mut to = Store::open_in_memory().unwrap();
     let (clash, _) = to.insert_job(&new_job(Some("k1"))).unwrap();
@@ -129,6 +139,16 @@ fn handovers_carry_state_key_and_mail_and_adopt_once() {
         due.iter().map(|m| &m.job_id).collect::<Vec<_>>(),
         vec![&done.id],
         "only the unsent mail"
+    );
+    let calls = to.due_webhooks(10).unwrap();
+    assert_eq!(
+        calls.iter().map(|d| d.delivery.event_id.as_str()).collect::<Vec<_>>(),
+        vec![format!("{}.job.finished", done.id).as_str()],
+        "the webhook call, under the same event id"
+    );
+    assert_eq!(
+        to.job(&done.id).unwrap().unwrap().webhook_url.as_deref(),
+        Some("https://hooks.example.org/x")
     );
     let (again, new) = to.insert_job(&new_job(Some("k1"))).unwrap();
     assert!(!new);
