@@ -92,6 +92,15 @@ pub struct ServeArgs {
     /// How long the download link in an email works.
     #[arg(long, env = "MP4TOMP3_LINK_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
     pub link_ttl: Duration,
+    /// How long a job (its row and files) is kept after it ends; later it answers `410`.
+    #[arg(long, env = "MP4TOMP3_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// Keep each job's input MP4 until the job expires (by default it goes when the job ends).
+    #[arg(long, env = "MP4TOMP3_KEEP_INPUTS")]
+    pub keep_inputs: bool,
+    /// How long an unfinished resumable upload (`/v1/uploads`) is kept after its last byte.
+    #[arg(long, env = "MP4TOMP3_UPLOAD_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub upload_expiry: Duration,
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "MP4TOMP3_LOGIN_PER_MINUTE", default_value_t = 20)]
     pub login_per_minute: u32,
@@ -276,6 +285,12 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Download link lifetime.
     pub link_ttl: Duration,
+    /// How long an unfinished resumable upload is kept after its last byte.
+    pub upload_expiry: Duration,
+    /// How long an ended job is kept.
+    pub retention: Duration,
+    /// Keep inputs until their job expires.
+    pub keep_inputs: bool,
     /// Logins per client address per minute.
     pub login_per_minute: u32,
     /// Failures before an account locks.
@@ -437,6 +452,9 @@ impl Config {
             keys,
             token_ttl: args.token_ttl,
             link_ttl: args.link_ttl,
+            upload_expiry: args.upload_expiry,
+            retention: args.retention,
+            keep_inputs: args.keep_inputs,
             login_per_minute: args.login_per_minute,
             lockout_after: args.lockout_after,
             lockout_for: args.lockout_for,

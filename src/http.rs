@@ -16,6 +16,7 @@ pub mod openapi;
 mod route;
 mod seed;
 pub mod serve;
+mod tus;
 mod upload;
 mod webhooks;
 
@@ -59,6 +60,8 @@ pub struct AppState {
     pub events: Events,
     /// Cancelled when the server stops: long-lived responses (event streams) end.
     pub shutdown: CancellationToken,
+    /// Resumable uploads being written now (one writer each).
+    pub writing: tus::Writing,
 }
 
 impl AppState {
@@ -84,6 +87,7 @@ impl AppState {
             facts,
             events,
             shutdown,
+            writing: tus::Writing::default(),
         }
     }
 }
@@ -97,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(events::router())
         .merge(webhooks::router())
+        .merge(tus::router())
         .merge(download::router())
         .merge(seed::router())
         .merge(metrics::router())

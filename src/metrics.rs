@@ -27,6 +27,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -49,6 +54,7 @@ struct Metrics {
     members: Gauge,
     free_bytes: Gauge,
     low_storage: Gauge,
+    stored_bytes: Family<KindLabels, Gauge>,
     adopted: Counter,
 }
 
@@ -102,6 +108,12 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         "Bytes free on this node's data volume",
         free_bytes.clone(),
     );
+    let stored_bytes = Family::<KindLabels, Gauge>::default();
+    registry.register(
+        "stored_bytes",
+        "Bytes this node stores: job inputs, MP3s, unfinished resumable uploads (measured every minute)",
+        stored_bytes.clone(),
+    );
     let low_storage = Gauge::default();
     registry.register(
         "data_low_storage",
@@ -128,6 +140,7 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         members,
         free_bytes,
         low_storage,
+        stored_bytes,
     })
 });
 
@@ -149,6 +162,15 @@ pub fn http_request(route: &str, method: &str, status: u16) {
 pub fn email(sent: bool) {
     let outcome = if sent { "sent" } else { "failed" };
     with(|m| m.emails.get_or_create(&OutcomeLabels { outcome }).inc());
+}
+
+/// Sets the bytes stored: job inputs, MP3s, unfinished uploads.
+pub fn stored(inputs: u64, mp3s: u64, uploads: u64) {
+    with(|m| {
+        for (kind, n) in [("inputs", inputs), ("mp3s", mp3s), ("uploads", uploads)] {
+            m.stored_bytes.get_or_create(&KindLabels { kind }).set(gauge(n));
+        }
+    });
 }
 
 /// Counts a webhook call attempt by how it ended.

@@ -7,6 +7,7 @@
 
 pub mod files;
 mod jobs;
+pub mod uploads;
 mod users;
 pub mod webhooks;
 
@@ -17,6 +18,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use files::Files;
 pub use jobs::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Source};
+pub use uploads::{NewUpload, Upload};
 pub use users::User;
 pub use webhooks::{Attempt, Delivery, DeliveryState, DueDelivery, WebhookSettings};
 
@@ -134,6 +136,33 @@ const MIGRATIONS: &[&str] = &[
                w.next_attempt_ms AS wh_next_attempt_ms, w.last_status AS wh_last_status,
                w.last_error AS wh_last_error, w.delivered_at_ms AS wh_delivered_at_ms
         FROM jobs j LEFT JOIN webhooks w ON w.id = (SELECT max(id) FROM webhooks WHERE job_id = j.id);",
+    // v4: resumable (tus) uploads: how much of each has arrived (fsynced), its settings for
+    // the job it becomes (under the same id), and when it expires.
+    "CREATE TABLE uploads (
+        id              TEXT PRIMARY KEY,
+        owner_email     TEXT NOT NULL,
+        length          INTEGER NOT NULL,
+        received        INTEGER NOT NULL DEFAULT 0,
+        metadata        TEXT NOT NULL,
+        file_name       TEXT NOT NULL,
+        bitrate_kbps    INTEGER,
+        vbr_quality     INTEGER,
+        webhook_url     TEXT,
+        idempotency_key TEXT,
+        created_at_ms   INTEGER NOT NULL,
+        expires_at_ms   INTEGER NOT NULL,
+        completed       INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (owner_email, idempotency_key)
+     );
+     CREATE INDEX uploads_expiring ON uploads (expires_at_ms) WHERE completed = 0;",
+    // v5: retention. Ended jobs are found by when they ended; an expired job leaves a
+    // tombstone, so its id answers `410 expired` rather than `404`.
+    "CREATE INDEX jobs_by_end ON jobs (finished_at_ms) WHERE finished_at_ms IS NOT NULL;
+     CREATE TABLE expired_jobs (
+        id             TEXT PRIMARY KEY,
+        owner_email    TEXT NOT NULL,
+        expired_at_ms  INTEGER NOT NULL
+     );",
 ];
 
 /// One node's database.

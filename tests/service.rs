@@ -600,10 +600,12 @@ async fn unknown_users_and_wrong_passwords_take_the_same_time() {
     };
     let (u, w) = (median(&mut unknown), median(&mut wrong));
     // Without the dummy verification an unknown user answers in well under a millisecond,
-    // a wrong password in tens of milliseconds: a ratio near 0.01.
+    // a wrong password in tens of milliseconds: a ratio near 0.01. The other tests of this
+    // binary run alongside (conversions on 2 cores), so the band is wide: it only has to
+    // tell "one argon2 verification each" from "none for unknown users".
     let ratio = u / w;
     assert!(
-        (0.7..1.4).contains(&ratio),
+        (0.5..2.0).contains(&ratio),
         "unknown user {u:.4} s, wrong password {w:.4} s"
     );
 }

@@ -241,3 +241,61 @@ async fn no_conversion_is_placed_on_a_node_under_its_reserve() {
     let _b = start("node-b", 1, "1", "0").await;
     assert_eq!(api.finished(&token, &id).await["state"], "done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_lose_their_input_at_once_and_everything_after_the_retention_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let node = Node::start(&data, &["--retention", "4s"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let input = common::tone("retention_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let id = api.upload(&token, &input).await["id"].as_str().unwrap().to_string();
+    let done = api.finished(&token, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let job_dir = data.join("jobs").join(&id);
+    assert!(!job_dir.join("input.mp4").exists(), "the input goes when the job ends");
+    assert!(
+        job_dir.join("output.mp3").exists(),
+        "the MP3 stays until the job expires"
+    );
+    let metrics = api
+        .http
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&metrics, "mp4tomp3_stored_bytes{kind=\"mp3s\"}") >= 0.0);
+
+    // After the retention period: 410 expired for its owner, 404 for anyone else, gone from
+    // the list, its files deleted.
+    let gone = poll(Duration::from_secs(20), "the job to expire", || async {
+        let r = api.job(&token, &id).await;
+        (r.status() == StatusCode::GONE).then_some(r)
+    })
+    .await;
+    assert_eq!(Api::error_code(gone).await.1, "expired");
+    let r = api
+        .http
+        .get(api.url(&format!("/v1/jobs/{id}/mp3")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GONE);
+    assert!(!job_dir.exists(), "its files are deleted");
+    let list = api.get_json(&token, "/v1/jobs").await;
+    assert!(list["jobs"].as_array().unwrap().iter().all(|j| j["id"] != id.as_str()));
+    assert!(node.log_text().contains("deleted jobs past the retention period"));
+
+    // With --keep-inputs the input stays while the job does.
+    let kept = Node::start(&dir.path().join("b"), &["--keep-inputs"]).await;
+    let api = Api::new(&kept);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let id = api.upload(&token, &input).await["id"].as_str().unwrap().to_string();
+    assert_eq!(api.finished(&token, &id).await["state"], "done");
+    assert!(dir.path().join("b").join("jobs").join(&id).join("input.mp4").exists());
+}

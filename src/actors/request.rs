@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use self::dispatch::Placement;
 use self::events::{Events, Kind};
 use self::placement::PlaceError;
+use self::uploads::UploadCall;
 use super::converter::{Outcome, host};
 use super::notifier::NotifierMsg;
 use super::{Role, tell};
@@ -32,6 +33,7 @@ pub mod handoff;
 pub mod jobs;
 pub mod placement;
 mod storage;
+pub mod uploads;
 
 pub use self::storage::NO_SPACE;
 
@@ -56,6 +58,9 @@ pub enum JobError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Draining,
+    /// The job ended longer ago than the retention period: its files and details are gone.
+    #[error("the job expired: jobs and their files are deleted {0} after they end")]
+    Expired(String),
 }
 
 /// What a download serves.
@@ -83,6 +88,8 @@ pub enum RequestMsg {
         /// The stored job and whether it is new (`false`: an idempotent retry).
         reply: RpcReplyPort<Result<(Job, bool), JobError>>,
     },
+    /// A resumable upload's bookkeeping (`request/uploads.rs`).
+    Upload(UploadCall),
     /// A job, if `who` may see it.
     Get {
         /// The job.
@@ -269,6 +276,8 @@ pub struct RequestState {
     facts: Facts,
     /// Where changes of this node's jobs are published (for `/v1/events`, cluster-wide).
     events: Events,
+    /// Ticks so far (some bookkeeping runs every so many).
+    ticks: u64,
     /// Jobs deleted (`true`) or canceled (`false`) whose files are gone but whose row
     /// could not be written (a full disk): retried on every tick.
     undeleted: HashMap<JobId, bool>,
@@ -281,11 +290,23 @@ impl RequestState {
 
     async fn load(&self, id: &JobId, who: Option<&Principal>) -> Result<Job, JobError> {
         let key = id.clone();
-        let job = self.db.run(move |s| s.job(&key)).await?.ok_or(JobError::NotFound)?;
+        let (job, expired) = self.db.run(move |s| Ok((s.job(&key)?, s.expired_job(&key)?))).await?;
+        let Some(job) = job else {
+            // An expired job's id stays recognisable (to its owner).
+            return match (expired, who) {
+                (Some(owner), Some(who)) if who.admin || owner.eq_ignore_ascii_case(&who.email) => Err(self.expired()),
+                (Some(_), None) => Err(self.expired()),
+                _ => Err(JobError::NotFound),
+            };
+        };
         match who {
             Some(who) if !Self::visible(&job, who) => Err(JobError::NotFound),
             _ => Ok(job),
         }
+    }
+
+    fn expired(&self) -> JobError {
+        JobError::Expired(humantime::format_duration(self.config.retention).to_string())
     }
 
     /// Tells subscribers (on every node) how one of this node's jobs changed.
@@ -320,6 +341,61 @@ impl RequestState {
             }
         }
         Ok(())
+    }
+
+    /// Accepts a job (with its staged input for uploads; `from_upload`: the staged file is
+    /// a resumable upload, marked completed in the same step). Answers the job as stored
+    /// now, and whether it is new (`false`: an idempotent retry).
+    async fn accept(
+        &mut self,
+        myself: &ActorRef<RequestMsg>,
+        job: NewJob,
+        staged: Option<PathBuf>,
+        from_upload: bool,
+    ) -> Result<(Job, bool), JobError> {
+        if self.draining.is_some() {
+            if let (Some(staged), false) = (staged, from_upload) {
+                let _ = tokio::fs::remove_file(staged).await;
+            }
+            return Err(JobError::Draining);
+        }
+        let files = self.files.clone();
+        let result = self
+            .db
+            .run(move |s| {
+                // The input goes into place before the row exists, so a stored job always
+                // has its input; an idempotent retry's upload is dropped.
+                if let Some(staged) = &staged {
+                    files
+                        .adopt_input(&job.id, staged)
+                        .map_err(|e| StoreError::Worker(e.to_string()))?;
+                }
+                let (stored, new) = s.insert_job(&job)?;
+                if !new && staged.is_some() {
+                    let _ = files.remove_job(&job.id);
+                }
+                if from_upload {
+                    s.upload_completed(&job.id)?;
+                }
+                Ok((stored, new))
+            })
+            .await;
+        let (job, new) = result?;
+        if new {
+            tracing::info!(job_id = %job.id, owner = %job.owner_email, "job accepted");
+            self.announce(Kind::Created, &job);
+            tell(Role::Notifier, NotifierMsg::Wake); // a job.created webhook may be due
+            // The job is stored: a failure from here on is retried (the tick dispatches, a
+            // restart resumes), so it is logged rather than answered.
+            if let Err(e) = self.resume(myself, &job).await {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot start the job yet");
+            }
+            if let Err(e) = self.dispatch(myself).await {
+                tracing::warn!(error = %e, "dispatch failed");
+            }
+        }
+        // Answer with the job as stored now (its state may have moved on).
+        self.load(&job.id, None).await.map(|j| (j, new))
     }
 
     fn start_fetch(&mut self, myself: &ActorRef<RequestMsg>, job: &Job) {
@@ -362,6 +438,7 @@ impl RequestState {
         match finished {
             Ok(job) => {
                 tracing::info!(job_id = %id, state = %job.state, "job finished");
+                self.drop_input(&id).await;
                 self.announce(Kind::of(job.state), &job);
                 tell(Role::Notifier, NotifierMsg::Wake);
             }
@@ -394,6 +471,7 @@ impl RequestState {
             .await
         {
             Ok(job) => {
+                self.drop_input(id).await;
                 self.announce(Kind::Failed, &job);
                 tell(Role::Notifier, NotifierMsg::Wake);
                 Ok(())
@@ -436,6 +514,7 @@ impl Actor for RequestActor {
             released: false,
             facts,
             events,
+            ticks: 0,
             undeleted: HashMap::new(),
         };
         // Resume what was accepted and not finished: after a crash, a restart, or a
@@ -476,47 +555,9 @@ impl Actor for RequestActor {
         }
         match message {
             RequestMsg::Submit { job, staged, reply } => {
-                if state.draining.is_some() {
-                    if let Some(staged) = staged {
-                        let _ = tokio::fs::remove_file(staged).await;
-                    }
-                    let _ = reply.send(Err(JobError::Draining));
-                    return Ok(());
-                }
-                let files = state.files.clone();
-                let result = state
-                    .db
-                    .run(move |s| {
-                        // The input goes into place before the row exists, so a stored job
-                        // always has its input; an idempotent retry's upload is dropped.
-                        if let Some(staged) = &staged {
-                            files
-                                .adopt_input(&job.id, staged)
-                                .map_err(|e| StoreError::Worker(e.to_string()))?;
-                        }
-                        let (stored, new) = s.insert_job(&job)?;
-                        if !new && staged.is_some() {
-                            let _ = files.remove_job(&job.id);
-                        }
-                        Ok((stored, new))
-                    })
-                    .await;
-                if let Ok((job, true)) = &result {
-                    tracing::info!(job_id = %job.id, owner = %job.owner_email, "job accepted");
-                    state.announce(Kind::Created, job);
-                    tell(Role::Notifier, NotifierMsg::Wake); // a job.created webhook may be due
-                    state.resume(&myself, job).await?;
-                    state.dispatch(&myself).await?;
-                }
-                let key = result.as_ref().ok().map(|(j, _)| j.id.clone());
-                // Answer with the job as stored now (its state may have moved on).
-                let answer = match (result, key) {
-                    (Ok((_, new)), Some(key)) => state.load(&key, None).await.map(|j| (j, new)),
-                    (Err(e), _) => Err(e.into()),
-                    (Ok(_), None) => Err(JobError::NotFound),
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(state.accept(&myself, job, staged, false).await);
             }
+            RequestMsg::Upload(call) => state.upload_call(&myself, call).await?,
             RequestMsg::Get { id, who, reply } => {
                 let _ = reply.send(state.load(&id, Some(&who)).await);
             }
@@ -655,6 +696,9 @@ impl Actor for RequestActor {
                 state.measure_storage().await;
                 state.retry_deletes().await;
                 state.purge_removed_users().await;
+                state.expire_uploads().await;
+                state.expire_jobs().await;
+                state.measure_stored().await;
                 state.dispatch(&myself).await?;
             }
             RequestMsg::Stats { reply } => {

@@ -194,6 +194,7 @@ impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
             JobError::NotFound => ApiError::not_found(),
+            JobError::Expired(_) => ApiError::new(StatusCode::GONE, "expired", e.to_string()),
             JobError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             JobError::Draining => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
                 .retry_after(Duration::from_secs(5)),

@@ -250,7 +250,7 @@ fn parse_field<T: std::str::FromStr>(name: &str, value: Option<String>) -> Resul
         .transpose()
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -340,7 +340,7 @@ pub(super) async fn submit_upload(
 }
 
 /// A job's own webhook URL, checked; its owner must have a signing secret.
-async fn webhook_url(state: &AppState, email: &str, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+pub(super) async fn webhook_url(state: &AppState, email: &str, raw: Option<&str>) -> Result<Option<String>, ApiError> {
     let Some(raw) = raw.map(str::trim).filter(|u| !u.is_empty()) else {
         return Ok(None);
     };

@@ -47,6 +47,7 @@ use super::events::EventJson;
         (name = "jobs", description = "Conversions: submit, follow, cancel"),
         (name = "downloads", description = "The MP3s"),
         (name = "webhooks", description = "Signed calls to your URL when jobs end"),
+        (name = "uploads", description = "Resumable uploads (tus 1.0.0) for big files"),
         (name = "seed", description = "The original project's routes, kept for its users"),
         (name = "operations", description = "Health, readiness, metrics, the cluster, this document"),
     )

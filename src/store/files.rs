@@ -1,5 +1,5 @@
 //! A node's files under the data dir: each job's input and MP3 in `jobs/<id>/`, uploads in
-//! flight in `tmp/`.
+//! flight in `tmp/`, resumable uploads in `uploads/`.
 //!
 //! Every file is written to a temporary name, fsynced, renamed, and the directory fsynced,
 //! so after a crash a file is either complete or absent.
@@ -22,6 +22,7 @@ impl Files {
         let files = Files::at(data_dir);
         fs::create_dir_all(files.tmp_dir())?;
         fs::create_dir_all(files.root.join("jobs"))?;
+        fs::create_dir_all(files.root.join("uploads"))?;
         Ok(files)
     }
 
@@ -35,6 +36,11 @@ impl Files {
     /// Where uploads and downloads stream before they belong to a job.
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// A resumable upload's file while it arrives (it becomes its job's input).
+    pub fn upload(&self, id: &JobId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
     }
 
     /// A job's directory.
@@ -75,6 +81,22 @@ impl Files {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Bytes held by job inputs, MP3s and unfinished uploads (blocking: a walk of the
+    /// data dir, one `stat` per file).
+    pub fn stored_bytes(&self) -> io::Result<(u64, u64, u64)> {
+        let (mut inputs, mut mp3s, mut uploads) = (0, 0, 0);
+        for job in fs::read_dir(self.root.join("jobs"))? {
+            let dir = job?.path();
+            let size = |name: &str| fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+            inputs += size("input.mp4");
+            mp3s += size("output.mp3");
+        }
+        for upload in fs::read_dir(self.root.join("uploads"))? {
+            uploads += upload?.metadata().map_or(0, |m| m.len());
+        }
+        Ok((inputs, mp3s, uploads))
     }
 
     /// Bytes free for us on the data volume (blocking: a `statvfs`).

@@ -591,6 +591,44 @@ impl Store {
         })
     }
 
+    /// Jobs that ended before `before_ms`, oldest first (retention).
+    pub fn jobs_ended_before(&self, before_ms: i64, limit: u32) -> Result<Vec<JobId>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < ?1 \
+             ORDER BY finished_at_ms LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![before_ms, limit], |r| r.get::<_, String>(0))?;
+        let ids: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
+    }
+
+    /// Replaces an ended job by its tombstone (its outbox rows go with it). `false` if it
+    /// was not there.
+    pub fn expire_job(&mut self, id: &JobId) -> Result<bool> {
+        let now = now_ms();
+        self.write(|tx| {
+            let kept = tx.execute(
+                "INSERT OR IGNORE INTO expired_jobs (id, owner_email, expired_at_ms) \
+                 SELECT id, owner_email, ?2 FROM jobs WHERE id = ?1",
+                params![id.as_str(), now],
+            )?;
+            tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])?;
+            Ok(kept == 1)
+        })
+    }
+
+    /// The owner of an expired job, if `id` is one.
+    pub fn expired_job(&self, id: &JobId) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT owner_email FROM expired_jobs WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Removes a job and its outbox row whatever its state (it was handed over).
     pub fn forget_job(&mut self, id: &JobId) -> Result<bool> {
         self.write(|tx| Ok(tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])? == 1))

@@ -25,4 +25,6 @@ done
 TOKEN=$(curl -sf -X POST -u "$MP4TOMP3_ADMIN_EMAIL:$MP4TOMP3_ADMIN_PASSWORD" http://127.0.0.1:8080/login)
 export TOKEN
 cd "$WORK"
+# hooks.py: how to send tus bodies (application/offset+octet-stream).
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks
 schemathesis --config-file "$HERE/schemathesis.toml" --no-color run http://127.0.0.1:8080/openapi.json "$@"

@@ -35,6 +35,8 @@ pub mod status {
     pub const ERROR: i32 = 3;
     /// The owner is shutting down.
     pub const DRAINING: i32 = 4;
+    /// The job expired (retention).
+    pub const EXPIRED: i32 = 5;
 }
 
 /// Who asks, about which job.
@@ -323,6 +325,7 @@ fn code(e: &JobError) -> i32 {
         JobError::NotFound => status::NOT_FOUND,
         JobError::Conflict(_) => status::CONFLICT,
         JobError::Draining => status::DRAINING,
+        JobError::Expired(_) => status::EXPIRED,
         JobError::Store(_) | JobError::Io(_) => status::ERROR,
     }
 }
@@ -333,6 +336,7 @@ pub fn error(status: i32, message: String) -> JobError {
         status::NOT_FOUND => JobError::NotFound,
         status::CONFLICT => JobError::Conflict(message),
         status::DRAINING => JobError::Draining,
+        status::EXPIRED => JobError::Expired(message),
         _ => JobError::Io(std::io::Error::other(format!("on the owner node: {message}"))),
     }
 }

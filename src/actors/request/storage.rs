@@ -6,6 +6,10 @@
 //!   conversion is placed on (or by) a node under its reserve.
 //! - A conversion that runs out of space ([`NO_SPACE`]) is not a failed job: it goes back
 //!   to the queue after [`REQUEUE_AFTER`] and runs again once there is room.
+//! - Retention: jobs that ended longer ago than `--retention` are deleted on the tick (an
+//!   indexed query by end time, a batch at a time), leaving a tombstone so their ids answer
+//!   `410 expired`; a job's input goes when it ends unless `--keep-inputs`. The bytes stored
+//!   (inputs, MP3s, unfinished uploads) are measured every minute for `/metrics`.
 //! - A delete frees the job's files first; if its row cannot be written then (SQLite needs
 //!   a little space too), the row is retried on every tick and the caller is told the
 //!   job is gone.
@@ -20,6 +24,11 @@ use super::{JobError, RequestMsg, RequestState};
 use crate::auth::Principal;
 use crate::cluster::probe::Storage;
 use crate::store::{Job, JobId, JobState, StoreError};
+
+/// Jobs expired per tick at most.
+const EXPIRE_BATCH: u32 = 100;
+/// Ticks (2 s each) between measurements of the bytes stored.
+const MEASURE_STORED_EVERY: u64 = 30;
 
 /// The conversion error code of a write that found the disk full.
 pub const NO_SPACE: &str = "no_space";
@@ -127,6 +136,58 @@ impl RequestState {
                 }))
             }
         }
+    }
+
+    /// Every [`MEASURE_STORED_EVERY`] ticks: the bytes stored, for `/metrics`.
+    pub(super) async fn measure_stored(&mut self) {
+        self.ticks += 1;
+        if !(self.ticks - 1).is_multiple_of(MEASURE_STORED_EVERY) {
+            return;
+        }
+        let files = self.files.clone();
+        match tokio::task::spawn_blocking(move || files.stored_bytes()).await {
+            Ok(Ok((inputs, mp3s, uploads))) => crate::metrics::stored(inputs, mp3s, uploads),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot measure the bytes stored"),
+            Err(e) => tracing::warn!(error = %e, "cannot measure the bytes stored"),
+        }
+    }
+
+    /// A job ended: its input goes, unless `--keep-inputs` (its MP3 stays until it expires).
+    pub(super) async fn drop_input(&self, id: &JobId) {
+        if self.config.keep_inputs {
+            return;
+        }
+        if let Err(e) = tokio::fs::remove_file(self.files.input(id)).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(job_id = %id, error = %e, "cannot remove the input of an ended job");
+        }
+    }
+
+    /// Deletes the jobs that ended longer ago than `--retention` (files first, then the row,
+    /// which leaves a tombstone), a batch per tick; the query is indexed by end time.
+    pub(super) async fn expire_jobs(&mut self) {
+        let before = crate::store::now_ms() - self.config.retention.as_millis() as i64;
+        let due = match self.db.run(move |s| s.jobs_ended_before(before, EXPIRE_BATCH)).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for expired jobs");
+                return;
+            }
+        };
+        if due.is_empty() {
+            return;
+        }
+        let mut expired = 0;
+        for id in &due {
+            self.remove_files(id).await;
+            let key = id.clone();
+            match self.db.run(move |s| s.expire_job(&key)).await {
+                Ok(_) => expired += 1,
+                Err(e) => tracing::warn!(job_id = %id, error = %e, "cannot expire a job"),
+            }
+        }
+        tracing::info!(jobs = expired, retention = %humantime::format_duration(self.config.retention), "deleted jobs past the retention period");
     }
 
     /// Removes the job's files (off the runtime), logging a failure.

@@ -1,0 +1,209 @@
+//! Resumable (tus) uploads on the node that stores them: their rows (created, how much has
+//! arrived, completed) and their end, when the upload becomes its job under the same id.
+//! The bytes themselves are written by the gateway's handler straight into the upload's
+//! file (`http/tus.rs`); it reports each fsynced offset here.
+
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::{JobError, RequestMsg, RequestState};
+use crate::auth::Principal;
+use crate::store::{Job, JobId, NewJob, NewUpload, Source, StoreError, Upload, now_ms};
+
+/// Uploads expired per tick at most.
+const EXPIRE_BATCH: u32 = 50;
+
+/// What the gateway asks about an upload.
+pub enum UploadCall {
+    /// Create one (its empty file too). With an Idempotency-Key already used: the earlier
+    /// upload (`false`).
+    Create {
+        /// The upload.
+        upload: NewUpload,
+        /// The stored upload and whether it is new.
+        reply: RpcReplyPort<Result<(Upload, bool), JobError>>,
+    },
+    /// One, if `who` may see it.
+    Get {
+        /// The upload.
+        id: JobId,
+        /// The caller.
+        who: Principal,
+        /// The upload.
+        reply: RpcReplyPort<Result<Upload, JobError>>,
+    },
+    /// The first `received` bytes are fsynced in its file; answers the new expiry (ms).
+    Received {
+        /// The upload.
+        id: JobId,
+        /// Bytes on disk.
+        received: u64,
+        /// Its new expiry.
+        reply: RpcReplyPort<Result<i64, JobError>>,
+    },
+    /// All bytes arrived: it becomes its job (idempotent).
+    Complete {
+        /// The upload.
+        id: JobId,
+        /// The job.
+        reply: RpcReplyPort<Result<Job, JobError>>,
+    },
+    /// Terminate it (tus `DELETE`): its file and row go; a job it became stays.
+    Delete {
+        /// The upload.
+        id: JobId,
+        /// The caller.
+        who: Principal,
+        /// Done.
+        reply: RpcReplyPort<Result<(), JobError>>,
+    },
+}
+
+impl RequestState {
+    async fn stored_upload(&self, id: &JobId, who: Option<&Principal>) -> Result<Upload, JobError> {
+        let key = id.clone();
+        let upload = self.db.run(move |s| s.upload(&key)).await?.ok_or(JobError::NotFound)?;
+        match who {
+            Some(who) if !who.admin && !upload.new.owner_email.eq_ignore_ascii_case(&who.email) => {
+                Err(JobError::NotFound)
+            }
+            _ => Ok(upload),
+        }
+    }
+
+    /// Answers one [`UploadCall`].
+    pub(super) async fn upload_call(
+        &mut self,
+        myself: &ActorRef<RequestMsg>,
+        call: UploadCall,
+    ) -> Result<(), ActorProcessingErr> {
+        match call {
+            UploadCall::Create { upload, reply } => {
+                let answer = if self.draining.is_some() {
+                    Err(JobError::Draining)
+                } else {
+                    let files = self.files.clone();
+                    self.db
+                        .run(move |s| {
+                            let (stored, new) = s.create_upload(&upload)?;
+                            if new {
+                                // An empty file now, so the first PATCH only appends.
+                                let path = files.upload(&stored.new.id);
+                                std::fs::OpenOptions::new()
+                                    .create(true)
+                                    .append(true)
+                                    .open(&path)
+                                    .and_then(|f| f.sync_all())
+                                    .map_err(|e| StoreError::Worker(format!("cannot create the upload's file: {e}")))?;
+                            }
+                            Ok((stored, new))
+                        })
+                        .await
+                        .map_err(JobError::from)
+                };
+                let _ = reply.send(answer);
+            }
+            UploadCall::Get { id, who, reply } => {
+                let _ = reply.send(self.stored_upload(&id, Some(&who)).await);
+            }
+            UploadCall::Received { id, received, reply } => {
+                let expires = now_ms() + self.config.upload_expiry.as_millis() as i64;
+                let answer = self
+                    .db
+                    .run(move |s| s.upload_received(&id, received, expires))
+                    .await
+                    .map(|()| expires)
+                    .map_err(JobError::from);
+                let _ = reply.send(answer);
+            }
+            UploadCall::Complete { id, reply } => {
+                let _ = reply.send(self.complete_upload(myself, &id).await);
+            }
+            UploadCall::Delete { id, who, reply } => {
+                let answer = match self.stored_upload(&id, Some(&who)).await {
+                    Ok(upload) => {
+                        if !upload.completed {
+                            let _ = tokio::fs::remove_file(self.files.upload(&id)).await;
+                        }
+                        let key = id.clone();
+                        self.db
+                            .run(move |s| s.delete_upload(&key))
+                            .await
+                            .map(|_| ())
+                            .map_err(JobError::from)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        Ok(())
+    }
+
+    /// A complete upload becomes its job (the same id); asked again, answers that job.
+    async fn complete_upload(&mut self, myself: &ActorRef<RequestMsg>, id: &JobId) -> Result<Job, JobError> {
+        let upload = self.stored_upload(id, None).await?;
+        if upload.received < upload.new.length {
+            return Err(JobError::Conflict(format!(
+                "the upload has {} of {} bytes",
+                upload.received, upload.new.length
+            )));
+        }
+        if upload.completed {
+            return self.completed_job(&upload).await;
+        }
+        let u = upload.new;
+        let job = NewJob {
+            id: u.id.clone(),
+            owner_email: u.owner_email.clone(),
+            source: Source::Upload,
+            file_name: u.file_name.clone(),
+            bitrate_kbps: u.bitrate_kbps,
+            vbr_quality: u.vbr_quality,
+            idempotency_key: u.idempotency_key.clone(),
+            webhook_url: u.webhook_url.clone(),
+        };
+        let staged = self.files.upload(&u.id);
+        let (job, _) = self.accept(myself, job, Some(staged), true).await?;
+        Ok(job)
+    }
+
+    /// The job a completed upload became: under its id, or the earlier job of its
+    /// Idempotency-Key.
+    async fn completed_job(&self, upload: &Upload) -> Result<Job, JobError> {
+        let (id, email, key) = (
+            upload.new.id.clone(),
+            upload.new.owner_email.clone(),
+            upload.new.idempotency_key.clone(),
+        );
+        let found = self
+            .db
+            .run(move |s| match s.job(&id)? {
+                Some(job) => Ok(Some(job)),
+                None => match key {
+                    Some(key) => s.keyed_job(&email, &key),
+                    None => Ok(None),
+                },
+            })
+            .await?;
+        found.ok_or(JobError::NotFound)
+    }
+
+    /// Deletes unfinished uploads past their expiry (files first), a batch per tick.
+    pub(super) async fn expire_uploads(&mut self) {
+        let expired = match self.db.run(|s| s.expired_uploads(now_ms(), EXPIRE_BATCH)).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for expired uploads");
+                return;
+            }
+        };
+        for id in expired {
+            let _ = tokio::fs::remove_file(self.files.upload(&id)).await;
+            let key = id.clone();
+            match self.db.run(move |s| s.delete_upload(&key)).await {
+                Ok(_) => tracing::info!(upload_id = %id, "deleted an expired unfinished upload"),
+                Err(e) => tracing::warn!(upload_id = %id, error = %e, "cannot delete an expired upload"),
+            }
+        }
+    }
+}

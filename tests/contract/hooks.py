@@ -1,0 +1,5 @@
+"""schemathesis hooks for tests/contract.rs: tus bodies (application/offset+octet-stream,
+/v1/uploads) are raw bytes, sent as schemathesis sends application/octet-stream."""
+import schemathesis
+
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")

@@ -1,0 +1,394 @@
+//! Resumable uploads (tus 1.0.0) at /v1/uploads, driven by the tus project's own Python
+//! client (tuspy) and by hand for the protocol's refusals.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::api::Api;
+use common::service::{ADMIN, Node, poll};
+use reqwest::StatusCode;
+
+/// A valid M4A (2 s of tone) followed by a `free` box of `extra` pseudo-random bytes: a big
+/// file that converts quickly, and whose every byte matters for the identity check.
+fn big_input(dir: &Path, extra: u64, seed: u64) -> PathBuf {
+    let tone = common::tone("uploads_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let path = dir.join(format!("big-{extra}.m4a"));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    out.write_all(&std::fs::read(tone).unwrap()).unwrap();
+    let size = 16 + extra;
+    out.write_all(&1u32.to_be_bytes()).unwrap();
+    out.write_all(b"free").unwrap();
+    out.write_all(&size.to_be_bytes()).unwrap();
+    let mut x = seed | 1;
+    let mut block = vec![0u8; 1 << 16];
+    let mut left = extra;
+    while left > 0 {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+    path
+}
+
+fn client(node: &Node, token: &str, file: &Path, url_file: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/uploads/tus_client.py"))
+        .arg(node.url("/v1/uploads"))
+        .arg(token)
+        .arg(file)
+        .arg(url_file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs the client to the end; its `done` line's job URL.
+fn finish(mut c: Command) -> String {
+    let out = c.output().expect("python3 with tuspy (pip install tuspy)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("done "))
+        .unwrap_or_else(|| panic!("{text}"));
+    line.split_whitespace().nth(2).unwrap_or("").to_string()
+}
+
+/// The stored input of job `id` equals `file`, byte for byte.
+fn same_input(node_dir: &Path, id: &str, file: &Path) {
+    let stored = node_dir.join("jobs").join(id).join("input.mp4");
+    let (a, b) = (std::fs::read(&stored).unwrap(), std::fs::read(file).unwrap());
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "the stored input differs from the file sent");
+}
+
+/// Starts a client (resuming the upload in `url_file` if there is one) and returns once it
+/// has set the upload up (created it, or asked its offset).
+async fn started(node: &Node, token: &str, file: &Path, url_file: &Path, chunk: &str) -> std::process::Child {
+    let resume = url_file.with_extension("resume");
+    let mut args = vec!["--chunk".to_string(), chunk.to_string()];
+    if url_file.exists() {
+        std::fs::rename(url_file, &resume).unwrap();
+        args.extend(["--resume-from".to_string(), resume.to_str().unwrap().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = client(node, token, file, url_file, &args).spawn().unwrap();
+    poll(Duration::from_secs(20), "the client to set the upload up", || async {
+        url_file.exists().then_some(())
+    })
+    .await;
+    child
+}
+
+async fn head(api: &Api, token: &str, url: &str) -> reqwest::Response {
+    api.http
+        .head(url)
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tuspy_uploads_200_mb_that_become_a_job_with_a_byte_identical_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    // Inputs are kept, to compare them with the files sent.
+    let node = Node::start(&data, &["--keep-inputs"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let file = big_input(dir.path(), 200 << 20, 7);
+    let url_file = dir.path().join("url");
+    let meta = ["--meta", "filename=talk.m4a", "--meta", "bitrate=128"];
+    let mut args = vec!["--chunk", "16777216", "--checksum"];
+    args.extend(meta);
+    let job_url = finish(client(&node, &token, &file, &url_file, &args));
+    let id = job_url
+        .strip_prefix("/v1/jobs/")
+        .unwrap_or_else(|| panic!("a job URL: {job_url:?}"))
+        .to_string();
+    let upload_url = std::fs::read_to_string(&url_file).unwrap();
+    assert!(
+        upload_url.ends_with(&id),
+        "the job has the upload's id: {upload_url} {id}"
+    );
+    let done = api.finished(&token, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        (done["file_name"].as_str(), done["bitrate"].as_i64()),
+        (Some("talk.m4a"), Some(128))
+    );
+    same_input(&data, &id, &file);
+    // HEAD names the job from now on.
+    let r = head(&api, &token, &upload_url).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["upload-offset"].to_str().unwrap(),
+        (file.metadata().unwrap().len()).to_string()
+    );
+    assert_eq!(r.headers()["mp4tomp3-job"].to_str().unwrap(), job_url);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_at_random_points_and_across_a_server_kill_resumes_to_an_identical_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let mut node = Node::start(&data, &["--keep-inputs"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let file = big_input(dir.path(), 128 << 20, 11);
+    let size = file.metadata().unwrap().len();
+    let url_file = dir.path().join("url");
+    // A seeded schedule of client kills (printed, so a failure can be replayed).
+    let seed: u64 = std::env::var("UPLOAD_CUT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261201);
+    eprintln!("UPLOAD_CUT_SEED={seed}");
+    let mut x = seed;
+    let mut offsets = Vec::new();
+    for _ in 0..3 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let after = Duration::from_millis(20 + (x >> 33) % 300);
+        // Small chunks (one request each): the upload takes a few seconds on loopback.
+        let mut child = started(&node, &token, &file, &url_file, "262144").await;
+        tokio::time::sleep(after).await;
+        let _ = child.kill(); // SIGKILL: the client dies mid-request
+        let _ = child.wait();
+        let url = std::fs::read_to_string(&url_file).unwrap();
+        let r = head(&api, &token, &url).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let offset: u64 = r.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+        offsets.push(offset);
+    }
+    eprintln!("offsets after each cut: {offsets:?}");
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "each client got further: {offsets:?}"
+    );
+    assert!(offsets.iter().all(|o| *o < size), "cut before the end: {offsets:?}");
+
+    // The server is killed while a client sends; after the restart HEAD answers an offset
+    // whose bytes are all on disk, and the upload finishes from there.
+    let mut child = started(&node, &token, &file, &url_file, "262144").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    node.kill9();
+    let _ = child.kill();
+    let _ = child.wait();
+    node.restart().await;
+    let api = Api::new(&node);
+    // The restarted node listens on another port: the same upload, at its new address.
+    let path = std::fs::read_to_string(&url_file).unwrap();
+    let path = &path[path.find("/v1/uploads/").unwrap()..];
+    let url = node.url(path);
+    std::fs::write(&url_file, &url).unwrap();
+    let r = head(&api, &token, &url).await;
+    let offset: u64 = r.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+    assert!(offset >= *offsets.last().unwrap() && offset <= size, "{offset}");
+    let id = url.rsplit('/').next().unwrap().to_string();
+    let part = std::fs::read(data.join("uploads").join(&id)).unwrap();
+    let whole = std::fs::read(&file).unwrap();
+    assert!(part.len() as u64 >= offset, "the recorded bytes are on disk");
+    assert!(
+        part[..offset as usize] == whole[..offset as usize],
+        "and they are the file's"
+    );
+    let resume = dir.path().join("resume");
+    std::fs::write(&resume, &url).unwrap();
+    let resume = resume.to_str().unwrap().to_string();
+    let job_url = finish(client(
+        &node,
+        &token,
+        &file,
+        &url_file,
+        &["--chunk", "8388608", "--resume-from", &resume],
+    ));
+    assert_eq!(job_url, format!("/v1/jobs/{id}"));
+    let done = api.finished(&token, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    same_input(&data, &id, &file);
+}
+
+/// A request to /v1/uploads with the tus header and the token.
+fn tus(api: &Api, method: reqwest::Method, url: &str, token: &str) -> reqwest::RequestBuilder {
+    api.http
+        .request(method, url)
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_protocol_refuses_wrong_offsets_sizes_types_and_checksums_and_expires_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let node = Node::start(&data, &["--upload-expiry", "3s", "--max-upload-bytes", "1000000"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let endpoint = api.url("/v1/uploads");
+
+    let r = api
+        .http
+        .request(reqwest::Method::OPTIONS, &endpoint)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let h = r.headers();
+    assert_eq!(
+        (h["tus-version"].to_str().unwrap(), h["tus-resumable"].to_str().unwrap()),
+        ("1.0.0", "1.0.0")
+    );
+    assert_eq!(h["tus-max-size"], "1000000");
+    for ext in [
+        "creation",
+        "creation-with-upload",
+        "expiration",
+        "termination",
+        "checksum",
+    ] {
+        assert!(
+            h["tus-extension"].to_str().unwrap().split(',').any(|e| e == ext),
+            "{ext}"
+        );
+    }
+    // No Tus-Resumable: 412. Too large: 413 at creation, nothing stored.
+    let r = api
+        .http
+        .post(&endpoint)
+        .bearer_auth(&token)
+        .header("upload-length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(r.headers()["tus-version"], "1.0.0");
+    let r = tus(&api, reqwest::Method::POST, &endpoint, &token)
+        .header("upload-length", "1000001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large".to_string())
+    );
+    assert_eq!(std::fs::read_dir(data.join("uploads")).unwrap().count(), 0);
+
+    // Create with its first 10 bytes (creation-with-upload).
+    let body = [7u8; 100];
+    let r = tus(&api, reqwest::Method::POST, &endpoint, &token)
+        .header("upload-length", "100")
+        .header("upload-metadata", "filename YS5tcDQ=")
+        .header("content-type", "application/offset+octet-stream")
+        .body(body[..10].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["upload-offset"], "10");
+    assert!(r.headers().contains_key("upload-expires"));
+    let url = api.url(r.headers()["location"].to_str().unwrap());
+    let patch = |offset: &str, bytes: Vec<u8>| {
+        tus(&api, reqwest::Method::PATCH, &url, &token)
+            .header("upload-offset", offset.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes)
+    };
+    // The wrong offset: 409; the wrong type: 415; someone else's upload: 404.
+    let r = patch("5", body[5..20].to_vec()).send().await.unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::CONFLICT, "offset_mismatch".to_string())
+    );
+    let r = tus(&api, reqwest::Method::PATCH, &url, &token)
+        .header("upload-offset", "10")
+        .header("content-type", "application/octet-stream")
+        .body(body[10..20].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = api
+        .http
+        .post(api.url("/v1/users"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"email": "bob@example.com", "password": "bob-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let bob = api.login("bob@example.com", "bob-password-1").await;
+    let r = tus(&api, reqwest::Method::HEAD, &url, &bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // A checksum that does not match: 460, nothing kept; one that does: stored.
+    let wrong = "sha256 ".to_string() + &base64_of(&[0u8; 32]);
+    let r = patch("10", body[10..50].to_vec())
+        .header("upload-checksum", wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 460);
+    let r = tus(&api, reqwest::Method::HEAD, &url, &token).send().await.unwrap();
+    assert_eq!(r.headers()["upload-offset"], "10");
+    let right = "sha256 ".to_string() + &base64_of(&sha256(&body[10..50]));
+    let r = patch("10", body[10..50].to_vec())
+        .header("upload-checksum", right)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["upload-offset"], "50");
+    // Past Upload-Length: 413.
+    let r = patch("50", vec![1u8; 51]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Termination: 204, then gone with its file.
+    let id = url.rsplit('/').next().unwrap().to_string();
+    assert!(data.join("uploads").join(&id).exists());
+    let r = tus(&api, reqwest::Method::DELETE, &url, &token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = tus(&api, reqwest::Method::HEAD, &url, &token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!data.join("uploads").join(&id).exists());
+
+    // Expiry: an upload left alone past --upload-expiry is deleted with its bytes.
+    let r = tus(&api, reqwest::Method::POST, &endpoint, &token)
+        .header("upload-length", "100")
+        .header("content-type", "application/offset+octet-stream")
+        .body(body[..30].to_vec())
+        .send()
+        .await
+        .unwrap();
+    let url = api.url(r.headers()["location"].to_str().unwrap());
+    let id = url.rsplit('/').next().unwrap().to_string();
+    poll(Duration::from_secs(15), "the upload to expire", || async {
+        let r = tus(&api, reqwest::Method::HEAD, &url, &token).send().await.unwrap();
+        (r.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(!data.join("uploads").join(&id).exists(), "its file is gone");
+    assert!(node.log_text().contains("deleted an expired unfinished upload"));
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
