@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::api::Api;
-use common::service::{ADMIN, Node, free_port, poll};
+use common::service::{ADMIN, Node, poll};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -21,41 +21,9 @@ struct Cluster {
 
 /// Starts one node per slot count on 127.0.0.2, .3, ..., all peers of each other.
 async fn cluster(dir: &Path, slots: &[usize]) -> Cluster {
-    let ports: Vec<u16> = slots.iter().map(|_| free_port()).collect();
-    let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
-    let peers = (0..slots.len()).map(addr).collect::<Vec<_>>().join(",");
-    let mut nodes = Vec::new();
-    for (i, n) in slots.iter().enumerate() {
-        let (name, listen, n) = (node_name(i), addr(i), n.to_string());
-        let args = [
-            "--node-name",
-            &name,
-            "--cluster-listen",
-            &listen,
-            "--peers",
-            &peers,
-            "--converter-slots",
-            &n,
-        ];
-        nodes.push(Node::start(&dir.join(&name), &args).await);
+    Cluster {
+        nodes: common::service::cluster(dir, slots).await,
     }
-    let all: Vec<String> = (0..slots.len()).map(node_name).collect();
-    for (i, node) in nodes.iter().enumerate() {
-        let others: Vec<(String, String)> = all
-            .iter()
-            .filter(|n| **n != node_name(i))
-            .map(|n| (n.clone(), "up".to_string()))
-            .collect();
-        poll(Duration::from_secs(20), "a full mesh", || async {
-            (common::service::cluster_members(node).await == others).then_some(())
-        })
-        .await;
-    }
-    Cluster { nodes }
-}
-
-fn node_name(i: usize) -> String {
-    format!("node-{}", (b'a' + i as u8) as char)
 }
 
 /// The index of the node that logs converting `id` (attempt `attempt`) for its owner.

@@ -12,18 +12,6 @@ use reqwest::StatusCode;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn create_user(api: &Api, admin: &str, email: &str, password: &str) {
-    let r = api
-        .http
-        .post(api.url("/v1/users"))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-}
-
 async fn events(api: &Api, token: &str, query: &str, last: Option<&str>) -> Sse {
     let sse = Sse::open(&api.http, &api.url(&format!("/v1/events{query}")), token, last).await;
     assert_eq!(sse.status, StatusCode::OK);
@@ -61,8 +49,8 @@ async fn one_node_streams_each_users_job_events_in_order_and_resumes_after_the_l
     let node = Node::start(&dir.path().join("a"), &[]).await;
     let api = Api::new(&node);
     let admin = api.login(ADMIN.0, ADMIN.1).await;
-    create_user(&api, &admin, "ann@example.com", "ann-password-1").await;
-    create_user(&api, &admin, "bob@example.com", "bob-password-1").await;
+    api.create_user(&admin, "ann@example.com", "ann-password-1").await;
+    api.create_user(&admin, "bob@example.com", "bob-password-1").await;
     let ann = api.login("ann@example.com", "ann-password-1").await;
     let bob = api.login("bob@example.com", "bob-password-1").await;
 
@@ -151,45 +139,11 @@ async fn one_node_streams_each_users_job_events_in_order_and_resumes_after_the_l
     );
 }
 
-/// Starts `slots.len()` nodes on 127.0.0.2, .3, ..., all peers of each other.
-async fn cluster(dir: &Path, slots: &[usize]) -> Vec<Node> {
-    let ports: Vec<u16> = slots.iter().map(|_| free_port()).collect();
-    let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
-    let peers = (0..slots.len()).map(addr).collect::<Vec<_>>().join(",");
-    let name = |i: usize| format!("node-{}", (b'a' + i as u8) as char);
-    let mut nodes = Vec::new();
-    for (i, n) in slots.iter().enumerate() {
-        let (node_name, listen, n) = (name(i), addr(i), n.to_string());
-        let args = [
-            "--node-name",
-            &node_name,
-            "--cluster-listen",
-            &listen,
-            "--peers",
-            &peers,
-            "--converter-slots",
-            &n,
-        ];
-        nodes.push(Node::start(&dir.join(&node_name), &args).await);
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        let others: Vec<(String, String)> = (0..slots.len())
-            .filter(|j| *j != i)
-            .map(|j| (name(j), "up".to_string()))
-            .collect();
-        poll(Duration::from_secs(20), "a full mesh", || async {
-            (common::service::cluster_members(node).await == others).then_some(())
-        })
-        .await;
-    }
-    nodes
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscriber_on_one_node_sees_a_job_owned_by_another_converted_on_a_third_even_across_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     // a and b have no converter slots: b owns the job, c converts it, a streams it.
-    let mut nodes = cluster(dir.path(), &[0, 0, 1]).await;
+    let mut nodes = common::service::cluster(dir.path(), &[0, 0, 1]).await;
     let (a, b) = (Api::new(&nodes[0]), Api::new(&nodes[1]));
     let token = a.login(ADMIN.0, ADMIN.1).await;
     let mut feed = events(&a, &token, "", None).await;

@@ -320,15 +320,7 @@ async fn the_protocol_refuses_wrong_offsets_sizes_types_and_checksums_and_expire
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let r = api
-        .http
-        .post(api.url("/v1/users"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"email": "bob@example.com", "password": "bob-password-1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    api.create_user(&token, "bob@example.com", "bob-password-1").await;
     let bob = api.login("bob@example.com", "bob-password-1").await;
     let r = tus(&api, reqwest::Method::HEAD, &url, &bob).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);

@@ -38,18 +38,6 @@ async fn status_with(api: &Api, token: &str) -> (StatusCode, String) {
     Api::error_code(r).await
 }
 
-async fn create_user(api: &Api, admin: &str, email: &str, password: &str) {
-    let r = api
-        .http
-        .post(api.url("/v1/users"))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-}
-
 async fn delete_user(api: &Api, token: &str, email: &str) -> (StatusCode, String) {
     let r = api
         .http
@@ -69,7 +57,7 @@ async fn users_change_their_own_password_through_the_api() {
     let node = Node::start(&dir.path().join("a"), &[]).await;
     let api = Api::new(&node);
     let admin = api.login(ADMIN.0, ADMIN.1).await;
-    create_user(&api, &admin, "dee@example.com", "dee-password-1").await;
+    api.create_user(&admin, "dee@example.com", "dee-password-1").await;
     let first = api.login("dee@example.com", "dee-password-1").await;
     let second = api.login("dee@example.com", "dee-password-1").await;
     let change = |token: &str, current: &str, new: &str| {
@@ -133,7 +121,7 @@ async fn a_password_change_or_removal_revokes_tokens_and_removal_deletes_the_job
     let node = Node::start(&dir.path().join("a"), &[]).await;
     let api = Api::new(&node);
     let admin = api.login(ADMIN.0, ADMIN.1).await;
-    create_user(&api, &admin, "bob@example.com", "bob-password-1").await;
+    api.create_user(&admin, "bob@example.com", "bob-password-1").await;
     let old = api.login("bob@example.com", "bob-password-1").await;
     let input = common::tone("users.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
     let job = api.upload(&old, &input).await;
@@ -192,7 +180,7 @@ async fn a_password_change_or_removal_revokes_tokens_and_removal_deletes_the_job
     .await;
     assert!(!node.data.join("jobs").join(&id).exists(), "bob's files are gone");
     // The CLI removes too (and says so for an unknown user).
-    create_user(&api, &admin, "cy@example.com", "cy-password-1").await;
+    api.create_user(&admin, "cy@example.com", "cy-password-1").await;
     let cy = api.login("cy@example.com", "cy-password-1").await;
     assert_eq!(cli(&node.data, &["remove", "cy@example.com"], b"").0, Some(0));
     assert_eq!(status_with(&api, &cy).await.0, StatusCode::UNAUTHORIZED);
@@ -200,7 +188,7 @@ async fn a_password_change_or_removal_revokes_tokens_and_removal_deletes_the_job
     assert_eq!(code, Some(2));
     assert_eq!(err.lines().count(), 1, "{err}");
     // A removed user's email can be used again, and old tokens stay revoked.
-    create_user(&api, &admin, "bob@example.com", "bob-password-3").await;
+    api.create_user(&admin, "bob@example.com", "bob-password-3").await;
     assert_eq!(status_with(&api, &new).await.0, StatusCode::UNAUTHORIZED);
 }
 
@@ -217,7 +205,7 @@ async fn removing_a_user_on_one_node_revokes_and_deletes_on_the_others() {
     }
     let (a, b) = (Api::new(&nodes[0]), Api::new(&nodes[1]));
     let admin = a.login(ADMIN.0, ADMIN.1).await;
-    create_user(&a, &admin, "dee@example.com", "dee-password-1").await;
+    a.create_user(&admin, "dee@example.com", "dee-password-1").await;
     // The user reaches node-b; a token from node-a works there (one key per cluster).
     let token = a.login("dee@example.com", "dee-password-1").await;
     poll(Duration::from_secs(20), "dee's token to work on node-b", || async {

@@ -87,7 +87,9 @@ struct Half {
 /// Progress over both halves.
 struct Progress<'h> {
     done: AtomicU64,
-    last: AtomicU64,
+    /// The last permille reported; reports are made holding it, so the two halves' threads
+    /// never report out of order.
+    last: std::sync::Mutex<u64>,
     total: u64,
     hooks: Hooks<'h>,
 }
@@ -97,8 +99,9 @@ impl Progress<'_> {
         let Some(report) = self.hooks.progress else { return };
         let done = self.done.fetch_add(samples, Ordering::Relaxed) + samples;
         let permille = (done * 1000 / self.total.max(1)).min(999);
-        if permille >= self.last.load(Ordering::Relaxed) + 5 {
-            self.last.store(permille, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if permille >= *last + 5 {
+            *last = permille;
             report(permille as f64 / 1000.0);
         }
     }
@@ -190,7 +193,7 @@ pub(crate) fn convert_split<W: Write + Seek>(
 ) -> Result<Option<Summary>> {
     let progress = Progress {
         done: AtomicU64::new(0),
-        last: AtomicU64::new(0),
+        last: std::sync::Mutex::new(0),
         total: plan.a_end + plan.estimate.saturating_sub(plan.split_at),
         hooks: ctx.hooks,
     };

@@ -27,6 +27,19 @@ impl Api {
         format!("{}{path}", self.node_url)
     }
 
+    /// An admin (`admin` is their token) creates a user.
+    pub async fn create_user(&self, admin: &str, email: &str, password: &str) {
+        let r = self
+            .http
+            .post(self.url("/v1/users"))
+            .bearer_auth(admin)
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "create {email}");
+    }
+
     /// The seed's login: HTTP Basic, the JWT as the body.
     pub async fn login(&self, email: &str, password: &str) -> String {
         let r = self

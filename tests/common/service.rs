@@ -362,3 +362,42 @@ pub async fn cluster_members(node: &Node) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// The name of the `i`-th node of [`cluster`]: node-a, node-b, ...
+pub fn node_name(i: usize) -> String {
+    format!("node-{}", (b'a' + i as u8) as char)
+}
+
+/// Starts one node per slot count (`--converter-slots`) on 127.0.0.2, .3, ..., all peers of
+/// each other (static discovery), and waits for the full mesh.
+pub async fn cluster(dir: &Path, slots: &[usize]) -> Vec<Node> {
+    let ports: Vec<u16> = slots.iter().map(|_| free_port()).collect();
+    let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
+    let peers = (0..slots.len()).map(addr).collect::<Vec<_>>().join(",");
+    let mut nodes = Vec::new();
+    for (i, n) in slots.iter().enumerate() {
+        let (name, listen, n) = (node_name(i), addr(i), n.to_string());
+        let args = [
+            "--node-name",
+            &name,
+            "--cluster-listen",
+            &listen,
+            "--peers",
+            &peers,
+            "--converter-slots",
+            &n,
+        ];
+        nodes.push(Node::start(&dir.join(&name), &args).await);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let others: Vec<(String, String)> = (0..slots.len())
+            .filter(|j| *j != i)
+            .map(|j| (node_name(j), "up".to_string()))
+            .collect();
+        poll(Duration::from_secs(20), "a full mesh", || async {
+            (cluster_members(node).await == others).then_some(())
+        })
+        .await;
+    }
+    nodes
+}
