@@ -72,6 +72,16 @@ impl Fetcher {
         }
     }
 
+    /// The fetcher the configuration describes (allow-list, size cap, timeouts).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Fetcher::new(
+            config.fetch_allow_hosts.clone(),
+            config.max_upload_bytes,
+            config.fetch_connect_timeout,
+            config.fetch_read_timeout,
+        )
+    }
+
     /// Parses a user's URL: http or https, with a host, no credentials.
     pub fn parse(&self, raw: &str) -> Result<Url, FetchError> {
         let url = Url::parse(raw.trim()).map_err(|e| FetchError::BadUrl(e.to_string()))?;

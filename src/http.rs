@@ -73,12 +73,7 @@ impl AppState {
         facts: Facts,
         events: Events,
     ) -> Self {
-        let fetcher = Fetcher::new(
-            config.fetch_allow_hosts.clone(),
-            config.max_upload_bytes,
-            config.fetch_connect_timeout,
-            config.fetch_read_timeout,
-        );
+        let fetcher = Fetcher::from_config(&config);
         AppState {
             config,
             fetcher,

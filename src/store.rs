@@ -211,6 +211,14 @@ impl Store {
         Ok(())
     }
 
+    /// The ids (first column) a query selects; ones that do not parse are skipped.
+    fn ids(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<JobId>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?;
+        let ids: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
+    }
+
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f` returns `Ok`.
     fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

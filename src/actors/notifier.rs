@@ -78,12 +78,7 @@ impl Actor for NotifierActor {
         let state = NotifierState {
             db: Db::open(&config.db_path())?,
             mailer: Mailer::new(&config.mail)?,
-            fetcher: Fetcher::new(
-                config.fetch_allow_hosts.clone(),
-                0,
-                config.fetch_connect_timeout,
-                config.fetch_read_timeout,
-            ),
+            fetcher: Fetcher::from_config(&config),
             calling: HashSet::new(),
             config,
         };

@@ -290,7 +290,13 @@ impl RequestState {
 
     async fn load(&self, id: &JobId, who: Option<&Principal>) -> Result<Job, JobError> {
         let key = id.clone();
-        let (job, expired) = self.db.run(move |s| Ok((s.job(&key)?, s.expired_job(&key)?))).await?;
+        let (job, expired) = self
+            .db
+            .run(move |s| match s.job(&key)? {
+                Some(job) => Ok((Some(job), None)),
+                None => Ok((None, s.expired_job(&key)?)),
+            })
+            .await?;
         let Some(job) = job else {
             // An expired job's id stays recognisable (to its owner).
             return match (expired, who) {
@@ -314,14 +320,6 @@ impl RequestState {
         self.events.publish(kind, job);
     }
 
-    /// [`Self::announce`] with the job as stored now.
-    async fn announce_stored(&self, id: &JobId) {
-        let key = id.clone();
-        if let Ok(Some(job)) = self.db.run(move |s| s.job(&key)).await {
-            self.announce(Kind::of(job.state), &job);
-        }
-    }
-
     /// Takes up an unfinished job (just accepted, found in the store at start, or handed
     /// over): queued if its input is here, fetched if it is a URL import, failed if its
     /// upload is lost.
@@ -330,8 +328,16 @@ impl RequestState {
         match (&job.source, has_input) {
             (Source::Url(_), false) => {
                 let key = job.id.clone();
-                self.db.run(move |s| s.start(&key, JobState::Fetching)).await?;
-                self.announce_stored(&job.id).await;
+                let fetching = self
+                    .db
+                    .run(move |s| {
+                        s.start(&key, JobState::Fetching)?;
+                        s.job(&key)
+                    })
+                    .await?;
+                if let Some(fetching) = &fetching {
+                    self.announce(Kind::Progress, fetching);
+                }
                 self.start_fetch(myself, job);
             }
             (_, true) => self.queue.push_back(job.id.clone()),
@@ -494,12 +500,7 @@ impl Actor for RequestActor {
     ) -> Result<RequestState, ActorProcessingErr> {
         let db = Db::open(&config.db_path())?;
         let files = Files::new(&config.data_dir)?;
-        let fetcher = Fetcher::new(
-            config.fetch_allow_hosts.clone(),
-            config.max_upload_bytes,
-            config.fetch_connect_timeout,
-            config.fetch_read_timeout,
-        );
+        let fetcher = Fetcher::from_config(&config);
         let mut state = RequestState {
             config,
             db,
@@ -619,9 +620,15 @@ impl Actor for RequestActor {
                     remote.heard = Instant::now();
                 }
                 if state.current(&id, attempt) {
-                    let key = id.clone();
-                    if state.db.run(move |s| s.set_progress(&key, attempt, fraction)).await? {
-                        state.announce_stored(&id).await;
+                    let recorded = state
+                        .db
+                        .run(move |s| match s.set_progress(&id, attempt, fraction)? {
+                            true => s.job(&id),
+                            false => Ok(None),
+                        })
+                        .await?;
+                    if let Some(job) = recorded {
+                        state.announce(Kind::Progress, &job);
                     }
                 }
             }

@@ -239,7 +239,7 @@ pub(super) fn quality(bitrate: Option<u16>, vbr: Option<u8>) -> Result<(Option<u
     Ok((bitrate, vbr))
 }
 
-fn parse_field<T: std::str::FromStr>(name: &str, value: Option<String>) -> Result<Option<T>, ApiError> {
+pub(super) fn parse_field<T: std::str::FromStr>(name: &str, value: Option<String>) -> Result<Option<T>, ApiError> {
     value
         .filter(|v| !v.trim().is_empty())
         .map(|v| {

@@ -152,15 +152,8 @@ fn metadata(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
 async fn settings(state: &AppState, who: &Principal, raw: &str) -> Result<Settings, ApiError> {
     let pairs = metadata(raw)?;
     let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    let parse = |k: &str| -> Result<Option<String>, ApiError> { Ok(get(k).filter(|v| !v.trim().is_empty())) };
-    let bitrate = parse("bitrate")?
-        .map(|v| v.trim().parse::<u16>())
-        .transpose()
-        .map_err(|_| ApiError::bad_request("invalid_settings", "bitrate must be a number"))?;
-    let vbr = parse("vbr")?
-        .map(|v| v.trim().parse::<u8>())
-        .transpose()
-        .map_err(|_| ApiError::bad_request("invalid_settings", "vbr must be a number"))?;
+    let bitrate = super::jobs::parse_field::<u16>("bitrate", get("bitrate"))?;
+    let vbr = super::jobs::parse_field::<u8>("vbr", get("vbr"))?;
     let (bitrate, vbr) = super::jobs::quality(bitrate, vbr)?;
     let webhook_url = super::jobs::webhook_url(state, &who.email, get("webhook_url").as_deref()).await?;
     let file_name = get("filename")

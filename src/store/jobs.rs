@@ -593,13 +593,11 @@ impl Store {
 
     /// Jobs that ended before `before_ms`, oldest first (retention).
     pub fn jobs_ended_before(&self, before_ms: i64, limit: u32) -> Result<Vec<JobId>> {
-        let mut stmt = self.conn.prepare(
+        self.ids(
             "SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < ?1 \
              ORDER BY finished_at_ms LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![before_ms, limit], |r| r.get::<_, String>(0))?;
-        let ids: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
-        Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
+            params![before_ms, limit],
+        )
     }
 
     /// Replaces an ended job by its tombstone (its outbox rows go with it). `false` if it

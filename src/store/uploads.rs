@@ -157,12 +157,10 @@ impl Store {
 
     /// Unfinished uploads expired at `now_ms`, oldest first.
     pub fn expired_uploads(&self, now_ms: i64, limit: u32) -> Result<Vec<JobId>> {
-        let mut stmt = self.conn.prepare(
+        self.ids(
             "SELECT id FROM uploads WHERE completed = 0 AND expires_at_ms < ?1 ORDER BY expires_at_ms LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![now_ms, limit], |r| r.get::<_, String>(0))?;
-        let ids: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
-        Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
+            params![now_ms, limit],
+        )
     }
 
     /// Bytes held by unfinished uploads.

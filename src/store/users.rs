@@ -164,12 +164,10 @@ impl Store {
 
     /// Ids of jobs here whose owner was removed (their files and rows are to go).
     pub fn jobs_of_removed_users(&self, limit: u32) -> Result<Vec<crate::store::JobId>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT j.id FROM jobs j JOIN users u ON u.email = j.owner_email WHERE u.removed = 1 LIMIT ?1")?;
-        let rows = stmt.query_map([limit], |r| r.get::<_, String>(0))?;
-        let ids: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
-        Ok(ids.iter().filter_map(|id| crate::store::JobId::parse(id)).collect())
+        self.ids(
+            "SELECT j.id FROM jobs j JOIN users u ON u.email = j.owner_email WHERE u.removed = 1 LIMIT ?1",
+            [limit],
+        )
     }
 }
 
