@@ -60,8 +60,6 @@ pub struct AppState {
     pub events: Events,
     /// Cancelled when the server stops: long-lived responses (event streams) end.
     pub shutdown: CancellationToken,
-    /// Resumable uploads being written now (one writer each).
-    pub writing: tus::Writing,
 }
 
 impl AppState {
@@ -82,7 +80,6 @@ impl AppState {
             facts,
             events,
             shutdown,
-            writing: tus::Writing::default(),
         }
     }
 }

@@ -222,6 +222,121 @@ async fn an_upload_cut_at_random_points_and_across_a_server_kill_resumes_to_an_i
     same_input(&data, &id, &file);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_sent_through_another_node_is_stored_on_the_node_that_created_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = common::service::cluster_with(dir.path(), &[1, 1], &["--keep-inputs"]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (api_a, api_b) = (Api::new(a), Api::new(b));
+    let token_a = api_a.login(ADMIN.0, ADMIN.1).await;
+    let token_b = api_b.login(ADMIN.0, ADMIN.1).await;
+    let file = big_input(dir.path(), 96 << 20, 13);
+    let size = file.metadata().unwrap().len();
+
+    // Created on A (its id names A); every later request goes to B.
+    let r = tus(&api_a, reqwest::Method::POST, &api_a.url("/v1/uploads"), &token_a)
+        .header("upload-length", size.to_string())
+        .header("upload-metadata", "filename dmlhLWIubTRh")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let path = r.headers()["location"].to_str().unwrap().to_string();
+    let id = path.rsplit('/').next().unwrap().to_string();
+    let via_b = api_b.url(&path);
+    let url_file = dir.path().join("url");
+    std::fs::write(&url_file, &via_b).unwrap();
+
+    // A client cut off while B forwards its bytes: A keeps what B passed on.
+    let mut child = started(b, &token_b, &file, &url_file, "4194304").await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let r = head(&api_b, &token_b, &via_b).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["upload-length"].to_str().unwrap(), size.to_string());
+    let offset: u64 = r.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+    assert!(offset < size, "cut before the end: {offset}");
+    // B answers as A would: a wrong offset is 409, someone else's upload 404.
+    let r = tus(&api_b, reqwest::Method::PATCH, &via_b, &token_b)
+        .header("upload-offset", (offset + 1).to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::CONFLICT, "offset_mismatch".to_string())
+    );
+    api_b.create_user(&token_b, "bob@example.com", "bob-password-1").await;
+    let bob = api_b.login("bob@example.com", "bob-password-1").await;
+    let r = tus(&api_b, reqwest::Method::HEAD, &via_b, &bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // The cut request's writer on A ended with it (not 30 s later, when idle): the next
+    // PATCH through B is taken within seconds (409 upload_busy until then).
+    let whole = std::fs::read(&file).unwrap();
+    poll(Duration::from_secs(5), "the cut PATCH's writer to end", || async {
+        let r = head(&api_b, &token_b, &via_b).await;
+        let at: usize = r.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+        let r = tus(&api_b, reqwest::Method::PATCH, &via_b, &token_b)
+            .header("upload-offset", at.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(whole[at..at + 1000].to_vec())
+            .send()
+            .await
+            .unwrap();
+        (r.status() == StatusCode::NO_CONTENT).then_some(())
+    })
+    .await;
+
+    // tuspy finishes through B, with checksums; the job and its input are A's.
+    let resume = dir.path().join("resume");
+    std::fs::write(&resume, &via_b).unwrap();
+    let resume = resume.to_str().unwrap().to_string();
+    let job_url = finish(client(
+        b,
+        &token_b,
+        &file,
+        &url_file,
+        &["--chunk", "6000000", "--checksum", "--resume-from", &resume],
+    ));
+    assert_eq!(job_url, format!("/v1/jobs/{id}"));
+    assert!(!b.data.join("uploads").join(&id).exists(), "nothing stored on B");
+    let done = api_b.finished(&token_b, &id).await;
+    assert_eq!(
+        (done["state"].as_str(), done["file_name"].as_str()),
+        (Some("done"), Some("via-b.m4a"))
+    );
+    same_input(&a.data, &id, &file);
+    let r = head(&api_b, &token_b, &via_b).await;
+    assert_eq!(r.headers()["mp4tomp3-job"].to_str().unwrap(), job_url);
+
+    // Termination through B deletes A's file.
+    let r = tus(&api_a, reqwest::Method::POST, &api_a.url("/v1/uploads"), &token_a)
+        .header("upload-length", "100")
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![3u8; 40])
+        .send()
+        .await
+        .unwrap();
+    let path = r.headers()["location"].to_str().unwrap().to_string();
+    let other = path.rsplit('/').next().unwrap().to_string();
+    assert!(a.data.join("uploads").join(&other).exists());
+    let r = tus(&api_b, reqwest::Method::DELETE, &api_b.url(&path), &token_b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(!a.data.join("uploads").join(&other).exists());
+    let r = tus(&api_b, reqwest::Method::HEAD, &api_b.url(&path), &token_b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
 /// A request to /v1/uploads with the tus header and the token.
 fn tus(api: &Api, method: reqwest::Method, url: &str, token: &str) -> reqwest::RequestBuilder {
     api.http

@@ -27,8 +27,10 @@ use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
 use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Source, StoreError};
 
+pub mod appender;
 mod dispatch;
 pub mod events;
+pub mod forwarded;
 pub mod handoff;
 pub mod jobs;
 pub mod placement;

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use crate::actors::CallError;
 use crate::actors::auth::AuthError;
 use crate::actors::request::JobError;
+use crate::actors::request::appender::AppendError;
 use crate::auth::jwt::TokenError;
 use crate::fetch::FetchError;
 
@@ -200,6 +201,27 @@ impl From<JobError> for ApiError {
                 .retry_after(Duration::from_secs(5)),
             JobError::Store(e) => ApiError::internal(e),
             JobError::Io(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        let message = e.to_string();
+        match e {
+            AppendError::Offset { .. } => ApiError::new(StatusCode::CONFLICT, "offset_mismatch", message),
+            AppendError::TooLong(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+            AppendError::Busy => ApiError::new(StatusCode::CONFLICT, "upload_busy", message),
+            AppendError::Checksum => ApiError::new(
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+                "checksum_mismatch",
+                message,
+            ),
+            AppendError::Broken(_) => ApiError::bad_request("invalid_request", message),
+            AppendError::Full => ApiError::insufficient_storage(),
+            AppendError::Lost => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+                .retry_after(Duration::from_secs(1)),
+            AppendError::Job(e) => e.into(),
         }
     }
 }

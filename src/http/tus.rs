@@ -2,15 +2,12 @@
 //! Core (`HEAD`, `PATCH`), and the `creation`, `creation-with-upload`, `expiration`,
 //! `termination` and `checksum` (sha256) extensions.
 //!
-//! Bytes go straight into the upload's file; the offset a `PATCH` answers is fsynced and
-//! recorded (on the request actor, `actors/request/uploads.rs`) before the answer, and every
-//! [`SYNC_EVERY`] bytes on the way, so a client cut off (or a server killed) resumes from
-//! the last recorded offset: bytes past it are cut off before the next write. The last byte
-//! turns the upload into a job with the same id (`Location` of that answer, and of every
-//! later `HEAD`, names it).
-
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+//! An upload lives on the node that created it (its id names that node). Bytes go straight
+//! into its file through an [`Appender`] (`actors/request/appender.rs`: what is answered is
+//! fsynced); a request for an upload stored on another node is forwarded there over the
+//! mesh (`actors/request/forwarded.rs`), its body in pieces, with the same answers. The
+//! last byte turns the upload into a job with the same id (`Mp4tomp3-Job` on that answer
+//! and on every later `HEAD`).
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -19,7 +16,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures_util::StreamExt;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -29,39 +25,20 @@ use super::openapi::{
 };
 use super::{ApiError, AppState, Authed};
 use crate::actors::request::RequestMsg;
-use crate::actors::request::uploads::UploadCall;
+use crate::actors::request::appender::{AppendError, Appender, Opened, Written};
+use crate::actors::request::forwarded::{FLUSH_EVERY, Forward, Sent};
+use crate::actors::request::uploads::{UploadCall, UploadState};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
-use crate::store::{Files, Job, JobId, NewUpload, Upload, now_ms};
+use crate::cluster::pieces::CHUNK;
+use crate::store::{Files, JobId, NewUpload, Upload, now_ms};
 
 /// The protocol version spoken.
 const TUS_VERSION: &str = "1.0.0";
 /// The extensions supported.
 const TUS_EXTENSIONS: &str = "creation,creation-with-upload,expiration,termination,checksum";
-/// Bytes written between fsyncs (and recorded offsets) within one `PATCH`.
-const SYNC_EVERY: u64 = 16 << 20;
 /// The body type of `PATCH` (and of a `POST` with data).
 const OFFSET_STREAM: &str = "application/offset+octet-stream";
-
-/// Uploads a `PATCH` is writing now: one writer per upload.
-#[derive(Clone, Default)]
-pub struct Writing(Arc<Mutex<HashSet<JobId>>>);
-
-/// An upload's place in [`Writing`], given back when dropped.
-struct Writer(Writing, JobId);
-
-impl Writing {
-    fn take(&self, id: &JobId) -> Option<Writer> {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(id.clone()).then(|| Writer(self.clone(), id.clone()))
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.0.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
-    }
-}
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -247,52 +224,52 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     let (stored, new) = call(|reply| UploadCall::Create { upload, reply }).await?;
     let with_data = header(headers, "content-type").is_some_and(|t| t.starts_with(OFFSET_STREAM));
     let id = stored.new.id.clone();
-    let (received, expires, job) = if new && with_data {
-        write(state, stored, 0, headers, body).await?
+    let w = if new && with_data {
+        write_here(state, stored, 0, headers, body).await?
     } else {
-        (stored.received, stored.new.expires_at_ms, None)
+        Written {
+            received: stored.received,
+            expires_ms: stored.new.expires_at_ms,
+            job: None,
+        }
     };
     let mut r = StatusCode::CREATED.into_response();
     let h = r.headers_mut();
     set(h, "location", format!("/v1/uploads/{id}"));
-    progress_headers(h, received, expires, job.as_ref());
+    progress_headers(h, &w);
     Ok(r)
 }
 
 /// `Upload-Offset`, `Upload-Expires` (while unfinished) and, once the upload is a job,
 /// `Mp4tomp3-Job` with its URL.
-fn progress_headers(h: &mut HeaderMap, received: u64, expires_ms: i64, job: Option<&Job>) {
-    set(h, "upload-offset", received);
-    match job {
-        Some(job) => set(h, "mp4tomp3-job", format!("/v1/jobs/{}", job.id)),
-        None => set(h, "upload-expires", http_date(expires_ms)),
+fn progress_headers(h: &mut HeaderMap, w: &Written) {
+    set(h, "upload-offset", w.received);
+    match &w.job {
+        Some(job) => set(h, "mp4tomp3-job", format!("/v1/jobs/{job}")),
+        None => set(h, "upload-expires", http_date(w.expires_ms)),
     }
 }
 
-/// The upload, if the caller's.
-async fn find(who: &Principal, raw: &str) -> Result<Upload, ApiError> {
+/// The node storing upload `raw` (`None`: this one), and its id.
+fn locate(state: &AppState, raw: &str) -> Result<(JobId, Option<String>), ApiError> {
     let id = JobId::parse(raw).ok_or_else(upload_not_found)?;
-    let who = who.clone();
-    call(|reply| UploadCall::Get { id, who, reply }).await.map_err(|e| {
-        if e.status == StatusCode::NOT_FOUND {
-            upload_not_found()
-        } else {
-            e
-        }
-    })
+    let elsewhere = state.config.cluster.is_some() && id.owner() != state.config.node_name;
+    let owner = elsewhere.then(|| id.owner().to_string());
+    Ok((id, owner))
+}
+
+/// A `not_found` about an upload says so.
+fn upload_error(e: impl Into<ApiError>) -> ApiError {
+    let e = e.into();
+    if e.status == StatusCode::NOT_FOUND {
+        upload_not_found()
+    } else {
+        e
+    }
 }
 
 fn upload_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such upload (or it expired)")
-}
-
-/// The job an upload became, if it is complete.
-async fn job_of(upload: &Upload) -> Result<Option<Job>, ApiError> {
-    if upload.received < upload.new.length {
-        return Ok(None);
-    }
-    let id = upload.new.id.clone();
-    call(|reply| UploadCall::Complete { id, reply }).await.map(Some)
 }
 
 /// How much of the upload has arrived (`Upload-Offset`), its length and metadata, and when
@@ -308,20 +285,37 @@ async fn job_of(upload: &Upload) -> Result<Option<Job>, ApiError> {
         (status = 412, description = "No (or another) Tus-Resumable"),
         (status = 503, response = Unavailable),
     ))]
-async fn head(Authed(who): Authed, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Response> {
+async fn head(
+    State(state): State<AppState>,
+    Authed(who): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
     require_tus(&headers).map_err(IntoResponse::into_response)?;
-    let upload = find(&who, &id).await.map_err(IntoResponse::into_response)?;
-    upload_state(upload).await.map_err(IntoResponse::into_response)
+    upload_state(&state, who, &id)
+        .await
+        .map_err(IntoResponse::into_response)
 }
 
-async fn upload_state(upload: Upload) -> Result<Response, ApiError> {
-    let job = job_of(&upload).await?;
+async fn upload_state(state: &AppState, who: Principal, raw: &str) -> Result<Response, ApiError> {
+    let (id, owner) = locate(state, raw)?;
+    let s: UploadState = match owner {
+        None => call(|reply| UploadCall::State { id, who, reply })
+            .await
+            .map_err(upload_error)?,
+        Some(owner) => Forward::new(&owner, &id, &who).state().await?.map_err(upload_error)?,
+    };
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
-    progress_headers(h, upload.received, upload.new.expires_at_ms, job.as_ref());
-    set(h, "upload-length", upload.new.length);
-    if !upload.new.metadata.is_empty() {
-        set(h, "upload-metadata", &upload.new.metadata);
+    let w = Written {
+        received: s.received,
+        expires_ms: s.expires_ms,
+        job: s.job,
+    };
+    progress_headers(h, &w);
+    set(h, "upload-length", s.length);
+    if !s.metadata.is_empty() {
+        set(h, "upload-metadata", &s.metadata);
     }
     set(h, "cache-control", "no-store");
     Ok(r)
@@ -369,7 +363,7 @@ async fn patch(
 async fn patched(
     state: &AppState,
     who: &Principal,
-    id: &str,
+    raw: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -382,10 +376,19 @@ async fn patched(
     }
     let offset = number(headers, "upload-offset")?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "Upload-Offset is required"))?;
-    let upload = find(who, id).await?;
-    let (received, expires, job) = write(state, upload, offset, headers, body).await?;
+    let (id, owner) = locate(state, raw)?;
+    let w = match owner {
+        None => {
+            let who = who.clone();
+            let upload = call(|reply| UploadCall::Get { id, who, reply })
+                .await
+                .map_err(upload_error)?;
+            write_here(state, upload, offset, headers, body).await?
+        }
+        Some(owner) => write_there(state, Forward::new(&owner, &id, who), offset, headers, body).await?,
+    };
     let mut r = StatusCode::NO_CONTENT.into_response();
-    progress_headers(r.headers_mut(), received, expires, job.as_ref());
+    progress_headers(r.headers_mut(), &w);
     Ok(r)
 }
 
@@ -400,159 +403,106 @@ async fn patched(
         (status = 412, description = "No (or another) Tus-Resumable"),
         (status = 503, response = Unavailable),
     ))]
-async fn terminate(Authed(who): Authed, Path(id): Path<String>, headers: HeaderMap) -> Result<StatusCode, Response> {
+async fn terminate(
+    State(state): State<AppState>,
+    Authed(who): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Response> {
     require_tus(&headers).map_err(IntoResponse::into_response)?;
-    let upload = find(&who, &id).await.map_err(IntoResponse::into_response)?;
-    let id = upload.new.id;
-    call(|reply| UploadCall::Delete { id, who, reply })
-        .await
-        .map_err(IntoResponse::into_response)?;
+    deleted(&state, who, &id).await.map_err(IntoResponse::into_response)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Appends `body` at `offset` to the upload's file: answers the offset now on disk, its
-/// new expiry, and the job if the upload is now complete.
-async fn write(
+async fn deleted(state: &AppState, who: Principal, raw: &str) -> Result<(), ApiError> {
+    let (id, owner) = locate(state, raw)?;
+    match owner {
+        None => call(|reply| UploadCall::Delete { id, who, reply })
+            .await
+            .map_err(upload_error),
+        Some(owner) => Forward::new(&owner, &id, &who).delete().await?.map_err(upload_error),
+    }
+}
+
+/// The body of a request, as it arrives (dropped when too slow).
+fn body_stream(state: &AppState, body: Body) -> axum::body::BodyDataStream {
+    let config = &state.config;
+    super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window).into_data_stream()
+}
+
+/// `Upload-Checksum` and `Content-Length`.
+fn body_facts(headers: &HeaderMap) -> Result<(Option<Vec<u8>>, Option<u64>), ApiError> {
+    let checksum = header(headers, "upload-checksum").map(checksum).transpose()?;
+    Ok((checksum, super::upload::declared_length(headers)))
+}
+
+/// Appends `body` at `offset` to an upload stored on this node.
+async fn write_here(
     state: &AppState,
     upload: Upload,
     offset: u64,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(u64, i64, Option<Job>), ApiError> {
-    let id = upload.new.id.clone();
-    if offset != upload.received {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "offset_mismatch",
-            format!("the upload is at offset {}, not {offset}", upload.received),
-        ));
-    }
-    if upload.received == upload.new.length {
-        let job = job_of(&upload).await?;
-        return Ok((upload.received, upload.new.expires_at_ms, job));
-    }
-    let checksum = header(headers, "upload-checksum").map(checksum).transpose()?;
-    if let Some(n) = super::upload::declared_length(headers)
-        && offset + n > upload.new.length
-    {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the body would end past Upload-Length ({})", upload.new.length),
-        ));
-    }
-    let _writer = state.writing.take(&id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "upload_busy",
-            "another request is writing this upload",
-        )
-    })?;
-    let path = Files::at(&state.config.data_dir).upload(&id);
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .await
-        .map_err(ApiError::internal)?;
-    // Bytes past the recorded offset were never confirmed: they go.
-    file.set_len(offset).await.map_err(ApiError::internal)?;
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(ApiError::internal)?;
-    let config = &state.config;
-    let body = super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window);
-    let mut stream = body.into_data_stream();
-    let mut digest = checksum
-        .as_ref()
-        .map(|_| aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256));
-    let (mut at, mut synced, mut expires) = (offset, offset, upload.new.expires_at_ms);
+) -> Result<Written, ApiError> {
+    let (checksum, declared) = body_facts(headers)?;
+    let files = Files::at(&state.config.data_dir);
+    let mut appender = match Appender::open(&files, upload, offset, checksum, declared).await {
+        Ok(Opened::Writing(appender)) => appender,
+        Ok(Opened::Complete(w)) => return Ok(w),
+        Err(e) => return Err(upload_error(e)),
+    };
+    let mut stream = body_stream(state, body);
     let mut failure = None;
     while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                failure = Some(ApiError::bad_request(
-                    "invalid_request",
-                    format!("the body broke off: {e}"),
-                ));
-                break;
+        let pushed = match chunk {
+            Ok(chunk) => appender.push(&chunk).await,
+            Err(e) => Err(AppendError::Broken(e.to_string())),
+        };
+        if let Err(e) = pushed {
+            failure = Some(e);
+            break;
+        }
+    }
+    appender.finish(failure).await.map_err(upload_error)
+}
+
+/// Forwards `body` at `offset` to the node storing the upload, a piece at a time (at least
+/// every [`FLUSH_EVERY`] while bytes come, so that node's session never goes idle).
+async fn write_there(
+    state: &AppState,
+    forward: Forward,
+    offset: u64,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Written, ApiError> {
+    let (checksum, declared) = body_facts(headers)?;
+    let mut patch = forward.patch(offset, checksum, declared);
+    // The first, empty piece checks the offset before any byte is read, as here.
+    if let Sent::Done(answer) = patch.send(Vec::new(), false, None).await? {
+        return answer.map_err(upload_error);
+    }
+    let mut stream = body_stream(state, body);
+    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK as usize);
+    loop {
+        let (piece, last, broken) = if buffer.len() >= CHUNK as usize {
+            let rest = buffer.split_off(CHUNK as usize);
+            (std::mem::replace(&mut buffer, rest), false, None)
+        } else {
+            match tokio::time::timeout(FLUSH_EVERY, stream.next()).await {
+                Err(_) => (std::mem::take(&mut buffer), false, None),
+                Ok(Some(Ok(chunk))) => {
+                    buffer.extend_from_slice(&chunk);
+                    continue;
+                }
+                Ok(Some(Err(e))) => (std::mem::take(&mut buffer), true, Some(e.to_string())),
+                Ok(None) => (std::mem::take(&mut buffer), true, None),
             }
         };
-        if at + chunk.len() as u64 > upload.new.length {
-            failure = Some(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body goes past Upload-Length ({})", upload.new.length),
-            ));
-            break;
+        match patch.send(piece, last, broken).await? {
+            Sent::Done(answer) => return answer.map_err(upload_error),
+            Sent::More if last => return Err(ApiError::internal("the upload's node did not end the upload")),
+            Sent::More => {}
         }
-        if let Err(e) = file.write_all(&chunk).await {
-            failure = Some(write_error(e));
-            break;
-        }
-        if let Some(d) = digest.as_mut() {
-            d.update(&chunk);
-        }
-        at += chunk.len() as u64;
-        // Without a checksum, what arrived counts as it arrives (a cut-off client resumes
-        // close to where it was); with one, only a whole, verified body does.
-        if digest.is_none() && at - synced >= SYNC_EVERY {
-            expires = record(&mut file, &id, at).await?;
-            synced = at;
-        }
-    }
-    if let (Some(expected), Some(d)) = (checksum, digest) {
-        let ok = failure.is_none() && d.finish().as_ref() == expected.as_slice();
-        if !ok {
-            let _ = file.set_len(offset).await;
-            return Err(failure.unwrap_or_else(|| {
-                ApiError::new(
-                    StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
-                    "checksum_mismatch",
-                    "the body's sha256 differs from Upload-Checksum; nothing of it was kept",
-                )
-            }));
-        }
-    }
-    if at > synced {
-        match record(&mut file, &id, at).await {
-            Ok(e) => expires = e,
-            Err(e) => return Err(failure.unwrap_or(e)),
-        }
-    }
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
-    let job = if at == upload.new.length {
-        drop(file);
-        let done = Upload { received: at, ..upload };
-        job_of(&done).await?
-    } else {
-        None
-    };
-    Ok((at, expires, job))
-}
-
-/// Fsyncs the file and records `at` as the upload's offset; answers the new expiry.
-async fn record(file: &mut tokio::fs::File, id: &JobId, at: u64) -> Result<i64, ApiError> {
-    file.flush().await.map_err(write_error)?;
-    file.sync_data().await.map_err(write_error)?;
-    let id = id.clone();
-    call(|reply| UploadCall::Received {
-        id,
-        received: at,
-        reply,
-    })
-    .await
-}
-
-fn write_error(e: std::io::Error) -> ApiError {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        ApiError::insufficient_storage()
-    } else {
-        ApiError::internal(e)
     }
 }
 

@@ -371,13 +371,18 @@ pub fn node_name(i: usize) -> String {
 /// Starts one node per slot count (`--converter-slots`) on 127.0.0.2, .3, ..., all peers of
 /// each other (static discovery), and waits for the full mesh.
 pub async fn cluster(dir: &Path, slots: &[usize]) -> Vec<Node> {
+    cluster_with(dir, slots, &[]).await
+}
+
+/// The same, every node with `extra` arguments too.
+pub async fn cluster_with(dir: &Path, slots: &[usize], extra: &[&str]) -> Vec<Node> {
     let ports: Vec<u16> = slots.iter().map(|_| free_port()).collect();
     let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
     let peers = (0..slots.len()).map(addr).collect::<Vec<_>>().join(",");
     let mut nodes = Vec::new();
     for (i, n) in slots.iter().enumerate() {
         let (name, listen, n) = (node_name(i), addr(i), n.to_string());
-        let args = [
+        let mut args = vec![
             "--node-name",
             &name,
             "--cluster-listen",
@@ -387,6 +392,7 @@ pub async fn cluster(dir: &Path, slots: &[usize]) -> Vec<Node> {
             "--converter-slots",
             &n,
         ];
+        args.extend_from_slice(extra);
         nodes.push(Node::start(&dir.join(&name), &args).await);
     }
     for (i, node) in nodes.iter().enumerate() {

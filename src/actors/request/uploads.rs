@@ -31,6 +31,16 @@ pub enum UploadCall {
         /// The upload.
         reply: RpcReplyPort<Result<Upload, JobError>>,
     },
+    /// Where it stands (tus `HEAD`), if `who` may see it; a complete upload becomes its
+    /// job first.
+    State {
+        /// The upload.
+        id: JobId,
+        /// The caller.
+        who: Principal,
+        /// Where it stands.
+        reply: RpcReplyPort<Result<UploadState, JobError>>,
+    },
     /// The first `received` bytes are fsynced in its file; answers the new expiry (ms).
     Received {
         /// The upload.
@@ -56,6 +66,21 @@ pub enum UploadCall {
         /// Done.
         reply: RpcReplyPort<Result<(), JobError>>,
     },
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadState {
+    /// Bytes on disk and recorded.
+    pub received: u64,
+    /// Its total size.
+    pub length: u64,
+    /// When it expires (ms since the epoch).
+    pub expires_ms: i64,
+    /// The client's `Upload-Metadata`.
+    pub metadata: String,
+    /// The job it became, once complete.
+    pub job: Option<JobId>,
 }
 
 impl RequestState {
@@ -104,6 +129,26 @@ impl RequestState {
             }
             UploadCall::Get { id, who, reply } => {
                 let _ = reply.send(self.stored_upload(&id, Some(&who)).await);
+            }
+            UploadCall::State { id, who, reply } => {
+                let answer = match self.stored_upload(&id, Some(&who)).await {
+                    Ok(upload) => {
+                        let job = if upload.received == upload.new.length {
+                            self.complete_upload(myself, &id).await.map(|j| Some(j.id))
+                        } else {
+                            Ok(None)
+                        };
+                        job.map(|job| UploadState {
+                            received: upload.received,
+                            length: upload.new.length,
+                            expires_ms: upload.new.expires_at_ms,
+                            metadata: upload.new.metadata,
+                            job,
+                        })
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
             }
             UploadCall::Received { id, received, reply } => {
                 let expires = now_ms() + self.config.upload_expiry.as_millis() as i64;
