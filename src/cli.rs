@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::auth::{normalize_email, password};
 use crate::config::{Config, ConfigError, ServeArgs};
 use crate::convert::{self, ConvertError, ConvertOptions, Hooks, Quality};
-use crate::store::Store;
+use crate::store::{Quota, Store};
 
 /// The log filter when `RUST_LOG` is not set: our warnings, none of symphonia's chatter
 /// (every failure it reports reaches the user as our own error).
@@ -74,6 +74,48 @@ pub enum UserCommand {
     /// Remove a user: their tokens stop working and their jobs and files are deleted, on
     /// every node of the cluster. Works while the server runs.
     Remove(UserRemoveArgs),
+    /// Set a user's limits (they replicate to every node): a flag left out keeps that
+    /// limit as it is, `default` returns it to the configured default. Works while the
+    /// server runs.
+    Set(UserSetArgs),
+}
+
+/// `mp4tomp3 user set`.
+#[derive(Debug, Args)]
+pub struct UserSetArgs {
+    /// The user's email.
+    pub email: String,
+    /// Unfinished jobs (and uploads) at once: a number or `default`.
+    #[arg(long, value_parser = limit)]
+    pub max_active: Option<Limit>,
+    /// Jobs created in any 24 hours: a number or `default`.
+    #[arg(long, value_parser = limit)]
+    pub max_jobs_per_day: Option<Limit>,
+    /// Bytes stored (inputs, MP3s, unfinished uploads): a number or `default`.
+    #[arg(long, value_parser = limit)]
+    pub max_stored_bytes: Option<Limit>,
+    /// The service's data dir.
+    #[arg(long, env = "MP4TOMP3_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// A limit on the command line.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    /// The configured default.
+    Default,
+    /// This many.
+    At(i64),
+}
+
+fn limit(raw: &str) -> Result<Limit, String> {
+    if raw.eq_ignore_ascii_case("default") {
+        return Ok(Limit::Default);
+    }
+    match raw.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(Limit::At(n)),
+        _ => Err(format!("{raw:?} is neither a number (0 or more) nor `default`")),
+    }
 }
 
 /// `mp4tomp3 user remove`.
@@ -166,6 +208,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => run_serve(*args),
         Command::User(UserCommand::Add(args)) => run_user_add(&args),
         Command::User(UserCommand::Remove(args)) => run_user_remove(&args),
+        Command::User(UserCommand::Set(args)) => run_user_set(&args),
     }
 }
 
@@ -226,6 +269,43 @@ fn run_user_remove(args: &UserRemoveArgs) -> Result<(), CliError> {
     }
     tracing::info!(%email, "user removed");
     writeln!(io::stderr(), "mp4tomp3: user {email} removed")?;
+    Ok(())
+}
+
+fn run_user_set(args: &UserSetArgs) -> Result<(), CliError> {
+    let email = normalize_email(&args.email)
+        .ok_or_else(|| CliError::Usage(format!("{:?} is not an email address", args.email)))?;
+    let db = args.data_dir.join("node.db");
+    if !db.exists() {
+        return Err(CliError::Usage(format!("no database at {}", db.display())));
+    }
+    let mut store = Store::open(&db).map_err(|e| CliError::Service(e.into()))?;
+    let user = store
+        .user(&email)
+        .map_err(|e| CliError::Service(e.into()))?
+        .ok_or_else(|| CliError::Usage(format!("no user {email}")))?;
+    let pick = |given: Option<Limit>, now: Option<i64>| match given {
+        None => now,
+        Some(Limit::Default) => None,
+        Some(Limit::At(n)) => Some(n),
+    };
+    let quota = Quota {
+        max_active: pick(args.max_active, user.quota.max_active),
+        max_jobs_per_day: pick(args.max_jobs_per_day, user.quota.max_jobs_per_day),
+        max_stored_bytes: pick(args.max_stored_bytes, user.quota.max_stored_bytes),
+    };
+    store
+        .set_quota(&email, &quota)
+        .map_err(|e| CliError::Service(e.into()))?;
+    let show = |n: Option<i64>| n.map_or_else(|| "default".to_string(), |n| n.to_string());
+    tracing::info!(%email, "user limits set");
+    writeln!(
+        io::stderr(),
+        "mp4tomp3: {email}: max_active {}, max_jobs_per_day {}, max_stored_bytes {}",
+        show(quota.max_active),
+        show(quota.max_jobs_per_day),
+        show(quota.max_stored_bytes)
+    )?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 
 use crate::auth::jwt::Keys;
 use crate::convert::{ConvertOptions, Quality};
+use crate::store::Quota;
 
 /// How the notifier reaches the SMTP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,6 +102,16 @@ pub struct ServeArgs {
     /// How long an unfinished resumable upload (`/v1/uploads`) is kept after its last byte.
     #[arg(long, env = "MP4TOMP3_UPLOAD_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
     pub upload_expiry: Duration,
+    /// Default per-user limit: unfinished jobs (and uploads) at once (admins have none;
+    /// `mp4tomp3 user set` or `PUT /v1/users/{email}/quota` set a user's own).
+    #[arg(long, env = "MP4TOMP3_QUOTA_ACTIVE", default_value_t = 50)]
+    pub quota_active: i64,
+    /// Default per-user limit: jobs created in any 24 hours.
+    #[arg(long, env = "MP4TOMP3_QUOTA_JOBS_PER_DAY", default_value_t = 1000)]
+    pub quota_jobs_per_day: i64,
+    /// Default per-user limit: bytes stored (inputs, MP3s, unfinished uploads).
+    #[arg(long, env = "MP4TOMP3_QUOTA_STORED_BYTES", default_value_t = 50_000_000_000)]
+    pub quota_stored_bytes: i64,
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "MP4TOMP3_LOGIN_PER_MINUTE", default_value_t = 20)]
     pub login_per_minute: u32,
@@ -291,6 +302,8 @@ pub struct Config {
     pub retention: Duration,
     /// Keep inputs until their job expires.
     pub keep_inputs: bool,
+    /// Per-user limits where a user has none of their own.
+    pub quota: Quota,
     /// Logins per client address per minute.
     pub login_per_minute: u32,
     /// Failures before an account locks.
@@ -355,6 +368,9 @@ impl Config {
         }
         if args.max_upload_bytes == 0 {
             return Err(invalid("max-upload-bytes", "must be positive"));
+        }
+        if args.quota_active < 0 || args.quota_jobs_per_day < 0 || args.quota_stored_bytes < 0 {
+            return Err(invalid("quota-active", "quotas must not be negative"));
         }
         if args.login_per_minute == 0 || args.lockout_after == 0 {
             return Err(invalid("login-per-minute", "limits must be positive"));
@@ -453,6 +469,11 @@ impl Config {
             token_ttl: args.token_ttl,
             link_ttl: args.link_ttl,
             upload_expiry: args.upload_expiry,
+            quota: Quota {
+                max_active: Some(args.quota_active),
+                max_jobs_per_day: Some(args.quota_jobs_per_day),
+                max_stored_bytes: Some(args.quota_stored_bytes),
+            },
             retention: args.retention,
             keep_inputs: args.keep_inputs,
             login_per_minute: args.login_per_minute,

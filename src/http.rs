@@ -13,6 +13,7 @@ mod health;
 mod jobs;
 mod metrics;
 pub mod openapi;
+mod quota;
 mod route;
 mod seed;
 pub mod serve;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(events::router())
         .merge(webhooks::router())
+        .merge(quota::router())
         .merge(tus::router())
         .merge(download::router())
         .merge(seed::router())

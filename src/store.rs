@@ -7,6 +7,7 @@
 
 pub mod files;
 mod jobs;
+pub mod quota;
 pub mod uploads;
 mod users;
 pub mod webhooks;
@@ -18,6 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use files::Files;
 pub use jobs::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Source};
+pub use quota::{Quota, Usage};
 pub use uploads::{NewUpload, Upload};
 pub use users::User;
 pub use webhooks::{Attempt, Delivery, DeliveryState, DueDelivery, WebhookSettings};
@@ -163,6 +165,13 @@ const MIGRATIONS: &[&str] = &[
         owner_email    TEXT NOT NULL,
         expired_at_ms  INTEGER NOT NULL
      );",
+    // v6: per-user quotas (NULL: the configured default), replicated with the user; the
+    // unfinished jobs of a user are counted by their owner and end.
+    "ALTER TABLE users ADD COLUMN max_active INTEGER;
+     ALTER TABLE users ADD COLUMN max_jobs_per_day INTEGER;
+     ALTER TABLE users ADD COLUMN max_stored_bytes INTEGER;
+     CREATE INDEX jobs_unfinished_by_owner ON jobs (owner_email) WHERE finished_at_ms IS NULL;
+     CREATE INDEX uploads_by_owner ON uploads (owner_email) WHERE completed = 0;",
 ];
 
 /// One node's database.

@@ -15,7 +15,7 @@ use crate::auth::jwt::TokenError;
 use crate::auth::limiter::LoginLimiter;
 use crate::auth::{Principal, normalize_email, password};
 use crate::config::Config;
-use crate::store::{Db, StoreError, WebhookSettings};
+use crate::store::{Db, Quota, StoreError, WebhookSettings};
 
 pub mod replication;
 
@@ -109,6 +109,15 @@ pub enum AuthMsg {
         change: WebhookChange,
         /// The settings after it, and a signing secret made by it (shown once), or why not.
         reply: RpcReplyPort<Result<(WebhookSettings, Option<String>), AuthError>>,
+    },
+    /// Read a user's own limits, or set them first (admins only; the gateway checks).
+    Quota {
+        /// The email.
+        email: String,
+        /// New limits (unset ones: the defaults), or `None` to read.
+        set: Option<Quota>,
+        /// The user's limits as set (unset: the defaults) and whether they are an admin.
+        reply: RpcReplyPort<Result<(Quota, bool), AuthError>>,
     },
     /// Create a user (admins only; the gateway checks).
     CreateUser {
@@ -294,6 +303,25 @@ impl Actor for AuthActor {
                         Err(e) => Err(AuthError::Invalid(e.to_string())),
                     };
                     let _ = reply.send(answer);
+                });
+            }
+            AuthMsg::Quota { email, set, reply } => {
+                let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());
+                let answer = state
+                    .db
+                    .run(move |s| {
+                        if let Some(quota) = set
+                            && !s.set_quota(&key, &quota)?
+                        {
+                            return Ok(None);
+                        }
+                        Ok(s.user(&key)?.map(|u| (u.quota, u.is_admin)))
+                    })
+                    .await;
+                let _ = reply.send(match answer {
+                    Ok(Some(found)) => Ok(found),
+                    Ok(None) => Err(AuthError::NoSuchUser),
+                    Err(e) => Err(e.into()),
                 });
             }
             AuthMsg::Webhook { email, change, reply } => {

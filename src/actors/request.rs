@@ -25,7 +25,7 @@ use crate::auth::Principal;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
-use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Source, StoreError};
+use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Source, StoreError, Usage};
 
 pub mod appender;
 mod dispatch;
@@ -34,6 +34,7 @@ pub mod forwarded;
 pub mod handoff;
 pub mod jobs;
 pub mod placement;
+pub mod quota;
 mod storage;
 pub mod uploads;
 
@@ -110,6 +111,15 @@ pub enum RequestMsg {
         key: String,
         /// The job, if here.
         reply: RpcReplyPort<Result<Option<Job>, JobError>>,
+    },
+    /// What `email` uses on this node (quotas), counting the day from `since_ms`.
+    Usage {
+        /// The user.
+        email: String,
+        /// The start of the last 24 hours.
+        since_ms: i64,
+        /// The usage.
+        reply: RpcReplyPort<Result<Usage, JobError>>,
     },
     /// The caller's jobs (all jobs for an admin asking for them), newest first.
     List {
@@ -563,6 +573,11 @@ impl Actor for RequestActor {
             RequestMsg::Upload(call) => state.upload_call(&myself, call).await?,
             RequestMsg::Get { id, who, reply } => {
                 let _ = reply.send(state.load(&id, Some(&who)).await);
+            }
+            RequestMsg::Usage { email, since_ms, reply } => {
+                let files = state.files.clone();
+                let answer = state.db.run(move |s| s.usage(&files, &email, since_ms)).await;
+                let _ = reply.send(answer.map_err(JobError::from));
             }
             RequestMsg::Keyed { email, key, reply } => {
                 let answer = state.db.run(move |s| s.keyed_job(&email, &key)).await;

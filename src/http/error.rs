@@ -12,6 +12,7 @@ use crate::actors::CallError;
 use crate::actors::auth::AuthError;
 use crate::actors::request::JobError;
 use crate::actors::request::appender::AppendError;
+use crate::actors::request::quota::QuotaError;
 use crate::auth::jwt::TokenError;
 use crate::fetch::FetchError;
 
@@ -222,6 +223,17 @@ impl From<AppendError> for ApiError {
             AppendError::Lost => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
                 .retry_after(Duration::from_secs(1)),
             AppendError::Job(e) => e.into(),
+        }
+    }
+}
+
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Exceeded {
+                message, retry_after, ..
+            } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message).retry_after(retry_after),
+            QuotaError::Failed(m) => ApiError::internal(m),
         }
     }
 }

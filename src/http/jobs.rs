@@ -12,13 +12,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{
-    BadRequest, Forbidden, InsufficientStorage, NotFound, TooLarge, Unauthorized, Unavailable, Unprocessable,
-    UnsupportedMediaType,
+    BadRequest, Forbidden, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
+    Unprocessable, UnsupportedMediaType,
 };
 use super::route;
 use super::upload::{self, Upload};
 use super::{ApiError, AppState, Authed};
-use crate::actors::request::RequestMsg;
+use crate::actors::request::{RequestMsg, quota};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::convert::Quality;
@@ -262,6 +262,29 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(key.to_string()))
 }
 
+/// Refuses a new job (or upload) of `incoming` bytes over the caller's quota (`429`); a
+/// retry of a job already accepted under the same Idempotency-Key is not new and passes.
+pub(super) async fn within_quota(
+    state: &AppState,
+    who: &Principal,
+    incoming: u64,
+    key: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some(key) = key {
+        let (email, k) = (who.email.clone(), key.to_string());
+        let here = ask(
+            Role::Request,
+            |reply| RequestMsg::Keyed { email, key: k, reply },
+            CALL_TIMEOUT,
+        )
+        .await??;
+        if here.is_some() || route::keyed_elsewhere(state, &who.email, key).await.is_some() {
+            return Ok(());
+        }
+    }
+    Ok(quota::check(&state.config, who, incoming).await?)
+}
+
 /// Hands a job (and its staged upload) to the request actor: `202` for a new job, `200`
 /// for an idempotent retry (whichever node holds the earlier job).
 pub(super) async fn submit(
@@ -425,6 +448,7 @@ pub(super) struct UploadForm {
         (status = 413, response = TooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
+        (status = 429, response = QuotaExceeded),
         (status = 503, response = Unavailable),
         (status = 507, response = InsufficientStorage),
     ))]
@@ -442,7 +466,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     if content_type.starts_with("multipart/form-data") {
         let token = header_auth.ok_or_else(ApiError::missing_credentials)?;
         let who = super::verify(&token).await?;
-        let multipart = upload::multipart(Request::from_parts(parts, body), &state).await?;
+        let multipart = upload::multipart(Request::from_parts(parts, body), &state, &who, key.as_deref()).await?;
         let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required");
         let upload = upload::receive(multipart, &state.config, one_file).await?;
         submit_upload(&state, who, upload, key).await
@@ -483,6 +507,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         let (bitrate, vbr) = quality(body.bitrate, body.vbr)?;
         let webhook_url = webhook_url(&state, &who.email, body.webhook_url.as_deref()).await?;
         upload::room_for(&state.config, 0).await?;
+        within_quota(&state, &who, 0, key.as_deref()).await?;
         let url = state.fetcher.parse(&body.url)?;
         // Refused addresses fail the request now; the fetch checks again (DNS may change).
         state.fetcher.check(&url).await?;

@@ -39,7 +39,7 @@ use super::events::EventJson;
         schemas(ErrorBody, ErrorDetail, EventJson),
         responses(
             BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, UnsupportedMediaType,
-            Unprocessable, TooManyRequests, Internal, Unavailable, InsufficientStorage
+            Unprocessable, TooManyRequests, QuotaExceeded, Internal, Unavailable, InsufficientStorage
         )
     ),
     tags(
@@ -140,6 +140,15 @@ pub struct Unprocessable(pub ErrorBody);
     example = json!({"error": {"code": "too_many_requests", "message": "too many login attempts; try again later"}})
 )]
 pub struct TooManyRequests(pub ErrorBody);
+
+/// `quota_exceeded`: one more job would pass one of the caller's limits (the message names
+/// it); `Retry-After` says when it frees.
+#[derive(ToResponse)]
+#[response(
+    headers(("Retry-After" = u64, description = "Seconds until the limit frees")),
+    example = json!({"error": {"code": "quota_exceeded", "message": "max_active: you have 5 unfinished jobs and uploads, the most allowed at once is 5; try again when one has ended"}})
+)]
+pub struct QuotaExceeded(pub ErrorBody);
 
 /// `internal`: a fault on our side; the detail is in the server log.
 #[derive(ToResponse)]

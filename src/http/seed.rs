@@ -74,6 +74,8 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
         (status = 401, description = "`missing credentials` or a bad token", body = String, content_type = "text/plain",
             headers(("WWW-Authenticate" = String))),
         (status = 413, description = "Larger than `--max-upload-bytes`", body = String, content_type = "text/plain"),
+        (status = 429, description = "Over the caller's quota (the message names the limit)", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64))),
         (status = 503, description = "Starting or stopping", body = String, content_type = "text/plain",
             headers(("Retry-After" = u64))),
         (status = 507, description = "Short of disk space", body = String, content_type = "text/plain",
@@ -81,7 +83,7 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
     ))]
 async fn upload_file(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let who = seed_principal(request.headers()).await?;
-    let multipart = upload::multipart(request, &state).await.map_err(|e| {
+    let multipart = upload::multipart(request, &state, &who, None).await.map_err(|e| {
         if e.code == "invalid_multipart" {
             ApiError::bad_request("invalid_request", "exactly 1 file required").plain()
         } else {

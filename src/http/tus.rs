@@ -20,8 +20,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{
-    BadRequest, Conflict, InsufficientStorage, NotFound, TooLarge, Unauthorized, Unavailable, Unprocessable,
-    UnsupportedMediaType,
+    BadRequest, Conflict, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
+    Unprocessable, UnsupportedMediaType,
 };
 use super::{ApiError, AppState, Authed};
 use crate::actors::request::RequestMsg;
@@ -182,6 +182,7 @@ async fn options(State(state): State<AppState>) -> Response {
         (status = 413, response = TooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
+        (status = 429, response = QuotaExceeded),
         (status = 503, response = Unavailable),
         (status = 507, response = InsufficientStorage),
     ))]
@@ -209,6 +210,7 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     let raw = header(headers, "upload-metadata").unwrap_or("").to_string();
     let s = settings(state, who, &raw).await?;
     super::upload::room_for(&state.config, length).await?;
+    super::jobs::within_quota(state, who, length, key.as_deref()).await?;
     let upload = NewUpload {
         id: JobId::new(&state.config.node_name),
         owner_email: who.email.clone(),

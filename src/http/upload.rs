@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, AppState};
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::store::Files;
 
@@ -71,11 +72,17 @@ impl Drop for Staged {
     }
 }
 
-/// Refuses a body whose declared length is already over the cap, else reads it as multipart.
+/// Refuses a body whose declared length is already over the cap (or the disk's room, or the
+/// caller's quota), else reads it as multipart.
 ///
 /// A refused body of moderate size is read and discarded first: a client still sending
 /// would otherwise meet a reset connection instead of the `413`.
-pub(super) async fn multipart(request: Request, state: &AppState) -> Result<Multipart, ApiError> {
+pub(super) async fn multipart(
+    request: Request,
+    state: &AppState,
+    who: &Principal,
+    key: Option<&str>,
+) -> Result<Multipart, ApiError> {
     let declared = declared_length(request.headers());
     let cap = state.config.max_upload_bytes;
     if let Some(n) = declared.filter(|n| *n > cap + MULTIPART_SLACK) {
@@ -86,6 +93,7 @@ pub(super) async fn multipart(request: Request, state: &AppState) -> Result<Mult
         return Err(ApiError::too_large(cap));
     }
     room_for(&state.config, declared.unwrap_or(0)).await?;
+    super::jobs::within_quota(state, who, declared.unwrap_or(0), key).await?;
     let (config, request) = (&state.config, request);
     let request = request.map(|body| super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window));
     Multipart::from_request(request, state)

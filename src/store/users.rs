@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Result, Store, now_ms};
+use super::{Quota, Result, Store, now_ms};
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,10 +23,12 @@ pub struct User {
     pub removed: bool,
     /// Webhook settings as stored: default URL, events (comma-separated), signing secret.
     pub webhook: [Option<String>; 3],
+    /// Limits set for this user (unset: the configured defaults).
+    pub quota: Quota,
 }
 
-const COLUMNS: &str =
-    "email, password_hash, is_admin, updated_at_ms, token_gen, removed, webhook_url, webhook_events, webhook_secret";
+const COLUMNS: &str = "email, password_hash, is_admin, updated_at_ms, token_gen, removed, webhook_url, \
+     webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -37,6 +39,11 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         token_gen: r.get(4)?,
         removed: r.get(5)?,
         webhook: [r.get(6)?, r.get(7)?, r.get(8)?],
+        quota: Quota {
+            max_active: r.get(9)?,
+            max_jobs_per_day: r.get(10)?,
+            max_stored_bytes: r.get(11)?,
+        },
     })
 }
 
@@ -101,10 +108,30 @@ impl Store {
         self.write(|tx| {
             let removed = tx.execute(
                 "UPDATE users SET removed = 1, password_hash = '', is_admin = 0, token_gen = token_gen + 1, \
-                 webhook_url = NULL, webhook_events = NULL, webhook_secret = NULL, updated_at_ms = max(?2, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
+                 webhook_url = NULL, webhook_events = NULL, webhook_secret = NULL, max_active = NULL, max_jobs_per_day = NULL, max_stored_bytes = NULL, updated_at_ms = max(?2, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
                 params![email, now],
             )?;
             Ok(removed == 1)
+        })
+    }
+
+    /// Sets a live user's limits (unset ones: the defaults). Returns `false` if there is
+    /// no such (live) user.
+    pub fn set_quota(&mut self, email: &str, quota: &Quota) -> Result<bool> {
+        let now = now_ms();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE users SET max_active = ?2, max_jobs_per_day = ?3, max_stored_bytes = ?4, \
+                 updated_at_ms = max(?5, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
+                params![
+                    email,
+                    quota.max_active,
+                    quota.max_jobs_per_day,
+                    quota.max_stored_bytes,
+                    now
+                ],
+            )?;
+            Ok(changed == 1)
         })
     }
 
@@ -126,10 +153,12 @@ impl Store {
         self.write(|tx| {
             let changed = tx.execute(
                 "INSERT INTO users (email, password_hash, is_admin, updated_at_ms, token_gen, removed, \
-                 webhook_url, webhook_events, webhook_secret) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 webhook_url, webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                  ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4, \
                  token_gen = max(?5, users.token_gen), removed = ?6, webhook_url = ?7, webhook_events = ?8, \
-                 webhook_secret = ?9 WHERE excluded.updated_at_ms > users.updated_at_ms",
+                 webhook_secret = ?9, max_active = ?10, max_jobs_per_day = ?11, max_stored_bytes = ?12 \
+                 WHERE excluded.updated_at_ms > users.updated_at_ms",
                 params![
                     user.email,
                     user.password_hash,
@@ -139,7 +168,10 @@ impl Store {
                     user.removed,
                     user.webhook[0],
                     user.webhook[1],
-                    user.webhook[2]
+                    user.webhook[2],
+                    user.quota.max_active,
+                    user.quota.max_jobs_per_day,
+                    user.quota.max_stored_bytes
                 ],
             )?;
             Ok(changed == 1)
@@ -216,12 +248,17 @@ mod tests {
             token_gen: 0,
             removed: false,
             webhook: [Some("https://hooks.example.org/b".into()), None, Some("whsec_b".into())],
+            quota: Quota {
+                max_active: Some(3),
+                max_jobs_per_day: None,
+                max_stored_bytes: Some(1 << 30),
+            },
         };
         assert!(store.merge_user(&bob).unwrap(), "unknown users are added");
         assert_eq!(
             store.user("bob@example.com").unwrap().as_ref(),
             Some(&bob),
-            "with their webhook settings"
+            "with their webhook settings and limits"
         );
         assert_eq!(store.users_changed_since(ours.updated_at_ms).unwrap(), vec![newer]);
         assert_eq!(store.users_changed_since(0).unwrap().len(), 2);

@@ -14,7 +14,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
 
 use crate::config::Config;
-use crate::store::{Db, User};
+use crate::store::{Db, Quota, User};
 
 /// The process group of the users actors.
 pub const USERS_GROUP: &str = "users.v1";
@@ -51,6 +51,15 @@ pub struct UserRecord {
     /// Webhook signing secret (the mesh is private, and TLS where configured).
     #[prost(string, optional, tag = "9")]
     pub webhook_secret: Option<String>,
+    /// Limit: unfinished jobs at once (unset: the default).
+    #[prost(int64, optional, tag = "10")]
+    pub max_active: Option<i64>,
+    /// Limit: jobs per 24 hours.
+    #[prost(int64, optional, tag = "11")]
+    pub max_jobs_per_day: Option<i64>,
+    /// Limit: bytes stored.
+    #[prost(int64, optional, tag = "12")]
+    pub max_stored_bytes: Option<i64>,
 }
 
 /// A batch of users.
@@ -98,6 +107,9 @@ fn batch(users: &[User]) -> UserBatch {
                 webhook_url: u.webhook[0].clone(),
                 webhook_events: u.webhook[1].clone(),
                 webhook_secret: u.webhook[2].clone(),
+                max_active: u.quota.max_active,
+                max_jobs_per_day: u.quota.max_jobs_per_day,
+                max_stored_bytes: u.quota.max_stored_bytes,
             })
             .collect(),
     }
@@ -141,6 +153,11 @@ impl Actor for UsersActor {
                         token_gen: u.token_gen,
                         removed: u.removed,
                         webhook: [u.webhook_url, u.webhook_events, u.webhook_secret],
+                        quota: Quota {
+                            max_active: u.max_active,
+                            max_jobs_per_day: u.max_jobs_per_day,
+                            max_stored_bytes: u.max_stored_bytes,
+                        },
                     })
                     .collect();
                 let changed = state

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
-use super::{JobError, RequestMsg, forwarded, handoff, placement};
+use super::{JobError, RequestMsg, forwarded, handoff, placement, quota};
 use crate::actors::converter::host;
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::auth::Principal;
@@ -265,6 +265,9 @@ pub enum JobsMsg {
     /// A job that a leaving node hands over, after its files' pieces.
     #[rpc]
     Adopt(handoff::HandoverMsg, RpcReplyPort<host::Answer>),
+    /// What a user uses on this node (quotas).
+    #[rpc]
+    Usage(quota::UsageQuery, RpcReplyPort<quota::UsageAnswer>),
     /// A tus request about one of this node's uploads, forwarded by the node it reached.
     #[rpc]
     Upload(forwarded::UploadRequest, RpcReplyPort<forwarded::UploadAnswer>),
@@ -381,6 +384,9 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
         JobsMsg::HandoffPiece(piece, reply) => handoff::receive_piece(&config, piece, reply).await,
         JobsMsg::Adopt(message, reply) => {
             let _ = reply.send(handoff::adopt(&config, message).await);
+        }
+        JobsMsg::Usage(q, reply) => {
+            let _ = reply.send(quota::answer(q).await);
         }
         JobsMsg::Upload(request, reply) => {
             let _ = reply.send(forwarded::answer(config, request).await);

@@ -1,0 +1,288 @@
+//! Per-user quotas, cluster-wide: unfinished jobs at once, jobs per 24 hours, bytes stored.
+//!
+//! A user's limits are replicated with the user (`auth`), defaults come from the config,
+//! and admins have none. Before a job (or an upload) is accepted, the node it reached adds
+//! up the user's usage on itself and on every connected node (`JobsMsg::Usage`, asked in
+//! parallel) and refuses what would pass a limit: `429 quota_exceeded`, naming the limit,
+//! with `Retry-After` for when it frees.
+//!
+//! How exact: each check sees every reachable node's usage at that moment, so a user
+//! spreading requests over pods meets the same limit. Requests that arrive at the same
+//! time (on one pod or several) are checked against the same usage and may all pass:
+//! the overshoot is at most the number of such concurrent requests. A node that cannot be
+//! reached is not counted (its jobs are unavailable then anyway).
+
+use std::time::Duration;
+
+use ractor::RpcReplyPort;
+
+use super::jobs::{self, JobsMsg, status};
+use super::{JobError, RequestMsg};
+use crate::actors::auth::{AuthError, AuthMsg};
+use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::store::{Quota, Usage, now_ms};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+/// `Retry-After` of the unfinished-jobs limit (one of them has to end; we cannot know when).
+const ACTIVE_RETRY: Duration = Duration::from_secs(30);
+
+/// Why a request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    /// Over a limit.
+    #[error("{message}")]
+    Exceeded {
+        /// Which limit (`max_active`, `max_jobs_per_day`, `max_stored_bytes`).
+        limit: &'static str,
+        /// What to tell the user.
+        message: String,
+        /// When it frees.
+        retry_after: Duration,
+    },
+    /// The usage or the limits could not be read.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a user uses on one node, asked by another.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UsageQuery {
+    /// The user.
+    #[prost(string, tag = "1")]
+    pub email: String,
+    /// The start of the last 24 hours.
+    #[prost(int64, tag = "2")]
+    pub since_ms: i64,
+}
+
+/// One node's answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UsageAnswer {
+    /// A [`status`] code.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Unfinished jobs and uploads.
+    #[prost(int64, tag = "2")]
+    pub active: i64,
+    /// Jobs in the last 24 hours.
+    #[prost(int64, tag = "3")]
+    pub jobs_today: i64,
+    /// The oldest of them.
+    #[prost(int64, optional, tag = "4")]
+    pub oldest_today_ms: Option<i64>,
+    /// Bytes stored.
+    #[prost(int64, tag = "5")]
+    pub stored_bytes: i64,
+    /// When the first ended job ended.
+    #[prost(int64, optional, tag = "6")]
+    pub first_end_ms: Option<i64>,
+}
+
+ractor_cluster::derive_serialization_for_prost_type! {UsageQuery}
+ractor_cluster::derive_serialization_for_prost_type! {UsageAnswer}
+
+async fn local(email: String, since_ms: i64) -> Result<Usage, JobError> {
+    ask(
+        Role::Request,
+        |reply| RequestMsg::Usage { email, since_ms, reply },
+        CALL_TIMEOUT,
+    )
+    .await
+    .map_err(|e| JobError::Io(std::io::Error::other(e)))?
+}
+
+/// Answers another node's [`UsageQuery`] (the jobs actor).
+pub async fn answer(q: UsageQuery) -> UsageAnswer {
+    match local(q.email, q.since_ms).await {
+        Ok(u) => UsageAnswer {
+            status: status::OK,
+            active: u.active,
+            jobs_today: u.jobs_today,
+            oldest_today_ms: u.oldest_today_ms,
+            stored_bytes: u.stored_bytes,
+            first_end_ms: u.first_end_ms,
+        },
+        Err(e) => UsageAnswer {
+            status: jobs::code(&e),
+            ..UsageAnswer::default()
+        },
+    }
+}
+
+/// What `email` uses on this node and every connected one.
+pub async fn usage(config: &Config, email: &str) -> Result<Usage, JobError> {
+    let since_ms = now_ms() - DAY_MS;
+    let mut total = local(email.to_string(), since_ms).await?;
+    if config.cluster.is_none() {
+        return Ok(total);
+    }
+    let owners = jobs::other_owners(&config.node_name);
+    let asks = owners.iter().map(|owner| {
+        let q = UsageQuery {
+            email: email.to_string(),
+            since_ms,
+        };
+        jobs::call(owner, |reply: RpcReplyPort<UsageAnswer>| JobsMsg::Usage(q, reply))
+    });
+    for (owner, answer) in owners.iter().zip(futures_util::future::join_all(asks).await) {
+        match answer {
+            Ok(a) if a.status == status::OK => {
+                total = total.plus(Usage {
+                    active: a.active,
+                    jobs_today: a.jobs_today,
+                    oldest_today_ms: a.oldest_today_ms,
+                    stored_bytes: a.stored_bytes,
+                    first_end_ms: a.first_end_ms,
+                })
+            }
+            _ => tracing::warn!(node = %owner, "could not count a user's usage on that node"),
+        }
+    }
+    Ok(total)
+}
+
+/// A user's limits: their own (unset: the defaults), and whether they are an admin.
+pub async fn limits(config: &Config, email: &str) -> Result<(Quota, Quota, bool), AuthError> {
+    let email = email.to_string();
+    let (own, admin) = ask(
+        Role::Auth,
+        |reply| AuthMsg::Quota {
+            email,
+            set: None,
+            reply,
+        },
+        CALL_TIMEOUT,
+    )
+    .await
+    .map_err(|e| AuthError::Invalid(format!("the auth role did not answer: {e}")))??;
+    Ok((own, own.or(config.quota), admin))
+}
+
+fn retry_at(at_ms: i64) -> Duration {
+    Duration::from_millis((at_ms - now_ms()).max(1000) as u64)
+}
+
+/// Refuses a new job (or upload) of `incoming` bytes that would take `who` past a limit.
+pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<(), QuotaError> {
+    if who.admin {
+        return Ok(());
+    }
+    let (_, limits, admin) = limits(config, &who.email)
+        .await
+        .map_err(|e| QuotaError::Failed(e.to_string()))?;
+    if admin {
+        return Ok(());
+    }
+    let u = usage(config, &who.email)
+        .await
+        .map_err(|e| QuotaError::Failed(e.to_string()))?;
+    exceeded(config.retention, &limits, &u, incoming).map_or(Ok(()), Err)
+}
+
+/// The first limit that one more job of `incoming` bytes would pass.
+fn exceeded(retention: Duration, limits: &Quota, u: &Usage, incoming: u64) -> Option<QuotaError> {
+    if let Some(max) = limits.max_active
+        && u.active >= max
+    {
+        return Some(QuotaError::Exceeded {
+            limit: "max_active",
+            message: format!(
+                "max_active: you have {} unfinished jobs and uploads, the most allowed at once is {max}; \
+                 try again when one has ended",
+                u.active
+            ),
+            retry_after: ACTIVE_RETRY,
+        });
+    }
+    if let Some(max) = limits.max_jobs_per_day
+        && u.jobs_today >= max
+    {
+        let retry_after = retry_at(u.oldest_today_ms.unwrap_or_else(now_ms) + DAY_MS);
+        return Some(QuotaError::Exceeded {
+            limit: "max_jobs_per_day",
+            message: format!(
+                "max_jobs_per_day: you created {} jobs in the last 24 hours, the most allowed is {max}; \
+                 the next one is possible in {} s",
+                u.jobs_today,
+                retry_after.as_secs()
+            ),
+            retry_after,
+        });
+    }
+    let incoming = i64::try_from(incoming).unwrap_or(i64::MAX);
+    if let Some(max) = limits.max_stored_bytes
+        && u.stored_bytes.saturating_add(incoming) > max
+    {
+        let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let retry_after = match u.first_end_ms {
+            Some(ended) => retry_at(ended.saturating_add(retention)),
+            None => Duration::from_secs(3600),
+        };
+        return Some(QuotaError::Exceeded {
+            limit: "max_stored_bytes",
+            message: format!(
+                "max_stored_bytes: you store {} bytes and this adds {incoming}, the most allowed is {max}; \
+                 delete jobs you no longer need, or wait until old ones expire",
+                u.stored_bytes
+            ),
+            retry_after,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_limit_names_itself_and_when_it_frees() {
+        let retention = Duration::from_secs(7 * 86400);
+        let limits = Quota {
+            max_active: Some(2),
+            max_jobs_per_day: Some(5),
+            max_stored_bytes: Some(1000),
+        };
+        let fine = Usage {
+            active: 1,
+            jobs_today: 4,
+            oldest_today_ms: Some(now_ms() - 3_600_000),
+            stored_bytes: 400,
+            first_end_ms: Some(now_ms() - 1000),
+        };
+        assert!(
+            exceeded(retention, &limits, &fine, 600).is_none(),
+            "exactly at the limit is fine"
+        );
+        let limit = |u: Usage, incoming| match exceeded(retention, &limits, &u, incoming) {
+            Some(QuotaError::Exceeded { limit, retry_after, .. }) => (limit, retry_after.as_secs()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(limit(Usage { active: 2, ..fine }, 0), ("max_active", 30));
+        // The day's oldest job was an hour ago: 23 hours to wait.
+        let (name, secs) = limit(Usage { jobs_today: 5, ..fine }, 0);
+        assert_eq!(name, "max_jobs_per_day");
+        assert!((23 * 3600 - 5..=23 * 3600).contains(&secs), "{secs}");
+        // Bytes free when the first ended job expires (retention after it ended).
+        let (name, secs) = limit(fine, 601);
+        assert_eq!(name, "max_stored_bytes");
+        let days = retention.as_secs();
+        assert!((days - 5..=days).contains(&secs), "{secs}");
+        let unlimited = Quota::default();
+        assert!(
+            exceeded(
+                retention,
+                &unlimited,
+                &Usage {
+                    active: 99,
+                    jobs_today: 99,
+                    ..fine
+                },
+                u64::MAX
+            )
+            .is_none()
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! `/v1/users/{email}/quota`: a user's limits and usage, cluster-wide (how they are
+//! enforced: `actors/request/quota.rs`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable};
+use super::{ApiError, AppState, Authed};
+use crate::actors::auth::AuthMsg;
+use crate::actors::request::quota;
+use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::auth::Principal;
+use crate::store::{Quota, Usage};
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(show, set))
+}
+
+/// New limits for a user; a missing or `null` limit is the configured default.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"max_active": 5, "max_jobs_per_day": 100, "max_stored_bytes": 10000000000_i64}))]
+struct QuotaRequest {
+    /// Unfinished jobs (and resumable uploads) at once.
+    #[schema(minimum = 0)]
+    max_active: Option<i64>,
+    /// Jobs created in any 24 hours.
+    #[schema(minimum = 0)]
+    max_jobs_per_day: Option<i64>,
+    /// Bytes stored: inputs, MP3s and unfinished uploads.
+    #[schema(minimum = 0)]
+    max_stored_bytes: Option<i64>,
+}
+
+/// A user's limits and what they use, on every reachable node.
+#[derive(Serialize, ToSchema)]
+struct QuotaJson {
+    /// The user.
+    email: String,
+    /// Admins have no limits.
+    admin: bool,
+    /// The limits that apply (the user's own, else the defaults).
+    limits: Quota,
+    /// The limits set for this user (`null`: the default applies).
+    own: Quota,
+    /// What the user uses now.
+    usage: Usage,
+}
+
+async fn answer(state: &AppState, email: String, set: Option<Quota>) -> Result<QuotaJson, ApiError> {
+    let key = email.clone();
+    let (own, admin) = ask(
+        Role::Auth,
+        |reply| AuthMsg::Quota { email: key, set, reply },
+        CALL_TIMEOUT,
+    )
+    .await??;
+    let usage = quota::usage(&state.config, &email).await?;
+    Ok(QuotaJson {
+        email: email.trim().to_ascii_lowercase(),
+        admin,
+        limits: if admin {
+            Quota::default()
+        } else {
+            own.or(state.config.quota)
+        },
+        own,
+        usage,
+    })
+}
+
+fn may_see(who: &Principal, email: &str) -> Result<(), ApiError> {
+    if who.admin || who.email.eq_ignore_ascii_case(email.trim()) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("only admins see other users' quotas"))
+    }
+}
+
+/// A user's limits and usage (admins: anyone's; users: their own).
+#[utoipa::path(get, path = "/v1/users/{email}/quota", tag = "auth", operation_id = "get_quota",
+    security(("bearer" = [])),
+    params(("email" = String, Path, description = "The user's email")),
+    responses(
+        (status = 200, description = "Limits and usage", body = QuotaJson),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ))]
+async fn show(
+    State(state): State<AppState>,
+    Authed(who): Authed,
+    Path(email): Path<String>,
+) -> Result<Json<QuotaJson>, ApiError> {
+    may_see(&who, &email)?;
+    Ok(Json(answer(&state, email, None).await?))
+}
+
+/// Sets a user's limits (admins only); they apply on every node.
+#[utoipa::path(put, path = "/v1/users/{email}/quota", tag = "auth", operation_id = "set_quota",
+    security(("bearer" = [])),
+    params(("email" = String, Path, description = "The user's email")),
+    request_body = QuotaRequest,
+    responses(
+        (status = 200, description = "Limits and usage", body = QuotaJson),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 415, description = "Not JSON"),
+        (status = 503, response = Unavailable),
+    ))]
+async fn set(
+    State(state): State<AppState>,
+    Authed(who): Authed,
+    Path(email): Path<String>,
+    body: Result<Json<QuotaRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<QuotaJson>, ApiError> {
+    if !who.admin {
+        return Err(ApiError::forbidden("only admins set quotas"));
+    }
+    let Json(body) = body.map_err(ApiError::json)?;
+    let quota = Quota {
+        max_active: body.max_active,
+        max_jobs_per_day: body.max_jobs_per_day,
+        max_stored_bytes: body.max_stored_bytes,
+    };
+    if [quota.max_active, quota.max_jobs_per_day, quota.max_stored_bytes]
+        .iter()
+        .flatten()
+        .any(|n| *n < 0)
+    {
+        return Err(ApiError::bad_request("invalid_request", "limits must not be negative"));
+    }
+    Ok(Json(answer(&state, email, Some(quota)).await?))
+}

@@ -1,0 +1,231 @@
+//! Per-user quotas, enforced across the cluster: set by an admin (API and CLI), refused
+//! with `429 quota_exceeded` naming the limit and when it frees.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::Api;
+use common::service::{ADMIN, poll};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const BOB: (&str, &str) = ("bob@example.com", "bob-password-1");
+
+/// `(status, code, message, Retry-After)` of an answer.
+async fn refusal(r: reqwest::Response) -> (StatusCode, String, String, Option<u64>) {
+    let status = r.status();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    (status, code, message, retry)
+}
+
+async fn quota(api: &Api, token: &str, email: &str) -> Value {
+    api.get_json(token, &format!("/v1/users/{email}/quota")).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_hold_across_nodes_name_themselves_and_free_when_jobs_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // No converter anywhere: jobs stay unfinished until canceled. A default of one
+    // unfinished job, which admins do not meet.
+    let nodes = common::service::cluster_with(dir.path(), &[0, 0], &["--quota-active", "1"]).await;
+    let (a, b) = (Api::new(&nodes[0]), Api::new(&nodes[1]));
+    let admin = a.login(ADMIN.0, ADMIN.1).await;
+    a.create_user(&admin, BOB.0, BOB.1).await;
+    let bob_a = a.login(BOB.0, BOB.1).await;
+    let bob_b = poll(Duration::from_secs(10), "Bob on node B", || async {
+        let r = b
+            .http
+            .post(b.url("/login"))
+            .basic_auth(BOB.0, Some(BOB.1))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != StatusCode::OK {
+            return None;
+        }
+        Some(r.text().await.unwrap())
+    })
+    .await;
+    let file = common::tone("quota_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    let size = std::fs::metadata(&file).unwrap().len() as i64;
+
+    // The default applies until an admin sets Bob's own.
+    assert_eq!(
+        a.upload_as("/v1/jobs", &bob_a, &file, None).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let (status, code, message, retry) = refusal(b.upload_as("/v1/jobs", &bob_b, &file, None).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
+    assert!(message.starts_with("max_active"), "{message}");
+    assert_eq!(retry, Some(30));
+    for _ in 0..2 {
+        let r = a.upload_as("/v1/jobs", &admin, &file, None).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "admins have no limits");
+    }
+
+    let r = a
+        .http
+        .put(a.url(&format!("/v1/users/{}/quota", BOB.0)))
+        .bearer_auth(&admin)
+        .json(&json!({"max_active": 2, "max_jobs_per_day": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set: Value = r.json().await.unwrap();
+    assert_eq!(set["limits"]["max_active"], 2, "{set}");
+    assert_eq!(set["own"]["max_stored_bytes"], Value::Null, "{set}");
+    assert_eq!(set["limits"]["max_stored_bytes"], 50_000_000_000_i64, "the default");
+    // Only admins set limits; users see their own.
+    let r = b
+        .http
+        .put(b.url(&format!("/v1/users/{}/quota", BOB.0)))
+        .bearer_auth(&bob_b)
+        .json(&json!({"max_active": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = b
+        .http
+        .get(b.url(&format!("/v1/users/{}/quota", ADMIN.0)))
+        .bearer_auth(&bob_b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // The limit replicates to B; B counts the job on A: one more fits, then 429 on either.
+    let second = poll(Duration::from_secs(10), "Bob's limit on node B", || async {
+        let r = b.upload_as("/v1/jobs", &bob_b, &file, Some("second")).await;
+        if r.status() != StatusCode::ACCEPTED {
+            return None;
+        }
+        Some(r.json::<Value>().await.unwrap())
+    })
+    .await;
+    for (api, token) in [(&a, &bob_a), (&b, &bob_b)] {
+        let (status, code, message, _) = refusal(api.upload_as("/v1/jobs", token, &file, None).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+        );
+        assert!(message.contains("max_active") && message.contains("is 2"), "{message}");
+        let (status, ..) = refusal(api.import(token, "http://127.0.0.1:9/x.mp4").await).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "URL imports count too");
+    }
+    // A retry of an accepted job is not a new job.
+    let r = a.upload_as("/v1/jobs", &bob_a, &file, Some("second")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], second["id"]);
+    let usage = quota(&a, &bob_a, BOB.0).await;
+    assert_eq!(usage["usage"]["active"], 2, "{usage}");
+    assert_eq!(usage["usage"]["jobs_today"], 2, "{usage}");
+    assert!(usage["usage"]["stored_bytes"].as_i64().unwrap() >= 2 * size, "{usage}");
+
+    // Canceling one frees a place; the day's count does not go down.
+    let id = second["id"].as_str().unwrap();
+    let r = a
+        .http
+        .delete(a.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&bob_a)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        b.upload_as("/v1/jobs", &bob_b, &file, None).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let listed = a.get_json(&bob_a, "/v1/jobs").await;
+    let unfinished: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["state"] == "queued")
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    let r = b
+        .http
+        .delete(b.url(&format!("/v1/jobs/{}", unfinished[0])))
+        .bearer_auth(&bob_b)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (status, code, message, retry) = refusal(a.upload_as("/v1/jobs", &bob_a, &file, None).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
+    assert!(message.starts_with("max_jobs_per_day"), "{message}");
+    let retry = retry.unwrap();
+    assert!(
+        (86_000..=86_400).contains(&retry),
+        "frees a day after the first job: {retry}"
+    );
+
+    // The CLI sets limits on a running node's database; they replicate like any change.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
+        .args([
+            "user",
+            "set",
+            BOB.0,
+            "--max-jobs-per-day",
+            "default",
+            "--max-stored-bytes",
+        ])
+        .arg((3 * size).to_string())
+        .arg("--data-dir")
+        .arg(&nodes[0].data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen = poll(Duration::from_secs(10), "the CLI's limit on node B", || async {
+        let q = quota(&b, &bob_b, BOB.0).await;
+        (q["own"]["max_stored_bytes"] == 3 * size).then_some(q)
+    })
+    .await;
+    assert_eq!(seen["own"]["max_active"], 2, "untouched: {seen}");
+    assert_eq!(
+        seen["own"]["max_jobs_per_day"],
+        Value::Null,
+        "back to the default: {seen}"
+    );
+    // A resumable upload that would take Bob past the bytes is refused at its creation;
+    // they free when his first ended job expires (retention, 7 days after it ended).
+    let r = b
+        .http
+        .post(b.url("/v1/uploads"))
+        .bearer_auth(&bob_b)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", (2 * size + 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message, retry) = refusal(r).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
+    assert!(message.starts_with("max_stored_bytes"), "{message}");
+    let retry = retry.unwrap();
+    assert!((7 * 86_400 - 120..=7 * 86_400).contains(&retry), "{retry}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
+        .args(["user", "set", BOB.0, "--max-active", "-3", "--data-dir"])
+        .arg(&nodes[0].data)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
