@@ -4,6 +4,7 @@
 //! request actor; `/v1` routes and the seed-compatible routes (`/login`, `/upload`,
 //! `/download`) share the same core functions and differ only in how they answer.
 
+mod archive;
 mod auth;
 mod cluster;
 mod download;
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(webhooks::router())
         .merge(quota::router())
+        .merge(archive::router())
         .merge(tus::router())
         .merge(download::router())
         .merge(seed::router())

@@ -40,20 +40,7 @@ async fn limits_hold_across_nodes_name_themselves_and_free_when_jobs_end() {
     let admin = a.login(ADMIN.0, ADMIN.1).await;
     a.create_user(&admin, BOB.0, BOB.1).await;
     let bob_a = a.login(BOB.0, BOB.1).await;
-    let bob_b = poll(Duration::from_secs(10), "Bob on node B", || async {
-        let r = b
-            .http
-            .post(b.url("/login"))
-            .basic_auth(BOB.0, Some(BOB.1))
-            .send()
-            .await
-            .unwrap();
-        if r.status() != StatusCode::OK {
-            return None;
-        }
-        Some(r.text().await.unwrap())
-    })
-    .await;
+    let bob_b = b.login_soon(BOB.0, BOB.1).await;
     let file = common::tone("quota_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
     let size = std::fs::metadata(&file).unwrap().len() as i64;
 

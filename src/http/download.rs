@@ -180,9 +180,9 @@ async fn by_link(
     serve(&state, id, None, request).await
 }
 
-/// `attachment` with a safe name from the upload's: no path, quotes or control characters,
-/// the extension replaced by `.mp3`; an ASCII `filename` and a UTF-8 `filename*`.
-pub(super) fn content_disposition(original: &str) -> String {
+/// The MP3's name for a user's original file name: its stem, without path, control or
+/// quoting characters, at most 120 characters (`audio` if nothing is left), then `.mp3`.
+pub(super) fn mp3_name(original: &str) -> String {
     let base = original.rsplit(['/', '\\']).next().unwrap_or("");
     let stem = match base.rsplit_once('.') {
         Some((stem, _)) if !stem.is_empty() => stem,
@@ -197,11 +197,17 @@ pub(super) fn content_disposition(original: &str) -> String {
         .take(120)
         .collect();
     let clean = if clean.is_empty() { "audio".to_string() } else { clean };
-    let ascii: String = clean
+    format!("{clean}.mp3")
+}
+
+/// `attachment` with the safe [`mp3_name`]: an ASCII `filename` and a UTF-8 `filename*`.
+pub(super) fn content_disposition(original: &str) -> String {
+    let name = mp3_name(original);
+    let ascii: String = name
         .chars()
         .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
         .collect();
-    let encoded: String = format!("{clean}.mp3")
+    let encoded: String = name
         .bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -211,7 +217,7 @@ pub(super) fn content_disposition(original: &str) -> String {
             }
         })
         .collect();
-    format!("attachment; filename=\"{ascii}.mp3\"; filename*=UTF-8''{encoded}")
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
 #[cfg(test)]

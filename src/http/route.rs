@@ -327,42 +327,7 @@ pub(super) async fn remote_mp3(
         return Ok(r);
     }
     let length = end + 1 - start;
-    let owner = owner.to_string();
-    let stream = futures_util::stream::unfold(
-        (Some(first.data), start, q, owner),
-        move |(pending, at, q, owner)| async move {
-            let left = (end + 1).saturating_sub(at);
-            if left == 0 {
-                return None;
-            }
-            let data = match pending {
-                Some(data) => data,
-                None => {
-                    let next = JobQuery {
-                        offset: at,
-                        ..q.clone()
-                    };
-                    match jobs::call(&owner, |reply| JobsMsg::Chunk(next, reply)).await {
-                        Ok(answer) if answer.status == status::OK && !answer.data.is_empty() => answer.data,
-                        _ => {
-                            return Some((
-                                Err(std::io::Error::other("the owner stopped sending the MP3")),
-                                (None, at, q, owner),
-                            ));
-                        }
-                    }
-                }
-            };
-            let take = (data.len() as u64).min(left) as usize;
-            let mut data = data;
-            data.truncate(take);
-            let next = at + take as u64;
-            Some((
-                Ok::<_, std::io::Error>(bytes::Bytes::from(data)),
-                (None, next, q, owner),
-            ))
-        },
-    );
+    let stream = remote_chunks(owner.to_string(), q, first.data, start, end + 1);
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
@@ -381,6 +346,91 @@ pub(super) async fn remote_mp3(
         response.headers_mut().insert(CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// Bytes `start..end` of a job's MP3 on `owner`, [`CHUNK`] by [`CHUNK`] (`first`: the
+/// piece at `start`, already fetched).
+fn remote_chunks(
+    owner: String,
+    q: JobQuery,
+    first: Vec<u8>,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::unfold(
+        (Some(first), start, q, owner),
+        move |(pending, at, q, owner)| async move {
+            let left = end.saturating_sub(at);
+            if left == 0 {
+                return None;
+            }
+            let data = match pending {
+                Some(data) => data,
+                None => {
+                    let next = JobQuery {
+                        offset: at,
+                        ..q.clone()
+                    };
+                    match jobs::call(&owner, |reply| JobsMsg::Chunk(next, reply)).await {
+                        Ok(answer) if answer.status == status::OK && !answer.data.is_empty() => answer.data,
+                        _ => {
+                            return Some((
+                                Err(std::io::Error::other("the owner stopped sending the MP3")),
+                                (None, end, q, owner),
+                            ));
+                        }
+                    }
+                }
+            };
+            let take = (data.len() as u64).min(left) as usize;
+            let mut data = data;
+            data.truncate(take);
+            let next = at + take as u64;
+            Some((Ok(bytes::Bytes::from(data)), (None, next, q, owner)))
+        },
+    )
+}
+
+/// A done job's MP3 as a stream of bytes, from wherever it lives: its user's file name,
+/// size, and bytes.
+pub(super) async fn mp3_stream(
+    state: &AppState,
+    id: &JobId,
+    who: &Principal,
+) -> Result<
+    (
+        String,
+        u64,
+        futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    ),
+    ApiError,
+> {
+    use futures_util::StreamExt;
+    at_owner(state, id, |at| async move {
+        match at {
+            At::Here => {
+                let (id, who) = (id.clone(), Some(who.clone()));
+                let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??;
+                let opened = tokio::fs::File::open(&file.path).await.map_err(ApiError::internal)?;
+                let total = opened.metadata().await.map_err(ApiError::internal)?.len();
+                let stream = tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10);
+                Ok((file.file_name, total, stream.boxed()))
+            }
+            At::Node(owner) => {
+                let q = query(id, Some(who), 0);
+                let first = jobs::call(&owner, |reply| JobsMsg::Chunk(q.clone(), reply))
+                    .await
+                    .map_err(unreachable)?;
+                if first.status != status::OK {
+                    return Err(jobs::error(first.status, first.message).into());
+                }
+                let total = first.total;
+                let stream = remote_chunks(owner, q, first.data, 0, total);
+                Ok((first.file_name, total, stream.boxed()))
+            }
+        }
+    })
+    .await
 }
 
 impl From<RemoteError> for ApiError {

@@ -53,6 +53,24 @@ impl Api {
         r.text().await.unwrap()
     }
 
+    /// The same, waiting (up to 10 s) for a user created on another node to replicate here.
+    pub async fn login_soon(&self, email: &str, password: &str) -> String {
+        super::service::poll(std::time::Duration::from_secs(10), "the user on this node", || async {
+            let r = self
+                .http
+                .post(self.url("/login"))
+                .basic_auth(email, Some(password))
+                .send()
+                .await
+                .unwrap();
+            if r.status() != StatusCode::OK {
+                return None;
+            }
+            Some(r.text().await.unwrap())
+        })
+        .await
+    }
+
     pub async fn upload_as(&self, path: &str, token: &str, file: &Path, key: Option<&str>) -> reqwest::Response {
         let bytes = std::fs::read(file).unwrap();
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
