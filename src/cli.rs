@@ -256,14 +256,20 @@ fn run_user_add(args: &UserAddArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn run_user_remove(args: &UserRemoveArgs) -> Result<(), CliError> {
-    let email = normalize_email(&args.email)
-        .ok_or_else(|| CliError::Usage(format!("{:?} is not an email address", args.email)))?;
-    let db = args.data_dir.join("node.db");
+/// The normalized email and the database of an existing data dir.
+fn existing(email: &str, data_dir: &std::path::Path) -> Result<(String, Store), CliError> {
+    let normalized =
+        normalize_email(email).ok_or_else(|| CliError::Usage(format!("{email:?} is not an email address")))?;
+    let db = data_dir.join("node.db");
     if !db.exists() {
         return Err(CliError::Usage(format!("no database at {}", db.display())));
     }
-    let mut store = Store::open(&db).map_err(|e| CliError::Service(e.into()))?;
+    let store = Store::open(&db).map_err(|e| CliError::Service(e.into()))?;
+    Ok((normalized, store))
+}
+
+fn run_user_remove(args: &UserRemoveArgs) -> Result<(), CliError> {
+    let (email, mut store) = existing(&args.email, &args.data_dir)?;
     if !store.remove_user(&email).map_err(|e| CliError::Service(e.into()))? {
         return Err(CliError::Usage(format!("no user {email}")));
     }
@@ -273,13 +279,7 @@ fn run_user_remove(args: &UserRemoveArgs) -> Result<(), CliError> {
 }
 
 fn run_user_set(args: &UserSetArgs) -> Result<(), CliError> {
-    let email = normalize_email(&args.email)
-        .ok_or_else(|| CliError::Usage(format!("{:?} is not an email address", args.email)))?;
-    let db = args.data_dir.join("node.db");
-    if !db.exists() {
-        return Err(CliError::Usage(format!("no database at {}", db.display())));
-    }
-    let mut store = Store::open(&db).map_err(|e| CliError::Service(e.into()))?;
+    let (email, mut store) = existing(&args.email, &args.data_dir)?;
     let user = store
         .user(&email)
         .map_err(|e| CliError::Service(e.into()))?

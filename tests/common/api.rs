@@ -40,8 +40,8 @@ impl Api {
         assert_eq!(r.status(), StatusCode::CREATED, "create {email}");
     }
 
-    /// The seed's login: HTTP Basic, the JWT as the body.
-    pub async fn login(&self, email: &str, password: &str) -> String {
+    /// The seed's login: HTTP Basic, the JWT as the body (`None` if refused).
+    async fn try_login(&self, email: &str, password: &str) -> Option<String> {
         let r = self
             .http
             .post(self.url("/login"))
@@ -49,24 +49,22 @@ impl Api {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "login {email}");
-        r.text().await.unwrap()
+        if r.status() != StatusCode::OK {
+            return None;
+        }
+        Some(r.text().await.unwrap())
+    }
+
+    /// The seed's login: HTTP Basic, the JWT as the body.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let token = self.try_login(email, password).await;
+        token.unwrap_or_else(|| panic!("login {email}"))
     }
 
     /// The same, waiting (up to 10 s) for a user created on another node to replicate here.
     pub async fn login_soon(&self, email: &str, password: &str) -> String {
-        super::service::poll(std::time::Duration::from_secs(10), "the user on this node", || async {
-            let r = self
-                .http
-                .post(self.url("/login"))
-                .basic_auth(email, Some(password))
-                .send()
-                .await
-                .unwrap();
-            if r.status() != StatusCode::OK {
-                return None;
-            }
-            Some(r.text().await.unwrap())
+        super::service::poll(std::time::Duration::from_secs(10), "the user on this node", || {
+            self.try_login(email, password)
         })
         .await
     }
