@@ -18,8 +18,10 @@ mod quota;
 mod route;
 mod seed;
 pub mod serve;
+pub mod session;
 mod tus;
 mod upload;
+mod web;
 mod webhooks;
 
 use std::sync::Arc;
@@ -88,7 +90,7 @@ impl AppState {
 
 /// The whole API, and its OpenAPI document (published at `/openapi.json`).
 pub fn router(state: AppState) -> Router {
-    let (router, document) = openapi::router()
+    let (router, mut document) = openapi::router()
         .merge(health::router())
         .merge(auth::router())
         .merge(cluster::router())
@@ -97,11 +99,14 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(quota::router())
         .merge(archive::router())
+        .merge(session::router())
+        .merge(web::router())
         .merge(tus::router())
         .merge(download::router())
         .merge(seed::router())
         .merge(metrics::router())
         .split_for_parts();
+    openapi::add_session_alternative(&mut document);
     openapi::publish(&document);
     router
         .fallback(no_route)
@@ -171,14 +176,14 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// An authenticated caller (a valid `Authorization: Bearer` access token).
+/// An authenticated caller: a valid `Authorization: Bearer` access token, or the web
+/// session's cookie (with its CSRF token on state-changing requests; `http/session.rs`).
 pub struct Authed(pub Principal);
 
-impl<S: Send + Sync> FromRequestParts<S> for Authed {
+impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or_else(ApiError::missing_credentials)?;
-        verify(token).await.map(Authed)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        session::caller(state, parts).await.map(Authed)
     }
 }

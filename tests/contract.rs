@@ -43,6 +43,17 @@ async fn the_document_lists_every_route_and_every_listed_route_is_served() {
     let schemes = &document["components"]["securitySchemes"];
     assert_eq!(schemes["basic"]["scheme"], "basic");
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(
+        (schemes["session"]["type"].as_str(), schemes["session"]["in"].as_str()),
+        (Some("apiKey"), Some("cookie"))
+    );
+    assert_eq!(schemes["session"]["name"], "mp4tomp3_session");
+    // Every route that takes a Bearer token takes the web session too.
+    let jobs_get = &document["paths"]["/v1/jobs/{id}"]["get"]["security"];
+    assert!(
+        jobs_get.as_array().unwrap().iter().any(|r| r.get("session").is_some()),
+        "{jobs_get}"
+    );
 
     // The seed's routes and every /v1 route, by name: a route dropped from the document (or
     // from the router) fails here.
@@ -57,6 +68,12 @@ async fn the_document_lists_every_route_and_every_listed_route_is_served() {
         ("DELETE", "/v1/users/{email}"),
         ("GET", "/v1/users/{email}/quota"),
         ("GET", "/v1/jobs/archive"),
+        ("POST", "/v1/session"),
+        ("GET", "/v1/session"),
+        ("DELETE", "/v1/session"),
+        ("GET", "/"),
+        ("GET", "/app.js"),
+        ("GET", "/app.css"),
         ("POST", "/v1/jobs/archive"),
         ("PUT", "/v1/users/{email}/quota"),
         ("POST", "/v1/jobs"),
@@ -208,7 +225,7 @@ fn schemathesis_finds_no_failure() {
     let (selected, tested) = (count("Selected:"), count("Tested:"));
     assert_eq!(
         (selected, tested),
-        (30, 30),
+        (36, 36),
         "every operation but /openapi.json and the event stream was tested:\n{text}"
     );
 }

@@ -28,6 +28,8 @@ pub const LEEWAY_SECS: u64 = 5;
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Signs a web session's CSRF token (derived from the same secret, for this use only).
+    csrf: aws_lc_rs::hmac::Key,
 }
 
 impl fmt::Debug for Keys {
@@ -80,10 +82,29 @@ fn now_secs() -> u64 {
 impl Keys {
     /// Keys from the shared secret; `None` for an empty secret.
     pub fn new(secret: &[u8]) -> Option<Self> {
+        if secret.is_empty() {
+            return None;
+        }
+        let derived = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
+            b"mp4tomp3 web session csrf",
+        );
         Some(Keys {
             encoding: EncodingKey::from_secret(secret).ok()?,
             decoding: DecodingKey::from_secret(secret).ok()?,
+            csrf: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref()),
         })
+    }
+
+    /// The CSRF token of a web session (its access token): requests made with the session
+    /// cookie must send it, which a page of another origin cannot read.
+    pub fn csrf_token(&self, session: &str) -> String {
+        hex::encode(aws_lc_rs::hmac::sign(&self.csrf, session.as_bytes()).as_ref())
+    }
+
+    /// Whether `given` is the CSRF token of `session` (compared in constant time).
+    pub fn csrf_ok(&self, session: &str, given: &str) -> bool {
+        hex::decode(given.trim()).is_ok_and(|tag| aws_lc_rs::hmac::verify(&self.csrf, session.as_bytes(), &tag).is_ok())
     }
 
     fn validation(audience: &str) -> Validation {

@@ -462,10 +462,14 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         .unwrap_or("")
         .to_ascii_lowercase();
     let (parts, body) = request.into_parts();
-    let header_auth = super::bearer(&parts.headers).map(str::to_string);
+    // A Bearer token or the web session (checked before any body is read).
+    let header_who = match super::session::caller(&state, &parts).await {
+        Ok(who) => Some(who),
+        Err(e) if e.code == "missing_credentials" => None,
+        Err(e) => return Err(e),
+    };
     if content_type.starts_with("multipart/form-data") {
-        let token = header_auth.ok_or_else(ApiError::missing_credentials)?;
-        let who = super::verify(&token).await?;
+        let who = header_who.ok_or_else(ApiError::missing_credentials)?;
         let multipart = upload::multipart(Request::from_parts(parts, body), &state, &who, key.as_deref()).await?;
         let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required");
         let upload = upload::receive(multipart, &state.config, one_file).await?;
@@ -473,10 +477,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     } else if content_type.starts_with("application/json") {
         // The seed's download request may carry the token in the body; a header is checked
         // first, so a caller without one can only make us read MAX_JSON_BYTES.
-        let who = match &header_auth {
-            Some(token) => Some(super::verify(token).await?),
-            None => None,
-        };
+        let who = header_who;
         let over = upload::declared_length(&parts.headers).is_some_and(|n| n > super::MAX_JSON_BYTES as u64);
         let read = if over {
             None

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use axum::http::header::CACHE_CONTROL;
 use axum::response::IntoResponse;
 use serde::Serialize;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -48,6 +48,7 @@ use super::events::EventJson;
         (name = "downloads", description = "The MP3s"),
         (name = "webhooks", description = "Signed calls to your URL when jobs end"),
         (name = "uploads", description = "Resumable uploads (tus 1.0.0) for big files"),
+        (name = "web", description = "The web page (`/`) and its session"),
         (name = "seed", description = "The original project's routes, kept for its users"),
         (name = "operations", description = "Health, readiness, metrics, the cluster, this document"),
     )
@@ -65,6 +66,53 @@ impl Modify for SecuritySchemes {
         bearer.bearer_format = Some("JWT".into());
         bearer.description = Some("An access token from `POST /v1/auth/token` or `POST /login`".into());
         components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::http::session::COOKIE_NAME,
+                "The web page's session (`POST /v1/session`); state-changing requests made with \
+                 it also need `X-CSRF-Token` and our `Origin`",
+            ))),
+        );
+    }
+}
+
+/// Every operation that takes a Bearer token takes the web session cookie as well; a
+/// state-changing one made with the cookie may be refused with `403` (no CSRF token, or
+/// another origin).
+pub fn add_session_alternative(document: &mut utoipa::openapi::OpenApi) {
+    let session = SecurityRequirement::new("session", Vec::<String>::new());
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.head, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, true),
+            (&mut item.patch, true),
+        ];
+        for (operation, changes) in operations {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            let Some(security) = operation.security.as_mut() else {
+                continue;
+            };
+            let bearer = security
+                .iter()
+                .any(|r| serde_json::to_value(r).is_ok_and(|v| v.get("bearer").is_some()));
+            if !bearer || security.contains(&session) {
+                continue;
+            }
+            security.push(session.clone());
+            if changes {
+                operation
+                    .responses
+                    .responses
+                    .entry("403".to_string())
+                    .or_insert_with(|| utoipa::openapi::Ref::from_response_name("Forbidden").into());
+            }
+        }
     }
 }
 

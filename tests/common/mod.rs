@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod api;
+pub mod browser;
 pub mod kube_stub;
 pub mod receiver;
 pub mod service;

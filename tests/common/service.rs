@@ -71,7 +71,11 @@ impl Node {
             .arg("serve")
             .arg("--data-dir")
             .arg(data)
-            .args(["--http", "127.0.0.1:0"])
+            .args(if args.iter().any(|a| a == "--http") {
+                &[][..]
+            } else {
+                &["--http", "127.0.0.1:0"][..]
+            })
             .args(if args.iter().any(|a| a == "--node-name") {
                 &[][..]
             } else {

@@ -1,0 +1,195 @@
+//! The web page's session: `POST /v1/session` signs in and sets an `HttpOnly`,
+//! `SameSite=Strict` cookie holding an access token (`Secure` when the public URL is
+//! https); `GET` says who is signed in; `DELETE` signs out. API clients keep using Bearer
+//! tokens.
+//!
+//! Every route takes either: [`caller`] accepts `Authorization: Bearer` first, else the
+//! cookie. A state-changing request (anything but `GET`/`HEAD`/`OPTIONS`) made with the
+//! cookie must also come from our origin (`Origin`, when the browser sends it, names this
+//! server) and carry the session's CSRF token in `X-CSRF-Token`: an HMAC of the session's
+//! token that only our own page can read (it is in the sign-in answer and `GET`), so a page
+//! of another origin cannot forge one.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cookie::{Cookie, SameSite};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{BadRequest, Forbidden, TooLarge, TooManyRequests, Unauthorized, Unavailable};
+use super::{ApiError, AppState, bearer, verify};
+use crate::auth::Principal;
+
+/// The session cookie's name.
+pub const COOKIE_NAME: &str = "mp4tomp3_session";
+/// The header carrying the CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sign_in, current, sign_out))
+}
+
+/// The session token in the request's cookies, if any.
+fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE_NAME)
+        .map(|c| c.value().to_string())
+}
+
+/// Whether `origin` is this server: the configured public URL's origin, or the `Host` the
+/// request was sent to.
+fn same_origin(state: &AppState, headers: &HeaderMap, origin: &str) -> bool {
+    let public = url::Url::parse(&state.config.public_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization());
+    if public.as_deref() == Some(origin) {
+        return true;
+    }
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    host.is_some() && origin_host == host
+}
+
+/// The caller: a Bearer token, else the session cookie (with, on a state-changing method,
+/// our origin and the CSRF token).
+pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
+    if let Some(token) = bearer(&parts.headers) {
+        return verify(token).await;
+    }
+    let token = session_token(&parts.headers).ok_or_else(ApiError::missing_credentials)?;
+    if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        check_origin(state, &parts.headers)?;
+        let given = parts
+            .headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !state.config.keys.csrf_ok(&token, given) {
+            return Err(ApiError::forbidden(
+                "a request made with the session cookie needs its X-CSRF-Token",
+            ));
+        }
+    }
+    verify(&token).await
+}
+
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("")) {
+        Some(origin) if !same_origin(state, headers, origin) => Err(ApiError::forbidden(
+            "a request from another origin may not use the session cookie",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn session_cookie(state: &AppState, value: String, max_age: cookie::time::Duration) -> HeaderValue {
+    let cookie = Cookie::build((COOKIE_NAME, value))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(state.config.public_url.starts_with("https://"))
+        .path("/")
+        .max_age(max_age)
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Who is signed in.
+#[derive(Serialize, ToSchema)]
+struct SessionJson {
+    /// The user.
+    email: String,
+    /// An admin.
+    admin: bool,
+    /// Send it as `X-CSRF-Token` with every state-changing request made with the cookie.
+    csrf_token: String,
+}
+
+/// An email and password.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ann@example.com", "password": "correct horse battery"}))]
+struct SignIn {
+    email: String,
+    password: String,
+}
+
+/// Signs in (as `POST /v1/auth/token`: throttled, with lockout) and sets the session cookie.
+#[utoipa::path(post, path = "/v1/session", tag = "auth", operation_id = "sign_in",
+    request_body = SignIn,
+    responses(
+        (status = 200, description = "Signed in; `Set-Cookie` holds the session", body = SessionJson,
+            headers(("Set-Cookie" = String))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = TooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ))]
+async fn sign_in(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    // A page of another origin may not sign a browser in (login CSRF).
+    check_origin(&state, &headers)?;
+    let Json(body) = body.map_err(ApiError::json)?;
+    let issued = super::auth::login(body.email, body.password, client.ip()).await?;
+    let who = verify(&issued.token).await?;
+    let ttl = cookie::time::Duration::seconds(i64::try_from(issued.expires_in).unwrap_or(3600));
+    let answer = SessionJson {
+        email: who.email,
+        admin: who.admin,
+        csrf_token: state.config.keys.csrf_token(&issued.token),
+    };
+    let mut response = Json(answer).into_response();
+    let cookie = session_cookie(&state, issued.token, ttl);
+    response.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// Who the session cookie signs in, and its CSRF token.
+#[utoipa::path(get, path = "/v1/session", tag = "auth", operation_id = "get_session",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "Signed in", body = SessionJson),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ))]
+async fn current(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SessionJson>, ApiError> {
+    let token = session_token(&headers).ok_or_else(ApiError::missing_credentials)?;
+    let who = verify(&token).await?;
+    Ok(Json(SessionJson {
+        email: who.email,
+        admin: who.admin,
+        csrf_token: state.config.keys.csrf_token(&token),
+    }))
+}
+
+/// Signs out: the cookie is cleared.
+#[utoipa::path(delete, path = "/v1/session", tag = "auth", operation_id = "sign_out",
+    responses(
+        (status = 204, description = "Signed out", headers(("Set-Cookie" = String))),
+        (status = 403, response = Forbidden),
+    ))]
+async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    // Signing out is harmless, but another origin may not do it either.
+    check_origin(&state, &headers)?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let cookie = session_cookie(&state, String::new(), cookie::time::Duration::ZERO);
+    response.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(response)
+}

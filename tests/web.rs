@@ -1,0 +1,455 @@
+//! The web page in a real browser (headless Chromium through chromedriver): sign in, convert
+//! several files at once, see them end live, download, stay safe with hostile file names,
+//! and meet WCAG 2.1 AA (axe-core). Screenshots of every page at 375 and 1280 px are saved
+//! under `target/screenshots/`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::Api;
+use common::browser::Browser;
+use common::service::{ADMIN, Node, poll};
+use fantoccini::Locator;
+
+const XSS: &str = "<img src=x onerror=alert(1)>.mp4";
+
+async fn sign_in(b: &Browser, email: &str, password: &str) {
+    let c = &b.client;
+    c.find(Locator::Id("signin-email"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    c.find(Locator::Id("signin-email"))
+        .await
+        .unwrap()
+        .send_keys(email)
+        .await
+        .unwrap();
+    c.find(Locator::Id("signin-password"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    c.find(Locator::Id("signin-password"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#signin-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn no_violations(b: &Browser, page: &str) {
+    let found = b.axe().await;
+    assert!(found.is_empty(), "axe-core on the {page} page: {found:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_signs_in_converts_two_files_at_once_and_downloads_the_mp3() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let b = Browser::start(&dir.path().join("downloads")).await;
+    b.client.goto(&node.url("/")).await.unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the sign-in form",
+        "!document.getElementById('view-signin').hidden",
+    )
+    .await;
+    b.screenshots("signin").await;
+    no_violations(&b, "sign-in").await;
+
+    // A wrong password says so, in words.
+    sign_in(&b, ADMIN.0, "not the password").await;
+    b.until(
+        Duration::from_secs(10),
+        "the wrong-password message",
+        "document.getElementById('signin-error').textContent.includes('Wrong email or password')",
+    )
+    .await;
+    sign_in(&b, ADMIN.0, ADMIN.1).await;
+    b.until(
+        Duration::from_secs(10),
+        "the convert page",
+        "!document.getElementById('view-convert').hidden",
+    )
+    .await;
+    // The session is an HttpOnly cookie: the page's script cannot read it.
+    assert_eq!(b.js("return document.cookie").await, "");
+    b.screenshots("convert").await;
+    no_violations(&b, "convert").await;
+
+    // Two files at once: a real M4A and a text file under a hostile name.
+    let good = dir.path().join("talk.m4a");
+    std::fs::copy(common::tone("web_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]), &good).unwrap();
+    let bad = dir.path().join(XSS);
+    std::fs::write(&bad, "this is not a video").unwrap();
+    let input = b.client.find(Locator::Id("files")).await.unwrap();
+    let both = format!("{}\n{}", good.display(), bad.display());
+    input.send_keys(&both).await.unwrap();
+    b.until(
+        Duration::from_secs(60),
+        "one done and one failed",
+        "document.querySelectorAll('#uploads li.done').length === 1 && \
+         document.querySelectorAll('#uploads li.failed').length === 1",
+    )
+    .await;
+    let failed = b
+        .js("const li = document.querySelector('#uploads li.failed'); \
+             return [li.querySelector('.name').textContent, li.querySelector('.reason').textContent]")
+        .await;
+    assert_eq!(failed[0], XSS, "the name is shown as text");
+    assert_eq!(failed[1], "This file is not an MP4/M4A/MOV video or audio file");
+    // Nothing of the name became markup, and no script ran.
+    assert_eq!(b.js("return document.querySelectorAll('main img').length").await, 0);
+    assert!(b.client.get_alert_text().await.is_err(), "no alert");
+    b.screenshots("convert-done").await;
+
+    // My jobs: both there, live; the download is the API's MP3, byte for byte.
+    b.client.goto(&node.url("/#jobs")).await.unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the jobs list",
+        "document.querySelectorAll('#jobs li').length === 2",
+    )
+    .await;
+    b.screenshots("jobs").await;
+    no_violations(&b, "jobs").await;
+    let id = b
+        .js("return document.querySelector('#jobs li.done').dataset.job")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.client
+        .find(Locator::Css("#jobs li.done .item-actions a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let mp3 = api.mp3(&token, &id).await;
+    let downloaded = poll(Duration::from_secs(20), "the downloaded MP3", || async {
+        let file = b.downloads.join("talk.mp3");
+        let bytes = std::fs::read(&file).ok()?;
+        (bytes.len() == mp3.len()).then_some(bytes)
+    })
+    .await;
+    assert!(downloaded == mp3, "the browser's download is the MP3");
+
+    for (view, name) in [("account", "account"), ("admin", "admin")] {
+        b.client.goto(&node.url(&format!("/#{view}"))).await.unwrap();
+        b.until(
+            Duration::from_secs(10),
+            view,
+            &format!("!document.getElementById('view-{view}').hidden"),
+        )
+        .await;
+        if view == "admin" {
+            b.until(
+                Duration::from_secs(10),
+                "the cluster table",
+                "document.querySelectorAll('#cluster tbody tr').length >= 1",
+            )
+            .await;
+        }
+        b.screenshots(name).await;
+        no_violations(&b, name).await;
+    }
+    b.close().await;
+}
+
+/// A valid 2 s M4A followed by a `free` box of `extra` bytes: big, quick to convert.
+fn big_m4a(dir: &std::path::Path, extra: usize) -> std::path::PathBuf {
+    let tone = common::tone("web_big_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let mut bytes = std::fs::read(tone).unwrap();
+    bytes.extend_from_slice(&((16 + extra) as u32).to_be_bytes());
+    bytes.extend_from_slice(b"free");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    bytes.extend((0..extra).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    }));
+    let path = dir.join("lecture.m4a");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_by_a_server_restart_resumes_by_itself_and_a_queued_job_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    // No converter: jobs wait in the queue (to be canceled).
+    let mut node = Node::start(
+        &dir.path().join("a"),
+        &["--http", &http, "--converter-slots", "0", "--keep-inputs"],
+    )
+    .await;
+    let b = Browser::start(&dir.path().join("downloads")).await;
+    b.client.goto(&node.url("/")).await.unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the sign-in form",
+        "!document.getElementById('view-signin').hidden",
+    )
+    .await;
+    sign_in(&b, ADMIN.0, ADMIN.1).await;
+    b.until(
+        Duration::from_secs(10),
+        "the convert page",
+        "!document.getElementById('view-convert').hidden",
+    )
+    .await;
+    let file = big_m4a(dir.path(), 300 << 20);
+    let input = b.client.find(Locator::Id("files")).await.unwrap();
+    input.send_keys(file.to_str().unwrap()).await.unwrap();
+    // Once some of it is on the server, the server dies and comes back on the same port.
+    b.until(
+        Duration::from_secs(30),
+        "the upload under way",
+        "Number(document.querySelector('#uploads li .bar').getAttribute('aria-valuenow')) >= 3",
+    )
+    .await;
+    node.kill9();
+    b.until(
+        Duration::from_secs(20),
+        "the page to notice",
+        "document.querySelector('#uploads li .detail').textContent.includes('resuming')",
+    )
+    .await;
+    b.screenshots("convert-resuming").await;
+    node.restart().await;
+    b.until(
+        Duration::from_secs(120),
+        "the upload to finish as a job",
+        "document.querySelector('#uploads li').dataset.job !== undefined",
+    )
+    .await;
+    let id = b.js("return document.querySelector('#uploads li').dataset.job").await;
+    let id = id.as_str().unwrap().to_string();
+    let stored = std::fs::read(node.data.join("jobs").join(&id).join("input.mp4")).unwrap();
+    assert!(
+        stored == std::fs::read(&file).unwrap(),
+        "the resumed upload is the file, byte for byte"
+    );
+
+    // The job waits (no converter); Cancel from My jobs.
+    b.client.goto(&node.url("/#jobs")).await.unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the queued job",
+        "document.querySelectorAll('#jobs li.queued').length === 1",
+    )
+    .await;
+    b.client
+        .find(Locator::Css("#jobs li.queued .item-actions button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the job canceled",
+        "document.querySelectorAll('#jobs li.canceled').length === 1",
+    )
+    .await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    assert_eq!(
+        api.get_json(&token, &format!("/v1/jobs/{id}")).await["state"],
+        "canceled"
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_converted_on_another_node_moves_live_on_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    // Signed in on A, which converts nothing; B converts.
+    let nodes = common::service::cluster(dir.path(), &[0, 1]).await;
+    let b = Browser::start(&dir.path().join("downloads")).await;
+    b.client.goto(&nodes[0].url("/")).await.unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the sign-in form",
+        "!document.getElementById('view-signin').hidden",
+    )
+    .await;
+    sign_in(&b, ADMIN.0, ADMIN.1).await;
+    b.until(
+        Duration::from_secs(10),
+        "the convert page",
+        "!document.getElementById('view-convert').hidden",
+    )
+    .await;
+    // Record every progress the bar shows, without reloading.
+    b.js("window.seen = new Set(); setInterval(() => { const bar = document.querySelector('#uploads li .bar'); \
+          const li = document.querySelector('#uploads li'); \
+          if (bar && li && li.classList.contains('converting')) window.seen.add(bar.getAttribute('aria-valuenow')); }, 50); \
+          return 1;")
+        .await;
+    let long = common::tone("web_20min.m4a", 440, 44100, 1200.0, 1, &["-c:a", "aac", "-b:a", "32k"]);
+    let input = b.client.find(Locator::Id("files")).await.unwrap();
+    input.send_keys(long.to_str().unwrap()).await.unwrap();
+    b.until(
+        Duration::from_secs(120),
+        "done",
+        "document.querySelectorAll('#uploads li.done').length === 1",
+    )
+    .await;
+    let seen = b.js("return [...window.seen].map(Number).sort((a, b) => a - b)").await;
+    let seen: Vec<u64> = serde_json::from_value(seen).unwrap();
+    assert!(
+        seen.iter().filter(|p| **p > 0 && **p < 100).count() >= 2,
+        "the bar moved while B converted: {seen:?}"
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_cookie_is_httponly_strict_and_needs_our_origin_and_its_csrf_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let http = reqwest::Client::new();
+    let page = http.get(node.url("/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    for part in [
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+        "default-src 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("<script src=\"/app.js\" defer></script>")
+    );
+
+    let sign_in = |password: &str| {
+        http.post(node.url("/v1/session"))
+            .json(&serde_json::json!({"email": ADMIN.0, "password": password}))
+            .send()
+    };
+    assert_eq!(sign_in("wrong").await.unwrap().status(), 401);
+    let r = sign_in(ADMIN.1).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for part in ["mp4tomp3_session=", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(part), "{set}");
+    }
+    assert!(!set.contains("Secure"), "plain http: {set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let csrf = r.json::<serde_json::Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Reads need only the cookie.
+    let r = http
+        .get(node.url("/v1/jobs"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let me = http
+        .get(node.url("/v1/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.json::<serde_json::Value>().await.unwrap()["csrf_token"],
+        csrf.as_str()
+    );
+    // Changes need the CSRF token, and our origin.
+    let change = |token: Option<&str>, origin: Option<&str>| {
+        let mut r = http
+            .put(node.url("/v1/me/webhook"))
+            .header("cookie", &cookie)
+            .json(&serde_json::json!({"url": "http://127.0.0.1:9/hook"}));
+        if let Some(t) = token {
+            r = r.header("x-csrf-token", t);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    assert_eq!(change(None, None).await.unwrap().status(), 403);
+    assert_eq!(change(Some("00ff"), None).await.unwrap().status(), 403);
+    assert_eq!(
+        change(Some(&csrf), Some("http://evil.example")).await.unwrap().status(),
+        403
+    );
+    let own = node.url("");
+    let r = change(Some(&csrf), Some(&own)).await.unwrap();
+    assert!(
+        ![401, 403].contains(&r.status().as_u16()),
+        "authenticated: {}",
+        r.status()
+    );
+    // A Bearer token needs neither.
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let r = http
+        .delete(node.url("/v1/me/webhook"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(![401, 403].contains(&r.status().as_u16()), "{}", r.status());
+    // Another origin cannot sign a browser in.
+    let r = http
+        .post(node.url("/v1/session"))
+        .header("origin", "http://evil.example")
+        .json(&serde_json::json!({"email": ADMIN.0, "password": ADMIN.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Signing out clears the cookie.
+    let r = http
+        .delete(node.url("/v1/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+
+    // Behind https, the cookie is Secure.
+    let secure = Node::start(&dir.path().join("b"), &["--public-url", "https://mp3.example.org"]).await;
+    let r = http
+        .post(secure.url("/v1/session"))
+        .header("origin", "https://mp3.example.org")
+        .json(&serde_json::json!({"email": ADMIN.0, "password": ADMIN.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Secure"));
+}
