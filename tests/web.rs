@@ -163,6 +163,45 @@ async fn a_user_signs_in_converts_two_files_at_once_and_downloads_the_mp3() {
                 "document.querySelectorAll('#cluster tbody tr').length >= 1",
             )
             .await;
+            // Add a user from the form, then make them an admin from the list.
+            let c = &b.client;
+            c.find(Locator::Id("user-email"))
+                .await
+                .unwrap()
+                .send_keys("bob@example.com")
+                .await
+                .unwrap();
+            c.find(Locator::Id("user-password"))
+                .await
+                .unwrap()
+                .send_keys("bob-password-1")
+                .await
+                .unwrap();
+            c.find(Locator::Css("#user-form button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            b.until(
+                Duration::from_secs(10),
+                "Bob in the list",
+                "[...document.querySelectorAll('#users tbody th')].some(t => t.textContent === 'bob@example.com')",
+            )
+            .await;
+            b.js("const row = [...document.querySelectorAll('#users tbody tr')]                    .find(r => r.querySelector('th').textContent === 'bob@example.com');                  row.querySelector('button').click(); return 1;")
+                .await;
+            let users = poll(Duration::from_secs(10), "Bob an admin", || async {
+                let users = api.get_json(&token, "/v1/users").await;
+                let bob = users
+                    .as_array()?
+                    .iter()
+                    .find(|u| u["email"] == "bob@example.com")?
+                    .clone();
+                (bob["admin"] == true).then_some(users)
+            })
+            .await;
+            assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
         }
         b.screenshots(name).await;
         no_violations(&b, name).await;

@@ -92,8 +92,12 @@ function show(view) {
     else a.removeAttribute("aria-current");
   }
   document.title = `${view === "signin" ? "Sign in" : $(`${view}-title`).textContent} · mp4tomp3`;
-  if (view === "admin") startCluster();
-  else stopCluster();
+  if (view === "admin") {
+    startCluster();
+    loadUsers();
+  } else {
+    stopCluster();
+  }
   if (view === "account") loadWebhook();
 }
 
@@ -587,6 +591,45 @@ $("webhook-rotate").addEventListener("click", async () => {
 
 // ---- admin ----
 
+async function loadUsers() {
+  try {
+    const users = await json("GET", "/v1/users");
+    const rows = users.map((u) => {
+      const role = el("button", { type: "button", class: "secondary",
+        text: u.admin ? "Remove admin" : "Make admin",
+        "aria-label": `${u.admin ? "Remove admin rights from" : "Make admin:"} ${u.email}` });
+      role.addEventListener("click", () => setAdmin(u.email, !u.admin));
+      const quota = el("button", { type: "button", class: "secondary", text: "Quota",
+        "aria-label": `Quota of ${u.email}` });
+      quota.addEventListener("click", () => {
+        $("quota-email").value = u.email;
+        $("quota-load").click();
+        $("quota-email").focus();
+      });
+      const self = S.me && u.email === S.me.email;
+      const actions = el("td", { class: "row-actions" });
+      if (!self) actions.append(role);
+      actions.append(quota);
+      return el("tr", {}, el("th", { scope: "row", text: u.email }),
+        el("td", { text: u.admin ? "admin" : "user" }), actions);
+    });
+    $("users").querySelector("tbody").replaceChildren(...rows);
+  } catch (_) { /* shown next time */ }
+}
+
+async function setAdmin(email, admin) {
+  const out = $("user-msg");
+  try {
+    await json("PATCH", `/v1/users/${encodeURIComponent(email)}`, { admin });
+    out.className = "msg";
+    out.textContent = admin ? `${email} is now an admin.` : `${email} is no longer an admin.`;
+    loadUsers();
+  } catch (e) {
+    out.className = "msg bad";
+    out.textContent = e.message;
+  }
+}
+
 $("user-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const out = $("user-msg");
@@ -597,6 +640,7 @@ $("user-form").addEventListener("submit", async (ev) => {
     });
     out.textContent = `${u.email} added${u.admin ? " as an admin" : ""}.`;
     $("user-password").value = "";
+    loadUsers();
   } catch (e) {
     out.className = "msg bad";
     out.textContent = e.message;
@@ -647,6 +691,7 @@ $("user-remove").addEventListener("click", async () => {
     await api("DELETE", `/v1/users/${encodeURIComponent(email)}`);
     $("quota-msg").className = "msg";
     $("quota-msg").textContent = `${email} removed.`;
+    loadUsers();
   } catch (e) {
     $("quota-msg").className = "msg bad";
     $("quota-msg").textContent = e.message;

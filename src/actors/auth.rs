@@ -110,6 +110,21 @@ pub enum AuthMsg {
         /// The settings after it, and a signing secret made by it (shown once), or why not.
         reply: RpcReplyPort<Result<(WebhookSettings, Option<String>), AuthError>>,
     },
+    /// Every live user: email and admin flag.
+    ListUsers {
+        /// The users, by email.
+        reply: RpcReplyPort<Result<Vec<(String, bool)>, AuthError>>,
+    },
+    /// Make a user an admin or not (admins only; the gateway checks): their tokens stop
+    /// working on every node.
+    SetAdmin {
+        /// The email.
+        email: String,
+        /// Admin or not.
+        admin: bool,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), AuthError>>,
+    },
     /// Read a user's own limits, or set them first (admins only; the gateway checks).
     Quota {
         /// The email.
@@ -304,6 +319,22 @@ impl Actor for AuthActor {
                     };
                     let _ = reply.send(answer);
                 });
+            }
+            AuthMsg::ListUsers { reply } => {
+                let answer = state
+                    .db
+                    .run(|s| Ok(s.users()?.into_iter().map(|u| (u.email, u.is_admin)).collect()))
+                    .await;
+                let _ = reply.send(answer.map_err(AuthError::from));
+            }
+            AuthMsg::SetAdmin { email, admin, reply } => {
+                let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());
+                let answer = match state.db.run(move |s| s.set_admin(&key, admin)).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(AuthError::NoSuchUser),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(answer);
             }
             AuthMsg::Quota { email, set, reply } => {
                 let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());

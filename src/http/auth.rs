@@ -22,8 +22,8 @@ use crate::actors::{CALL_TIMEOUT, Role, ask};
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(token))
-        .routes(routes!(create_user))
-        .routes(routes!(remove_user))
+        .routes(routes!(create_user, list_users))
+        .routes(routes!(remove_user, change_user))
         .routes(routes!(change_password))
 }
 
@@ -148,6 +148,83 @@ async fn create_user(
     )
     .await??;
     Ok((StatusCode::CREATED, Json(User { email, admin })))
+}
+
+/// Every user (admins only), by email.
+#[utoipa::path(get, path = "/v1/users", tag = "auth", operation_id = "list_users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The users", body = Vec<User>),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ))]
+async fn list_users(Authed(who): Authed) -> Result<Json<Vec<User>>, ApiError> {
+    if !who.admin {
+        return Err(ApiError::forbidden("only admins list users"));
+    }
+    let users = ask(Role::Auth, |reply| AuthMsg::ListUsers { reply }, CALL_TIMEOUT).await??;
+    Ok(Json(
+        users.into_iter().map(|(email, admin)| User { email, admin }).collect(),
+    ))
+}
+
+/// What changes about a user.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"admin": true}))]
+struct UserChange {
+    /// Make the user an admin, or not: their tokens stop working (they sign in again).
+    admin: bool,
+}
+
+/// Makes a user an admin or not (admins only), on every node.
+#[utoipa::path(patch, path = "/v1/users/{email}", tag = "auth", operation_id = "change_user",
+    security(("bearer" = [])),
+    params(("email" = String, Path, description = "The user's email")),
+    request_body = UserChange,
+    responses(
+        (status = 200, description = "Changed", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 415, description = "Not JSON"),
+        (status = 503, response = Unavailable),
+    ))]
+async fn change_user(
+    Authed(who): Authed,
+    Path(email): Path<String>,
+    body: Result<Json<UserChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<User>, ApiError> {
+    if !who.admin {
+        return Err(ApiError::forbidden("only admins change users"));
+    }
+    let Json(body) = body.map_err(ApiError::json)?;
+    if email.trim().eq_ignore_ascii_case(&who.email) && !body.admin {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "an admin cannot take their own admin rights",
+        ));
+    }
+    let admin = body.admin;
+    let key = email.clone();
+    ask(
+        Role::Auth,
+        |reply| AuthMsg::SetAdmin {
+            email: key,
+            admin,
+            reply,
+        },
+        CALL_TIMEOUT,
+    )
+    .await??;
+    Ok(Json(User {
+        email: email.trim().to_ascii_lowercase(),
+        admin,
+    }))
 }
 
 /// Removes a user (admins only): their tokens stop working on every node and every node

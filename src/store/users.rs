@@ -135,6 +135,29 @@ impl Store {
         })
     }
 
+    /// Makes a live user an admin or not; their tokens (which carry the flag) stop working.
+    /// Returns `false` if there is no such (live) user.
+    pub fn set_admin(&mut self, email: &str, admin: bool) -> Result<bool> {
+        let now = now_ms();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE users SET is_admin = ?2, token_gen = token_gen + 1, \
+                 updated_at_ms = max(?3, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
+                params![email, admin, now],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// Every live user, by email.
+    pub fn users(&self) -> Result<Vec<User>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM users WHERE removed = 0 ORDER BY email"))?;
+        let rows = stmt.query_map([], user_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The live user with this email.
     pub fn user(&self, email: &str) -> Result<Option<User>> {
         Ok(self
@@ -290,5 +313,22 @@ mod tests {
         assert!(store.add_user("ann@example.com", "h3", false).unwrap());
         let again = store.user("ann@example.com").unwrap().unwrap();
         assert!(again.token_gen > tombstone[0].token_gen);
+    }
+
+    #[test]
+    fn the_admin_flag_changes_with_a_new_token_generation_and_users_are_listed_live_only() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.add_user("bob@example.com", "h", false).unwrap();
+        store.add_user("ann@example.com", "h", false).unwrap();
+        store.add_user("gone@example.com", "h", false).unwrap();
+        store.remove_user("gone@example.com").unwrap();
+        let before = store.user("bob@example.com").unwrap().unwrap();
+        assert!(store.set_admin("bob@example.com", true).unwrap());
+        let after = store.user("bob@example.com").unwrap().unwrap();
+        assert!(after.is_admin && after.token_gen == before.token_gen + 1);
+        assert!(after.updated_at_ms > before.updated_at_ms, "it replicates");
+        assert!(!store.set_admin("gone@example.com", true).unwrap());
+        let emails: Vec<String> = store.users().unwrap().into_iter().map(|u| u.email).collect();
+        assert_eq!(emails, ["ann@example.com", "bob@example.com"]);
     }
 }
