@@ -15,37 +15,27 @@ use fantoccini::Locator;
 const XSS: &str = "<img src=x onerror=alert(1)>.mp4";
 
 async fn sign_in(b: &Browser, email: &str, password: &str) {
-    let c = &b.client;
-    c.find(Locator::Id("signin-email"))
-        .await
-        .unwrap()
-        .clear()
-        .await
-        .unwrap();
-    c.find(Locator::Id("signin-email"))
-        .await
-        .unwrap()
-        .send_keys(email)
-        .await
-        .unwrap();
-    c.find(Locator::Id("signin-password"))
-        .await
-        .unwrap()
-        .clear()
-        .await
-        .unwrap();
-    c.find(Locator::Id("signin-password"))
-        .await
-        .unwrap()
-        .send_keys(password)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#signin-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.fill("signin-email", email).await;
+    b.fill("signin-password", password).await;
+    b.click("#signin-form button[type=submit]").await;
+}
+
+/// Opens the page at `url`, signs in as the admin and waits for the convert page.
+async fn open_signed_in(b: &Browser, url: &str) {
+    b.client.goto(url).await.unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the sign-in form",
+        "!document.getElementById('view-signin').hidden",
+    )
+    .await;
+    sign_in(b, ADMIN.0, ADMIN.1).await;
+    b.until(
+        Duration::from_secs(10),
+        "the convert page",
+        "!document.getElementById('view-convert').hidden",
+    )
+    .await;
 }
 
 async fn no_violations(b: &Browser, page: &str) {
@@ -164,32 +154,18 @@ async fn a_user_signs_in_converts_two_files_at_once_and_downloads_the_mp3() {
             )
             .await;
             // Add a user from the form, then make them an admin from the list.
-            let c = &b.client;
-            c.find(Locator::Id("user-email"))
-                .await
-                .unwrap()
-                .send_keys("bob@example.com")
-                .await
-                .unwrap();
-            c.find(Locator::Id("user-password"))
-                .await
-                .unwrap()
-                .send_keys("bob-password-1")
-                .await
-                .unwrap();
-            c.find(Locator::Css("#user-form button[type=submit]"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            b.fill("user-email", "bob@example.com").await;
+            b.fill("user-password", "bob-password-1").await;
+            b.click("#user-form button[type=submit]").await;
             b.until(
                 Duration::from_secs(10),
                 "Bob in the list",
                 "[...document.querySelectorAll('#users tbody th')].some(t => t.textContent === 'bob@example.com')",
             )
             .await;
-            b.js("const row = [...document.querySelectorAll('#users tbody tr')]                    .find(r => r.querySelector('th').textContent === 'bob@example.com');                  row.querySelector('button').click(); return 1;")
+            b.js("const row = [...document.querySelectorAll('#users tbody tr')]\
+                   .find(r => r.querySelector('th').textContent === 'bob@example.com');\
+                 row.querySelector('button').click(); return 1;")
                 .await;
             let users = poll(Duration::from_secs(10), "Bob an admin", || async {
                 let users = api.get_json(&token, "/v1/users").await;
@@ -243,20 +219,7 @@ async fn an_upload_cut_by_a_server_restart_resumes_by_itself_and_a_queued_job_ca
     )
     .await;
     let b = Browser::start(&dir.path().join("downloads")).await;
-    b.client.goto(&node.url("/")).await.unwrap();
-    b.until(
-        Duration::from_secs(10),
-        "the sign-in form",
-        "!document.getElementById('view-signin').hidden",
-    )
-    .await;
-    sign_in(&b, ADMIN.0, ADMIN.1).await;
-    b.until(
-        Duration::from_secs(10),
-        "the convert page",
-        "!document.getElementById('view-convert').hidden",
-    )
-    .await;
+    open_signed_in(&b, &node.url("/")).await;
     let file = big_m4a(dir.path(), 300 << 20);
     let input = b.client.find(Locator::Id("files")).await.unwrap();
     input.send_keys(file.to_str().unwrap()).await.unwrap();
@@ -326,20 +289,7 @@ async fn a_job_converted_on_another_node_moves_live_on_the_page() {
     // Signed in on A, which converts nothing; B converts.
     let nodes = common::service::cluster(dir.path(), &[0, 1]).await;
     let b = Browser::start(&dir.path().join("downloads")).await;
-    b.client.goto(&nodes[0].url("/")).await.unwrap();
-    b.until(
-        Duration::from_secs(10),
-        "the sign-in form",
-        "!document.getElementById('view-signin').hidden",
-    )
-    .await;
-    sign_in(&b, ADMIN.0, ADMIN.1).await;
-    b.until(
-        Duration::from_secs(10),
-        "the convert page",
-        "!document.getElementById('view-convert').hidden",
-    )
-    .await;
+    open_signed_in(&b, &nodes[0].url("/")).await;
     // Record every progress the bar shows, without reloading.
     b.js("window.seen = new Set(); setInterval(() => { const bar = document.querySelector('#uploads li .bar'); \
           const li = document.querySelector('#uploads li'); \

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::wd::Capabilities;
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 /// A headless Chromium with its own profile and download directory.
@@ -77,6 +77,24 @@ impl Browser {
             _profile: profile,
             downloads: downloads.to_path_buf(),
         }
+    }
+
+    /// Replaces the text of the input with this id.
+    pub async fn fill(&self, id: &str, text: &str) {
+        let input = self.client.find(Locator::Id(id)).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+
+    /// Clicks the element `css` selects.
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
     }
 
     /// Runs `script` (a function body; `arguments` as in WebDriver) and returns its value.
