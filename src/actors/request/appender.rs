@@ -14,9 +14,8 @@ use std::sync::{LazyLock, Mutex};
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::uploads::UploadCall;
-use super::{JobError, RequestMsg};
-use crate::actors::{CALL_TIMEOUT, Role, ask};
+use super::JobError;
+use super::uploads::{UploadCall, upload_call};
 use crate::store::{Files, Job, JobId, Upload};
 
 /// Bytes written between fsyncs (and recorded offsets) within one `PATCH`.
@@ -125,14 +124,6 @@ pub async fn job_of(upload: &Upload) -> Result<Option<Job>, JobError> {
     }
     let id = upload.new.id.clone();
     upload_call(|reply| UploadCall::Complete { id, reply }).await.map(Some)
-}
-
-async fn upload_call<T: Send + 'static>(
-    make: impl FnOnce(ractor::RpcReplyPort<Result<T, JobError>>) -> UploadCall,
-) -> Result<T, JobError> {
-    ask(Role::Request, |reply| RequestMsg::Upload(make(reply)), CALL_TIMEOUT)
-        .await
-        .map_err(|e| JobError::Io(std::io::Error::other(e)))?
 }
 
 impl Appender {

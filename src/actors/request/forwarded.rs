@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::JobError;
 use super::appender::{AppendError, Appender, Opened, Written};
 use super::jobs::{self, JobsMsg, RemoteError};
-use super::uploads::{UploadCall, UploadState};
-use super::{JobError, RequestMsg};
-use crate::actors::{CALL_TIMEOUT, Role, ask};
+use super::uploads::{UploadCall, UploadState, upload_call};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::store::{Files, JobId};
@@ -190,14 +189,6 @@ fn sessions() -> std::sync::MutexGuard<'static, HashMap<u64, mpsc::Sender<Piece>
     SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn request<T: Send + 'static>(
-    make: impl FnOnce(ractor::RpcReplyPort<Result<T, JobError>>) -> UploadCall,
-) -> Result<T, JobError> {
-    ask(Role::Request, |reply| RequestMsg::Upload(make(reply)), CALL_TIMEOUT)
-        .await
-        .map_err(|e| JobError::Io(std::io::Error::other(e)))?
-}
-
 /// Answers a forwarded tus request (on the node storing the upload).
 pub async fn answer(config: Arc<Config>, r: UploadRequest) -> UploadAnswer {
     tracing::debug!(kind = r.kind, session = r.session, offset = r.offset, len = r.data.len(), first = r.first, last = r.last, broken = ?r.broken, "forwarded upload request");
@@ -215,7 +206,7 @@ async fn answer_inner(config: Arc<Config>, r: UploadRequest) -> UploadAnswer {
         admin: r.admin,
     };
     match r.kind {
-        kind::HEAD => match request(|reply| UploadCall::State { id, who, reply }).await {
+        kind::HEAD => match upload_call(|reply| UploadCall::State { id, who, reply }).await {
             Ok(s) => UploadAnswer {
                 status: jobs::status::OK,
                 received: s.received,
@@ -228,7 +219,7 @@ async fn answer_inner(config: Arc<Config>, r: UploadRequest) -> UploadAnswer {
             },
             Err(e) => failed(e.into()),
         },
-        kind::DELETE => match request(|reply| UploadCall::Delete { id, who, reply }).await {
+        kind::DELETE => match upload_call(|reply| UploadCall::Delete { id, who, reply }).await {
             Ok(()) => UploadAnswer {
                 done: true,
                 ..UploadAnswer::default()
@@ -253,7 +244,7 @@ async fn answer_inner(config: Arc<Config>, r: UploadRequest) -> UploadAnswer {
 
 /// The first piece: the upload is checked and opened, and a session takes the pieces.
 async fn open(config: &Config, id: JobId, who: Principal, first: UploadRequest) -> UploadAnswer {
-    let upload = match request(|reply| UploadCall::Get { id, who, reply }).await {
+    let upload = match upload_call(|reply| UploadCall::Get { id, who, reply }).await {
         Ok(upload) => upload,
         Err(e) => return failed(e.into()),
     };

@@ -480,7 +480,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
 }
 
 /// Asks this node's request actor; its being unreachable is an I/O error.
-async fn request<T: Send + 'static>(
+pub(super) async fn request<T: Send + 'static>(
     make: impl FnOnce(RpcReplyPort<Result<T, JobError>>) -> RequestMsg,
 ) -> Result<T, JobError> {
     ask(Role::Request, make, CALL_TIMEOUT)

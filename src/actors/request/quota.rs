@@ -84,13 +84,7 @@ ractor_cluster::derive_serialization_for_prost_type! {UsageQuery}
 ractor_cluster::derive_serialization_for_prost_type! {UsageAnswer}
 
 async fn local(email: String, since_ms: i64) -> Result<Usage, JobError> {
-    ask(
-        Role::Request,
-        |reply| RequestMsg::Usage { email, since_ms, reply },
-        CALL_TIMEOUT,
-    )
-    .await
-    .map_err(|e| JobError::Io(std::io::Error::other(e)))?
+    jobs::request(|reply| RequestMsg::Usage { email, since_ms, reply }).await
 }
 
 /// Answers another node's [`UsageQuery`] (the jobs actor).

@@ -68,6 +68,13 @@ pub enum UploadCall {
     },
 }
 
+/// Asks this node's request actor an [`UploadCall`] (its being unreachable is an I/O error).
+pub(super) async fn upload_call<T: Send + 'static>(
+    make: impl FnOnce(RpcReplyPort<Result<T, JobError>>) -> UploadCall,
+) -> Result<T, JobError> {
+    super::jobs::request(|reply| RequestMsg::Upload(make(reply))).await
+}
+
 /// Where an upload stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadState {
