@@ -87,6 +87,18 @@ pub struct Summary {
     pub split: bool,
 }
 
+impl Summary {
+    /// What a user should know about a partial result, in words; `None` when the input
+    /// was whole.
+    pub fn warning(&self) -> Option<String> {
+        match self.skipped_packets {
+            0 => None,
+            1 => Some("1 damaged packet replaced with silence".into()),
+            n => Some(format!("{n} damaged packets replaced with silence")),
+        }
+    }
+}
+
 /// Frames gathered before a block is handed to the encoder thread.
 const BATCH_FRAMES: usize = 8192;
 /// Blocks in flight between the threads (≈ 4 × 8192 × 2 × 4 B = 256 KiB).

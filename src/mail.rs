@@ -91,14 +91,25 @@ pub fn job_mail(job: &Job, from: &str, link: &str, link_ttl: Duration) -> Result
     let name = &job.file_name;
     let (subject, text, html) = if job.state == JobState::Done {
         let days = link_ttl.as_secs().div_ceil(86_400);
+        let warnings = job.produced.as_ref().and_then(|p| p.warnings.as_deref());
+        let (warning_text, warning_html) = match warnings {
+            Some(w) => (
+                format!("The input was damaged, so the MP3 is partial: {w}.\n\n"),
+                format!(
+                    "<p><b>The input was damaged, so the MP3 is partial:</b> {}.</p>",
+                    escape(w)
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         (
             format!("Your MP3 is ready: {name}"),
             format!(
-                "Your MP3 of {name} is ready.\n\nDownload it here (the link works for {days} days, no login needed):\n{link}\n\nJob: {}\n",
+                "Your MP3 of {name} is ready.\n\n{warning_text}Download it here (the link works for {days} days, no login needed):\n{link}\n\nJob: {}\n",
                 job.id
             ),
             format!(
-                "<p>Your MP3 of <b>{}</b> is ready.</p><p><a href=\"{}\">Download the MP3</a> \
+                "<p>Your MP3 of <b>{}</b> is ready.</p>{warning_html}<p><a href=\"{}\">Download the MP3</a> \
                  (the link works for {days} days, no login needed).</p><p>Job: {}</p>",
                 escape(name),
                 escape(link),
@@ -165,6 +176,7 @@ mod tests {
             finished_at_ms: Some(0),
             webhook_url: None,
             webhook: None,
+            produced: None,
         }
     }
 
@@ -186,6 +198,32 @@ mod tests {
             "plain part carries the raw link"
         );
         assert!(raw.contains("works for 7 days"));
+        assert!(!raw.contains("partial"), "no warning for a whole result");
+    }
+
+    #[test]
+    fn a_partial_result_says_what_was_recovered_in_both_parts() {
+        let mut partial = job(JobState::Done);
+        partial.produced = Some(crate::store::Produced {
+            mp3_bytes: 1,
+            duration_ms: 18_300,
+            warnings: Some("recovered 18.3 s of 20.0 s; 55 damaged packets <replaced> with silence".into()),
+        });
+        let mail = job_mail(&partial, "m@x.org", "http://h/l", Duration::from_secs(1)).unwrap();
+        let raw = mail.formatted();
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let text = parsed.body_text(0).unwrap();
+        let html = parsed.body_html(0).unwrap();
+        assert!(
+            text.contains(
+                "the MP3 is partial: recovered 18.3 s of 20.0 s; 55 damaged packets <replaced> with silence."
+            ),
+            "{text}"
+        );
+        assert!(
+            html.contains("recovered 18.3 s of 20.0 s; 55 damaged packets &lt;replaced&gt;"),
+            "{html}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use files::Files;
-pub use jobs::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Source};
+pub use jobs::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Produced, Source};
 pub use quota::{Quota, Usage};
 pub use uploads::{NewUpload, Upload};
 pub use users::User;
@@ -172,6 +172,11 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE users ADD COLUMN max_stored_bytes INTEGER;
      CREATE INDEX jobs_unfinished_by_owner ON jobs (owner_email) WHERE finished_at_ms IS NULL;
      CREATE INDEX uploads_by_owner ON uploads (owner_email) WHERE completed = 0;",
+    // v7: what a done job produced: the MP3's size and duration, and what was recovered
+    // from a damaged input (a warning for the user).
+    "ALTER TABLE jobs ADD COLUMN mp3_bytes INTEGER;
+     ALTER TABLE jobs ADD COLUMN duration_ms INTEGER;
+     ALTER TABLE jobs ADD COLUMN warnings TEXT;",
 ];
 
 /// One node's database.

@@ -3,43 +3,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::api::Api;
 use common::service::ADMIN;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const BOB: (&str, &str) = ("bob@example.com", "bob-password-1");
-
-/// `(name, compress_type, bytes)` of every entry, by Python's zipfile (after `testzip`).
-fn entries(dir: &std::path::Path, zip: &[u8]) -> Vec<(String, i64, Vec<u8>)> {
-    let path = dir.join("got.zip");
-    std::fs::write(&path, zip).unwrap();
-    let out_dir = dir.join("unzipped");
-    let script = "import json, sys, zipfile\n\
-        z = zipfile.ZipFile(sys.argv[1])\n\
-        assert z.testzip() is None\n\
-        out = []\n\
-        for i, info in enumerate(z.infolist()):\n\
-        \x20   p = sys.argv[2] + '/' + str(i)\n\
-        \x20   open(p, 'wb').write(z.read(info))\n\
-        \x20   out.append([info.filename, info.compress_type, p])\n\
-        print(json.dumps(out))\n";
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(&path)
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: Vec<(String, i64, String)> = serde_json::from_slice(&out.stdout).unwrap();
-    listed
-        .into_iter()
-        .map(|(name, kind, p)| (name, kind, std::fs::read(p).unwrap()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zip_of_jobs_on_two_nodes_holds_each_mp3_once_under_unique_names() {
@@ -99,7 +68,7 @@ async fn a_zip_of_jobs_on_two_nodes_holds_each_mp3_once_under_unique_names() {
     assert_eq!(r.status(), StatusCode::OK);
     let by_body = r.bytes().await.unwrap().to_vec();
     for zip in [&by_query, &by_body] {
-        let got = entries(dir.path(), zip);
+        let got = common::files::zip_entries(dir.path(), zip);
         let names: Vec<&str> = got.iter().map(|(n, ..)| n.as_str()).collect();
         assert_eq!(names, ["talk.mp3", "Other.mp3", "talk (2).mp3"]);
         for ((_, kind, bytes), mp3) in got.iter().zip(&mp3s) {

@@ -73,6 +73,14 @@ async fn conversions_go_to_free_slots_anywhere_and_any_node_serves_the_result() 
     assert_eq!(b.mp3(&token, &ids[0]).await, whole);
     let secs = common::mp3_seconds(dir.path(), &whole);
     assert!((secs - 8.0).abs() < 0.05, "{secs} s");
+    // What b produced is recorded by the owner: size and duration, seen from any node.
+    let job = b.get_json(&token, &format!("/v1/jobs/{}", ids[0])).await;
+    assert_eq!(job["mp3_bytes"].as_u64(), Some(whole.len() as u64), "{job}");
+    let stated = job["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (stated - secs).abs() < 0.05,
+        "the job says {stated} s, ffprobe {secs} s"
+    );
     // One email per job, from its owner; nothing left in b's reception dir.
     assert_eq!(c.nodes[0].eml_files().len(), 2);
     assert_eq!(c.nodes[2].eml_files().len(), 1);

@@ -68,6 +68,13 @@ async fn login_upload_email_link_download_over_smtp() {
     let path = save(dir.path(), "link.mp3", &mp3);
     let secs = common::duration(&path);
     assert!((secs - 12.0).abs() < 0.05, "the MP3 lasts {secs} s, the input 12 s");
+    assert_eq!(done["mp3_bytes"].as_u64(), Some(mp3.len() as u64), "{done}");
+    let stated = done["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (stated - secs).abs() < 0.05,
+        "the job says {stated} s, ffprobe {secs} s"
+    );
+    assert!(done["warnings"].is_null(), "a whole input has no warnings: {done}");
 
     // The same bytes through the seed's route and the v1 route; Range works.
     let seed = api
@@ -117,50 +124,11 @@ async fn login_upload_email_link_download_over_smtp() {
     assert!(value("mp4tomp3_http_requests_total{route=\"/v1/links/{token}\",method=\"GET\",status=\"401\"}") >= 1.0);
 }
 
-/// A tiny file server for URL imports: serves `file` at `/a.mp4`, redirects `/r` to
-/// `target`, counts connections.
-struct FileServer {
-    addr: std::net::SocketAddr,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-async fn file_server(ip: &str, file: Option<std::path::PathBuf>, redirect_to: Option<String>) -> FileServer {
-    use axum::response::{IntoResponse, Redirect};
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = hits.clone();
-    let file_route = move || {
-        let file = file.clone();
-        async move {
-            match file {
-                Some(f) => std::fs::read(f).unwrap().into_response(),
-                None => StatusCode::NOT_FOUND.into_response(),
-            }
-        }
-    };
-    let redirect_route = move || {
-        let to = redirect_to.clone().unwrap_or_default();
-        async move { Redirect::temporary(&to) }
-    };
-    let app = axum::Router::new()
-        .route("/a.mp4", axum::routing::get(file_route))
-        .route("/r", axum::routing::get(redirect_route))
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                next.run(req)
-            },
-        ));
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    FileServer { addr, hits }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn url_import_from_an_allow_listed_local_server() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
-    let server = file_server("127.0.0.1", Some(input), None).await;
+    let server = common::files::file_server("127.0.0.1", Some(input), None).await;
     let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
@@ -206,10 +174,11 @@ async fn ssrf_targets_are_refused_before_any_connection() {
     let dir = tempfile::tempdir().unwrap();
     let input = common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
     // The victim: a loopback server that must never see a connection.
-    let victim = file_server("127.0.0.1", Some(input), None).await;
+    let victim = common::files::file_server("127.0.0.1", Some(input), None).await;
     let port = victim.addr.port();
     // An allow-listed server (127.0.0.2) that redirects to the victim.
-    let redirector = file_server("127.0.0.2", None, Some(format!("http://127.0.0.1:{port}/a.mp4"))).await;
+    let redirector =
+        common::files::file_server("127.0.0.2", None, Some(format!("http://127.0.0.1:{port}/a.mp4"))).await;
     let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.2"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;

@@ -11,6 +11,7 @@ use common::api::Api;
 use common::browser::Browser;
 use common::service::{ADMIN, Node, poll};
 use fantoccini::Locator;
+use fantoccini::key::Key;
 
 const XSS: &str = "<img src=x onerror=alert(1)>.mp4";
 
@@ -121,6 +122,18 @@ async fn a_user_signs_in_converts_two_files_at_once_and_downloads_the_mp3() {
         .as_str()
         .unwrap()
         .to_string();
+    // Its duration and the MP3's size, as the API states them.
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let job = api.get_json(&token, &format!("/v1/jobs/{id}")).await;
+    let kb = job["mp3_bytes"].as_f64().unwrap() / 1024.0;
+    let detail = b
+        .js("return document.querySelector('#jobs li.done .detail').textContent")
+        .await;
+    let detail = detail.as_str().unwrap();
+    assert!(
+        detail.contains(" · 2 s · ") && detail.contains(&format!("MP3 {kb:.0} KB")),
+        "size and duration in the list: {detail:?} for {job}"
+    );
     b.client
         .find(Locator::Css("#jobs li.done .item-actions a"))
         .await
@@ -128,7 +141,6 @@ async fn a_user_signs_in_converts_two_files_at_once_and_downloads_the_mp3() {
         .click()
         .await
         .unwrap();
-    let token = api.login(ADMIN.0, ADMIN.1).await;
     let mp3 = api.mp3(&token, &id).await;
     let downloaded = poll(Duration::from_secs(20), "the downloaded MP3", || async {
         let file = b.downloads.join("talk.mp3");
@@ -441,4 +453,269 @@ async fn the_session_cookie_is_httponly_strict_and_needs_our_origin_and_its_csrf
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Secure"));
+}
+
+/// `true` when the MP3 starts with a Xing (VBR) info frame rather than an Info (CBR) one.
+fn is_vbr(mp3: &[u8]) -> bool {
+    let head = &mp3[..mp3.len().min(4096)];
+    let has = |tag: &[u8]| head.windows(4).any(|w| w == tag);
+    assert!(has(b"Xing") != has(b"Info"), "one LAME info frame");
+    has(b"Xing")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyboard_user_reaches_every_control_and_each_form_does_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let served = common::tone("web_kbd_3s.m4a", 330, 44100, 3.0, 2, &["-c:a", "aac"]);
+    let files = common::files::file_server("127.0.0.1", Some(served), None).await;
+    let hooks = common::receiver::Receiver::start(&[], 200).await;
+    let b = Browser::start(&dir.path().join("downloads")).await;
+    b.client.goto(&node.url("/")).await.unwrap();
+    b.until(
+        Duration::from_secs(10),
+        "the sign-in form",
+        "!document.getElementById('view-signin').hidden",
+    )
+    .await;
+
+    // Sign in with Tab, typing and Enter; the focus lands on the convert page's heading.
+    b.tab_to("#signin-email").await;
+    b.keys(ADMIN.0).await;
+    b.key(Key::Tab).await;
+    b.keys(ADMIN.1).await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the convert page, focused",
+        "document.activeElement === document.getElementById('convert-title')",
+    )
+    .await;
+
+    // VBR with the arrow keys: the radio, then "Good (V4)" in its list.
+    b.tab_to("input[name=mode][value=cbr]").await;
+    b.key(Key::Down).await;
+    b.until(
+        Duration::from_secs(5),
+        "VBR chosen",
+        "document.querySelector('input[name=mode]:checked').value === 'vbr' && !document.getElementById('vbr').disabled",
+    )
+    .await;
+    b.tab_to("#vbr").await;
+    b.key(Key::Down).await;
+    assert_eq!(b.js("return document.getElementById('vbr').value").await, "4");
+    // The file picker is reachable too (a user presses Space there to open it).
+    b.tab_to("#files").await;
+
+    // A file dropped on the zone (a drag from the desktop, made with the same DragEvent).
+    let dropped = dir.path().join("dropped.m4a");
+    std::fs::copy(
+        common::tone("web_kbd_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]),
+        &dropped,
+    )
+    .unwrap();
+    b.js(
+        "const i = document.createElement('input'); i.type = 'file'; i.id = 'dnd-source'; \
+          document.body.append(i); return 1;",
+    )
+    .await;
+    let source = b.client.find(Locator::Id("dnd-source")).await.unwrap();
+    source.send_keys(dropped.to_str().unwrap()).await.unwrap();
+    let highlighted = b
+        .js(
+            "const src = document.getElementById('dnd-source'); const dt = new DataTransfer(); \
+             for (const f of src.files) dt.items.add(f); src.remove(); \
+             const zone = document.getElementById('drop'); \
+             for (const t of ['dragenter', 'dragover']) \
+               zone.dispatchEvent(new DragEvent(t, {dataTransfer: dt, bubbles: true, cancelable: true})); \
+             const over = zone.classList.contains('over'); \
+             zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); \
+             return over && !zone.classList.contains('over');",
+        )
+        .await;
+    assert_eq!(highlighted, true, "the zone lights up while a file is over it");
+
+    // A link, typed into the URL form and sent with Enter.
+    let link = format!("http://{}/a.mp4", files.addr);
+    b.tab_to("#url").await;
+    b.keys(&link).await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(60),
+        "both done",
+        "document.querySelectorAll('#uploads li.done').length === 2",
+    )
+    .await;
+    let jobs = api.get_json(&token, "/v1/jobs").await["jobs"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let by_name = |name: &str| {
+        jobs.iter()
+            .find(|j| j["file_name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {jobs:?}"))
+            .clone()
+    };
+    let (drop_job, url_job) = (by_name("dropped.m4a"), by_name("a.mp4"));
+    assert_eq!(url_job["url"], link.as_str());
+    let mut mp3s = Vec::new();
+    for job in [&drop_job, &url_job] {
+        assert_eq!(job["vbr"], 4, "the chosen quality: {job}");
+        let mp3 = api.mp3(&token, job["id"].as_str().unwrap()).await;
+        assert!(is_vbr(&mp3), "a VBR MP3");
+        mp3s.push(mp3);
+    }
+
+    // My jobs: select both with Space, then the ZIP button with Enter.
+    b.tab_to("#nav a[data-view=jobs]").await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the jobs list, focused",
+        "document.activeElement === document.getElementById('jobs-title') && \
+         document.querySelectorAll('#jobs li.done').length === 2",
+    )
+    .await;
+    let order = b
+        .js("return [...document.querySelectorAll('#jobs li.done')].map(li => li.dataset.job)")
+        .await;
+    for id in order.as_array().unwrap() {
+        let id = id.as_str().unwrap();
+        b.tab_to(&format!("#jobs li[data-job=\"{id}\"] input.select")).await;
+        b.key(Key::Space).await;
+    }
+    b.until(
+        Duration::from_secs(5),
+        "the ZIP button enabled",
+        "!document.getElementById('zip').disabled",
+    )
+    .await;
+    b.tab_to("#zip").await;
+    b.key(Key::Enter).await;
+    let zip = poll(Duration::from_secs(20), "the ZIP download", || async {
+        let entry = std::fs::read_dir(&b.downloads)
+            .ok()?
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "zip"))?;
+        let bytes = std::fs::read(entry.path()).ok()?;
+        (bytes.len() > mp3s[0].len() + mp3s[1].len()).then_some(bytes)
+    })
+    .await;
+    let mut got: Vec<Vec<u8>> = common::files::zip_entries(dir.path(), &zip)
+        .into_iter()
+        .map(|(_, _, bytes)| bytes)
+        .collect();
+    got.sort();
+    mp3s.sort();
+    assert!(got == mp3s, "the ZIP holds both MP3s, byte for byte");
+
+    // Delete with the keyboard.
+    let gone = drop_job["id"].as_str().unwrap();
+    b.tab_to(&format!("#jobs li[data-job=\"{gone}\"] button.danger")).await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the deleted job gone from the list",
+        "document.querySelectorAll('#jobs li').length === 1",
+    )
+    .await;
+    let r = api.job(&token, gone).await;
+    assert_eq!(r.status(), 404);
+
+    // Account: the webhook form saves, shows the secret once, makes a new one, removes.
+    b.tab_to("#nav a[data-view=account]").await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the account page",
+        "document.activeElement === document.getElementById('account-title')",
+    )
+    .await;
+    b.tab_to("#webhook-url").await;
+    b.keys(&hooks.url).await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the webhook saved",
+        "document.getElementById('webhook-msg').textContent === 'Webhook saved.' && \
+         !document.getElementById('webhook-secret').hidden",
+    )
+    .await;
+    let secret = || async {
+        let text = b
+            .js("return document.getElementById('webhook-secret').textContent")
+            .await;
+        text.as_str().unwrap().rsplit(' ').next().unwrap().to_string()
+    };
+    let first = secret().await;
+    assert_eq!(api.get_json(&token, "/v1/me/webhook").await["url"], hooks.url.as_str());
+    b.tab_to("#webhook-rotate").await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "a new secret",
+        "document.getElementById('webhook-msg').textContent === 'New signing secret made.'",
+    )
+    .await;
+    assert_ne!(secret().await, first);
+    let id = api.upload(&token, &dropped).await["id"].as_str().unwrap().to_string();
+    poll(Duration::from_secs(30), "the job's webhook call", || async {
+        hooks
+            .hits()
+            .iter()
+            .any(|h| h.json()["type"] == "job.finished" && h.json()["job"]["id"] == id.as_str())
+            .then_some(())
+    })
+    .await;
+    b.tab_to("#webhook-remove").await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the webhook removed",
+        "document.getElementById('webhook-msg').textContent === 'Webhook removed.'",
+    )
+    .await;
+    assert!(api.get_json(&token, "/v1/me/webhook").await["url"].is_null());
+
+    // The password form: the new password works, the old one no longer, the page stays in.
+    let new_password = "a-new-keyboard-password";
+    b.tab_to("#pw-current").await;
+    b.keys(ADMIN.1).await;
+    b.key(Key::Tab).await;
+    b.keys(new_password).await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the password changed",
+        "document.getElementById('password-msg').textContent.startsWith('Password changed')",
+    )
+    .await;
+    assert!(
+        api.try_login(ADMIN.0, ADMIN.1).await.is_none(),
+        "the old password is refused"
+    );
+    assert!(api.try_login(ADMIN.0, new_password).await.is_some());
+    b.tab_to("#nav a[data-view=jobs]").await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the list, still signed in",
+        "document.querySelectorAll('#jobs li.done').length === 2",
+    )
+    .await;
+
+    // Sign out: back to the sign-in form, focused on its heading.
+    b.tab_to("#signout").await;
+    b.key(Key::Enter).await;
+    b.until(
+        Duration::from_secs(10),
+        "the sign-in page",
+        "!document.getElementById('view-signin').hidden && \
+         document.activeElement === document.getElementById('signin-title')",
+    )
+    .await;
+    b.close().await;
 }

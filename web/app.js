@@ -105,6 +105,12 @@ function route() {
   show((location.hash || "#convert").slice(1));
 }
 
+// After a change of view, the keyboard (and a screen reader) starts at its heading.
+function focusView() {
+  const h = document.querySelector(".view:not([hidden]) h1");
+  if (h) h.focus();
+}
+
 function signedIn(me) {
   S.me = { email: me.email, admin: me.admin };
   S.csrf = me.csrf_token;
@@ -144,6 +150,7 @@ $("signin-form").addEventListener("submit", async (ev) => {
     $("signin-password").value = "";
     signedIn(me);
     if (location.hash === "" || location.hash === "#signin") location.hash = "#convert";
+    else focusView();
   } catch (e) {
     if (e.status === 401) out.textContent = "Wrong email or password.";
     else if (e.status === 429) {
@@ -157,6 +164,7 @@ $("signout").addEventListener("click", async () => {
   try { await api("DELETE", "/v1/session"); } catch (_) { /* signed out anyway */ }
   signedOut();
   location.hash = "#signin";
+  focusView();
 });
 
 // ---- formatting ----
@@ -222,9 +230,13 @@ function renderJob(li, job) {
   if (job.bitrate) parts.push(`${job.bitrate} kbit/s`);
   if (job.vbr !== null && job.vbr !== undefined) parts.push(`VBR V${job.vbr}`);
   if (job.state === "converting") parts.push(`${Math.round((job.progress || 0) * 100)} % converted`);
+  if (typeof job.duration_seconds === "number") parts.push(duration(job.duration_seconds));
+  if (typeof job.mp3_bytes === "number") parts.push(`MP3 ${bytes(job.mp3_bytes)}`);
   if (job.source === "url" && job.url) parts.push(job.url);
   li.querySelector(".detail").textContent = parts.filter(Boolean).join(" · ");
   li.querySelector(".reason").textContent = reason(job);
+  const warn = li.querySelector(".warning");
+  if (warn) warn.textContent = job.warnings ? `Partial: the file was damaged, ${job.warnings}.` : "";
   const actions = li.querySelector(".item-actions");
   actions.replaceChildren();
   if (job.state === "done") {
@@ -722,7 +734,10 @@ function stopCluster() {
 
 // ---- start ----
 
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => {
+  route();
+  focusView();
+});
 (async () => {
   try {
     signedIn(await json("GET", "/v1/session"));

@@ -20,7 +20,7 @@ use super::request::RequestMsg;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::convert::{self, ConvertOptions, Hooks};
-use crate::store::JobId;
+use crate::store::{JobId, Produced};
 
 pub mod host;
 
@@ -75,22 +75,31 @@ impl ConvertTask {
         match self.report {
             ReportTo::Request => super::tell(Role::Request, RequestMsg::Converted { id, attempt, outcome }),
             ReportTo::Host => {
-                let (error_code, error_message) = outcome.err().unwrap_or_default();
-                tell_host(HostMsg::Done(host::Piece {
+                let piece = host::Piece {
                     job_id: id.to_string(),
                     attempt,
                     last: true,
-                    error_code,
-                    error_message,
                     ..host::Piece::default()
+                };
+                tell_host(HostMsg::Done(match outcome {
+                    Ok(produced) => host::Piece {
+                        duration_ms: u64::try_from(produced.duration_ms).unwrap_or(0),
+                        warnings: produced.warnings.unwrap_or_default(),
+                        ..piece
+                    },
+                    Err((error_code, error_message)) => host::Piece {
+                        error_code,
+                        error_message,
+                        ..piece
+                    },
                 }))
             }
         }
     }
 }
 
-/// How a conversion ended: `Err((code, message))` for a failed job.
-pub type Outcome = Result<(), (String, String)>;
+/// How a conversion ended: what it produced, or `Err((code, message))` for a failed job.
+pub type Outcome = Result<Produced, (String, String)>;
 
 /// The converter's messages.
 pub enum ConverterMsg {
@@ -189,7 +198,7 @@ impl Actor for ConverterActor {
                             Err(("internal_error".into(), "the converter crashed on this input".into()))
                         });
                     match &outcome {
-                        Ok(()) => tracing::info!(job_id = %id, attempt, "converted"),
+                        Ok(p) => tracing::info!(job_id = %id, attempt, warnings = p.warnings, "converted"),
                         Err((code, message)) => {
                             tracing::info!(job_id = %id, attempt, code, message, "conversion failed")
                         }
@@ -267,10 +276,18 @@ fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
             tmp.as_file()
                 .sync_all()
                 .map_err(|e| internal("cannot write the output", &e))?;
+            let written = tmp
+                .as_file()
+                .metadata()
+                .map_err(|e| internal("cannot write the output", &e))?;
             tmp.persist(&task.output)
                 .map_err(|e| internal("cannot store the output", &e.error))?;
             crate::store::files::sync_dir(dir).map_err(|e| internal("cannot store the output", &e))?;
-            Ok(())
+            Ok(Produced {
+                mp3_bytes: i64::try_from(written.len()).unwrap_or(i64::MAX),
+                duration_ms: i64::try_from(summary.duration.as_millis()).unwrap_or(i64::MAX),
+                warnings: summary.warning(),
+            })
         }
         Err(convert::ConvertError::Io(e)) => Err(internal("I/O error while converting", &e)),
         Err(e) => Err((e.code().to_string(), e.to_string())),

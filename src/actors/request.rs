@@ -25,7 +25,7 @@ use crate::auth::Principal;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
-use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Source, StoreError, Usage};
+use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Produced, Source, StoreError, Usage};
 
 pub mod appender;
 mod dispatch;
@@ -207,6 +207,8 @@ pub enum RequestMsg {
         attempt: i64,
         /// The MP3, fsynced, in `tmp/`.
         staged: PathBuf,
+        /// Its size, duration and warnings.
+        produced: Produced,
         /// Taken or refused.
         reply: RpcReplyPort<bool>,
     },
@@ -448,10 +450,15 @@ impl RequestState {
             self.freed.insert(remote.node);
         }
         let key = id.clone();
-        let error = outcome.err();
         let finished = self
             .db
-            .run(move |s| s.finish(&key, attempt, error.as_ref().map(|(c, m)| (c.as_str(), m.as_str()))))
+            .run(move |s| {
+                let ended = match &outcome {
+                    Ok(produced) => Ok(produced),
+                    Err((code, message)) => Err((code.as_str(), message.as_str())),
+                };
+                s.finish(&key, attempt, ended)
+            })
             .await;
         match finished {
             Ok(job) => {
@@ -485,7 +492,7 @@ impl RequestState {
         let (key, code, message) = (id.clone(), code.to_string(), message.to_string());
         match self
             .db
-            .run(move |s| s.finish(&key, attempt, Some((&code, &message))))
+            .run(move |s| s.finish(&key, attempt, Err((&code, &message))))
             .await
         {
             Ok(job) => {
@@ -699,6 +706,7 @@ impl Actor for RequestActor {
                 id,
                 attempt,
                 staged,
+                produced,
                 reply,
             } => {
                 if !state.current_remote(&id, attempt) {
@@ -710,7 +718,9 @@ impl Actor for RequestActor {
                     .await
                     .map_err(std::io::Error::other)
                     .and_then(|r| r);
-                let outcome = adopted.map_err(|e| ("io_error".to_string(), format!("cannot store the MP3: {e}")));
+                let outcome = adopted
+                    .map(|()| produced)
+                    .map_err(|e| ("io_error".to_string(), format!("cannot store the MP3: {e}")));
                 let _ = reply.send(true);
                 state.converted(id, attempt, outcome).await?;
                 state.dispatch(&myself).await?;

@@ -73,6 +73,15 @@ pub(super) struct JobJson {
     webhook_url: Option<String>,
     /// Its latest webhook call, if any.
     webhook: Option<DeliveryJson>,
+    /// The MP3's size in bytes (`done` jobs).
+    #[schema(example = 160_044)]
+    mp3_bytes: Option<i64>,
+    /// The MP3's audio duration in seconds (`done` jobs).
+    #[schema(example = 10.005)]
+    duration_seconds: Option<f64>,
+    /// Set when the input was damaged and the MP3 holds what could be recovered.
+    #[schema(example = "recovered 18.3 s of 20.0 s; 55 damaged packets replaced with silence")]
+    warnings: Option<String>,
     links: JobLinks,
 }
 
@@ -211,6 +220,9 @@ impl From<&Job> for JobJson {
             finished_at: job.finished_at_ms.map(time),
             webhook_url: job.webhook_url.clone(),
             webhook: job.webhook.as_deref().map(DeliveryJson::from),
+            mp3_bytes: job.produced.as_ref().map(|p| p.mp3_bytes),
+            duration_seconds: job.produced.as_ref().map(|p| p.duration_ms as f64 / 1000.0),
+            warnings: job.produced.as_ref().and_then(|p| p.warnings.clone()),
             links: JobLinks {
                 this: format!("/v1/jobs/{}", job.id),
                 mp3: format!("/v1/jobs/{}/mp3", job.id),

@@ -184,6 +184,19 @@ pub struct Job {
     pub webhook_url: Option<String>,
     /// Its latest webhook delivery, if any (boxed: most jobs have none).
     pub webhook: Option<Box<Delivery>>,
+    /// What it produced (`done` jobs).
+    pub produced: Option<Produced>,
+}
+
+/// What a done job produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Produced {
+    /// The MP3's size.
+    pub mp3_bytes: i64,
+    /// The audio's duration.
+    pub duration_ms: i64,
+    /// What the user should know about a partial result (a damaged input), in words.
+    pub warnings: Option<String>,
 }
 
 /// An email waiting in the outbox.
@@ -227,9 +240,9 @@ pub struct Handover {
 const JOB_COLUMNS: &str = "id, owner_email, state, progress, error_code, error_message, source_kind, source_url, \
      file_name, bitrate_kbps, vbr_quality, attempt, created_at_ms, updated_at_ms, finished_at_ms, webhook_url, \
      wh_event_id, wh_event_type, wh_url, wh_created_at_ms, wh_state, wh_attempts, wh_next_attempt_ms, \
-     wh_last_status, wh_last_error, wh_delivered_at_ms";
+     wh_last_status, wh_last_error, wh_delivered_at_ms, mp3_bytes, duration_ms, warnings";
 /// How many columns [`JOB_COLUMNS`] has.
-const JOB_COLUMN_COUNT: usize = 26;
+const JOB_COLUMN_COUNT: usize = 29;
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<std::result::Result<Job, StoreError>> {
     let id: String = row.get(0)?;
@@ -266,6 +279,14 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<std::result::Result<Job, Stor
         finished_at_ms: row.get(14)?,
         webhook_url: row.get(15)?,
         webhook: webhooks::latest_from(row, 16)?.map(Box::new),
+        produced: match (row.get::<_, Option<i64>>(26)?, row.get::<_, Option<i64>>(27)?) {
+            (Some(mp3_bytes), Some(duration_ms)) => Some(Produced {
+                mp3_bytes,
+                duration_ms,
+                warnings: row.get(28)?,
+            }),
+            _ => None,
+        },
     }))
 }
 
@@ -397,10 +418,16 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Ends attempt `attempt` of a job as done (`error = None`) or failed (`Some((code,
-    /// message))`) and queues its email in the same transaction. A stale attempt (the job
-    /// was re-placed since) or an already finished job is refused with `Conflict`.
-    pub fn finish(&mut self, id: &JobId, attempt: i64, error: Option<(&str, &str)>) -> Result<Job> {
+    /// Ends attempt `attempt` of a job as done (`Ok(what it produced)`) or failed
+    /// (`Err((code, message))`) and queues its email in the same transaction. A stale
+    /// attempt (the job was re-placed since) or an already finished job is refused with
+    /// `Conflict`.
+    pub fn finish(
+        &mut self,
+        id: &JobId,
+        attempt: i64,
+        ended: std::result::Result<&Produced, (&str, &str)>,
+    ) -> Result<Job> {
         let now = now_ms();
         self.write(|tx| {
             let (state, current_attempt, owner): (String, i64, String) = tx.query_row(
@@ -420,14 +447,25 @@ impl Store {
                     action: "finish a stale attempt",
                 });
             }
-            let (new_state, code, message, progress) = match error {
-                None => (JobState::Done, None, None, 1.0),
-                Some((code, message)) => (JobState::Failed, Some(code), Some(message), 0.0),
+            let (new_state, code, message, progress, produced) = match ended {
+                Ok(produced) => (JobState::Done, None, None, 1.0, Some(produced)),
+                Err((code, message)) => (JobState::Failed, Some(code), Some(message), 0.0, None),
             };
             tx.execute(
                 "UPDATE jobs SET state = ?2, error_code = ?3, error_message = ?4, progress = ?5, \
-                 updated_at_ms = ?6, finished_at_ms = ?6 WHERE id = ?1",
-                params![id.as_str(), new_state.as_str(), code, message, progress, now],
+                 updated_at_ms = ?6, finished_at_ms = ?6, mp3_bytes = ?7, duration_ms = ?8, warnings = ?9 \
+                 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    new_state.as_str(),
+                    code,
+                    message,
+                    progress,
+                    now,
+                    produced.map(|p| p.mp3_bytes),
+                    produced.map(|p| p.duration_ms),
+                    produced.and_then(|p| p.warnings.as_deref())
+                ],
             )?;
             tx.execute(
                 "INSERT INTO outbox (job_id, recipient, next_attempt_ms) VALUES (?1, ?2, ?3)",
@@ -541,10 +579,10 @@ impl Store {
                 Some(key) => keyed_job(tx, &job.owner_email, key)?.is_none().then_some(key.as_str()),
                 None => None,
             };
-            let (state, progress) = if job.state.is_final() {
-                (job.state, job.progress)
+            let (state, progress, produced) = if job.state.is_final() {
+                (job.state, job.progress, job.produced.as_ref())
             } else {
-                (JobState::Queued, 0.0)
+                (JobState::Queued, 0.0, None)
             };
             let (kind, url) = match &job.source {
                 Source::Upload => ("upload", None),
@@ -553,8 +591,8 @@ impl Store {
             tx.execute(
                 "INSERT INTO jobs (id, owner_email, state, progress, error_code, error_message, source_kind, \
                  source_url, file_name, bitrate_kbps, vbr_quality, idempotency_key, attempt, created_at_ms, \
-                 updated_at_ms, finished_at_ms, webhook_url) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 updated_at_ms, finished_at_ms, webhook_url, mp3_bytes, duration_ms, warnings) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
                 params![
                     job.id.as_str(),
                     job.owner_email,
@@ -572,7 +610,10 @@ impl Store {
                     job.created_at_ms,
                     now_ms(),
                     job.finished_at_ms,
-                    job.webhook_url
+                    job.webhook_url,
+                    produced.map(|p| p.mp3_bytes),
+                    produced.map(|p| p.duration_ms),
+                    produced.and_then(|p| p.warnings.as_deref())
                 ],
             )?;
             webhooks::adopt(tx, &job.id, &h.webhooks)?;

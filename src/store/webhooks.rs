@@ -380,7 +380,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewJob, Source};
+    use crate::store::{NewJob, Produced, Source};
 
     fn submit(store: &mut Store, owner: &str, url: Option<&str>) -> JobId {
         let job = NewJob {
@@ -413,7 +413,7 @@ mod tests {
         store.add_user("ann@example.com", "h", false).unwrap();
         // No URL anywhere: nothing is queued.
         let quiet = submit(&mut store, "ann@example.com", None);
-        store.finish(&quiet, 0, None).unwrap();
+        store.finish(&quiet, 0, Ok(&Produced::default())).unwrap();
         assert!(store.due_webhooks(10).unwrap().is_empty());
         // A default URL: `job.finished` and `job.failed` by default, not `job.created`.
         let set = store
@@ -437,9 +437,9 @@ mod tests {
             store.due_webhooks(10).unwrap().is_empty(),
             "job.created was not asked for"
         );
-        store.finish(&done, 0, None).unwrap();
+        store.finish(&done, 0, Ok(&Produced::default())).unwrap();
         let failed = submit(&mut store, "ann@example.com", Some("https://own.example.org/b"));
-        store.finish(&failed, 0, Some(("not_mp4", "no"))).unwrap();
+        store.finish(&failed, 0, Err(("not_mp4", "no"))).unwrap();
         let due = store.due_webhooks(10).unwrap();
         let calls: Vec<(&str, &str, &str)> = due
             .iter()
@@ -495,7 +495,7 @@ mod tests {
             .unwrap();
         let ids: Vec<JobId> = (0..4).map(|_| submit(&mut store, "ann@example.com", None)).collect();
         for id in &ids {
-            store.finish(id, 0, None).unwrap();
+            store.finish(id, 0, Ok(&Produced::default())).unwrap();
         }
         let later = now_ms() + 60_000;
         let retry = Attempt::Retry {

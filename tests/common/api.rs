@@ -41,7 +41,7 @@ impl Api {
     }
 
     /// The seed's login: HTTP Basic, the JWT as the body (`None` if refused).
-    async fn try_login(&self, email: &str, password: &str) -> Option<String> {
+    pub async fn try_login(&self, email: &str, password: &str) -> Option<String> {
         let r = self
             .http
             .post(self.url("/login"))

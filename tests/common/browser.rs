@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::key::Key;
 use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -95,6 +97,47 @@ impl Browser {
             .click()
             .await
             .unwrap();
+    }
+
+    /// Types `text` on the keyboard, into whatever has the focus (no element is targeted,
+    /// as for a user without a mouse).
+    pub async fn keys(&self, text: &str) {
+        let mut typing = KeyActions::new("keyboard".into());
+        for c in text.chars() {
+            typing = typing
+                .then(KeyAction::Down { value: c })
+                .then(KeyAction::Up { value: c });
+        }
+        self.client.perform_actions(typing).await.unwrap();
+    }
+
+    /// Presses one key (Tab, Enter, Space, an arrow...).
+    pub async fn key(&self, key: Key) {
+        self.keys(&char::from(key).to_string()).await;
+    }
+
+    /// Presses Tab until the element `css` selects has the focus, and checks that the
+    /// focus can be seen there (an outline on it, or on the drop zone around the file
+    /// input). Panics when 60 presses do not reach it.
+    pub async fn tab_to(&self, css: &str) {
+        let selector = serde_json::to_string(css).unwrap();
+        let check = format!(
+            "const e = document.activeElement;\
+             if (!e || !e.matches({selector})) return 'elsewhere: ' + (e ? e.outerHTML.slice(0, 120) : 'none');\
+             const shown = e.closest('.drop') || e;\
+             const s = getComputedStyle(shown);\
+             return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2 ? 'visible' : 'invisible focus';"
+        );
+        let mut last = Value::Null;
+        for _ in 0..60 {
+            last = self.js(&check).await;
+            if last == "visible" {
+                return;
+            }
+            assert_ne!(last, "invisible focus", "{css} has the focus but shows no outline");
+            self.key(Key::Tab).await;
+        }
+        panic!("{css} cannot be reached with Tab (the focus is {last})");
     }
 
     /// Runs `script` (a function body; `arguments` as in WebDriver) and returns its value.

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod browser;
+pub mod files;
 pub mod kube_stub;
 pub mod receiver;
 pub mod service;

@@ -105,6 +105,12 @@ pub struct Piece {
     /// ...and message.
     #[prost(string, tag = "8")]
     pub error_message: String,
+    /// A done conversion's audio duration (the last piece).
+    #[prost(uint64, tag = "9")]
+    pub duration_ms: u64,
+    /// ...and what was recovered from a damaged input (empty: whole).
+    #[prost(string, tag = "10")]
+    pub warnings: String,
 }
 
 /// An answer.
@@ -395,6 +401,15 @@ async fn send_result(owner: &str, id: &JobId, outcome: &Piece, output: &Path) ->
             last: offset + len >= total,
             total,
             ..Piece::default()
+        };
+        let piece = if piece.last {
+            Piece {
+                duration_ms: outcome.duration_ms,
+                warnings: outcome.warnings.clone(),
+                ..piece
+            }
+        } else {
+            piece
         };
         let last = piece.last;
         let answer = jobs::call(owner, |reply| JobsMsg::Result(piece, reply)).await?;

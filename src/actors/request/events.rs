@@ -332,6 +332,7 @@ mod tests {
             finished_at_ms: None,
             webhook_url: None,
             webhook: None,
+            produced: None,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::auth::Principal;
 pub use crate::cluster::RemoteError;
 use crate::cluster::pieces::CHUNK;
 use crate::config::Config;
-use crate::store::{Delivery, DeliveryState, Job, JobId, JobState, Source};
+use crate::store::{Delivery, DeliveryState, Job, JobId, JobState, Produced, Source};
 
 /// The group of `node`'s jobs actor.
 pub fn group(node: &str) -> String {
@@ -94,6 +94,12 @@ pub struct JobView {
     webhook_url: Option<String>,
     #[prost(message, optional, boxed, tag = "16")]
     webhook: Option<Box<DeliveryView>>,
+    #[prost(int64, optional, tag = "17")]
+    mp3_bytes: Option<i64>,
+    #[prost(int64, optional, tag = "18")]
+    duration_ms: Option<i64>,
+    #[prost(string, optional, tag = "19")]
+    warnings: Option<String>,
 }
 
 /// A webhook delivery on the wire.
@@ -295,6 +301,9 @@ impl From<&Job> for JobView {
             finished_at_ms: job.finished_at_ms,
             webhook_url: job.webhook_url.clone(),
             webhook: job.webhook.as_deref().map(|d| Box::new(DeliveryView::from(d))),
+            mp3_bytes: job.produced.as_ref().map(|p| p.mp3_bytes),
+            duration_ms: job.produced.as_ref().map(|p| p.duration_ms),
+            warnings: job.produced.as_ref().and_then(|p| p.warnings.clone()),
         }
     }
 }
@@ -321,6 +330,14 @@ impl JobView {
             webhook: match &self.webhook {
                 Some(d) => Some(Box::new(d.to_delivery()?)),
                 None => None,
+            },
+            produced: match (self.mp3_bytes, self.duration_ms) {
+                (Some(mp3_bytes), Some(duration_ms)) => Some(Produced {
+                    mp3_bytes,
+                    duration_ms,
+                    warnings: self.warnings.clone(),
+                }),
+                _ => None,
             },
         })
     }

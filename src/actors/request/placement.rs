@@ -19,7 +19,7 @@ use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::cluster::call_actor;
 use crate::cluster::pieces::{next_chunk, stage};
 use crate::config::Config;
-use crate::store::{Files, JobId};
+use crate::store::{Files, JobId, Produced};
 
 /// An owner that hears nothing from a placed conversion for this long re-places it.
 pub const LEASE: Duration = Duration::from_secs(20);
@@ -145,12 +145,18 @@ pub async fn receive(config: &Config, piece: Piece) -> Answer {
     if !piece.last {
         return answer(status::OK, "");
     }
+    let produced = Produced {
+        mp3_bytes: i64::try_from(piece.total).unwrap_or(i64::MAX),
+        duration_ms: i64::try_from(piece.duration_ms).unwrap_or(i64::MAX),
+        warnings: Some(piece.warnings).filter(|w| !w.is_empty()),
+    };
     let taken = ask(
         Role::Request,
         |reply| RequestMsg::Delivered {
             id: id.clone(),
             attempt,
             staged: staged.clone(),
+            produced,
             reply,
         },
         CALL_TIMEOUT,

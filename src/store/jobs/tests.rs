@@ -67,17 +67,27 @@ fn finishing_writes_the_outbox_row_and_fences_stale_attempts() {
     );
     assert!(store.set_progress(&job.id, second, 0.5).unwrap());
     assert!(matches!(
-        store.finish(&job.id, first, None),
+        store.finish(&job.id, first, Ok(&Produced::default())),
         Err(StoreError::Conflict { .. })
     ));
     assert!(store.due_mail(10).unwrap().is_empty(), "no mail for a refused result");
-    let done = store.finish(&job.id, second, None).unwrap();
+    let produced = Produced {
+        mp3_bytes: 160_044,
+        duration_ms: 10_005,
+        warnings: Some("recovered 10.0 s of 20.0 s".into()),
+    };
+    let done = store.finish(&job.id, second, Ok(&produced)).unwrap();
     assert_eq!(done.state, JobState::Done);
+    assert_eq!(done.produced.as_ref(), Some(&produced), "what it produced is stored");
+    assert_eq!(store.job(&job.id).unwrap().unwrap().produced, Some(produced));
     let mail = store.due_mail(10).unwrap();
     assert_eq!(mail.len(), 1);
     assert_eq!(mail[0].job_id, job.id);
     assert!(
-        matches!(store.finish(&job.id, second, None), Err(StoreError::Conflict { .. })),
+        matches!(
+            store.finish(&job.id, second, Ok(&Produced::default())),
+            Err(StoreError::Conflict { .. })
+        ),
         "only once"
     );
     store.mail_sent(mail[0].id).unwrap();
@@ -94,9 +104,14 @@ fn handovers_carry_state_key_mail_and_webhooks_and_adopt_once() {
     };
     let (done, _) = from.insert_job(&hooked).unwrap();
     let (mailed, _) = from.insert_job(&new_job(None)).unwrap();
+    let produced = Produced {
+        mp3_bytes: 4_096,
+        duration_ms: 1_500,
+        warnings: None,
+    };
     for id in [&done.id, &mailed.id] {
         let attempt = from.start(id, JobState::Converting).unwrap();
-        from.finish(id, attempt, None).unwrap();
+        from.finish(id, attempt, Ok(&produced)).unwrap();
     }
     let sent = from
         .due_mail(10)
@@ -133,7 +148,9 @@ fn handovers_carry_state_key_mail_and_webhooks_and_adopt_once() {
     let taken = to.job(&queued.id).unwrap().unwrap();
     assert_eq!(taken.state, JobState::Queued, "an interrupted conversion starts again");
     assert_eq!(taken.attempt, all[0].job.attempt, "the fencing token carries on");
-    assert_eq!(to.job(&done.id).unwrap().unwrap().state, JobState::Done);
+    let adopted = to.job(&done.id).unwrap().unwrap();
+    assert_eq!(adopted.state, JobState::Done);
+    assert_eq!(adopted.produced, Some(produced), "size and duration go with it");
     let due = to.due_mail(10).unwrap();
     assert_eq!(
         due.iter().map(|m| &m.job_id).collect::<Vec<_>>(),
@@ -164,7 +181,7 @@ fn failures_keep_code_and_message_and_unfinished_jobs_are_found() {
     let (b, _) = store.insert_job(&new_job(None)).unwrap();
     let attempt = store.start(&a.id, JobState::Converting).unwrap();
     let failed = store
-        .finish(&a.id, attempt, Some(("not_mp4", "not an MP4 file")))
+        .finish(&a.id, attempt, Err(("not_mp4", "not an MP4 file")))
         .unwrap();
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(failed.error_code.as_deref(), Some("not_mp4"));
