@@ -38,7 +38,7 @@ import mutate  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT_S = 10
 RSS_LIMIT_MIB = 128
-LINE = re.compile(r"^mp4tomp3: ([a-z_]+): ")
+LINE = re.compile(r"^mp4tomp3: ([a-z0-9_]+): ")
 
 
 def probe_seconds(path):

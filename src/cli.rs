@@ -168,6 +168,10 @@ pub struct ConvertArgs {
     /// halves at once and spliced).
     #[arg(long)]
     pub sequential: bool,
+    /// Refuse a damaged input rather than keep what could be recovered from it (exit 2,
+    /// no output).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// A failed command: what to print and how to exit.
@@ -191,6 +195,15 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// What starts the error's line on stderr: a conversion error's code (as in the
+    /// README and the API), else `error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CliError::Convert(e) => e.code(),
+            _ => "error",
+        }
+    }
+
     /// 2 for bad input, 1 for internal failures.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -351,19 +364,32 @@ fn run_convert(args: &ConvertArgs) -> Result<(), CliError> {
         progress: Some(&on_progress),
         cancel: None,
     };
+    // A partial result (a damaged input) is kept with a warning, or refused with --strict.
+    let checked = |summary: convert::Summary| match summary.warning() {
+        Some(warning) if args.strict => Err(ConvertError::Corrupt(format!(
+            "the input is damaged ({warning}); --strict refuses a partial result"
+        ))),
+        warning => Ok(warning),
+    };
     let result = if to_stdout {
         let mut tmp = tempfile::tempfile()?;
-        convert::convert(input, &mut tmp, &opts, hooks)?;
+        let warning = checked(convert::convert(input, &mut tmp, &opts, hooks)?)?;
         tmp.seek(SeekFrom::Start(0))?;
         io::copy(&mut tmp, &mut io::stdout().lock())?;
-        Ok(())
+        Ok(warning)
     } else {
+        let mut warning = None;
         write_atomically(&output, args.force, |file| {
-            convert::convert(input, file, &opts, hooks).map(drop)
+            warning = checked(convert::convert(input, file, &opts, hooks)?)?;
+            Ok(())
         })
+        .map(|()| warning)
     };
     bar.finish_and_clear();
-    result
+    if let Some(warning) = result? {
+        writeln!(io::stderr(), "mp4tomp3: warning: {warning}")?;
+    }
+    Ok(())
 }
 
 /// Writes `path` through a temp file beside it, fsynced and renamed into place, so a

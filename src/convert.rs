@@ -79,8 +79,12 @@ pub struct Summary {
     pub channels: usize,
     /// Duration of the audio written, after edit-list trimming.
     pub duration: Duration,
-    /// Corrupt packets that were skipped.
-    pub skipped_packets: u64,
+    /// The duration the container states, when it does.
+    pub expected: Option<Duration>,
+    /// Damaged packets replaced with silence of their length.
+    pub concealed_packets: u64,
+    /// Why decoding stopped before the end of the track (a cut file), if it did.
+    pub ended_early: Option<String>,
     /// The decoder that did the work: `symphonia` or `fdk-aac`.
     pub decoder: &'static str,
     /// Encoded as two halves at once and spliced (see `parallel.rs`).
@@ -88,14 +92,28 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// What a user should know about a partial result, in words; `None` when the input
-    /// was whole.
+    /// What a user should know about a partial result, in words (e.g. `recovered 18.3 s
+    /// of 20.0 s; 55 damaged packets replaced with silence`); `None` when the input was
+    /// whole.
     pub fn warning(&self) -> Option<String> {
-        match self.skipped_packets {
-            0 => None,
-            1 => Some("1 damaged packet replaced with silence".into()),
-            n => Some(format!("{n} damaged packets replaced with silence")),
+        let got = self.duration.as_secs_f64();
+        let short = self
+            .expected
+            .map(|e| e.as_secs_f64())
+            .filter(|e| got < e - (e * 0.02).max(0.5));
+        let mut parts = Vec::new();
+        match (short, &self.ended_early) {
+            (Some(e), Some(why)) => parts.push(format!("recovered {got:.1} s of {e:.1} s ({why})")),
+            (Some(e), None) => parts.push(format!("recovered {got:.1} s of {e:.1} s")),
+            (None, Some(why)) => parts.push(format!("recovered {got:.1} s ({why})")),
+            (None, None) => {}
         }
+        match self.concealed_packets {
+            0 => {}
+            1 => parts.push("1 damaged packet replaced with silence".into()),
+            n => parts.push(format!("{n} damaged packets replaced with silence")),
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
@@ -107,8 +125,10 @@ const CHANNEL_BLOCKS: usize = 4;
 /// ALAC's 4096-frame packets of 8 × 32-bit channels are 128 KiB; a larger size is forged,
 /// and refusing it keeps symphonia from reading (and buffering) that much.
 const MAX_AUDIO_SAMPLE_BYTES: u32 = 4 << 20;
-/// Errors in a row after which the input is considered corrupt, whatever came before.
-const MAX_CONSECUTIVE_BAD: u64 = 32;
+/// Unreadable samples in a row after which decoding stops with what it has.
+const MAX_DEMUX_ERRORS: u32 = 16;
+/// Sample rates an audio track can really have; outside them, the container's is used.
+const PLAUSIBLE_RATES: std::ops::RangeInclusive<u32> = 7_350..=384_000;
 
 /// Converts the MP4 at `input` into MP3 bytes written to `out` (which must be seekable:
 /// the info frame at its start is rewritten at the end).
@@ -168,6 +188,9 @@ pub fn convert<W: Write + Seek>(
             limit_secs: limit.as_secs_f64(),
         });
     }
+    let expected = known_secs
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64);
     let id3 = tags::id3_from_metadata(format.metadata().skip_to_latest());
     let decoder = Decoder::new(&track.params)?;
     let codec = decode::codec_name(&track.params);
@@ -183,6 +206,8 @@ pub fn convert<W: Write + Seek>(
         len,
         hooks,
         window: None,
+        timebase: track.timebase,
+        fallback_rate: track.fallback_rate,
     };
     if let Some(plan) = SplitPlan::new(&track, quality, known_secs).filter(|_| !opts.sequential)
         && let Some(summary) = convert_split(
@@ -197,6 +222,7 @@ pub fn convert<W: Write + Seek>(
                 hooks,
                 id3: &id3,
                 codec: codec.clone(),
+                expected,
             },
             out,
         )?
@@ -215,6 +241,9 @@ pub fn convert<W: Write + Seek>(
         // A decode failure explains an encoder that stopped for want of input, so it wins.
         let stats = decoded?;
         let (input_rate, output_rate, channels, frames) = encoded?;
+        if frames == 0 {
+            return Err(ConvertError::Corrupt("no audio could be decoded".into()));
+        }
         if let Some(progress) = hooks.progress {
             progress(1.0);
         }
@@ -224,7 +253,9 @@ pub fn convert<W: Write + Seek>(
             output_rate,
             channels,
             duration: Duration::from_secs_f64(frames as f64 / f64::from(input_rate.max(1))),
-            skipped_packets: stats.bad_packets,
+            expected,
+            concealed_packets: stats.concealed,
+            ended_early: stats.ended_early,
             decoder: stats.decoder,
             split: false,
         })
@@ -268,6 +299,10 @@ struct ChosenTrack {
     params: symphonia::core::codecs::audio::AudioCodecParameters,
     /// Track duration in its timebase, with the timebase, when the container states it.
     duration_ts: Option<(u64, f64)>,
+    /// The timebase (seconds per tick), when stated.
+    timebase: Option<f64>,
+    /// A plausible sample rate from the container (sample entry, else media timescale).
+    fallback_rate: Option<u32>,
 }
 
 impl ChosenTrack {
@@ -332,14 +367,27 @@ fn pick_track(format: &dyn FormatReader, wanted: Option<usize>) -> Result<Chosen
         requested: index,
         available: audio.len(),
     })?;
-    let duration_ts = match (track.duration, track.time_base) {
-        (Some(d), Some(tb)) if d.get() > 0 => Some((d.get(), f64::from(tb.numer.get()) / f64::from(tb.denom.get()))),
+    let timebase = track
+        .time_base
+        .map(|tb| f64::from(tb.numer.get()) / f64::from(tb.denom.get()));
+    let duration_ts = match (track.duration, timebase) {
+        (Some(d), Some(tb)) if d.get() > 0 => Some((d.get(), tb)),
         _ => None,
     };
+    let timescale = track
+        .time_base
+        .filter(|tb| tb.numer.get() == 1)
+        .map(|tb| tb.denom.get());
+    let fallback_rate = [params.sample_rate, timescale]
+        .into_iter()
+        .flatten()
+        .find(|r| PLAUSIBLE_RATES.contains(r));
     Ok(ChosenTrack {
         id: track.id,
         params: (*params).clone(),
         duration_ts,
+        timebase,
+        fallback_rate,
     })
 }
 
@@ -369,12 +417,84 @@ struct DecodeJob<'h> {
     hooks: Hooks<'h>,
     /// Only these samples (after the edit list) go to the encoder: one half of a split.
     window: Option<Trim>,
+    /// The track's timebase (seconds per tick), for the length of a damaged packet.
+    timebase: Option<f64>,
+    /// The rate to use when the decoder reports an impossible one: the sample entry's or
+    /// the media timescale, if plausible.
+    fallback_rate: Option<u32>,
 }
 
 /// Counts from the decode thread.
 struct DecodeStats {
-    bad_packets: u64,
+    /// Damaged packets replaced with silence.
+    concealed: u64,
+    /// Why decoding stopped before the end of the track, if it did.
+    ended_early: Option<String>,
     decoder: &'static str,
+}
+
+/// Where decoded audio goes: the edit-list trim, the split window, the duration limit,
+/// then batches to the encoder thread.
+struct Sink {
+    tx: SyncSender<Pcm>,
+    trim: Trim,
+    window: Option<Trim>,
+    emitted: u64,
+    batch: Pcm,
+    max_duration: Option<Duration>,
+}
+
+/// Whether to go on decoding.
+enum Flow {
+    More,
+    /// Everything wanted was emitted.
+    Done,
+    /// The encoder is gone.
+    Stopped,
+}
+
+impl Sink {
+    fn push(&mut self, mut pcm: Pcm) -> Result<Flow> {
+        let rate = pcm.rate;
+        let mut more = self.trim.apply(&mut pcm);
+        if let Some(window) = self.window.as_mut() {
+            more &= window.apply(&mut pcm);
+        }
+        self.emitted += pcm.frames() as u64;
+        if let Some(limit) = self.max_duration {
+            let secs = self.emitted as f64 / f64::from(rate);
+            if secs > limit.as_secs_f64() {
+                return Err(ConvertError::TooLong {
+                    actual_secs: secs,
+                    limit_secs: limit.as_secs_f64(),
+                });
+            }
+        }
+        let fresh = self.batch.planes.is_empty();
+        self.batch.append(pcm);
+        if fresh {
+            self.batch.planes.iter_mut().for_each(|p| p.reserve(BATCH_FRAMES));
+        }
+        if self.batch.frames() >= BATCH_FRAMES && self.tx.send(std::mem::take(&mut self.batch)).is_err() {
+            return Ok(Flow::Stopped);
+        }
+        Ok(if more { Flow::More } else { Flow::Done })
+    }
+
+    fn finish(self) {
+        if self.batch.frames() > 0 {
+            let _ = self.tx.send(self.batch);
+        }
+    }
+}
+
+/// An I/O error from the demuxer that says the data is bad (a cut file, an offset past
+/// any file), not that the disk failed.
+fn is_data_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+    )
 }
 
 /// Applies the edit list: drops priming at the start and padding at the end.
@@ -406,6 +526,9 @@ impl Trim {
 }
 
 impl DecodeJob<'_> {
+    /// Demuxes and decodes the track, sending PCM to the encoder. A damaged packet becomes
+    /// silence of its length; an unreadable sample or a cut file ends decoding with what
+    /// came before. Fails when nothing decodes or when most packets are damaged.
     fn run(
         mut self,
         mut format: Box<dyn FormatReader>,
@@ -414,59 +537,98 @@ impl DecodeJob<'_> {
     ) -> Result<DecodeStats> {
         let mut packets = 0u64;
         let mut bad = 0u64;
-        let mut bad_in_a_row = 0u64;
+        let mut demux_errors = 0u32;
+        let mut ended_early: Option<(String, bool)> = None;
         let mut layout: Option<(u32, usize)> = None;
-        let mut trim = Trim { skip: 0, keep: None };
-        let mut emitted = 0u64;
-        let mut batch = Pcm::default();
+        // Silence owed for damaged packets met before the first good one set the layout.
+        let mut owed_secs = 0.0f64;
+        let mut last_frames = 1024usize;
+        let mut sink = Sink {
+            tx,
+            trim: Trim { skip: 0, keep: None },
+            window: self.window.take(),
+            emitted: 0,
+            batch: Pcm::default(),
+            max_duration: self.max_duration,
+        };
         let mut last_progress = 0.0f64;
         loop {
             if self.hooks.canceled() {
                 return Err(ConvertError::Canceled);
             }
             let packet = match format.next_packet() {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(SymphoniaError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(ConvertError::Truncated(e.to_string()));
+                Ok(Some(p)) => {
+                    demux_errors = 0;
+                    p
                 }
-                Err(e) if self.truncated => return Err(ConvertError::Truncated(e.to_string())),
-                Err(SymphoniaError::IoError(e)) => return Err(ConvertError::Io(e)),
-                Err(e) => return Err(ConvertError::Corrupt(e.to_string())),
+                Ok(None) => {
+                    // The reader found an end, but the box walk says the file was cut short.
+                    if self.truncated {
+                        ended_early = Some(("the last box is cut short".into(), true));
+                    }
+                    break;
+                }
+                Err(SymphoniaError::IoError(e)) if !is_data_error(&e) => return Err(ConvertError::Io(e)),
+                Err(e) => {
+                    // A cut file, or a sample the tables place where it cannot be read:
+                    // keep what came before (and what comes after, if the reader goes on).
+                    let cut = self.truncated
+                        || matches!(&e, SymphoniaError::IoError(io) if io.kind() == io::ErrorKind::UnexpectedEof);
+                    demux_errors += 1;
+                    if cut || demux_errors >= MAX_DEMUX_ERRORS {
+                        ended_early = Some((e.to_string(), cut));
+                        break;
+                    }
+                    tracing::debug!(error = %e, "an unreadable audio sample");
+                    continue;
+                }
             };
             if packet.track_id != self.track_id {
                 continue;
             }
             packets += 1;
             self.report_progress(packet.pts.get(), &mut last_progress);
-            let mut pcm = match decoder.decode(&packet) {
-                Ok(Some(pcm)) => {
-                    bad_in_a_row = 0;
-                    pcm
-                }
+            let pcm = match decoder.decode(&packet) {
+                Ok(Some(pcm)) => pcm,
                 Ok(None) => continue,
                 Err(PacketError::Fatal(e)) => return Err(e),
                 Err(PacketError::Skip(why)) => {
                     bad += 1;
-                    bad_in_a_row += 1;
-                    tracing::warn!(packet = packets, %why, "skipping a corrupt audio packet");
-                    if bad_in_a_row >= MAX_CONSECUTIVE_BAD || (bad > 8 && bad * 10 > packets) {
+                    tracing::debug!(packet = packets, %why, "a damaged audio packet becomes silence");
+                    if packets >= 64 && bad * 10 > packets * 9 {
                         return Err(ConvertError::Corrupt(format!(
                             "{bad} of {packets} audio packets did not decode (last: {why})"
                         )));
                     }
-                    continue;
+                    let secs = self.packet_secs(&packet);
+                    let Some((rate, channels)) = layout else {
+                        owed_secs += secs.unwrap_or(0.0);
+                        continue;
+                    };
+                    let frames = secs.map_or(last_frames, |s| (s * f64::from(rate)).round() as usize);
+                    Pcm::silence(rate, channels, frames.min(rate as usize * 10))
                 }
             };
-            let (rate, channels) = *layout.get_or_insert_with(|| {
-                if let Some(edit) = self.edit {
-                    trim = Trim {
-                        skip: edit.skip_frames(pcm.rate),
-                        keep: edit.keep_frames(pcm.rate),
-                    };
+            let mut pcm = pcm;
+            if !PLAUSIBLE_RATES.contains(&pcm.rate) {
+                pcm.rate = self.fallback_rate.ok_or_else(|| {
+                    ConvertError::Corrupt(format!("the audio claims an impossible sample rate ({} Hz)", pcm.rate))
+                })?;
+            }
+            last_frames = pcm.frames().max(1);
+            let (rate, channels) = match layout {
+                Some(known) => known,
+                None => {
+                    let known = (pcm.rate, pcm.planes.len());
+                    layout = Some(known);
+                    sink.trim = self.trim_for(pcm.rate);
+                    if owed_secs > 0.0 {
+                        let frames = (owed_secs * f64::from(pcm.rate)).round() as usize;
+                        sink.push(Pcm::silence(known.0, known.1, frames))?;
+                    }
+                    known
                 }
-                (pcm.rate, pcm.planes.len())
-            });
+            };
             if pcm.rate != rate {
                 return Err(ConvertError::Corrupt(format!(
                     "sample rate changes mid-stream ({rate} Hz → {} Hz)",
@@ -474,41 +636,19 @@ impl DecodeJob<'_> {
                 )));
             }
             fit_channels(&mut pcm.planes, channels);
-            let mut more = trim.apply(&mut pcm);
-            if let Some(window) = self.window.as_mut() {
-                more &= window.apply(&mut pcm);
-            }
-            emitted += pcm.frames() as u64;
-            if let Some(limit) = self.max_duration {
-                let secs = emitted as f64 / f64::from(rate);
-                if secs > limit.as_secs_f64() {
-                    return Err(ConvertError::TooLong {
-                        actual_secs: secs,
-                        limit_secs: limit.as_secs_f64(),
-                    });
-                }
-            }
-            let fresh = batch.planes.is_empty();
-            batch.append(pcm);
-            if fresh {
-                batch.planes.iter_mut().for_each(|p| p.reserve(BATCH_FRAMES));
-            }
-            if batch.frames() >= BATCH_FRAMES && tx.send(std::mem::take(&mut batch)).is_err() {
+            match sink.push(pcm)? {
+                Flow::More => {}
+                Flow::Done => break,
                 // The encoder stopped; its error is reported by the caller.
-                return Ok(DecodeStats {
-                    bad_packets: bad,
-                    decoder: decoder.name(),
-                });
-            }
-            if !more {
-                break;
+                Flow::Stopped => break,
             }
         }
-        if layout.is_none() {
-            return Err(if bad > 0 {
-                ConvertError::Corrupt(format!("none of the {packets} audio packets decoded"))
-            } else {
-                ConvertError::Corrupt("the audio track holds no audio".into())
+        if sink.emitted == 0 {
+            return Err(match ended_early {
+                Some((why, true)) if bad == 0 => ConvertError::Truncated(why),
+                Some((why, _)) if bad == 0 => ConvertError::Corrupt(format!("no audio sample could be read ({why})")),
+                _ if bad > 0 => ConvertError::Corrupt(format!("none of the {packets} audio packets decoded")),
+                _ => ConvertError::Corrupt("the audio track holds no audio".into()),
             });
         }
         if bad * 2 > packets {
@@ -516,13 +656,46 @@ impl DecodeJob<'_> {
                 "{bad} of {packets} audio packets did not decode"
             )));
         }
-        if batch.frames() > 0 {
-            let _ = tx.send(batch);
-        }
+        sink.finish();
         Ok(DecodeStats {
-            bad_packets: bad,
+            concealed: bad,
+            ended_early: ended_early.map(|(why, cut)| {
+                if cut {
+                    "the file ends early".to_string()
+                } else {
+                    format!("the rest is unreadable: {why}")
+                }
+            }),
             decoder: decoder.name(),
         })
+    }
+
+    /// How long a packet lasts, from the container's timing.
+    fn packet_secs(&self, packet: &symphonia::core::packet::Packet) -> Option<f64> {
+        let (_, tb) = self.duration_ts.unwrap_or((0, self.timebase?));
+        let secs = packet.dur.get() as f64 * tb;
+        (secs > 0.0 && secs < 10.0).then_some(secs)
+    }
+
+    /// The edit list's trim at `rate`, unless the edit list cannot be right: a start at or
+    /// beyond the end of the track, or a kept length under half of the rest (a damaged
+    /// timescale), when the track's duration is known. Then the whole track is kept.
+    fn trim_for(&self, rate: u32) -> Trim {
+        let Some(edit) = self.edit else {
+            return Trim { skip: 0, keep: None };
+        };
+        let (skip, keep) = (edit.skip_frames(rate), edit.keep_frames(rate));
+        let total = self.duration_ts.map(|(d, tb)| (d as f64 * tb * f64::from(rate)) as u64);
+        let plausible = match total {
+            Some(total) if total > 0 => skip < total && keep.is_none_or(|k| k.saturating_mul(2) >= total - skip),
+            _ => skip < u64::from(rate) * 60,
+        };
+        if plausible {
+            Trim { skip, keep }
+        } else {
+            tracing::debug!(?edit, ?total, "ignoring an edit list that cannot be right");
+            Trim { skip: 0, keep: None }
+        }
     }
 
     fn report_progress(&self, pts: i64, last: &mut f64) {

@@ -43,7 +43,8 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(|| cli::run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("mp4tomp3: error: {e}");
+            // A conversion error's line starts with its code (`corrupt_media: ...`).
+            eprintln!("mp4tomp3: {}: {e}", e.code());
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
         Err(_) => {

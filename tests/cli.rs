@@ -93,7 +93,13 @@ fn bad_input_is_one_line_and_exit_2_and_leaves_no_file() {
     let text = dir.path().join("notes.mp4");
     std::fs::write(&text, "hello, this is text, not a movie at all.............").unwrap();
     let out_path = dir.path().join("notes.mp3");
-    assert_bad_input(&run(&["convert", text.to_str().unwrap()]), "not an MP4");
+    let refused = run(&["convert", text.to_str().unwrap()]);
+    assert_bad_input(&refused, "not an MP4");
+    assert!(
+        stderr(&refused).starts_with("mp4tomp3: not_mp4: "),
+        "the line starts with the code: {}",
+        stderr(&refused)
+    );
     assert!(!out_path.exists(), "no MP3 for a failed conversion");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "and no temp file");
 
@@ -129,6 +135,73 @@ fn bad_input_is_one_line_and_exit_2_and_leaves_no_file() {
         ]),
         "AC-3",
     );
+}
+
+#[test]
+fn a_damaged_input_gives_a_partial_mp3_with_one_warning_or_exit_2_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = std::fs::read(common::tone(
+        "cli_cut_frag_10s.m4a",
+        440,
+        44_100,
+        10.0,
+        2,
+        &[
+            "-c:a",
+            "aac",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-frag_duration",
+            "500000",
+        ],
+    ))
+    .unwrap();
+    // Cut short (a download that stopped): what is there converts, and stderr says how much.
+    let cut = dir.path().join("cut.m4a");
+    std::fs::write(&cut, &whole[..whole.len() * 6 / 10]).unwrap();
+    let out = run(&["convert", cut.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(
+        err.starts_with("mp4tomp3: warning: recovered ") && err.ends_with(" s (the file ends early)\n"),
+        "{err:?}"
+    );
+    let secs = common::duration(&dir.path().join("cut.mp3"));
+    assert!((4.5..7.0).contains(&secs), "about 60 % of 10 s: {secs}");
+    let stated: f64 = err["mp4tomp3: warning: recovered ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (stated - secs).abs() < 0.1,
+        "the warning says {stated} s, the MP3 lasts {secs} s"
+    );
+
+    // With --strict the same input is refused, and no MP3 is left.
+    let strict_out = dir.path().join("strict.mp3");
+    let out = run(&[
+        "convert",
+        cut.to_str().unwrap(),
+        "--strict",
+        "-o",
+        strict_out.to_str().unwrap(),
+    ]);
+    assert_bad_input(&out, "--strict refuses a partial result");
+    assert!(
+        stderr(&out).starts_with("mp4tomp3: corrupt_media: "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!strict_out.exists());
+
+    // A whole input has no warning, strict or not.
+    let ok = dir.path().join("whole.m4a");
+    std::fs::write(&ok, &whole).unwrap();
+    let out = run(&["convert", ok.to_str().unwrap(), "--strict"]);
+    assert!(out.status.success() && stderr(&out).is_empty(), "{}", stderr(&out));
 }
 
 #[test]

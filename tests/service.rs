@@ -855,3 +855,47 @@ async fn a_hundred_concurrent_uploads_make_a_hundred_jobs_and_a_hundred_emails()
     let tmp: Vec<_> = std::fs::read_dir(data.join("tmp")).unwrap().collect();
     assert!(tmp.is_empty(), "tmp/ is empty after the burst: {tmp:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_upload_is_done_with_a_warning_in_the_job_and_the_email() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let whole = std::fs::read(common::tone(
+        "service_cut_frag_8s.m4a",
+        440,
+        44_100,
+        8.0,
+        2,
+        &[
+            "-c:a",
+            "aac",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-frag_duration",
+            "500000",
+        ],
+    ))
+    .unwrap();
+    // A recording cut short: half of it converts.
+    let cut = save(dir.path(), "cut.m4a", &whole[..whole.len() / 2]);
+    let id = api.upload(&token, &cut).await["id"].as_str().unwrap().to_string();
+    let done = api.finished(&token, &id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let warnings = done["warnings"].as_str().unwrap_or_else(|| panic!("a warning: {done}"));
+    assert!(
+        warnings.starts_with("recovered ") && warnings.ends_with("(the file ends early)"),
+        "{warnings}"
+    );
+    let mp3 = api.mp3(&token, &id).await;
+    let secs = common::duration(&save(dir.path(), "cut.mp3", &mp3));
+    assert!((2.5..5.5).contains(&secs), "about half of 8 s: {secs}");
+    let mail = poll(WAIT, "the .eml", || async {
+        let files = node.eml_files();
+        (files.len() == 1).then(|| files[0].clone())
+    })
+    .await;
+    let text = mail_text(&mail);
+    assert!(text.contains(&format!("the MP3 is partial: {warnings}.")), "{text}");
+}

@@ -509,13 +509,26 @@ async fn a_keyboard_user_reaches_every_control_and_each_form_does_its_job() {
     // The file picker is reachable too (a user presses Space there to open it).
     b.tab_to("#files").await;
 
-    // A file dropped on the zone (a drag from the desktop, made with the same DragEvent).
+    // A file dropped on the zone (a drag from the desktop, made with the same DragEvent):
+    // a recording cut short, so the job ends done with a warning.
     let dropped = dir.path().join("dropped.m4a");
-    std::fs::copy(
-        common::tone("web_kbd_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]),
-        &dropped,
-    )
+    let whole = std::fs::read(common::tone(
+        "web_kbd_frag_4s.m4a",
+        440,
+        44100,
+        4.0,
+        2,
+        &[
+            "-c:a",
+            "aac",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-frag_duration",
+            "500000",
+        ],
+    ))
     .unwrap();
+    std::fs::write(&dropped, &whole[..whole.len() * 3 / 4]).unwrap();
     b.js(
         "const i = document.createElement('input'); i.type = 'file'; i.id = 'dnd-source'; \
           document.body.append(i); return 1;",
@@ -579,6 +592,21 @@ async fn a_keyboard_user_reaches_every_control_and_each_form_does_its_job() {
          document.querySelectorAll('#jobs li.done').length === 2",
     )
     .await;
+    let shown = b
+        .js(&format!(
+            "return document.querySelector('#jobs li[data-job=\"{}\"] .warning').textContent",
+            drop_job["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        shown.as_str().unwrap(),
+        format!(
+            "Partial: the file was damaged, {}.",
+            drop_job["warnings"].as_str().unwrap()
+        ),
+        "the warning in the list: {drop_job}"
+    );
+    b.screenshots("jobs-partial").await;
     let order = b
         .js("return [...document.querySelectorAll('#jobs li.done')].map(li => li.dataset.job)")
         .await;

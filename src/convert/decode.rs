@@ -30,6 +30,14 @@ impl Pcm {
         self.planes.first().map_or(0, Vec::len)
     }
 
+    /// `frames` of silence.
+    pub(crate) fn silence(rate: u32, channels: usize, frames: usize) -> Pcm {
+        Pcm {
+            rate,
+            planes: vec![vec![0.0; frames]; channels],
+        }
+    }
+
     /// Appends `other` (same layout); an empty block simply becomes `other`.
     pub(crate) fn append(&mut self, other: Pcm) {
         if self.planes.is_empty() {

@@ -21,7 +21,9 @@ use super::error::{ConvertError, Result};
 use super::frames::{Frame, FrameWriter};
 use super::settings::Quality;
 use super::split::{self, Halves, WARMUP_MAX};
-use super::{CHANNEL_BLOCKS, ChosenTrack, DecodeJob, Hooks, Summary, Tracked, Trim, demuxer_panic, open_track};
+use super::{
+    CHANNEL_BLOCKS, ChosenTrack, DecodeJob, DecodeStats, Hooks, Summary, Tracked, Trim, demuxer_panic, open_track,
+};
 
 /// Shorter inputs are not worth a second pipeline.
 pub(crate) const MIN_SPLIT_SECS: f64 = 20.0;
@@ -74,6 +76,8 @@ pub(crate) struct SplitContext<'h> {
     pub(crate) hooks: Hooks<'h>,
     pub(crate) id3: &'h id3::Tag,
     pub(crate) codec: String,
+    /// The duration the container states.
+    pub(crate) expected: Option<Duration>,
 }
 
 /// One encoded half.
@@ -112,7 +116,7 @@ fn decode_half(
     ctx: &SplitContext<'_>,
     window: Trim,
     tx: std::sync::mpsc::SyncSender<Pcm>,
-) -> Result<&'static str> {
+) -> Result<DecodeStats> {
     let file = File::open(reopen)?;
     let len = file.metadata()?.len();
     let position = Arc::new(AtomicU64::new(0));
@@ -137,8 +141,10 @@ fn decode_half(
             cancel: ctx.hooks.cancel,
         },
         window: Some(window),
+        timebase: track.timebase,
+        fallback_rate: track.fallback_rate,
     };
-    Ok(job.run(format, decoder, tx)?.decoder)
+    job.run(format, decoder, tx)
 }
 
 /// Encodes what arrives into a temp file, recording its frames. `None` if the audio is not
@@ -223,11 +229,14 @@ pub(crate) fn convert_split<W: Write + Seek>(
             .map_err(|_| ConvertError::Encoder("the second encoder crashed".into()))?;
         let decoder_a = decode_a.join().map_err(|_| demuxer_panic())?;
         let decoder_b = decode_b.join().map_err(|_| demuxer_panic())?;
-        let decoder = decoder_a?;
-        decoder_b?;
-        Ok((a?, b?, decoder))
+        let (stats_a, stats_b) = (decoder_a?, decoder_b?);
+        // A damaged input is converted in one piece, which reports what it recovered.
+        let whole = [&stats_a, &stats_b]
+            .iter()
+            .all(|s| s.concealed == 0 && s.ended_early.is_none());
+        Ok((a?, b?, stats_a.decoder, whole))
     })?;
-    let (Some(mut a), Some(mut b), decoder) = halves else {
+    let (Some(mut a), Some(mut b), decoder, true) = halves else {
         return Ok(None);
     };
     if a.samples < plan.a_end || b.samples == 0 || a.channels != b.channels {
@@ -275,7 +284,9 @@ pub(crate) fn convert_split<W: Write + Seek>(
         output_rate: plan.rate,
         channels: a.channels,
         duration: Duration::from_secs_f64(total_samples as f64 / f64::from(plan.rate)),
-        skipped_packets: 0,
+        expected: ctx.expected,
+        concealed_packets: 0,
+        ended_early: None,
         decoder,
         split: true,
     }))
