@@ -49,6 +49,10 @@ def probe_seconds(path):
                        capture_output=True, text=True)
     if d.returncode != 0 or d.stderr.strip():
         return 0.0
+    return ffprobe_seconds(path)
+
+
+def ffprobe_seconds(path):
     p = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
                        capture_output=True, text=True)
     try:
@@ -97,12 +101,7 @@ def run_ffmpeg(path, out):
         return 0.0
     if not os.path.exists(out) or os.path.getsize(out) == 0:
         return 0.0
-    p = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", out],
-                       capture_output=True, text=True)
-    try:
-        return float(p.stdout.strip())
-    except ValueError:
-        return 0.0
+    return ffprobe_seconds(out)
 
 
 def defects(r):

@@ -140,22 +140,7 @@ fn bad_input_is_one_line_and_exit_2_and_leaves_no_file() {
 #[test]
 fn a_damaged_input_gives_a_partial_mp3_with_one_warning_or_exit_2_with_strict() {
     let dir = tempfile::tempdir().unwrap();
-    let whole = std::fs::read(common::tone(
-        "cli_cut_frag_10s.m4a",
-        440,
-        44_100,
-        10.0,
-        2,
-        &[
-            "-c:a",
-            "aac",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-            "-frag_duration",
-            "500000",
-        ],
-    ))
-    .unwrap();
+    let whole = std::fs::read(common::fragmented("cli_cut_frag_10s.m4a", 10.0)).unwrap();
     // Cut short (a download that stopped): what is there converts, and stderr says how much.
     let cut = dir.path().join("cut.m4a");
     std::fs::write(&cut, &whole[..whole.len() * 6 / 10]).unwrap();

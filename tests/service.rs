@@ -862,22 +862,7 @@ async fn a_damaged_upload_is_done_with_a_warning_in_the_job_and_the_email() {
     let node = Node::start(&dir.path().join("a"), &[]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let whole = std::fs::read(common::tone(
-        "service_cut_frag_8s.m4a",
-        440,
-        44_100,
-        8.0,
-        2,
-        &[
-            "-c:a",
-            "aac",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-            "-frag_duration",
-            "500000",
-        ],
-    ))
-    .unwrap();
+    let whole = std::fs::read(common::fragmented("service_cut_frag_8s.m4a", 8.0)).unwrap();
     // A recording cut short: half of it converts.
     let cut = save(dir.path(), "cut.m4a", &whole[..whole.len() / 2]);
     let id = api.upload(&token, &cut).await["id"].as_str().unwrap().to_string();

@@ -512,22 +512,7 @@ async fn a_keyboard_user_reaches_every_control_and_each_form_does_its_job() {
     // A file dropped on the zone (a drag from the desktop, made with the same DragEvent):
     // a recording cut short, so the job ends done with a warning.
     let dropped = dir.path().join("dropped.m4a");
-    let whole = std::fs::read(common::tone(
-        "web_kbd_frag_4s.m4a",
-        440,
-        44100,
-        4.0,
-        2,
-        &[
-            "-c:a",
-            "aac",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-            "-frag_duration",
-            "500000",
-        ],
-    ))
-    .unwrap();
+    let whole = std::fs::read(common::fragmented("web_kbd_frag_4s.m4a", 4.0)).unwrap();
     std::fs::write(&dropped, &whole[..whole.len() * 3 / 4]).unwrap();
     b.js(
         "const i = document.createElement('input'); i.type = 'file'; i.id = 'dnd-source'; \

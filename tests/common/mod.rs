@@ -131,6 +131,20 @@ pub fn tone(name: &str, freq: u32, rate: u32, secs: f64, channels: u32, extra: &
     })
 }
 
+/// A fragmented M4A (a moof per 0.5 s) of a 440 Hz stereo AAC tone: cut anywhere, what
+/// comes before the cut is whole fragments and one broken one (a recording cut short).
+pub fn fragmented(name: &str, secs: f64) -> PathBuf {
+    let frag = [
+        "-c:a",
+        "aac",
+        "-movflags",
+        "frag_keyframe+empty_moov+default_base_moof",
+        "-frag_duration",
+        "500000",
+    ];
+    tone(name, 440, 44_100, secs, 2, &frag)
+}
+
 /// H.264 video + AAC audio (440 Hz) of `secs`, with moov at the end (ffmpeg's default).
 pub fn video(secs: u32) -> PathBuf {
     fixture(&format!("video_{secs}s.mp4"), |p| {
