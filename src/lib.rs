@@ -1,8 +1,8 @@
 //! mp4tomp3: turns MP4 files into MP3s.
 //!
-//! The conversion engine lives in [`convert`]; it is a plain library with no actors and no
-//! I/O policy, used both by the `mp4tomp3 convert` command and (later) by the service's
-//! converter actors.
+//! The conversion engine is the `mp4tomp3-convert` crate (`crates/convert`), re-exported as
+//! [`convert`]; it is a plain library with no actors and no I/O policy, used both by the
+//! `mp4tomp3 convert` command and by the service's converter actors.
 
 pub mod actors;
 pub mod app;
@@ -10,7 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod convert;
+pub use mp4tomp3_convert as convert;
 pub mod fetch;
 pub mod http;
 pub mod mail;

@@ -6,7 +6,7 @@
 use std::io::{Cursor, Seek, Write};
 
 use libfuzzer_sys::fuzz_target;
-use mp4tomp3::convert::{self, ConvertOptions, Hooks};
+use mp4tomp3_convert::{self as convert, ConvertOptions, Hooks};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut file) = tempfile::tempfile() else { return };
