@@ -190,6 +190,27 @@ fn a_damaged_input_gives_a_partial_mp3_with_one_warning_or_exit_2_with_strict() 
 }
 
 #[test]
+fn an_input_that_made_lame_abort_ends_in_an_exit_code_not_a_signal() {
+    // Found by the fuzz target: damaged AAC decoded to samples that tripped an assertion
+    // in LAME's quantizer, aborting the process (a whole node, in the service).
+    let dir = tempfile::tempdir().unwrap();
+    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/lame_assertion.mp4");
+    let out_path = dir.path().join("out.mp3");
+    for extra in [&[][..], &["--sequential"][..]] {
+        let mut args = vec!["convert", input, "-o", out_path.to_str().unwrap(), "--force"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let err = stderr(&out);
+        assert!(
+            matches!(out.status.code(), Some(0 | 2)),
+            "{:?} ({extra:?}): {err}",
+            out.status
+        );
+        assert!(err.lines().count() <= 1, "{err}");
+    }
+}
+
+#[test]
 fn stdin_and_stdout_work() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(common::stereo_tagged()).unwrap();

@@ -30,6 +30,19 @@ impl Pcm {
         self.planes.first().map_or(0, Vec::len)
     }
 
+    /// Makes every sample a finite value in -1..=1. Decoders fed damaged data can return
+    /// NaN or huge values, and LAME aborts the whole process on some of them (an assertion
+    /// in its quantizer, found by the fuzz target: tests/fixtures/lame_assertion.mp4).
+    pub(crate) fn sanitize(&mut self) {
+        for sample in self.planes.iter_mut().flatten() {
+            *sample = if sample.is_finite() {
+                sample.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            };
+        }
+    }
+
     /// `frames` of silence.
     pub(crate) fn silence(rate: u32, channels: usize, frames: usize) -> Pcm {
         Pcm {
@@ -104,7 +117,7 @@ impl AacProbe {
             match symphonia.decode(held) {
                 Ok(Some(pcm)) => out.push(pcm),
                 Ok(None) => {}
-                Err(PacketError::Skip(why)) => tracing::warn!(%why, "skipping a corrupt AAC packet"),
+                Err(PacketError::Skip(why)) => tracing::debug!(%why, "dropping a damaged AAC packet"),
                 Err(fatal) => return Err(fatal),
             }
         }

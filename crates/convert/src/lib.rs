@@ -610,6 +610,7 @@ impl DecodeJob<'_> {
                 }
             };
             let mut pcm = pcm;
+            pcm.sanitize();
             if !PLAUSIBLE_RATES.contains(&pcm.rate) {
                 pcm.rate = self.fallback_rate.ok_or_else(|| {
                     ConvertError::Corrupt(format!("the audio claims an impossible sample rate ({} Hz)", pcm.rate))
