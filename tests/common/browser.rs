@@ -170,8 +170,20 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();
     }
 
-    /// Both screenshot widths (375 and 1280 px), ending at 1280.
+    /// Both screenshot widths (375 and 1280 px), ending at 1280; and at 360 and 1440 px,
+    /// the widths the page must work at, nothing sticks out sideways.
     pub async fn screenshots(&self, name: &str) {
+        for width in [360, 1440] {
+            self.client.set_window_size(width, 1400).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let widths = self
+                .js("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+                .await;
+            assert!(
+                widths[0].as_u64() <= widths[1].as_u64(),
+                "the {name} page is wider than the window at {width} px: {widths}"
+            );
+        }
         self.screenshot(name, 375).await;
         self.screenshot(name, 1280).await;
     }
