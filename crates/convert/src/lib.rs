@@ -673,7 +673,7 @@ impl DecodeJob<'_> {
 
     /// How long a packet lasts, from the container's timing.
     fn packet_secs(&self, packet: &symphonia::core::packet::Packet) -> Option<f64> {
-        let (_, tb) = self.duration_ts.unwrap_or((0, self.timebase?));
+        let tb = self.timebase?;
         let secs = packet.dur.get() as f64 * tb;
         (secs > 0.0 && secs < 10.0).then_some(secs)
     }
