@@ -2,7 +2,10 @@
 """A box-aware MP4 mutator: damaged variants of valid MP4/M4A/MOV files, seeded and
 deterministic (the same seed and seeds give the same corpus, byte for byte).
 
-Usage: benches/mutate.py OUT_DIR [--count N] [--seed S]
+Usage: benches/mutate.py OUT_DIR [--count N] [--seed S] [--short]
+
+With --short the seeds are 0.25 s long (target/damaged/seeds-short/): a fuzzing corpus,
+where each execution converts a whole input and short inputs mean more executions.
 
 Seed files are made with ffmpeg under target/damaged/seeds/ (AAC with the moov at the end
 and at the start, with video, fragmented, ALAC, PCM in MOV, MP3 in MP4, mono 22 kHz). Each
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -55,11 +59,14 @@ SEEDS = {
 }
 
 
-def make_seeds():
-    os.makedirs(SEED_DIR, exist_ok=True)
+def make_seeds(short=False):
+    seed_dir = SEED_DIR + "-short" if short else SEED_DIR
+    os.makedirs(seed_dir, exist_ok=True)
     paths = []
     for name, args in sorted(SEEDS.items()):
-        path = os.path.join(SEED_DIR, name)
+        path = os.path.join(seed_dir, name)
+        if short:
+            args = [re.sub(r":d=\d+", ":d=0.25", a) for a in args]
         if not os.path.exists(path):
             tmp = path + ".tmp" + os.path.splitext(name)[1]
             subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"] + args + [tmp], check=True)
@@ -315,9 +322,9 @@ def mutate(rng, data):
     return bytes(data), done
 
 
-def corpus(out_dir, count, seed):
+def corpus(out_dir, count, seed, short=False):
     """Writes `count` variants; returns the manifest."""
-    seeds = make_seeds()
+    seeds = make_seeds(short)
     originals = {os.path.basename(p): open(p, "rb").read() for p in seeds}
     names = sorted(originals)
     os.makedirs(out_dir, exist_ok=True)
@@ -340,8 +347,9 @@ def main():
     p.add_argument("out_dir")
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--short", action="store_true", help="0.25 s seeds (for fuzzing)")
     a = p.parse_args()
-    manifest = corpus(a.out_dir, a.count, a.seed)
+    manifest = corpus(a.out_dir, a.count, a.seed, a.short)
     print(f"{len(manifest)} damaged files in {a.out_dir}", file=sys.stderr)
 
 
