@@ -705,9 +705,22 @@ def check(plan, client, nodes, admin, work, mail, nemesis, started):
             lists = None
         if lists and all(x is not None for x in lists):
             ended = all(j["state"] in ("done", "failed", "canceled") for x in lists for j in x)
-            if ended:
+            views = [{j["id"]: j["state"] for j in x} for x in lists]
+            if ended and all(v == views[0] for v in views):
                 break
         time.sleep(1)
+    converged = time.monotonic() < deadline
+    print(f"  {'converged' if converged else 'NOT converged'} {240 - (deadline - time.monotonic()):.0f} s after healing",
+          flush=True)
+    if not converged:
+        for n in nodes:
+            try:
+                members = json.loads(client.call(n, "GET", "/v1/cluster", token=admin)[2])["members"]
+                seen = collections.Counter(j["id"].split("~")[0] for j in list_all(client, n, admin) or [])
+                print(f"    {n.name}: members {[(m['node'], m['state']) for m in members]}; "
+                      f"lists jobs of {dict(sorted(seen.items()))}", flush=True)
+            except (OSError, KeyError, ValueError) as e:
+                print(f"    {n.name}: {e}", flush=True)
     if not lists or any(x is None for x in lists):
         return violations + ["not every node could list the jobs after healing"], None
     stuck = {j["id"]: j["state"] for x in lists for j in x if j["state"] not in ("done", "failed", "canceled")}

@@ -313,6 +313,39 @@ async fn an_upload_sent_through_another_node_is_stored_on_the_node_that_created_
     let r = head(&api_b, &token_b, &via_b).await;
     assert_eq!(r.headers()["mp4tomp3-job"].to_str().unwrap(), job_url);
 
+    // A keyed upload finished on A, created again with the same key through B (a client
+    // whose answer was lost, retrying on another pod): B answers A's upload and job, and
+    // makes no second job (the nemesis found this one).
+    let clip = common::tone("keyed-tus.m4a", 440, 44100, 1.0, 2, &[]);
+    let bytes = std::fs::read(&clip).unwrap();
+    let create = |api: &Api, token: &str| {
+        tus(api, reqwest::Method::POST, &api.url("/v1/uploads"), token)
+            .header("idempotency-key", "tus-key-1")
+            .header("upload-metadata", "filename a2V5ZWQubTRh")
+            .header("upload-length", bytes.len().to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes.clone())
+            .send()
+    };
+    let first = create(&api_a, &token_a).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let job = first.headers()["mp4tomp3-job"].to_str().unwrap().to_string();
+    let again = create(&api_b, &token_b).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["mp4tomp3-job"].to_str().unwrap(), job);
+    assert_eq!(
+        again.headers()["location"].to_str().unwrap(),
+        first.headers()["location"].to_str().unwrap()
+    );
+    let listed = api_b.get_json(&token_b, "/v1/jobs?limit=100").await;
+    let keyed = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["file_name"] == "keyed.m4a")
+        .count();
+    assert_eq!(keyed, 1, "one job for the key: {listed}");
+
     // Termination through B deletes A's file.
     let r = tus(&api_a, reqwest::Method::POST, &api_a.url("/v1/uploads"), &token_a)
         .header("upload-length", "100")

@@ -133,6 +133,11 @@ pub enum ClusterMsg {
         /// The answer.
         reply: RpcReplyPort<Vec<MemberView>>,
     },
+    /// The wanted peers (static or discovered) this node has no session with now.
+    Unreached {
+        /// Their addresses.
+        reply: RpcReplyPort<Vec<String>>,
+    },
 }
 
 impl ractor::Message for ClusterMsg {}
@@ -487,6 +492,14 @@ impl Actor for ClusterActor {
                     .collect();
                 members.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(members);
+            }
+            ClusterMsg::Unreached { reply } => {
+                let own = &state.cluster.advertise;
+                let away = (state.cluster.peers.iter())
+                    .filter(|a| *a != own && !state.connected(a))
+                    .cloned()
+                    .collect();
+                let _ = reply.send(away);
             }
         }
         Ok(())

@@ -275,13 +275,14 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 }
 
 /// Refuses a new job (or upload) of `incoming` bytes over the caller's quota (`429`); a
-/// retry of a job already accepted under the same Idempotency-Key is not new and passes.
+/// retry of a job already accepted under the same Idempotency-Key is not new and passes
+/// (that job is the answer).
 pub(super) async fn within_quota(
     state: &AppState,
     who: &Principal,
     incoming: u64,
     key: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<Option<Job>, ApiError> {
     if let Some(key) = key {
         let (email, k) = (who.email.clone(), key.to_string());
         let here = ask(
@@ -290,11 +291,16 @@ pub(super) async fn within_quota(
             CALL_TIMEOUT,
         )
         .await??;
-        if here.is_some() || route::keyed_elsewhere(state, &who.email, key).await.is_some() {
-            return Ok(());
+        let earlier = match here {
+            Some(job) => Some(job),
+            None => route::keyed_elsewhere(state, &who.email, key).await?,
+        };
+        if earlier.is_some() {
+            return Ok(earlier);
         }
     }
-    Ok(quota::check(&state.config, who, incoming).await?)
+    quota::check(&state.config, who, incoming).await?;
+    Ok(None)
 }
 
 /// Hands a job (and its staged upload) to the request actor: `202` for a new job, `200`
@@ -305,7 +311,7 @@ pub(super) async fn submit(
     staged: Option<std::path::PathBuf>,
 ) -> Result<Response, ApiError> {
     let earlier = match &job.idempotency_key {
-        Some(key) => route::keyed_elsewhere(state, &job.owner_email, key).await,
+        Some(key) => route::keyed_elsewhere(state, &job.owner_email, key).await?,
         None => None,
     };
     let (job, new) = match earlier {

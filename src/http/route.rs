@@ -25,6 +25,7 @@ use crate::actors::request::jobs::{self, JobQuery, JobsMsg, ListQuery, RemoteErr
 use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
+use crate::cluster::mesh::ClusterMsg;
 use crate::store::{Job, JobId};
 
 fn unreachable(e: RemoteError) -> ApiError {
@@ -206,13 +207,21 @@ pub(super) async fn delete(state: &AppState, id: JobId, who: Principal) -> Resul
     .await
 }
 
-/// The job `email` submitted with Idempotency-Key `key` on another node, if one of the
-/// connected nodes has it: a retry that the load balancer sends to another pod (or that
-/// follows a job handed over on scale-down) gets the same job. Best effort: a node that
-/// cannot answer now is skipped, and two retries racing on two nodes may both be accepted.
-pub(super) async fn keyed_elsewhere(state: &AppState, email: &str, key: &str) -> Option<Job> {
+/// The job `email` submitted with Idempotency-Key `key` on another node, if one has it: a
+/// retry that the load balancer sends to another pod (or that follows a job handed over on
+/// scale-down) gets the same job. Every wanted peer must answer: while one cannot be asked
+/// (down, partitioned, paused), it may hold the key, and accepting a new job could make two
+/// (`503 owner_unavailable`: retry with the same key). Two retries racing on two nodes at
+/// the same moment may still both be accepted.
+pub(super) async fn keyed_elsewhere(state: &AppState, email: &str, key: &str) -> Result<Option<Job>, ApiError> {
     // A standalone node has nobody to ask.
-    state.config.cluster.as_ref()?;
+    if state.config.cluster.is_none() {
+        return Ok(None);
+    }
+    let away = ask(Role::Cluster, |reply| ClusterMsg::Unreached { reply }, CALL_TIMEOUT).await?;
+    if !away.is_empty() {
+        return Err(key_unsure(&away.join(", ")));
+    }
     let owners = jobs::other_owners(&state.config.node_name);
     let asks = owners.iter().map(|owner| {
         let q = jobs::KeyQuery {
@@ -228,11 +237,21 @@ pub(super) async fn keyed_elsewhere(state: &AppState, email: &str, key: &str) ->
             Ok(job) => found = found.or(job),
             Err(e) if e.code == "not_found" => {}
             Err(e) => {
-                tracing::warn!(node = %owner, error = %e.message, "could not ask that node for an idempotency key")
+                tracing::debug!(node = %owner, error = %e.message, "could not ask that node for an idempotency key");
+                return Err(key_unsure(owner));
             }
         }
     }
-    found
+    Ok(found)
+}
+
+fn key_unsure(nodes: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "owner_unavailable",
+        format!("{nodes} may hold a job with this Idempotency-Key and cannot be asked now; retry with the same key"),
+    )
+    .retry_after(Duration::from_secs(2))
 }
 
 /// The caller's jobs from every reachable node, newest first.

@@ -210,7 +210,17 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     let raw = header(headers, "upload-metadata").unwrap_or("").to_string();
     let s = settings(state, who, &raw).await?;
     super::upload::room_for(&state.config, length).await?;
-    super::jobs::within_quota(state, who, length, key.as_deref()).await?;
+    let earlier = super::jobs::within_quota(state, who, length, key.as_deref()).await?;
+    if let Some(job) = earlier.filter(|job| job.id.owner() != state.config.node_name) {
+        // The key made an upload on another node, now a job there: that upload answers (a
+        // new one here would be a second job for one key).
+        let mut r = StatusCode::CREATED.into_response();
+        let h = r.headers_mut();
+        set(h, "location", format!("/v1/uploads/{}", job.id));
+        set(h, "upload-offset", length);
+        set(h, "mp4tomp3-job", format!("/v1/jobs/{}", job.id));
+        return Ok(r);
+    }
     let upload = NewUpload {
         id: JobId::new(&state.config.node_name),
         owner_email: who.email.clone(),
