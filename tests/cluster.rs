@@ -298,9 +298,9 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "owner_unavailable");
-    // A keyed retry while the node that may hold the key is away is not a new job (the
-    // nemesis found two jobs for one key this way: b used to skip a node it could not ask):
-    // 503 with Retry-After, and b keeps nothing of it.
+    // A keyed retry while the node that may hold the key is away is not a new job (b used
+    // to skip a node it could not ask, which could make two jobs for one key): 503 with
+    // Retry-After.
     let blind = api_b.upload_as("/v1/jobs", &token, &input, Some("retry-1")).await;
     assert_eq!(blind.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert!(blind.headers().contains_key("retry-after"));

@@ -315,7 +315,7 @@ async fn an_upload_sent_through_another_node_is_stored_on_the_node_that_created_
 
     // A keyed upload finished on A, created again with the same key through B (a client
     // whose answer was lost, retrying on another pod): B answers A's upload and job, and
-    // makes no second job (the nemesis found this one).
+    // makes no second job.
     let clip = common::tone("keyed-tus.m4a", 440, 44100, 1.0, 2, &[]);
     let bytes = std::fs::read(&clip).unwrap();
     let create = |api: &Api, token: &str| {
