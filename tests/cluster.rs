@@ -335,6 +335,38 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
     .await;
     assert_eq!(retry.status(), reqwest::StatusCode::OK);
     assert_eq!(retry.json::<Value>().await.unwrap()["id"], keyed.as_str());
+
+    // A keyed upload that passed the first check while a was up, and whose body ends after
+    // a died: b cannot ask a, so 503, and the staged file is not left behind.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("late.m4a");
+    let request = api_b
+        .http
+        .post(b.url("/v1/jobs"))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "late-1")
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send();
+    let sending = tokio::spawn(request);
+    let bytes = std::fs::read(&input).unwrap();
+    let half = bytes.len() / 2;
+    tx.send(Ok(bytes[..half].to_vec())).await.unwrap();
+    poll(Duration::from_secs(5), "the upload to be staged on b", || async {
+        (std::fs::read_dir(b.data.join("tmp")).ok()?.count() > 0).then_some(())
+    })
+    .await;
+    a.kill9();
+    poll(Duration::from_secs(5), "a to leave", || async {
+        (!members(&b).await.iter().any(|(n, _)| n == "node-a")).then_some(())
+    })
+    .await;
+    tx.send(Ok(bytes[half..].to_vec())).await.unwrap();
+    drop(tx);
+    let late = sending.await.unwrap().unwrap();
+    assert_eq!(late.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let stale: Vec<_> = std::fs::read_dir(b.data.join("tmp")).unwrap().collect();
+    assert!(stale.is_empty(), "the refused upload is not kept on b: {stale:?}");
 }
 
 /// Writes a CA and a node certificate (for `mp4tomp3-cluster`) signed by it under `dir`;

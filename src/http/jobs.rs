@@ -311,7 +311,16 @@ pub(super) async fn submit(
     staged: Option<std::path::PathBuf>,
 ) -> Result<Response, ApiError> {
     let earlier = match &job.idempotency_key {
-        Some(key) => route::keyed_elsewhere(state, &job.owner_email, key).await?,
+        Some(key) => match route::keyed_elsewhere(state, &job.owner_email, key).await {
+            Ok(earlier) => earlier,
+            Err(e) => {
+                // Not accepted: nothing of it is kept.
+                if let Some(path) = staged {
+                    let _ = tokio::fs::remove_file(path).await;
+                }
+                return Err(e);
+            }
+        },
         None => None,
     };
     let (job, new) = match earlier {
