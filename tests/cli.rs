@@ -190,6 +190,31 @@ fn a_damaged_input_gives_a_partial_mp3_with_one_warning_or_exit_2_with_strict() 
 }
 
 #[test]
+fn a_file_with_its_index_at_the_end_cut_a_few_bytes_short_converts_whole() {
+    // A download that lost its last bytes: the moov at the end is cut inside its last
+    // box's payload (the encoder tag), its sample tables whole. The missing bytes read as
+    // zeros (as ffmpeg does), so every sample converts; a deep cut stays `truncated_media`.
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::tone("cli_moov_at_end_30s.m4a", 440, 44100, 30.0, 2, &[]);
+    let whole = std::fs::read(&input).unwrap();
+    let moov_at = whole.windows(4).rposition(|w| w == b"moov").unwrap() - 4;
+    let mdat_at = whole.windows(4).position(|w| w == b"mdat").unwrap() - 4;
+    assert!(mdat_at < moov_at, "the fixture keeps its moov at the end");
+    for cut_by in [1usize, 8] {
+        let cut = dir.path().join(format!("cut{cut_by}.m4a"));
+        std::fs::write(&cut, &whole[..whole.len() - cut_by]).unwrap();
+        let out = run(&["convert", cut.to_str().unwrap(), "--strict"]);
+        assert!(out.status.success(), "cut by {cut_by}: {}", stderr(&out));
+        let secs = common::duration(&dir.path().join(format!("cut{cut_by}.mp3")));
+        assert!((secs - 30.0).abs() < 0.06, "cut by {cut_by}: {secs} s");
+    }
+    let deep = dir.path().join("deep.m4a");
+    std::fs::write(&deep, &whole[..moov_at + 16]).unwrap();
+    let out = run(&["convert", deep.to_str().unwrap()]);
+    assert_bad_input(&out, "truncated");
+}
+
+#[test]
 fn an_input_that_made_lame_abort_ends_in_an_exit_code_not_a_signal() {
     // Found by the fuzz target: damaged AAC decoded to samples that tripped an assertion
     // in LAME's quantizer, aborting the process (a whole node, in the service).

@@ -42,6 +42,8 @@ struct BoxHeader {
     end: u64,
     /// True when the box claims to run past the end of its container (a cut file).
     overruns: bool,
+    /// Offset just past the box as its size says (not clamped).
+    declared_end: u64,
 }
 
 /// Reads the header of the box at `pos`, or `None` at (or past) `limit`.
@@ -72,6 +74,7 @@ fn read_header<R: Read + Seek>(r: &mut R, pos: u64, limit: u64) -> io::Result<Op
         payload: pos + header_len,
         end: declared_end.min(limit),
         overruns: declared_end > limit,
+        declared_end,
     }))
 }
 
@@ -225,7 +228,15 @@ pub(crate) struct Container {
     pub(crate) max_sample_sizes: Vec<(u32, u32)>,
     /// A top-level box runs past the end of the file: the file was cut short.
     pub(crate) truncated: bool,
+    /// The file ends a few bytes into its last box, a `moov` (a moov-at-end file cut
+    /// short): the length the file should have. Its tables are (nearly) whole, so the
+    /// missing bytes are read as zeros, as ffmpeg does.
+    pub(crate) moov_cut: Option<u64>,
 }
+
+/// A moov cut by at most this many bytes (and at most a tenth of it) is read padded with
+/// zeros: the last bytes of a moov are its metadata (`udta`), rarely the sample tables.
+const MAX_MOOV_CUT: u64 = 4096;
 
 /// Walks the top-level boxes and `moov`. Files without a readable `moov` give no edit
 /// lists; errors only for I/O failures and broken box structure.
@@ -252,16 +263,25 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
             ..Container::default()
         });
     };
+    let missing = moov.declared_end - moov.end;
+    let moov_cut = (moov.overruns && missing <= MAX_MOOV_CUT && missing * 10 <= moov.declared_end - moov.payload)
+        .then_some(moov.declared_end);
     let mut movie_timescale = None;
     let mut traks = Vec::new();
-    for_each_child(r, moov.payload, moov.end, MAX_CHILDREN, |r, child| {
+    let walked = for_each_child(r, moov.payload, moov.end, MAX_CHILDREN, |r, child| {
         match &child.kind {
             b"mvhd" => movie_timescale = Some(read_u32_after_times(r, child)?),
             b"trak" => traks.push(read_trak(r, child)?),
             _ => {}
         }
         Ok(true)
-    })?;
+    });
+    match walked {
+        // A moov cut short ends where the file does: what was read is kept, and the file
+        // is truncated, not "not an MP4".
+        Err(e) if moov.overruns && e.kind() == io::ErrorKind::UnexpectedEof => {}
+        other => other?,
+    }
     let movie_timescale = movie_timescale.filter(|&t| t > 0);
     let max_sample_sizes = traks
         .iter()
@@ -284,6 +304,7 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         edits,
         max_sample_sizes,
         truncated,
+        moov_cut,
     })
 }
 

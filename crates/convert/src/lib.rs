@@ -165,11 +165,7 @@ pub fn convert<W: Write + Seek>(
     input.seek(SeekFrom::Start(0))?;
     let len = input.metadata()?.len();
     let position = Arc::new(AtomicU64::new(0));
-    let source = Tracked {
-        file: input,
-        position: position.clone(),
-        len,
-    };
+    let source = Tracked::padded(input, position.clone(), len, container.moov_cut);
     let truncated = container.truncated;
     let (mut format, track) = open_track(source, truncated, opts.track)?;
     let max_sample = container.max_sample_sizes.iter().find(|(id, _)| *id == track.id);
@@ -209,7 +205,9 @@ pub fn convert<W: Write + Seek>(
         timebase: track.timebase,
         fallback_rate: track.fallback_rate,
     };
-    if let Some(plan) = SplitPlan::new(&track, quality, known_secs).filter(|_| !opts.sequential)
+    // The halves read the file afresh, without the zeros a cut moov is padded with.
+    let whole = container.moov_cut.is_none();
+    if let Some(plan) = SplitPlan::new(&track, quality, known_secs).filter(|_| !opts.sequential && whole)
         && let Some(summary) = convert_split(
             &plan,
             &reopen,
@@ -729,16 +727,46 @@ fn fit_channels(planes: &mut Vec<Vec<f32>>, channels: usize) {
     }
 }
 
-/// The input file, with its read position published for byte-based progress.
+/// The input file, with its read position published for byte-based progress. A file cut
+/// a few bytes into its final `moov` reads as zeros from its end up to `len`.
 struct Tracked {
     file: File,
     position: Arc<AtomicU64>,
     len: u64,
+    /// Where the file's own bytes end (`len` unless padded).
+    real_len: u64,
+    /// The read position (the file's own, except past `real_len`).
+    at: u64,
+}
+
+impl Tracked {
+    fn new(file: File, position: Arc<AtomicU64>, len: u64) -> Tracked {
+        Tracked::padded(file, position, len, None)
+    }
+
+    fn padded(file: File, position: Arc<AtomicU64>, len: u64, pad_to: Option<u64>) -> Tracked {
+        Tracked {
+            file,
+            position,
+            len: pad_to.unwrap_or(len).max(len),
+            real_len: len,
+            at: 0,
+        }
+    }
 }
 
 impl Read for Tracked {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
+        let n = if self.at >= self.real_len {
+            let n = buf
+                .len()
+                .min(usize::try_from(self.len.saturating_sub(self.at)).unwrap_or(usize::MAX));
+            buf[..n].fill(0);
+            n
+        } else {
+            self.file.read(buf)?
+        };
+        self.at += n as u64;
         self.position.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -746,9 +774,16 @@ impl Read for Tracked {
 
 impl Seek for Tracked {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let at = self.file.seek(pos)?;
-        self.position.store(at, Ordering::Relaxed);
-        Ok(at)
+        let target = match pos {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::Current(d) => self.at.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        self.file.seek(SeekFrom::Start(target))?;
+        self.at = target;
+        self.position.store(target, Ordering::Relaxed);
+        Ok(target)
     }
 }
 

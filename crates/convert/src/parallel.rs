@@ -120,11 +120,7 @@ fn decode_half(
     let file = File::open(reopen)?;
     let len = file.metadata()?.len();
     let position = Arc::new(AtomicU64::new(0));
-    let source = Tracked {
-        file,
-        position: position.clone(),
-        len,
-    };
+    let source = Tracked::new(file, position.clone(), len);
     let truncated = ctx.truncated;
     let (format, track) = open_track(source, truncated, ctx.track)?;
     let decoder = Decoder::new(&track.params)?;
