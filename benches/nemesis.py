@@ -23,7 +23,8 @@ Workload. Three users submit short clips (1-5 s AAC, a few bad files) spread ove
 and over the run: multipart uploads, URL imports and tus uploads (creation-with-upload), each
 with an Idempotency-Key, retried with the same key on connection errors, timeouts and 503
 (after Retry-After) on any node. Some jobs are canceled at once, some deleted once done;
-status polls run throughout.
+status polls run throughout, and some done MP3s are downloaded while the faults go on
+(and must equal the MP3 every node serves at the end).
 
 Checker (after healing, restarting and waiting for every job to end): one job per key in
 the whole cluster (every node's list, matched to keys by file name); every accepted job
@@ -38,6 +39,7 @@ owner_unavailable` with Retry-After; every node lists the same jobs and users; S
 import argparse
 import base64
 import collections
+import hashlib
 import concurrent.futures
 import http.client
 import http.server
@@ -394,7 +396,7 @@ class Workload:
             r = self.rng.random()
             path = self.rng.choice(bad) if r < 0.06 else self.rng.choice(clips)
             how = self.rng.choices(["multipart", "url", "tus"], [0.6, 0.25, 0.15])[0]
-            then = self.rng.choices(["none", "cancel", "delete"], [0.85, 0.07, 0.08])[0]
+            then = self.rng.choices(["none", "download", "cancel", "delete"], [0.6, 0.25, 0.07, 0.08])[0]
             key = f"k{k:04d}x{self.rng.randrange(1 << 30):08x}"
             jobs.append(dict(key=key, path=path, how=how, then=then, user=k % len(USERS),
                              at=self.rng.random() * span, seed=self.rng.randrange(1 << 30)))
@@ -447,6 +449,18 @@ class Workload:
             # A first attempt lost in a fault may have been carried out: its retry then finds
             # nothing (404). The job may be gone (it was done) or canceled; both are right.
             rec["maybe_canceled"] = len(rec["cancel_trail"]) > 1
+        elif job["then"] == "download":
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                got = self.client.retrying(rng, "GET", f"/v1/jobs/{job_id}", end, token=token)
+                if got and got[0] == 200 and json.loads(got[2])["state"] in ("done", "failed"):
+                    if json.loads(got[2])["state"] == "done":
+                        got = self.client.retrying(rng, "GET", f"/v1/jobs/{job_id}/mp3", end, token=token,
+                                                   timeout=30)
+                        if got and got[0] == 200:
+                            rec["downloaded"] = hashlib.sha256(got[2]).hexdigest()
+                    break
+                time.sleep(1)
         elif job["then"] == "delete":
             end = time.monotonic() + 150
             while time.monotonic() < end:
@@ -802,6 +816,8 @@ def check(plan, client, nodes, admin, work, mail, nemesis, started):
                 bodies.add(data)
         if len(bodies) > 1:
             violations.append(f"job {jid}: the nodes serve {len(bodies)} different MP3s")
+        if r.get("downloaded") and bodies and r["downloaded"] != hashlib.sha256(next(iter(bodies))).hexdigest():
+            violations.append(f"job {jid}: the MP3 downloaded during the run differs from the one served now")
         if bodies:
             violations += check_mp3(jid, next(iter(bodies)), plan["clips"][r["path"]], plan["work"])
         created = parse_time(j["created_at"])
