@@ -883,7 +883,14 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
     lost = sum(1 for r in records.values() for i in r["ids"] if i not in jobs and not r["deleted"] and not r.get("maybe_canceled")
                and not r["canceled"])
     faults = collections.Counter(k for k, _, _, _ in nemesis.log)
-    reconverted = sum(1 for j in jobs.values() if j.get("attempt", 1) > 1)
+    replaced = sum(1 for j in jobs.values() if j.get("attempt", 1) > 1)
+    # Conversions that ran to the end, from the nodes' logs ("converted job_id=... attempt=N").
+    finished = collections.Counter()
+    for n in range(plan["nodes"]):
+        for line in open(os.path.join(plan["work"], f"n{n}.log"), errors="replace"):
+            if " converted job_id=" in line:
+                finished[line.split(" converted job_id=")[1].split()[0]] += 1
+    twice = sum(1 for c in finished.values() if c > 1)
     total = sum(client.answers.values())
     avail = client.answers["ok"] / total if total else 0
 
@@ -898,8 +905,8 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
         f"jobs: asked {len(records)}, accepted {accepted}, done {states['done']}, failed {states['failed']}, "
         f"canceled {states['canceled']}, deleted {sum(r['deleted'] for r in records.values())}, lost {lost}",
         "faults: " + ", ".join(f"{k} {faults[k]}" for k in KINDS),
-        f"jobs converted more than once (attempt > 1): {reconverted}; duplicate jobs for a key: {duplicates}; "
-        f"repeated emails (same Message-ID): {extra_mails}",
+        f"jobs placed again (attempt > 1): {replaced}; converted to the end more than once: {twice}; "
+        f"duplicate jobs for a key: {duplicates}; repeated emails (same Message-ID): {extra_mails}",
         f"availability: {avail:.1%} of {total} requests answered without 5xx or timeout "
         f"({dict(client.answers)})",
         f"accept to done: calm p50 {pct(durations['calm'], 0.5)} p99 {pct(durations['calm'], 0.99)} "
