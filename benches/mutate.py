@@ -333,7 +333,8 @@ def corpus(out_dir, count, seed, short=False):
         rng = random.Random(f"{seed}:{i}")
         base = names[i % len(names)]
         data, done = mutate(rng, originals[base])
-        name = f"{i:05d}-{os.path.splitext(base)[0]}-{'+'.join(done)}.mp4"[:200]
+        kinds = re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(done))
+        name = f"{i:05d}-{os.path.splitext(base)[0]}-{kinds}.mp4"[:200]
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(data)
         manifest.append({"file": name, "seed": base, "mutations": done})
