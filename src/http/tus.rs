@@ -214,12 +214,12 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     if let Some(job) = earlier.filter(|job| job.id.owner() != state.config.node_name) {
         // The key made an upload on another node, now a job there: that upload answers (a
         // new one here would be a second job for one key).
-        let mut r = StatusCode::CREATED.into_response();
-        let h = r.headers_mut();
-        set(h, "location", format!("/v1/uploads/{}", job.id));
-        set(h, "upload-offset", length);
-        set(h, "mp4tomp3-job", format!("/v1/jobs/{}", job.id));
-        return Ok(r);
+        let done = Written {
+            received: length,
+            expires_ms: 0,
+            job: Some(job.id.clone()),
+        };
+        return Ok(created_answer(&job.id, &done));
     }
     let upload = NewUpload {
         id: JobId::new(&state.config.node_name),
@@ -245,11 +245,16 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
             job: None,
         }
     };
+    Ok(created_answer(&id, &w))
+}
+
+/// `201` for upload `id`: its `Location` and progress.
+fn created_answer(id: &JobId, w: &Written) -> Response {
     let mut r = StatusCode::CREATED.into_response();
     let h = r.headers_mut();
     set(h, "location", format!("/v1/uploads/{id}"));
-    progress_headers(h, &w);
-    Ok(r)
+    progress_headers(h, w);
+    r
 }
 
 /// `Upload-Offset`, `Upload-Expires` (while unfinished) and, once the upload is a job,
