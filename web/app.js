@@ -619,11 +619,11 @@ async function loadUsers() {
         $("quota-email").focus();
       });
       const self = S.me && u.email === S.me.email;
-      const actions = el("td", { class: "row-actions" });
-      if (!self) actions.append(role);
-      actions.append(quota);
+      const buttons = el("div", { class: "row-actions" });
+      if (!self) buttons.append(role);
+      buttons.append(quota);
       return el("tr", {}, el("th", { scope: "row", text: u.email }),
-        el("td", { text: u.admin ? "admin" : "user" }), actions);
+        el("td", { text: u.admin ? "admin" : "user" }), el("td", {}, buttons));
     });
     $("users").querySelector("tbody").replaceChildren(...rows);
   } catch (_) { /* shown next time */ }
