@@ -236,6 +236,21 @@ fn an_input_that_made_lame_abort_ends_in_an_exit_code_not_a_signal() {
 }
 
 #[test]
+fn a_fragment_run_claiming_more_samples_than_the_file_holds_is_refused() {
+    // Found by the fuzz run: a 1 KiB file whose `trun` claims 476 million samples of
+    // 1 KiB each. The demuxer walked them one by one (~2 s of CPU; one run passed the fuzz
+    // timeout); the box walk now refuses the claim before the demuxer starts.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["trun_count_forged.mp4", "trun_count_forged_2.mp4"] {
+        let input = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let out_path = dir.path().join("out.mp3");
+        let out = run(&["convert", &input, "-o", out_path.to_str().unwrap(), "--force"]);
+        assert_bad_input(&out, "corrupt_media: ");
+        assert!(stderr(&out).contains("476476537 samples"), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn stdin_and_stdout_work() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(common::stereo_tagged()).unwrap();

@@ -232,6 +232,86 @@ pub(crate) struct Container {
     /// short): the length the file should have. Its tables are (nearly) whole, so the
     /// missing bytes are read as zeros, as ffmpeg does.
     pub(crate) moov_cut: Option<u64>,
+    /// A track fragment run (`moof/traf/trun`) claiming more samples than the file can
+    /// hold, as (samples, bytes each): refused before the demuxer walks them one by one.
+    pub(crate) impossible_run: Option<(u64, u64)>,
+}
+
+/// One `trun` as the box walk saw it, for [`Container::impossible_run`].
+#[derive(Debug, Clone, Copy)]
+struct RunClaim {
+    track_id: u32,
+    samples: u32,
+    /// The `tfhd` default sample size, when it sets one.
+    default_size: Option<u32>,
+    /// The run lists each sample's size itself (its box then bounds the count).
+    sized_entries: bool,
+}
+
+/// Reads the runs of one `moof`.
+fn read_moof<R: Read + Seek>(r: &mut R, moof: BoxHeader, runs: &mut Vec<RunClaim>) -> io::Result<()> {
+    for_each_child(r, moof.payload, moof.end, MAX_CHILDREN, |r, traf| {
+        if &traf.kind != b"traf" {
+            return Ok(true);
+        }
+        let (mut track_id, mut default_size) = (0, None);
+        for_each_child(r, traf.payload, traf.end, MAX_CHILDREN, |r, c| {
+            r.seek(SeekFrom::Start(c.payload))?;
+            match &c.kind {
+                b"tfhd" => {
+                    let flags = read_u32(r)? & 0x00ff_ffff;
+                    track_id = read_u32(r)?;
+                    // base_data_offset (8), sample_description_index (4), duration (4)
+                    let skip = [(0x01, 8), (0x02, 4), (0x08, 4)]
+                        .iter()
+                        .filter(|(bit, _)| flags & bit != 0)
+                        .map(|(_, n)| n)
+                        .sum();
+                    r.seek(SeekFrom::Current(skip))?;
+                    if flags & 0x10 != 0 {
+                        default_size = Some(read_u32(r)?);
+                    }
+                }
+                b"trun" => {
+                    let flags = read_u32(r)? & 0x00ff_ffff;
+                    runs.push(RunClaim {
+                        track_id,
+                        samples: read_u32(r)?,
+                        default_size,
+                        sized_entries: flags & 0x200 != 0,
+                    });
+                }
+                _ => {}
+            }
+            Ok(true)
+        })?;
+        Ok(true)
+    })
+}
+
+/// The `trex` default sample size of each track in `moov/mvex`, as `(track_id, bytes)`.
+fn read_trex<R: Read + Seek>(r: &mut R, mvex: BoxHeader, out: &mut Vec<(u32, u32)>) -> io::Result<()> {
+    for_each_child(r, mvex.payload, mvex.end, MAX_CHILDREN, |r, c| {
+        if &c.kind == b"trex" {
+            r.seek(SeekFrom::Start(c.payload + 4))?;
+            let track_id = read_u32(r)?;
+            // default_sample_description_index, default_sample_duration
+            r.seek(SeekFrom::Current(8))?;
+            out.push((track_id, read_u32(r)?));
+        }
+        Ok(true)
+    })
+}
+
+/// The first run whose samples, at their default size (at least a byte each), cannot fit
+/// in a file of `len` bytes.
+fn first_impossible_run(runs: &[RunClaim], trex: &[(u32, u32)], len: u64) -> Option<(u64, u64)> {
+    runs.iter().filter(|run| !run.sized_entries).find_map(|run| {
+        let trex_size = trex.iter().find(|(id, _)| *id == run.track_id).map(|(_, s)| *s);
+        let size = u64::from(run.default_size.or(trex_size).unwrap_or(0)).max(1);
+        let samples = u64::from(run.samples);
+        (samples.saturating_mul(size) > len).then_some((samples, size))
+    })
 }
 
 /// A moov cut by at most this many bytes (and at most a tenth of it) is read padded with
@@ -245,7 +325,8 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
     let mut moov = None;
     let mut truncated = false;
     let mut looks_like_mp4 = None;
-    for_each_child(r, 0, len, MAX_TOP_LEVEL_BOXES, |_, header| {
+    let mut runs = Vec::new();
+    for_each_child(r, 0, len, MAX_TOP_LEVEL_BOXES, |r, header| {
         // Only an ISO-BMFF file can be "truncated"; text that happens to parse as a huge
         // box is just not an MP4.
         if !*looks_like_mp4.get_or_insert(KNOWN_TOP_LEVEL.contains(&&header.kind)) {
@@ -255,11 +336,18 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         if &header.kind == b"moov" && moov.is_none() {
             moov = Some(header);
         }
+        if &header.kind == b"moof" {
+            // A damaged run is the demuxer's to report; only the counts are checked here.
+            if let Err(e) = read_moof(r, header, &mut runs) {
+                tracing::debug!(error = %e, "an unreadable moof");
+            }
+        }
         Ok(true)
     })?;
     let Some(moov) = moov else {
         return Ok(Container {
             truncated,
+            impossible_run: first_impossible_run(&runs, &[], len),
             ..Container::default()
         });
     };
@@ -268,10 +356,12 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         .then_some(moov.declared_end);
     let mut movie_timescale = None;
     let mut traks = Vec::new();
+    let mut trex = Vec::new();
     let walked = for_each_child(r, moov.payload, moov.end, MAX_CHILDREN, |r, child| {
         match &child.kind {
             b"mvhd" => movie_timescale = Some(read_u32_after_times(r, child)?),
             b"trak" => traks.push(read_trak(r, child)?),
+            b"mvex" => read_trex(r, child, &mut trex)?,
             _ => {}
         }
         Ok(true)
@@ -305,6 +395,7 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         max_sample_sizes,
         truncated,
         moov_cut,
+        impossible_run: first_impossible_run(&runs, &trex, len),
     })
 }
 
@@ -404,5 +495,35 @@ mod tests {
         file[pos..pos + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         let edit = read_edit_list(&mut Cursor::new(file), 2).unwrap().unwrap();
         assert_eq!(edit.media_time, 1024);
+    }
+
+    #[test]
+    fn a_run_is_impossible_only_when_its_samples_cannot_fit() {
+        let run = |samples, default_size, sized_entries| RunClaim {
+            track_id: 1,
+            samples,
+            default_size,
+            sized_entries,
+        };
+        // The tfhd's default size, else the trex's, else a byte each.
+        assert_eq!(first_impossible_run(&[run(1000, Some(10), false)], &[], 10_000), None);
+        assert_eq!(
+            first_impossible_run(&[run(1001, Some(10), false)], &[], 10_000),
+            Some((1001, 10))
+        );
+        assert_eq!(
+            first_impossible_run(&[run(1001, None, false)], &[(1, 10)], 10_000),
+            Some((1001, 10))
+        );
+        assert_eq!(
+            first_impossible_run(&[run(1001, None, false)], &[(2, 10)], 10_000),
+            None
+        );
+        assert_eq!(
+            first_impossible_run(&[run(10_001, None, false)], &[], 10_000),
+            Some((10_001, 1))
+        );
+        // Runs listing their sizes are bounded by their own box.
+        assert_eq!(first_impossible_run(&[run(u32::MAX, None, true)], &[], 10), None);
     }
 }

@@ -162,6 +162,11 @@ pub fn convert<W: Write + Seek>(
     // A second and third view of the same file, for the halves of a split encoding.
     let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&input));
     let container = container::read_container(&mut input).map_err(classify_container_io)?;
+    if let Some((samples, size)) = container.impossible_run {
+        return Err(ConvertError::Corrupt(format!(
+            "a track fragment claims {samples} samples of {size} bytes, more than the file holds"
+        )));
+    }
     input.seek(SeekFrom::Start(0))?;
     let len = input.metadata()?.len();
     let position = Arc::new(AtomicU64::new(0));
