@@ -123,13 +123,17 @@ def defects(r):
     return found
 
 
-def one(binary, corpus_dir, entry, seconds_of, use_ffmpeg, work):
+def one(binary, corpus_dir, entry, seconds_of, use_ffmpeg, work, ffmpeg_cache):
     path = os.path.join(corpus_dir, entry["file"])
     stem = os.path.join(work, entry["file"])
     r = run_ours(binary, path, stem + ".ours.mp3")
     r["file"] = entry["file"]
     r["original_secs"] = seconds_of[entry["seed"]]
-    r["ffmpeg_secs"] = run_ffmpeg(path, stem + ".ffmpeg.mp3") if use_ffmpeg else None
+    r["ffmpeg_secs"] = None
+    if use_ffmpeg:
+        if entry["file"] not in ffmpeg_cache:
+            ffmpeg_cache[entry["file"]] = run_ffmpeg(path, stem + ".ffmpeg.mp3")
+        r["ffmpeg_secs"] = ffmpeg_cache[entry["file"]]
     for suffix in (".ours.mp3", ".ffmpeg.mp3"):
         try:
             os.remove(stem + suffix)
@@ -161,10 +165,18 @@ def main():
     manifest = mutate.corpus(corpus_dir, a.count, a.seed)
     seconds_of = {os.path.basename(s): probe_seconds_any(s) for s in mutate.make_seeds()}
     work = tempfile.mkdtemp(prefix="damaged-")
+    # The corpus is deterministic, so ffmpeg's results are kept beside it for the next run
+    # (delete the file to measure ffmpeg again, e.g. after upgrading it).
+    cache_path = os.path.join(corpus_dir, "ffmpeg-seconds.json")
+    ffmpeg_cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(lambda e: one(binary, corpus_dir, e, seconds_of, not a.no_ffmpeg, work), manifest))
+        results = list(pool.map(
+            lambda e: one(binary, corpus_dir, e, seconds_of, not a.no_ffmpeg, work, ffmpeg_cache), manifest))
     os.rmdir(work)
+    if not a.no_ffmpeg:
+        with open(cache_path, "w") as f:
+            json.dump(ffmpeg_cache, f)
     with open(os.path.join(a.dir, f"results-{a.seed}-{a.count}.json"), "w") as f:
         json.dump(results, f, indent=1)
     report(results, a, time.monotonic() - started)

@@ -193,8 +193,20 @@ fn a_panic_inside_symphonia_becomes_corrupt_media() {
 }
 
 #[test]
-fn a_forged_sample_size_is_refused_before_reading() {
-    let mut data = seeds()[0].clone();
+fn a_forged_sample_size_is_never_read_and_the_rest_converts() {
+    let whole = seeds()[0].clone();
+    let convert_bytes = |data: &[u8]| {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, data).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        convert::convert(
+            file,
+            &mut Cursor::new(Vec::new()),
+            &ConvertOptions::default(),
+            Hooks::default(),
+        )
+    };
+    let mut data = whole.clone();
     let stsz = data
         .windows(4)
         .position(|w| w == b"stsz")
@@ -202,16 +214,11 @@ fn a_forged_sample_size_is_refused_before_reading() {
     // type(4) + version/flags(4) + constant size(4) + count(4), then the first entry.
     let first_entry = stsz + 16;
     data[first_entry..first_entry + 4].copy_from_slice(&0x7FFF_FFF0u32.to_be_bytes());
-    let mut file = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut file, &data).unwrap();
-    std::io::Seek::rewind(&mut file).unwrap();
-    let err = convert::convert(
-        file,
-        &mut Cursor::new(Vec::new()),
-        &ConvertOptions::default(),
-        Hooks::default(),
-    )
-    .unwrap_err();
-    assert_eq!(err.code(), "corrupt_media", "{err}");
-    assert!(err.to_string().contains("2147483632-byte sample"), "{err}");
+    // symphonia would read (and buffer) 2 GiB for it, so it is refused there; the
+    // forgiving reader gives the sample the room its chunk has and converts the rest.
+    let expected = convert_bytes(&whole).unwrap().duration.as_secs_f64();
+    let summary = convert_bytes(&data).unwrap();
+    let got = summary.duration.as_secs_f64();
+    assert!((got - expected).abs() < 0.1, "{got} s of {expected} s");
+    assert!(summary.concealed_packets <= 1, "{summary:?}");
 }

@@ -326,7 +326,7 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
     let mut truncated = false;
     let mut looks_like_mp4 = None;
     let mut runs = Vec::new();
-    for_each_child(r, 0, len, MAX_TOP_LEVEL_BOXES, |r, header| {
+    let walked_top = for_each_child(r, 0, len, MAX_TOP_LEVEL_BOXES, |r, header| {
         // Only an ISO-BMFF file can be "truncated"; text that happens to parse as a huge
         // box is just not an MP4.
         if !*looks_like_mp4.get_or_insert(KNOWN_TOP_LEVEL.contains(&&header.kind)) {
@@ -343,7 +343,14 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
             }
         }
         Ok(true)
-    })?;
+    });
+    match walked_top {
+        // A broken box after the moov: what the moov says is still worth reading.
+        Err(e) if moov.is_some() && e.kind() == io::ErrorKind::InvalidData => {
+            tracing::debug!(error = %e, "a broken top-level box after the moov");
+        }
+        other => other?,
+    }
     let Some(moov) = moov else {
         return Ok(Container {
             truncated,
@@ -370,6 +377,11 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         // A moov cut short ends where the file does: what was read is kept, and the file
         // is truncated, not "not an MP4".
         Err(e) if moov.overruns && e.kind() == io::ErrorKind::UnexpectedEof => {}
+        // A box inside the moov with an impossible size: the boxes before it are kept
+        // (the readers decide whether the file is usable).
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::debug!(error = %e, "a broken box inside the moov");
+        }
         other => other?,
     }
     let movie_timescale = movie_timescale.filter(|&t| t > 0);

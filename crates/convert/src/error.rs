@@ -54,6 +54,19 @@ pub enum ConvertError {
 }
 
 impl ConvertError {
+    /// True when the error may come from damage the forgiving reader can get around: a
+    /// refused box tree, a missing or broken sample entry, a cut file, unreadable audio.
+    pub(crate) fn may_be_damage(&self) -> bool {
+        matches!(
+            self,
+            ConvertError::NotMp4(_)
+                | ConvertError::NoAudioTrack
+                | ConvertError::UnsupportedCodec(_)
+                | ConvertError::Corrupt(_)
+                | ConvertError::Truncated(_)
+        )
+    }
+
     /// A stable, machine-readable code for this error (`not_mp4`, `no_audio_track`, ...).
     pub fn code(&self) -> &'static str {
         match self {

@@ -21,6 +21,7 @@ mod downmix;
 mod encode;
 mod error;
 mod frames;
+mod lenient;
 mod parallel;
 mod settings;
 mod split;
@@ -152,6 +153,10 @@ pub fn spool(mut reader: impl Read) -> io::Result<File> {
 }
 
 /// Converts the MP4 in `input` (read from its start) into MP3 bytes written to `out`.
+///
+/// symphonia reads the file first. When it refuses a damaged file before any audio came
+/// out, the forgiving reader (`lenient.rs`) tries: it needs only the sample entry and
+/// tables, and reads up to the end of a cut file.
 pub fn convert<W: Write + Seek>(
     mut input: File,
     out: &mut W,
@@ -169,60 +174,119 @@ pub fn convert<W: Write + Seek>(
     }
     input.seek(SeekFrom::Start(0))?;
     let len = input.metadata()?.len();
-    let position = Arc::new(AtomicU64::new(0));
-    let source = Tracked::padded(input, position.clone(), len, container.moov_cut);
-    let truncated = container.truncated;
-    let (mut format, track) = open_track(source, truncated, opts.track)?;
-    let max_sample = container.max_sample_sizes.iter().find(|(id, _)| *id == track.id);
-    if let Some(&(_, size)) = max_sample.filter(|(_, size)| *size > MAX_AUDIO_SAMPLE_BYTES) {
-        return Err(ConvertError::Corrupt(format!(
-            "the audio track claims a {size}-byte sample; no audio codec needs more than {MAX_AUDIO_SAMPLE_BYTES}"
-        )));
+    let again = input.try_clone()?;
+    let out_start = out.stream_position()?;
+    let ctx = Attempt {
+        container: &container,
+        len,
+        opts,
+        quality,
+        hooks,
+    };
+    match convert_symphonia(input, &reopen, &ctx, out) {
+        Err(e) if e.may_be_damage() && out.stream_position()? == out_start => {
+            match convert_lenient(again, &ctx, out)? {
+                Some(summary) => Ok(summary),
+                None => Err(e),
+            }
+        }
+        other => other,
     }
-    let edit = container.edits.iter().find(|(id, _)| *id == track.id).map(|(_, e)| *e);
-    let known_secs = track.known_secs(edit);
-    if let (Some(limit), Some(secs)) = (opts.max_duration, known_secs)
-        && secs > limit.as_secs_f64()
-    {
-        return Err(ConvertError::TooLong {
-            actual_secs: secs,
-            limit_secs: limit.as_secs_f64(),
-        });
+}
+
+/// What both readers' attempts share.
+struct Attempt<'a, 'h> {
+    container: &'a container::Container,
+    len: u64,
+    opts: &'a ConvertOptions,
+    quality: Quality,
+    hooks: Hooks<'h>,
+}
+
+impl Attempt<'_, '_> {
+    /// Refuses a track with a forged sample size before symphonia reads (and buffers)
+    /// that much; the forgiving reader skips such samples one by one instead.
+    fn check_sample_sizes(&self, track: &ChosenTrack) -> Result<()> {
+        let max_sample = self.container.max_sample_sizes.iter().find(|(id, _)| *id == track.id);
+        if let Some(&(_, size)) = max_sample.filter(|(_, size)| *size > MAX_AUDIO_SAMPLE_BYTES) {
+            return Err(ConvertError::Corrupt(format!(
+                "the audio track claims a {size}-byte sample; no audio codec needs more than {MAX_AUDIO_SAMPLE_BYTES}"
+            )));
+        }
+        Ok(())
     }
-    let expected = known_secs
+
+    /// Refuses a duration over the limit. Returns the edit list and the known duration.
+    fn check(&self, track: &ChosenTrack) -> Result<(Option<EditList>, Option<f64>)> {
+        let container = self.container;
+        let edit = container.edits.iter().find(|(id, _)| *id == track.id).map(|(_, e)| *e);
+        let known_secs = track.known_secs(edit);
+        if let (Some(limit), Some(secs)) = (self.opts.max_duration, known_secs)
+            && secs > limit.as_secs_f64()
+        {
+            return Err(ConvertError::TooLong {
+                actual_secs: secs,
+                limit_secs: limit.as_secs_f64(),
+            });
+        }
+        Ok((edit, known_secs))
+    }
+
+    fn job(&self, track: &ChosenTrack, edit: Option<EditList>, position: Arc<AtomicU64>) -> DecodeJob<'_> {
+        DecodeJob {
+            track_id: track.id,
+            duration_ts: track.duration_ts,
+            edit,
+            max_duration: self.opts.max_duration,
+            truncated: self.container.truncated,
+            position,
+            len: self.len,
+            hooks: self.hooks,
+            window: None,
+            timebase: track.timebase,
+            fallback_rate: track.fallback_rate,
+        }
+    }
+}
+
+/// The duration a container states, if believable.
+fn expected_duration(known_secs: Option<f64>) -> Option<Duration> {
+    known_secs
         .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64);
+        .map(Duration::from_secs_f64)
+}
+
+/// The conversion through symphonia's reader: split in two halves when long enough.
+fn convert_symphonia<W: Write + Seek>(
+    input: File,
+    reopen: &str,
+    ctx: &Attempt<'_, '_>,
+    out: &mut W,
+) -> Result<Summary> {
+    let container = ctx.container;
+    let position = Arc::new(AtomicU64::new(0));
+    let source = Tracked::padded(input, position.clone(), ctx.len, container.moov_cut);
+    let (mut format, track) = open_track(source, container.truncated, ctx.opts.track)?;
+    ctx.check_sample_sizes(&track)?;
+    let (edit, known_secs) = ctx.check(&track)?;
+    let expected = expected_duration(known_secs);
     let id3 = tags::id3_from_metadata(format.metadata().skip_to_latest());
     let decoder = Decoder::new(&track.params)?;
     let codec = decode::codec_name(&track.params);
     tracing::debug!(%codec, track = track.id, ?edit, "converting");
-
-    let job = DecodeJob {
-        track_id: track.id,
-        duration_ts: track.duration_ts,
-        edit,
-        max_duration: opts.max_duration,
-        truncated: container.truncated,
-        position,
-        len,
-        hooks,
-        window: None,
-        timebase: track.timebase,
-        fallback_rate: track.fallback_rate,
-    };
     // The halves read the file afresh, without the zeros a cut moov is padded with.
     let whole = container.moov_cut.is_none();
-    if let Some(plan) = SplitPlan::new(&track, quality, known_secs).filter(|_| !opts.sequential && whole)
+    if let Some(plan) = SplitPlan::new(&track, ctx.quality, known_secs).filter(|_| !ctx.opts.sequential && whole)
         && let Some(summary) = convert_split(
             &plan,
-            &reopen,
+            reopen,
             SplitContext {
-                track: opts.track,
+                track: ctx.opts.track,
                 truncated: container.truncated,
                 edit,
-                max_duration: opts.max_duration,
-                quality,
-                hooks,
+                max_duration: ctx.opts.max_duration,
+                quality: ctx.quality,
+                hooks: ctx.hooks,
                 id3: &id3,
                 codec: codec.clone(),
                 expected,
@@ -232,12 +296,78 @@ pub fn convert<W: Write + Seek>(
     {
         return Ok(summary);
     }
+    let job = ctx.job(&track, edit, position);
+    run_sequential(
+        job,
+        Demuxer::Symphonia(format),
+        decoder,
+        out,
+        ctx,
+        &id3,
+        codec,
+        expected,
+    )
+}
+
+/// The conversion through the forgiving reader; `None` when it finds no audio track
+/// either.
+fn convert_lenient<W: Write + Seek>(input: File, ctx: &Attempt<'_, '_>, out: &mut W) -> Result<Option<Summary>> {
+    let position = Arc::new(AtomicU64::new(0));
+    let source = Tracked::new(input, position.clone(), ctx.len);
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lenient::open(source, ctx.len, ctx.opts.track)
+    }))
+    .map_err(|_| demuxer_panic())?;
+    let Some((reader, info)) = opened? else {
+        return Ok(None);
+    };
+    let timebase = 1.0 / f64::from(info.timescale.max(1));
+    let track = ChosenTrack {
+        id: info.id,
+        duration_ts: (info.duration > 0).then_some((info.duration, timebase)),
+        timebase: Some(timebase),
+        fallback_rate: info.fallback_rate,
+        params: info.params,
+    };
+    let (edit, known_secs) = ctx.check(&track)?;
+    let decoder = Decoder::new(&track.params)?;
+    let codec = decode::codec_name(&track.params);
+    tracing::debug!(%codec, track = track.id, ?edit, "converting with the forgiving reader");
+    let job = ctx.job(&track, edit, position);
+    let demuxer = Demuxer::Lenient(Box::new(reader));
+    let id3 = id3::Tag::new();
+    run_sequential(
+        job,
+        demuxer,
+        decoder,
+        out,
+        ctx,
+        &id3,
+        codec,
+        expected_duration(known_secs),
+    )
+    .map(Some)
+}
+
+/// Decodes on one thread and encodes on this one.
+#[allow(clippy::too_many_arguments)]
+fn run_sequential<W: Write + Seek>(
+    job: DecodeJob<'_>,
+    demuxer: Demuxer,
+    decoder: Decoder,
+    out: &mut W,
+    ctx: &Attempt<'_, '_>,
+    id3: &id3::Tag,
+    codec: String,
+    expected: Option<Duration>,
+) -> Result<Summary> {
+    let hooks = ctx.hooks;
     let (tx, rx) = sync_channel(CHANNEL_BLOCKS);
     std::thread::scope(|scope| {
         let decoding = std::thread::Builder::new()
             .name("mp4tomp3-decode".into())
-            .spawn_scoped(scope, move || job.run(format, decoder, tx))?;
-        let encoded = encode_blocks(rx, out, quality, &id3, hooks);
+            .spawn_scoped(scope, move || job.run(demuxer, decoder, tx))?;
+        let encoded = encode_blocks(rx, out, ctx.quality, id3, hooks);
         // symphonia has asserts that malformed input can reach (found by tests/hostile.rs):
         // a panic while demuxing or decoding is the input's fault, reported as corrupt.
         let decoded = decoding.join().map_err(|_| demuxer_panic())?;
@@ -263,6 +393,21 @@ pub fn convert<W: Write + Seek>(
             split: false,
         })
     })
+}
+
+/// Where packets come from: symphonia's reader, or the forgiving one.
+enum Demuxer {
+    Symphonia(Box<dyn FormatReader>),
+    Lenient(Box<lenient::Reader<Tracked>>),
+}
+
+impl Demuxer {
+    fn next_packet(&mut self) -> std::result::Result<Option<symphonia::core::packet::Packet>, SymphoniaError> {
+        match self {
+            Demuxer::Symphonia(format) => format.next_packet(),
+            Demuxer::Lenient(reader) => reader.next_packet(),
+        }
+    }
 }
 
 /// Encodes what the decode thread sends; returns (input rate, output rate, channels, frames).
@@ -532,12 +677,7 @@ impl DecodeJob<'_> {
     /// Demuxes and decodes the track, sending PCM to the encoder. A damaged packet becomes
     /// silence of its length; an unreadable sample or a cut file ends decoding with what
     /// came before. Fails when nothing decodes or when most packets are damaged.
-    fn run(
-        mut self,
-        mut format: Box<dyn FormatReader>,
-        mut decoder: Decoder,
-        tx: SyncSender<Pcm>,
-    ) -> Result<DecodeStats> {
+    fn run(mut self, mut format: Demuxer, mut decoder: Decoder, tx: SyncSender<Pcm>) -> Result<DecodeStats> {
         let mut packets = 0u64;
         let mut bad = 0u64;
         let mut demux_errors = 0u32;

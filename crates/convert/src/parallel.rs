@@ -22,7 +22,8 @@ use super::frames::{Frame, FrameWriter};
 use super::settings::Quality;
 use super::split::{self, Halves, WARMUP_MAX};
 use super::{
-    CHANNEL_BLOCKS, ChosenTrack, DecodeJob, DecodeStats, Hooks, Summary, Tracked, Trim, demuxer_panic, open_track,
+    CHANNEL_BLOCKS, ChosenTrack, DecodeJob, DecodeStats, Demuxer, Hooks, Summary, Tracked, Trim, demuxer_panic,
+    open_track,
 };
 
 /// Shorter inputs are not worth a second pipeline.
@@ -140,7 +141,7 @@ fn decode_half(
         timebase: track.timebase,
         fallback_rate: track.fallback_rate,
     };
-    job.run(format, decoder, tx)
+    job.run(Demuxer::Symphonia(format), decoder, tx)
 }
 
 /// Encodes what arrives into a temp file, recording its frames. `None` if the audio is not
