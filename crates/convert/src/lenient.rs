@@ -1003,3 +1003,38 @@ impl<R: Read + Seek> Reader<R> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aac_config_with_an_impossible_rate_is_rebuilt_from_the_sample_entry() {
+        // AAC-LC, 44.1 kHz (index 4), stereo: kept as it is.
+        let good = [0x12, 0x10];
+        assert_eq!(
+            aac_config(Some(&good), Some(48_000), 2),
+            Some((good.to_vec(), 44_100, 2))
+        );
+        // Index 15 with an explicit rate of 1 Hz: object type and channels kept, the
+        // sample entry's rate used.
+        let explicit_one = [0x17, 0x80, 0x00, 0x00, 0x90];
+        let (asc, rate, channels) = aac_config(Some(&explicit_one), Some(48_000), 2).unwrap();
+        assert_eq!((rate, channels), (48_000, 2));
+        assert_eq!(asc, vec![0x11, 0x90], "AAC-LC, index 3 (48 kHz), 2 channels");
+        // No config at all: AAC-LC from the sample entry; no plausible rate: nothing.
+        assert_eq!(aac_config(None, Some(22_050), 1), Some((vec![0x13, 0x88], 22_050, 1)));
+        assert_eq!(aac_config(None, Some(1), 1), None);
+    }
+
+    #[test]
+    fn esds_descriptors_give_the_object_type_and_config() {
+        // version/flags, ES_Descriptor (tag 3) with ES_ID and flags 0, DecoderConfig (tag 4):
+        // object type 0x40, stream type, buffer, bit rates, then DecSpecificInfo (tag 5).
+        let mut esds = vec![0, 0, 0, 0, 0x03, 0x80, 0x80, 0x80, 25, 0, 1, 0, 0x04, 17, 0x40, 0x15];
+        esds.extend_from_slice(&[0; 11]);
+        esds.extend_from_slice(&[0x05, 2, 0x12, 0x10]);
+        assert_eq!(parse_esds(&esds), Some((0x40, Some(vec![0x12, 0x10]))));
+        assert_eq!(parse_esds(&esds[..10]), None, "cut short");
+    }
+}
