@@ -76,7 +76,8 @@ fn boxes_the_audio_does_not_need_may_be_missing_or_broken() {
     let (_, whole_secs) = recovered("whole", &whole);
     let stsd = find_box(&whole, b"stsd");
     let mp4a = stsd + 16;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Damage)> = vec![
         ("no tkhd", Box::new(|d| drop_box(d, b"tkhd"))),
         ("no hdlr", Box::new(|d| drop_box(d, b"hdlr"))),
         ("no mdhd", Box::new(|d| drop_box(d, b"mdhd"))),
@@ -180,7 +181,7 @@ fn rechunk(data: &[u8], per_chunk: u32) -> Vec<u8> {
     let mut stco_words = vec![offsets.len() as u32];
     stco_words.extend_from_slice(&offsets);
     let mut stsc_words = vec![1, 1, per_chunk, 1];
-    if count % per_chunk != 0 {
+    if !count.is_multiple_of(per_chunk) {
         stsc_words = vec![2, 1, per_chunk, 1, offsets.len() as u32, count % per_chunk, 1];
     }
     let (old_stsc, old_stco) = (be32(data, stsc) as usize, be32(data, stco) as usize);

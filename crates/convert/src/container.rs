@@ -235,6 +235,8 @@ pub(crate) struct Container {
     /// A track fragment run (`moof/traf/trun`) claiming more samples than the file can
     /// hold, as (samples, bytes each): refused before the demuxer walks them one by one.
     pub(crate) impossible_run: Option<(u64, u64)>,
+    /// How many `trak` boxes the `moov` holds.
+    pub(crate) tracks: usize,
 }
 
 /// One `trun` as the box walk saw it, for [`Container::impossible_run`].
@@ -385,6 +387,7 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         other => other?,
     }
     let movie_timescale = movie_timescale.filter(|&t| t > 0);
+    let tracks = traks.len();
     let max_sample_sizes = traks
         .iter()
         .filter_map(|t| Some((t.track_id?, t.max_sample_size)))
@@ -408,6 +411,7 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
         truncated,
         moov_cut,
         impossible_run: first_impossible_run(&runs, &trex, len),
+        tracks,
     })
 }
 

@@ -128,6 +128,8 @@ const CHANNEL_BLOCKS: usize = 4;
 const MAX_AUDIO_SAMPLE_BYTES: u32 = 4 << 20;
 /// Unreadable samples in a row after which decoding stops with what it has.
 const MAX_DEMUX_ERRORS: u32 = 16;
+/// Tracks beyond which the forgiving reader goes first (see `convert`).
+const MANY_TRACKS: usize = 64;
 /// Sample rates an audio track can really have; outside them, the container's is used.
 const PLAUSIBLE_RATES: std::ops::RangeInclusive<u32> = 7_350..=384_000;
 
@@ -183,6 +185,14 @@ pub fn convert<W: Write + Seek>(
         quality,
         hooks,
     };
+    // symphonia interleaves every track's samples, looking at each track for each one:
+    // thousands of tracks (a damaged or hostile file) take it seconds. The forgiving reader
+    // reads only the audio track.
+    if container.tracks > MANY_TRACKS
+        && let Some(summary) = convert_lenient(again.try_clone()?, &ctx, out)?
+    {
+        return Ok(summary);
+    }
     match convert_symphonia(input, &reopen, &ctx, out) {
         Err(e) if e.may_be_damage() && out.stream_position()? == out_start => {
             match convert_lenient(again, &ctx, out)? {
