@@ -119,7 +119,7 @@ impl Tables {
     /// ends and where the next one starts less its own size; and a chunk's samples must end
     /// before the next chunk (or the file) does, so one sample size that runs past it is
     /// given the room that is left.
-    fn repair(&mut self, len: u64) {
+    fn repair(&mut self, len: u64, cut: bool, mdats: &[(u64, u64)]) {
         let n = self.chunks.len();
         // Samples in each chunk, by stsc, up to the sample count.
         let mut counts = Vec::with_capacity(n);
@@ -170,39 +170,41 @@ impl Tables {
             let count = count as usize;
             let range = first..first + count;
             first += count;
-            let bound = match self.chunks.get(i + 1) {
-                Some(&next) if next > self.chunks[i] => next,
-                _ => len,
-            };
-            if end(&self.chunks, i) <= bound || count == 0 {
+            // The chunk must end before the next one starts, and inside its mdat.
+            let start = self.chunks[i];
+            let mdat_end = mdats
+                .iter()
+                .find(|(from, to)| (*from..*to).contains(&start))
+                .map(|&(_, to)| to);
+            let next = self.chunks.get(i + 1).copied().filter(|&next| next > start);
+            let bound = next.into_iter().chain(mdat_end).min().unwrap_or(len);
+            // Running past the end of a file cut short is the cut, not a wrong size.
+            if end(&self.chunks, i) <= bound || count == 0 || (cut && next.is_none()) {
                 continue;
             }
             let Some(samples) = self.sizes.get_mut(range) else {
                 break;
             };
-            // A size far above the chunk's usual ones is most likely a flipped high bit:
-            // clear high bits until it looks like its neighbours.
+            // A size far above the chunk's usual ones is damaged. Alone, it gets the room
+            // the others leave; else each is taken for a flipped high bit, cleared until
+            // the size looks like its neighbours.
             let mut sorted = samples.to_vec();
             sorted.sort_unstable();
             let usual = sorted[sorted.len() / 2].saturating_mul(8).max(1024);
-            for size in samples.iter_mut().filter(|s| **s > usual) {
-                while *size > usual {
-                    *size &= !(1 << (31 - size.leading_zeros()));
+            let unusual: Vec<usize> = (0..samples.len()).filter(|&j| samples[j] > usual).collect();
+            let others: u64 = samples.iter().filter(|&&s| s <= usual).map(|&s| u64::from(s)).sum();
+            let room = bound
+                .checked_sub(start.saturating_add(others))
+                .filter(|&r| r > 0 && r <= u64::from(usual));
+            match (unusual.as_slice(), room) {
+                (&[only], Some(room)) => samples[only] = room as u32,
+                _ => {
+                    for &j in &unusual {
+                        while samples[j] > usual {
+                            samples[j] &= !(1 << (31 - samples[j].leading_zeros()));
+                        }
+                    }
                 }
-            }
-            let sum = samples.iter().map(|&s| u64::from(s)).sum::<u64>();
-            if self.chunks[i].saturating_add(sum) <= bound {
-                continue;
-            }
-            let Some((largest, &size)) = samples.iter().enumerate().max_by_key(|(_, s)| **s) else {
-                continue;
-            };
-            let rest = sum - u64::from(size);
-            if let Some(room) = bound
-                .checked_sub(self.chunks[i].saturating_add(rest))
-                .filter(|&r| r > 0)
-            {
-                samples[largest] = u32::try_from(room).unwrap_or(u32::MAX).min(MAX_SAMPLE_BYTES);
             }
         }
     }
@@ -328,7 +330,7 @@ pub(crate) fn open<R: Read + Seek>(
         return Ok(None);
     };
     if tables.samples > 0 {
-        tables.repair(len);
+        tables.repair(len, top.cut, &top.mdats);
     } else if !top.moofs.is_empty() {
         let trex_size = child(&moov, b"mvex")
             .into_iter()
@@ -393,6 +395,10 @@ fn is_pcm(params: &AudioCodecParameters) -> bool {
 #[derive(Default)]
 struct TopLevel {
     moov: Option<Vec<u8>>,
+    /// A top-level box runs past the end of the file: the file was cut short.
+    cut: bool,
+    /// Every `mdat`, as (payload offset, end).
+    mdats: Vec<(u64, u64)>,
     moofs: Vec<(u64, u64, u64)>,
 }
 
@@ -411,6 +417,7 @@ fn read_top_level<R: Read + Seek>(r: &mut R, len: u64) -> io::Result<TopLevel> {
             break;
         };
         let (payload, end) = (pos + header_len, pos.saturating_add(size).min(len));
+        top.cut |= declared_past(&head[..got], len - pos);
         match &kind {
             b"moov" if top.moov.is_none() && end - payload <= MAX_MOOV_BYTES => {
                 let mut moov = vec![0u8; (end - payload) as usize];
@@ -419,6 +426,7 @@ fn read_top_level<R: Read + Seek>(r: &mut R, len: u64) -> io::Result<TopLevel> {
                 top.moov = Some(moov);
             }
             b"moof" => top.moofs.push((pos, payload, end)),
+            b"mdat" => top.mdats.push((payload, end)),
             _ => {}
         }
         pos = pos.saturating_add(size);
@@ -452,6 +460,16 @@ fn parse_header(data: &[u8], room: u64) -> Option<([u8; 4], u64, u64)> {
         n => (u64::from(n), 8),
     };
     (size >= header_len).then_some((kind, header_len, size.min(room)))
+}
+
+/// Whether the box header at the start of `data` declares more than the `room` left.
+fn declared_past(data: &[u8], room: u64) -> bool {
+    let declared = match data.get(0..4).map(be32) {
+        Some(1) => data.get(8..16).map_or(0, be64),
+        Some(n) => u64::from(n),
+        None => 0,
+    };
+    declared > room
 }
 
 /// The children of a container's payload, as (type, payload).
