@@ -27,11 +27,14 @@ use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::packet::Packet;
 use symphonia::core::units::{Duration, Timestamp};
 
-/// Largest `moov` read into memory (its tables for ~20 hours of AAC).
-const MAX_MOOV_BYTES: u64 = 64 << 20;
+/// Largest `moov` (or `moof`) read into memory (a moov's tables for ~20 hours of AAC).
+const MAX_MOOV_BYTES: u64 = 32 << 20;
+/// Most samples taken from fragments (their sizes are held in memory: 32 MiB).
+const MAX_FRAGMENT_SAMPLES: u64 = 8 << 20;
 /// Most top-level boxes looked at before giving up on finding `moov`.
 const MAX_TOP_LEVEL_BOXES: usize = 100_000;
-/// Largest sample read: as in the main path, a larger one is forged.
+/// Largest sample (or packet of PCM samples) read: as in the main path, a larger one is
+/// forged.
 const MAX_SAMPLE_BYTES: u32 = 4 << 20;
 /// PCM samples are single frames: this many are read as one packet.
 const PCM_FRAMES_PER_PACKET: u32 = 4096;
@@ -267,7 +270,9 @@ impl Tables {
             .saturating_sub(at)
             .checked_div(entry_len)
             .map_or(u64::from(u32::MAX), |n| n as u64);
-        let count = u64::from(count).min(fits).min(1 << 20);
+        let count = u64::from(count)
+            .min(fits)
+            .min(MAX_FRAGMENT_SAMPLES.saturating_sub(self.samples));
         if count == 0 {
             return offset;
         }
@@ -364,6 +369,8 @@ pub(crate) fn open<R: Read + Seek>(
         .find(|r| PLAUSIBLE_RATES.contains(r));
     let group = if is_pcm(&params) && tables.constant_size != 0 {
         PCM_FRAMES_PER_PACKET
+            .min(MAX_SAMPLE_BYTES / tables.constant_size)
+            .max(1)
     } else {
         1
     };
@@ -987,7 +994,7 @@ impl<R: Read + Seek> Reader<R> {
         self.at.left_in_chunk -= n;
         self.at.offset = offset.saturating_add(bytes);
         self.at.ts = pts.saturating_add(dur);
-        if bytes > u64::from(MAX_SAMPLE_BYTES) * u64::from(self.group) {
+        if bytes > u64::from(MAX_SAMPLE_BYTES) {
             return Err(SymphoniaError::DecodeError("a sample larger than any audio codec's"));
         }
         let end = offset.saturating_add(bytes);
