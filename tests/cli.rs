@@ -251,6 +251,19 @@ fn a_fragment_run_claiming_more_samples_than_the_file_holds_is_refused() {
 }
 
 #[test]
+fn a_table_of_billions_of_constant_size_samples_ends_in_corrupt_media() {
+    // Found by the fuzz run: an stsz hidden in a damaged box says 4 billion samples of
+    // 4 GB each. The forgiving reader summed their sizes one by one (28 s of CPU); it now
+    // multiplies, and refuses the samples as larger than any codec's.
+    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/constant_size_billions.mp4");
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.mp3");
+    let out = run(&["convert", input, "-o", out_path.to_str().unwrap(), "--force"]);
+    assert_bad_input(&out, "corrupt_media: ");
+    assert!(!out_path.exists());
+}
+
+#[test]
 fn stdin_and_stdout_work() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(common::stereo_tagged()).unwrap();

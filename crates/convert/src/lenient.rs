@@ -68,6 +68,8 @@ pub(crate) struct Reader<R> {
     tables: Tables,
     /// Consecutive samples per packet (PCM), else 1.
     group: u32,
+    /// The last chunk that starts inside the file.
+    last_in_file: Option<usize>,
     at: Next,
 }
 
@@ -139,7 +141,12 @@ impl Tables {
         let mut first = 0u64;
         let mut bytes = Vec::with_capacity(n);
         for &count in &counts {
-            bytes.push((first..first + count).map(|s| u64::from(self.size(s))).sum::<u64>());
+            // A constant size may come with billions of samples: multiplied, not summed.
+            bytes.push(if self.constant_size != 0 {
+                count.saturating_mul(u64::from(self.constant_size))
+            } else {
+                (first..first + count).map(|s| u64::from(self.size(s))).sum::<u64>()
+            });
             first += count;
         }
         let end = |chunks: &[u64], i: usize| chunks[i].saturating_add(bytes[i]);
@@ -381,12 +388,14 @@ pub(crate) fn open<R: Read + Seek>(
         duration: tables.duration(),
         fallback_rate,
     };
+    let last_in_file = tables.chunks.iter().rposition(|&c| c < len);
     let mut reader = Reader {
         source,
         len,
         track_id: id,
         tables,
         group,
+        last_in_file,
         at: Next::default(),
     };
     reader.enter_chunk(0);
@@ -955,14 +964,9 @@ impl<R: Read + Seek> Reader<R> {
         self.tables.default_delta
     }
 
-    /// Whether any chunk from the current one on starts inside the file.
+    /// Whether a later chunk starts inside the file.
     fn more_in_file(&self) -> bool {
-        self.tables
-            .chunks
-            .get(self.at.chunk..)
-            .unwrap_or(&[])
-            .iter()
-            .any(|&c| c < self.len)
+        self.last_in_file.is_some_and(|last| last > self.at.chunk)
     }
 
     /// The next packet of the track: `Ok(None)` at its end; an `UnexpectedEof` error when
