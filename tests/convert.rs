@@ -436,7 +436,7 @@ fn typed_errors_for_bad_inputs() {
     assert_eq!(err.code(), "unsupported_codec");
     assert!(err.to_string().contains("AC-3"), "names the codec: {err}");
 
-    // Truncated: a fast-start file cut in the middle of its audio data.
+    // A fast-start file cut in the middle of its audio data.
     let whole = std::fs::read(common::tone(
         "truncate_me.m4a",
         440,
@@ -448,6 +448,13 @@ fn typed_errors_for_bad_inputs() {
     .unwrap();
     let cut = dir.path().join("cut.m4a");
     std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    // What comes before the cut is kept, and said to be partial (tests/recovery.rs checks
+    // the audio); cut inside its index, nothing is left: truncated.
+    let (_, summary) = convert_to_vec(&cut, &ConvertOptions::default()).unwrap();
+    assert_eq!(summary.ended_early.as_deref(), Some("the file ends early"));
+    assert!(summary.duration.as_secs_f64() < 2.5, "{summary:?}");
+    let moov_end = whole.windows(4).position(|w| w == b"mdat").unwrap();
+    std::fs::write(&cut, &whole[..moov_end / 2]).unwrap();
     assert_eq!(
         convert_to_vec(&cut, &ConvertOptions::default()).unwrap_err().code(),
         "truncated_media"

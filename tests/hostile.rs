@@ -195,17 +195,6 @@ fn a_panic_inside_symphonia_becomes_corrupt_media() {
 #[test]
 fn a_forged_sample_size_is_never_read_and_the_rest_converts() {
     let whole = seeds()[0].clone();
-    let convert_bytes = |data: &[u8]| {
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, data).unwrap();
-        std::io::Seek::rewind(&mut file).unwrap();
-        convert::convert(
-            file,
-            &mut Cursor::new(Vec::new()),
-            &ConvertOptions::default(),
-            Hooks::default(),
-        )
-    };
     let mut data = whole.clone();
     let stsz = data
         .windows(4)

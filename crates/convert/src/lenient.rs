@@ -295,19 +295,26 @@ impl Tables {
                 field_at += 4;
                 v
             };
-            let duration = next(0x100).unwrap_or(default_duration);
+            let duration = u64::from(next(0x100).unwrap_or(default_duration));
             let size = next(0x200).unwrap_or(default_size);
             self.sizes.push(size);
             end = end.saturating_add(u64::from(size));
+            // An impossible duration is the last good one (as in stts, where such entries
+            // are dropped), so the times stay in step with the samples.
+            let last = self.stts.last().map_or(1024, |&(_, d)| d);
+            let duration = if (1..1 << 24).contains(&duration) {
+                duration
+            } else {
+                last
+            };
             match self.stts.last_mut() {
-                Some((n, d)) if *d == u64::from(duration) => *n += 1,
-                _ => self.stts.push((1, u64::from(duration))),
+                Some((n, d)) if *d == duration => *n += 1,
+                _ => self.stts.push((1, duration)),
             }
         }
         self.chunks.push(offset);
         self.stsc.push((self.chunks.len() as u64, count));
         self.samples += count;
-        self.stts.retain(|&(_, delta)| delta > 0 && delta < 1 << 24);
         end
     }
 
