@@ -24,7 +24,7 @@ pub(crate) struct EditList {
 }
 
 /// Most top-level boxes we look at before giving up on finding `moov`.
-const MAX_TOP_LEVEL_BOXES: usize = 100_000;
+pub(crate) const MAX_TOP_LEVEL_BOXES: usize = 100_000;
 /// Most children we look at inside one container box.
 const MAX_CHILDREN: usize = 10_000;
 

@@ -27,19 +27,17 @@ use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::packet::Packet;
 use symphonia::core::units::{Duration, Timestamp};
 
+// The same limits as the main path and the box walk: the largest sample (or packet of PCM
+// frames) read, the rates a track can have, the top-level boxes looked at.
+use super::container::MAX_TOP_LEVEL_BOXES;
+use super::{MAX_AUDIO_SAMPLE_BYTES, PLAUSIBLE_RATES};
+
 /// Largest `moov` (or `moof`) read into memory (a moov's tables for ~20 hours of AAC).
 const MAX_MOOV_BYTES: u64 = 32 << 20;
 /// Most samples taken from fragments (their sizes are held in memory: 32 MiB).
 const MAX_FRAGMENT_SAMPLES: u64 = 8 << 20;
-/// Most top-level boxes looked at before giving up on finding `moov`.
-const MAX_TOP_LEVEL_BOXES: usize = 100_000;
-/// Largest sample (or packet of PCM samples) read: as in the main path, a larger one is
-/// forged.
-const MAX_SAMPLE_BYTES: u32 = 4 << 20;
 /// PCM samples are single frames: this many are read as one packet.
 const PCM_FRAMES_PER_PACKET: u32 = 4096;
-/// Sample rates an audio track can really have.
-const PLAUSIBLE_RATES: std::ops::RangeInclusive<u32> = 7_350..=384_000;
 /// The AAC sampling frequency table (ISO/IEC 14496-3, 1.6.3.4).
 const AAC_RATES: [u32; 13] = [
     96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
@@ -383,7 +381,7 @@ pub(crate) fn open<R: Read + Seek>(
         .find(|r| PLAUSIBLE_RATES.contains(r));
     let group = if is_pcm(&params) && tables.constant_size != 0 {
         PCM_FRAMES_PER_PACKET
-            .min(MAX_SAMPLE_BYTES / tables.constant_size)
+            .min(MAX_AUDIO_SAMPLE_BYTES / tables.constant_size)
             .max(1)
     } else {
         1
@@ -1005,7 +1003,7 @@ impl<R: Read + Seek> Reader<R> {
         self.at.left_in_chunk -= n;
         self.at.offset = offset.saturating_add(bytes);
         self.at.ts = pts.saturating_add(dur);
-        if bytes > u64::from(MAX_SAMPLE_BYTES) {
+        if bytes > u64::from(MAX_AUDIO_SAMPLE_BYTES) {
             return Err(SymphoniaError::DecodeError("a sample larger than any audio codec's"));
         }
         let end = offset.saturating_add(bytes);
