@@ -251,6 +251,22 @@ fn a_fragment_run_claiming_more_samples_than_the_file_holds_is_refused() {
 }
 
 #[test]
+fn a_forged_fragment_run_behind_leading_junk_ends_in_corrupt_media() {
+    // Found by the 10-million-execution fuzz run (10-12 s each): 36 bytes that are no box
+    // before the ftyp hid the moof from the box walk, which started at offset 0, while
+    // symphonia's probe skipped to the ftyp and walked a run of 3.2 billion samples. The
+    // walk now starts where the probe does, and the run is refused before the demuxer.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["trun_count_forged_after_junk.mp4", "trun_count_forged_after_junk_2.mp4"] {
+        let input = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let out_path = dir.path().join("out.mp3");
+        let out = run(&["convert", &input, "-o", out_path.to_str().unwrap(), "--force"]);
+        assert_bad_input(&out, "corrupt_media: ");
+        assert!(stderr(&out).contains("3204448260 samples"), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn a_table_of_billions_of_constant_size_samples_ends_in_corrupt_media() {
     // Found by the fuzz run: an stsz hidden in a damaged box says 4 billion samples of
     // 4 GB each. The forgiving reader summed their sizes one by one (28 s of CPU); it now

@@ -316,6 +316,30 @@ fn first_impossible_run(runs: &[RunClaim], trex: &[(u32, u32)], len: u64) -> Opt
     })
 }
 
+/// How far into a file symphonia's probe looks for the `ftyp` marker, at most.
+const MAX_JUNK_BEFORE_FTYP: u64 = 64 * 1024;
+
+/// Where the boxes begin: at 0, unless the file starts with something that is not a box
+/// and an `ftyp` follows. symphonia's probe skips such leading bytes to the `ftyp`
+/// marker; the walk starts there too, so the bounds it checks apply to what the demuxer
+/// will read (a `trun` of 3 billion samples behind 36 leading zero bytes took 10 s).
+fn top_level_start<R: Read + Seek>(r: &mut R, len: u64) -> io::Result<u64> {
+    let mut head = Vec::new();
+    r.seek(SeekFrom::Start(0))?;
+    r.by_ref().take(len.min(MAX_JUNK_BEFORE_FTYP)).read_to_end(&mut head)?;
+    if head
+        .get(4..8)
+        .is_some_and(|kind| KNOWN_TOP_LEVEL.iter().any(|k| k.as_slice() == kind))
+    {
+        return Ok(0);
+    }
+    Ok(head
+        .windows(4)
+        .skip(4)
+        .position(|w| w == b"ftyp")
+        .map_or(0, |at| at as u64))
+}
+
 /// A moov cut by at most this many bytes (and at most a tenth of it) is read padded with
 /// zeros: the last bytes of a moov are its metadata (`udta`), rarely the sample tables.
 const MAX_MOOV_CUT: u64 = 4096;
@@ -328,7 +352,8 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
     let mut truncated = false;
     let mut looks_like_mp4 = None;
     let mut runs = Vec::new();
-    let walked_top = for_each_child(r, 0, len, MAX_TOP_LEVEL_BOXES, |r, header| {
+    let start = top_level_start(r, len)?;
+    let walked_top = for_each_child(r, start, len, MAX_TOP_LEVEL_BOXES, |r, header| {
         // Only an ISO-BMFF file can be "truncated"; text that happens to parse as a huge
         // box is just not an MP4.
         if !*looks_like_mp4.get_or_insert(KNOWN_TOP_LEVEL.contains(&&header.kind)) {
@@ -453,6 +478,18 @@ mod tests {
         out.extend_from_slice(kind);
         out.extend_from_slice(payload);
         out
+    }
+
+    #[test]
+    fn the_walk_starts_at_the_ftyp_behind_leading_junk() {
+        let ftyp = boxed(b"ftyp", b"isomiso2");
+        let start = |bytes: &[u8]| top_level_start(&mut Cursor::new(bytes), bytes.len() as u64).unwrap();
+        assert_eq!(start(&ftyp), 0);
+        assert_eq!(start(&[[0u8; 36].as_slice(), &ftyp].concat()), 36);
+        // A file of boxes from offset 0 is walked from 0, whatever its later bytes say.
+        assert_eq!(start(&[boxed(b"moov", b"....ftyp"), ftyp.clone()].concat()), 0);
+        // Bytes that are neither boxes nor hide an ftyp: from 0, as before (not an MP4).
+        assert_eq!(start(b"hello, this is text"), 0);
     }
 
     fn full(version: u8, rest: &[u8]) -> Vec<u8> {
