@@ -324,15 +324,19 @@ const MAX_JUNK_BEFORE_FTYP: u64 = 64 * 1024;
 /// marker; the walk starts there too, so the bounds it checks apply to what the demuxer
 /// will read (a `trun` of 3 billion samples behind 36 leading zero bytes took 10 s).
 fn top_level_start<R: Read + Seek>(r: &mut R, len: u64) -> io::Result<u64> {
+    // The first header alone decides the usual case; the 64 KiB are read only after junk.
     let mut head = Vec::new();
     r.seek(SeekFrom::Start(0))?;
-    r.by_ref().take(len.min(MAX_JUNK_BEFORE_FTYP)).read_to_end(&mut head)?;
+    r.by_ref().take(len.min(8)).read_to_end(&mut head)?;
     if head
         .get(4..8)
         .is_some_and(|kind| KNOWN_TOP_LEVEL.iter().any(|k| k.as_slice() == kind))
     {
         return Ok(0);
     }
+    r.by_ref()
+        .take(len.min(MAX_JUNK_BEFORE_FTYP).saturating_sub(8))
+        .read_to_end(&mut head)?;
     Ok(head
         .windows(4)
         .skip(4)
