@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::future::BoxFuture;
 use ractor::Actor;
 
 use crate::actors::converter::host::{self, HostMsg};
@@ -23,10 +24,23 @@ use crate::config::Config;
 use crate::store::{Files, Store};
 
 /// Runs a node until `shutdown` completes (or the supervision tree gives up).
-pub async fn run(
+///
+/// Both futures are boxed so that a caller sees neither the node's future type nor a
+/// generic body: a crate that spawns the node otherwise compiles its own copy of the
+/// node's state machine (a test that runs a node in its process took 5.6 minutes of CI's
+/// build for that copy).
+pub fn run(
     config: Config,
     listener: std::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: BoxFuture<'static, ()>,
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(run_node(config, listener, shutdown))
+}
+
+async fn run_node(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: BoxFuture<'static, ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config.bound_to(listener.local_addr()?));
     let prepared = config.clone();

@@ -230,7 +230,7 @@ fn run_serve(args: ServeArgs) -> Result<(), CliError> {
     let listener = std::net::TcpListener::bind(config.http)
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", config.http)))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(crate::app::run(config, listener, shutdown_signal()))?;
+    runtime.block_on(crate::app::run(config, listener, Box::pin(shutdown_signal())))?;
     Ok(())
 }
 
