@@ -284,6 +284,19 @@ fn chunks_the_tables_place_outside_the_file_are_skipped_at_once() {
 }
 
 #[test]
+fn damaged_packets_with_forged_timing_end_in_corrupt_media_without_hours_of_silence() {
+    // Found by fuzzing: ALAC whose first packets do not decode and claim ~10 s each at a
+    // forged rate. Their silence was made whole when the first good packet came: 11 GB.
+    let name = "forged_timing_damaged_alac.mp4";
+    assert_fixtures_corrupt(&[(name, "3429 of 3971 audio packets did not decode")]);
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, kib) = exit_and_peak_rss_kib(&input, &dir.path().join("out.mp3"));
+    assert_eq!(code, 2);
+    assert!(kib < 64 * 1024, "peak RSS {kib} KiB is under 64 MiB");
+}
+
+#[test]
 fn a_table_of_billions_of_constant_size_samples_ends_in_corrupt_media() {
     // Found by the fuzz run: an stsz hidden in a damaged box says 4 billion samples of
     // 4 GB each. The forgiving reader summed their sizes one by one (28 s of CPU); it now
@@ -314,12 +327,12 @@ fn stdin_and_stdout_work() {
     assert_bad_input(&no_output, "-o");
 }
 
-/// Peak RSS (KiB) of one conversion by the real binary, from wait4.
+/// The exit code and peak RSS (KiB) of one conversion by the real binary, from wait4.
 #[allow(
     clippy::zombie_processes,
     reason = "the child is reaped by libc::wait4, which std cannot do"
 )]
-fn peak_rss_kib(input: &Path, out: &Path) -> i64 {
+fn exit_and_peak_rss_kib(input: &Path, out: &Path) -> (i32, i64) {
     let child = bin()
         .args([
             "convert",
@@ -336,11 +349,15 @@ fn peak_rss_kib(input: &Path, out: &Path) -> i64 {
     // SAFETY: waits for our own child, writing into locals that outlive the call.
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as libc::pid_t);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "conversion failed"
-    );
-    usage.ru_maxrss
+    assert!(libc::WIFEXITED(status), "the conversion exits, not killed by a signal");
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+/// Peak RSS (KiB) of one successful conversion.
+fn peak_rss_kib(input: &Path, out: &Path) -> i64 {
+    let (code, kib) = exit_and_peak_rss_kib(input, out);
+    assert_eq!(code, 0, "conversion failed");
+    kib
 }
 
 #[test]

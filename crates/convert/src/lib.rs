@@ -591,6 +591,24 @@ struct DecodeStats {
     decoder: &'static str,
 }
 
+/// Silence owed for damaged packets met before the first good packet told the layout.
+#[derive(Default)]
+struct Owed {
+    packets: u64,
+    /// Their length by the container's timing (each packet under 10 s).
+    secs: f64,
+}
+
+impl Owed {
+    /// The frames owed at `rate`: their timed length, but no more than `longest` (a good
+    /// packet's frames) for each, so forged timing cannot turn a few damaged packets into
+    /// hours of silence.
+    fn frames(&self, rate: u32, longest: usize) -> usize {
+        let timed = (self.secs * f64::from(rate)).round() as u64;
+        timed.min(self.packets.saturating_mul(longest as u64)) as usize
+    }
+}
+
 /// Where decoded audio goes: the edit-list trim, the split window, the duration limit,
 /// then batches to the encoder thread.
 struct Sink {
@@ -603,6 +621,7 @@ struct Sink {
 }
 
 /// Whether to go on decoding.
+#[derive(Debug)]
 enum Flow {
     More,
     /// Everything wanted was emitted.
@@ -637,6 +656,20 @@ impl Sink {
             return Ok(Flow::Stopped);
         }
         Ok(if more { Flow::More } else { Flow::Done })
+    }
+
+    /// `frames` of silence, a batch at a time: the duration limit and the encoder see it
+    /// as they would decoded audio, and it never sits in memory whole.
+    fn push_silence(&mut self, (rate, channels): (u32, usize), mut frames: usize) -> Result<Flow> {
+        while frames > 0 {
+            let now = frames.min(BATCH_FRAMES);
+            frames -= now;
+            match self.push(Pcm::silence(rate, channels, now))? {
+                Flow::More => {}
+                stop => return Ok(stop),
+            }
+        }
+        Ok(Flow::More)
     }
 
     fn finish(self) {
@@ -694,8 +727,10 @@ impl DecodeJob<'_> {
         let mut ended_early: Option<(String, bool)> = None;
         let mut layout: Option<(u32, usize)> = None;
         // Silence owed for damaged packets met before the first good one set the layout.
-        let mut owed_secs = 0.0f64;
-        let mut last_frames = 1024usize;
+        let mut owed = Owed::default();
+        // The most frames one good packet decoded to: a damaged packet of the same track
+        // lasts no longer, whatever its (perhaps forged) timing says.
+        let mut longest = 1usize;
         let mut sink = Sink {
             tx,
             trim: Trim { skip: 0, keep: None },
@@ -755,11 +790,12 @@ impl DecodeJob<'_> {
                     }
                     let secs = self.packet_secs(&packet);
                     let Some((rate, channels)) = layout else {
-                        owed_secs += secs.unwrap_or(0.0);
+                        owed.packets += 1;
+                        owed.secs += secs.unwrap_or(0.0);
                         continue;
                     };
-                    let frames = secs.map_or(last_frames, |s| (s * f64::from(rate)).round() as usize);
-                    Pcm::silence(rate, channels, frames.min(rate as usize * 10))
+                    let frames = secs.map_or(longest, |s| (s * f64::from(rate)).round() as usize);
+                    Pcm::silence(rate, channels, frames.min(longest))
                 }
             };
             let mut pcm = pcm;
@@ -769,16 +805,15 @@ impl DecodeJob<'_> {
                     ConvertError::Corrupt(format!("the audio claims an impossible sample rate ({} Hz)", pcm.rate))
                 })?;
             }
-            last_frames = pcm.frames().max(1);
+            longest = longest.max(pcm.frames());
             let (rate, channels) = match layout {
                 Some(known) => known,
                 None => {
                     let known = (pcm.rate, pcm.planes.len());
                     layout = Some(known);
                     sink.trim = self.trim_for(pcm.rate);
-                    if owed_secs > 0.0 {
-                        let frames = (owed_secs * f64::from(pcm.rate)).round() as usize;
-                        sink.push(Pcm::silence(known.0, known.1, frames))?;
+                    if let Flow::Done | Flow::Stopped = sink.push_silence(known, owed.frames(pcm.rate, longest))? {
+                        break;
                     }
                     known
                 }
@@ -976,6 +1011,42 @@ mod tests {
         let mut c = block(1024);
         assert!(!trim.apply(&mut c), "the keep budget is spent");
         assert_eq!(c.frames(), 452);
+    }
+
+    #[test]
+    fn owed_silence_lasts_no_longer_than_a_good_packet_for_each_damaged_one() {
+        let owed = Owed { packets: 3, secs: 0.05 };
+        assert_eq!(owed.frames(48_000, 1024), 2400, "the timed length when under the cap");
+        let forged = Owed {
+            packets: 63,
+            secs: 63.0 * 9.9,
+        };
+        assert_eq!(forged.frames(384_000, 65_536), 63 * 65_536, "forged timing is capped");
+        assert_eq!(Owed::default().frames(48_000, 1024), 0);
+    }
+
+    #[test]
+    fn silence_reaches_the_encoder_a_batch_at_a_time_under_the_duration_limit() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let mut sink = Sink {
+            tx,
+            trim: Trim { skip: 0, keep: None },
+            window: None,
+            emitted: 0,
+            batch: Pcm::default(),
+            max_duration: Some(Duration::from_secs(1)),
+        };
+        assert!(matches!(
+            sink.push_silence((48_000, 2), 3 * BATCH_FRAMES / 2 + 7).unwrap(),
+            Flow::More
+        ));
+        assert_eq!(rx.try_recv().unwrap().frames(), BATCH_FRAMES, "one full batch is sent");
+        assert!(rx.try_recv().is_err(), "the rest waits in the batch");
+        assert_eq!(sink.emitted, (3 * BATCH_FRAMES / 2 + 7) as u64);
+        // Hours of silence stop at the limit after a second's worth, not after allocation.
+        let err = sink.push_silence((48_000, 2), usize::MAX / 16).unwrap_err();
+        assert!(matches!(err, ConvertError::TooLong { .. }), "{err}");
+        assert!(sink.emitted < 2 * 48_000, "{} frames", sink.emitted);
     }
 
     #[test]
