@@ -289,7 +289,8 @@ async fn ended_jobs_lose_their_input_at_once_and_everything_after_the_retention_
     assert!(!job_dir.exists(), "its files are deleted");
     let list = api.get_json(&token, "/v1/jobs").await;
     assert!(list["jobs"].as_array().unwrap().iter().all(|j| j["id"] != id.as_str()));
-    assert!(node.log_text().contains("deleted jobs past the retention period"));
+    node.logged("deleted jobs past the retention period", Duration::from_secs(10))
+        .await;
 
     // With --keep-inputs the input stays while the job does.
     let kept = Node::start(&dir.path().join("b"), &["--keep-inputs"]).await;

@@ -159,6 +159,16 @@ impl Node {
         s
     }
 
+    /// Waits (up to `limit`) for a line of the node's log containing `needle`: a node logs
+    /// what it did a moment after others can see it done, so checks of its log poll.
+    pub async fn logged(&self, needle: &str, limit: Duration) {
+        let what = format!("{needle:?} in {}", self.log.display());
+        poll(limit, &what, || async {
+            self.log_text().contains(needle).then_some(())
+        })
+        .await
+    }
+
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
