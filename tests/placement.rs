@@ -35,9 +35,7 @@ async fn converting_node(c: &Cluster, id: &str, attempt: i64) -> usize {
 }
 
 fn converts(node: &Node, id: &str, attempt: i64) -> bool {
-    node.log_text().lines().any(|l| {
-        l.contains("converting a job for its owner") && l.contains(id) && l.contains(&format!("attempt={attempt}"))
-    })
+    node.has_line(&["converting a job for its owner", id, &format!("attempt={attempt}")])
 }
 
 /// Files in a node's reception dir (`DATA/remote`).
@@ -150,16 +148,13 @@ async fn a_frozen_converting_node_is_fenced_and_its_late_result_refused() {
 
     // Thawed, the old placement finishes and hands in its result: the owner refuses it.
     c.nodes[at].signal(libc::SIGCONT);
-    poll(WAIT, "the late result to be refused", || async {
-        c.nodes[0]
-            .log_text()
-            .lines()
-            .any(|l| l.contains("stale conversion result refused") && l.contains(&id) && l.contains("attempt=1"))
-            .then_some(())
-    })
-    .await;
+    c.nodes[0]
+        .logged(&["stale conversion result refused", &id, "attempt=1"], WAIT)
+        .await;
     // The old host was told (it logs the answer a moment after the owner logs the refusal).
-    c.nodes[at].logged("the owner refused this result", WAIT).await;
+    c.nodes[at]
+        .logged(&["the owner refused this result", &id, "attempt=1"], WAIT)
+        .await;
     assert_eq!(a.mp3(&token, &id).await, first, "the accepted MP3 is unchanged");
     let job: Value = a.job(&token, &id).await.json().await.unwrap();
     assert_eq!(job["attempt"], attempt);
@@ -189,14 +184,9 @@ async fn a_restarted_owner_resumes_its_placed_and_queued_jobs() {
         assert!((got - secs).abs() < 0.05, "{got} s");
     }
     // b's result for the first placement came back to a new incarnation: refused.
-    poll(WAIT, "the pre-restart result to be refused", || async {
-        c.nodes[1]
-            .log_text()
-            .lines()
-            .any(|l| l.contains("the owner refused this result") && l.contains(&placed) && l.contains("attempt=1"))
-            .then_some(())
-    })
-    .await;
+    c.nodes[1]
+        .logged(&["the owner refused this result", &placed, "attempt=1"], WAIT)
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(c.nodes[0].eml_files().len(), 2, "one email per job");
 }

@@ -282,9 +282,7 @@ async fn scale_up_a_new_pod_takes_queued_conversions_at_once() {
     })
     .await;
     assert!(
-        n1.log_text()
-            .lines()
-            .any(|l| l.contains("converting a job for its owner") && l.contains(id.as_str())),
+        n1.has_line(&["converting a job for its owner", &id]),
         "the new pod converted it"
     );
     assert_eq!(done["id"].as_str(), Some(id.as_str()));

@@ -147,11 +147,7 @@ async fn a_conversion_that_runs_out_of_space_waits_for_room_instead_of_failing()
     let filler = volume.fill_to(192 << 10);
     let node = Node::start(&data, &["--min-free-bytes", "0", "--converter-slots", "1"]).await;
     let api = Api::new(&node);
-    poll(Duration::from_secs(30), "the conversion to run out of space", || {
-        let log = node.log_text();
-        async move { log.contains("ran out of disk space").then_some(()) }
-    })
-    .await;
+    node.logged(&["ran out of disk space"], Duration::from_secs(30)).await;
     let r: serde_json::Value = api.job(&token, &id).await.json().await.unwrap();
     assert!(
         matches!(r["state"].as_str(), Some("queued" | "converting")),
@@ -289,7 +285,7 @@ async fn ended_jobs_lose_their_input_at_once_and_everything_after_the_retention_
     assert!(!job_dir.exists(), "its files are deleted");
     let list = api.get_json(&token, "/v1/jobs").await;
     assert!(list["jobs"].as_array().unwrap().iter().all(|j| j["id"] != id.as_str()));
-    node.logged("deleted jobs past the retention period", Duration::from_secs(10))
+    node.logged(&["deleted jobs past the retention period"], Duration::from_secs(10))
         .await;
 
     // With --keep-inputs the input stays while the job does.

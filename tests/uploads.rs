@@ -519,7 +519,7 @@ async fn the_protocol_refuses_wrong_offsets_sizes_types_and_checksums_and_expire
     })
     .await;
     assert!(!data.join("uploads").join(&id).exists(), "its file is gone");
-    node.logged("deleted an expired unfinished upload", Duration::from_secs(10))
+    node.logged(&["deleted an expired unfinished upload"], Duration::from_secs(10))
         .await;
 }
 

@@ -159,14 +159,17 @@ impl Node {
         s
     }
 
-    /// Waits (up to `limit`) for a line of the node's log containing `needle`: a node logs
-    /// what it did a moment after others can see it done, so checks of its log poll.
-    pub async fn logged(&self, needle: &str, limit: Duration) {
-        let what = format!("{needle:?} in {}", self.log.display());
-        poll(limit, &what, || async {
-            self.log_text().contains(needle).then_some(())
-        })
-        .await
+    /// Whether one line of the node's log contains each of `needles`.
+    pub fn has_line(&self, needles: &[&str]) -> bool {
+        self.log_text().lines().any(|l| needles.iter().all(|n| l.contains(n)))
+    }
+
+    /// Waits (up to `limit`) for a line of the node's log containing each of `needles`: a
+    /// node logs what it did a moment after others can see it done, so checks of its log
+    /// poll.
+    pub async fn logged(&self, needles: &[&str], limit: Duration) {
+        let what = format!("{needles:?} in {}", self.log.display());
+        poll(limit, &what, || async { self.has_line(needles).then_some(()) }).await
     }
 
     /// `http://ADDR{path}`.
