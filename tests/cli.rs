@@ -41,12 +41,17 @@ fn assert_bad_input(out: &Output, needle: &str) {
     assert!(err.contains(needle), "{err:?} mentions {needle:?}");
 }
 
+/// A file committed in `tests/fixtures` (inputs found by fuzzing).
+fn committed_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Converts each `tests/fixtures` file and expects `corrupt_media` with its detail.
 fn assert_fixtures_corrupt(cases: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("out.mp3");
     for (name, detail) in cases {
-        let input = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let input = committed_fixture(name);
         let out = run(&["convert", &input, "-o", out_path.to_str().unwrap(), "--force"]);
         assert_bad_input(&out, "corrupt_media: ");
         assert!(stderr(&out).contains(detail), "{name}: {}", stderr(&out));
@@ -232,10 +237,10 @@ fn an_input_that_made_lame_abort_ends_in_an_exit_code_not_a_signal() {
     // Found by the fuzz target: damaged AAC decoded to samples that tripped an assertion
     // in LAME's quantizer, aborting the process (a whole node, in the service).
     let dir = tempfile::tempdir().unwrap();
-    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/lame_assertion.mp4");
+    let input = committed_fixture("lame_assertion.mp4");
     let out_path = dir.path().join("out.mp3");
     for extra in [&[][..], &["--sequential"][..]] {
-        let mut args = vec!["convert", input, "-o", out_path.to_str().unwrap(), "--force"];
+        let mut args = vec!["convert", &input, "-o", out_path.to_str().unwrap(), "--force"];
         args.extend_from_slice(extra);
         let out = run(&args);
         let err = stderr(&out);
@@ -289,9 +294,9 @@ fn damaged_packets_with_forged_timing_end_in_corrupt_media_without_hours_of_sile
     // forged rate. Their silence was made whole when the first good packet came: 11 GB.
     let name = "forged_timing_damaged_alac.mp4";
     assert_fixtures_corrupt(&[(name, "3429 of 3971 audio packets did not decode")]);
-    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let input = committed_fixture(name);
     let dir = tempfile::tempdir().unwrap();
-    let (code, kib) = exit_and_peak_rss_kib(&input, &dir.path().join("out.mp3"));
+    let (code, kib) = exit_and_peak_rss_kib(Path::new(&input), &dir.path().join("out.mp3"));
     assert_eq!(code, 2);
     assert!(kib < 64 * 1024, "peak RSS {kib} KiB is under 64 MiB");
 }
