@@ -425,3 +425,270 @@ async fn with_tls_only_peers_certified_by_the_cluster_ca_join() {
     assert_eq!(members(&c).await, Vec::new(), "the plain node joined nobody");
     assert_eq!(members(&d).await, Vec::new(), "the rogue node joined nobody");
 }
+
+// ---- The cluster port before authentication (issue 30, items 1-3) ----
+
+/// Protobuf by hand (the test speaks ractor_cluster's wire format without its private types).
+fn pb_varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn pb_field(field: u64, data: &[u8]) -> Vec<u8> {
+    [pb_varint(field << 3 | 2), pb_varint(data.len() as u64), data.to_vec()].concat()
+}
+
+/// One frame (u64 big-endian length + NetworkMessage) holding the handshake's first
+/// message, a NameMessage claiming `name` at `address`.
+fn name_frame(name: &str, address: &str) -> Vec<u8> {
+    let flags = [pb_varint(1 << 3), pb_varint(1)].concat();
+    let name = [
+        pb_field(1, name.as_bytes()),
+        pb_field(2, &flags),
+        pb_field(3, address.as_bytes()),
+    ]
+    .concat();
+    let message = pb_field(1, &pb_field(1, &name));
+    [(message.len() as u64).to_be_bytes().to_vec(), message].concat()
+}
+
+async fn connect_from(source: std::net::Ipv4Addr, to: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    socket.connect(to).await
+}
+
+/// Attackers that keep `per_source` connections open from each source address, each
+/// sending `payload` (then nothing) and reconnecting as soon as the server closes it.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Option<Duration>>>,
+}
+
+impl Flood {
+    fn start(to: std::net::SocketAddr, sources: &[std::net::Ipv4Addr], per_source: usize, payload: Vec<u8>) -> Flood {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let payload = std::sync::Arc::new(payload);
+        let mut workers = Vec::new();
+        for source in sources {
+            for _ in 0..per_source {
+                let (stop, payload, source) = (stop.clone(), payload.clone(), *source);
+                workers.push(tokio::spawn(async move {
+                    // The longest a connection stayed open before the server closed it.
+                    let mut longest: Option<Duration> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let Ok(stream) = connect_from(source, to).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        let opened = std::time::Instant::now();
+                        let (mut reader, mut writer) = stream.into_split();
+                        let payload = payload.clone();
+                        // Written beside the reads: a server that stops reading blocks it.
+                        let writing = tokio::spawn(async move {
+                            let _ = writer.write_all(&payload).await;
+                            writer
+                        });
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                writing.abort();
+                                return longest;
+                            }
+                            match tokio::time::timeout(Duration::from_millis(200), reader.read(&mut buf)).await {
+                                Ok(Ok(0)) | Ok(Err(_)) => break,
+                                Ok(Ok(_)) | Err(_) => {}
+                            }
+                        }
+                        writing.abort();
+                        let lived = opened.elapsed();
+                        longest = Some(longest.map_or(lived, |l| l.max(lived)));
+                    }
+                    longest
+                }));
+            }
+        }
+        Flood { stop, workers }
+    }
+
+    /// Stops the attack; the longest any connection lived before the server closed it.
+    async fn stop(self) -> Duration {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut longest = Duration::ZERO;
+        for worker in self.workers {
+            if let Some(l) = worker.await.unwrap() {
+                longest = longest.max(l);
+            }
+        }
+        longest
+    }
+}
+
+/// `/healthz` answers within a second.
+async fn answers(node: &Node) -> bool {
+    let get = reqwest::Client::new().get(node.url("/healthz")).send();
+    matches!(tokio::time::timeout(Duration::from_secs(1), get).await, Ok(Ok(r)) if r.status() == 200)
+}
+
+fn sources(first: u8, n: u8) -> Vec<std::net::Ipv4Addr> {
+    (0..n).map(|i| std::net::Ipv4Addr::new(127, 0, 1, first + i)).collect()
+}
+
+/// Lets this test process (and the nodes it starts) open the thousand-odd sockets the
+/// attacks need; the soft limit it set.
+fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max.min(65536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// Every attack of issue 30's items 1-3 on one node of a two-node mesh (plain or mutual
+/// TLS), while its HTTP port keeps answering and its peer stays (or becomes) a member.
+async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
+    let descriptors = raise_descriptor_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
+    let mut extra: Vec<String> = ["--login-per-minute", "100000", "--lockout-after", "100000"]
+        .map(String::from)
+        .to_vec();
+    if tls {
+        let [cert, key, ca] = node_pki(&dir.path().join("pki"));
+        extra.extend(["--cluster-tls-cert", &cert, "--cluster-tls-key", &key, "--cluster-tls-ca", &ca].map(String::from));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &extra).await;
+    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &extra).await;
+    let wait = Duration::from_secs(20);
+    poll(wait, "a and b to meet", || async {
+        (members(&a).await == up(&["node-b"]) && members(&b).await == up(&["node-a"])).then_some(())
+    })
+    .await;
+    // a's address sorts first, so a dials b: b's port is the one a joining peer needs.
+    let port_b: std::net::SocketAddr = format!("127.0.0.3:{}", ports[1]).parse().unwrap();
+    let (fds, rss) = (b.fds(), b.rss());
+
+    // 1. Silent connections held open from one address (the TLS handshake used to run
+    //    inline with no deadline: one of them kept every peer out). A restarted peer joins
+    //    meanwhile, and no attacker connection lives past the 5 s handshake deadline.
+    // (Not from 127.0.0.1: the restarted peer's dial comes from there.)
+    let flood = Flood::start(port_b, &sources(1, 1), 40, Vec::new());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.kill9();
+    poll(wait, "b to see a leave", || async { members(&b).await.is_empty().then_some(()) }).await;
+    a.restart().await;
+    poll(wait, "the restarted peer to join b during the attack", || async {
+        (members(&b).await == up(&["node-a"])).then_some(())
+    })
+    .await;
+    assert!(answers(&b).await, "b's HTTP answers during the attack");
+    let longest = flood.stop().await;
+    assert!(longest < Duration::from_secs(8), "an idle connection lived {longest:?}");
+
+    // 2. Descriptors: 600 idle connections from 40 addresses. At most 256 stay open (16 per
+    //    address); the others are closed at once, the refusals logged once per interval.
+    let flood = Flood::start(port_b, &sources(10, 40), 15, Vec::new());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = b.fds();
+    assert!(during <= fds + 256 + 32, "{during} descriptors open during the flood, {fds} before");
+    assert!(answers(&b).await, "b's HTTP answers during the flood");
+    assert_eq!(members(&b).await, up(&["node-a"]), "the peer stays a member");
+    let longest = flood.stop().await;
+    assert!(longest < Duration::from_secs(8), "an idle connection lived {longest:?}");
+    poll(wait, "b's descriptors to come back", || async { (b.fds() <= fds + 16).then_some(()) }).await;
+    let refusals = b.log_text().lines().filter(|l| l.contains("Refused")).count();
+    assert!((1..=6).contains(&refusals), "{refusals} lines of refusals logged");
+
+    // 3. Memory: 30 connections each announcing a 16 MiB frame and sending it. Nothing of
+    //    it is read before authentication.
+    let mut big = (16u64 * 1024 * 1024 - 1).to_be_bytes().to_vec();
+    big.resize(16 * 1024 * 1024 + 7, b'x');
+    let flood = Flood::start(port_b, &sources(60, 30), 1, big);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = b.rss().saturating_sub(rss);
+    assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
+    assert!(answers(&b).await, "b's HTTP answers during the big frames");
+    let longest = flood.stop().await;
+    assert!(longest < Duration::from_secs(8), "a big-frame connection lived {longest:?}");
+
+    // 4. A name claimed without the cookie takes nobody down: connections to b that send
+    //    a's name and close (the plain mesh; with mutual TLS they cannot get that far).
+    if !tls {
+        let view = common::api::Api::new(&b);
+        let token = view.login(ADMIN.0, ADMIN.1).await;
+        let cluster = view.get_json(&token, "/v1/cluster").await;
+        let a_name = cluster["members"][0]["incarnation"].as_str().unwrap().to_string();
+        let a_address = format!("127.0.0.2:{}", ports[0]);
+        let input = common::tone("cluster_port_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+        let downs = || b.log_text().lines().filter(|l| l.contains("node down")).count();
+        let downs_before = downs();
+        for round in 0..10 {
+            use tokio::io::AsyncWriteExt;
+            let mut spoof = connect_from(std::net::Ipv4Addr::new(127, 0, 1, 200), port_b).await.unwrap();
+            spoof.write_all(&name_frame(&a_name, &a_address)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(spoof);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(members(&b).await, up(&["node-a"]), "after spoof {round}");
+            let keyed = view
+                .upload_as("/v1/jobs", &token, &input, Some(&format!("spoof-{round}")))
+                .await;
+            assert_eq!(keyed.status(), reqwest::StatusCode::ACCEPTED, "keyed upload after spoof {round}");
+        }
+        let now = view.get_json(&token, "/v1/cluster").await;
+        assert_eq!(now["members"][0]["incarnation"], a_name.as_str(), "the same session throughout");
+        assert_eq!(downs(), downs_before, "b never took a down");
+    }
+
+    // 5. Out of descriptors (the limit lowered under the node): the accept loop backs off
+    //    and logs once per interval instead of spinning, and recovers when they come back.
+    let pid = b.pid().to_string();
+    // Soft limits only: lowering the hard one could not be undone without CAP_SYS_RESOURCE.
+    let low = format!("--nofile={}:", b.fds() + 24);
+    let prlimit = |limit: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, limit])
+            .status()
+            .unwrap();
+        assert!(status.success(), "prlimit {limit}");
+    };
+    prlimit(&low);
+    let flood = Flood::start(port_b, &sources(100, 10), 8, Vec::new());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    prlimit(&format!("--nofile={descriptors}:"));
+    flood.stop().await;
+    let spins = b.log_text().lines().filter(|l| l.contains("Error accepting socket")).count();
+    assert!((1..=4).contains(&spins), "{spins} lines of accept errors logged");
+    poll(wait, "b's HTTP to answer after the descriptors came back", || async {
+        answers(&b).await.then_some(())
+    })
+    .await;
+    assert_eq!(members(&b).await, up(&["node-a"]), "the peer stays a member");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plain_cluster_port_survives_unauthenticated_attacks() {
+    the_cluster_port_survives_unauthenticated_attacks(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tls_cluster_port_survives_unauthenticated_attacks() {
+    the_cluster_port_survives_unauthenticated_attacks(true).await;
+}

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
-    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage,
+    HandshakeLimits, IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage,
 };
 
 use super::probe::{Facts, NodeStatus, ProbeActor, ProbeMsg};
@@ -38,6 +38,24 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_MISSES: u32 = 3;
 /// Longest wait between dials of an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// What a connection to the cluster port may cost before it authenticates (our patch of
+/// ractor_cluster, `vendor/README.md`): TLS and the cookie challenge within 5 s, frames of
+/// at most 64 KiB until then (the handshake's are a few hundred bytes), and at most 256 such
+/// connections open (fewer when the process may open few descriptors: a quarter of its
+/// limit, so that the HTTP port and the database keep theirs), 16 from one address; over
+/// that a connection is closed at once. Peers need one each, briefly, while they join.
+fn handshake_limits() -> HandshakeLimits {
+    let descriptors = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let max_pending = usize::try_from(descriptors / 4).unwrap_or(usize::MAX).clamp(16, 256);
+    HandshakeLimits {
+        timeout: Duration::from_secs(5),
+        max_frame_size: 64 * 1024,
+        max_pending,
+        max_pending_per_ip: 16,
+    }
+}
 
 /// A role's face to other nodes: an actor that joins the role's versioned process groups,
 /// started (and restarted) under the cluster actor. The mesh starts whatever faces it is
@@ -103,6 +121,9 @@ pub enum ClusterMsg {
     SessionDown {
         /// The peer's incarnation name.
         name: String,
+        /// The session that ended: only the member's own session takes it down (another
+        /// connection claiming its name, even an unauthenticated one, does not).
+        session: ActorId,
     },
     /// A dial ended.
     Dialed {
@@ -192,7 +213,10 @@ impl NodeEventSubscription for Events {
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         if let Some(peer) = ses.peer_name {
-            let _ = self.0.send_message(ClusterMsg::SessionDown { name: peer.name });
+            let _ = self.0.send_message(ClusterMsg::SessionDown {
+                name: peer.name,
+                session: ses.actor.get_id(),
+            });
         }
     }
 
@@ -354,7 +378,8 @@ impl Actor for ClusterActor {
                 .map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(cluster.listen.ip());
+        .with_listen_addr(cluster.listen.ip())
+        .with_handshake_limits(handshake_limits());
         // Actors that join process groups are spawned without a name: a peer's stub of a
         // named actor unregisters that name here when its session ends (ractor 0.16.5).
         for face in faces.iter() {
@@ -419,8 +444,9 @@ impl Actor for ClusterActor {
                     },
                 );
             }
-            ClusterMsg::SessionDown { name } => {
-                if state.members.remove(&name).is_some() {
+            ClusterMsg::SessionDown { name, session } => {
+                if state.members.get(&name).is_some_and(|m| m.session.get_id() == session) {
+                    state.members.remove(&name);
                     tracing::warn!(peer = %name, "node down");
                 }
             }

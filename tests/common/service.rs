@@ -143,6 +143,16 @@ impl Node {
         kb * 1024
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node runs").id()
+    }
+
+    /// How many file descriptors the server holds open.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+    }
+
     /// Restarts the node on the same data dir with the same flags (after a kill or stop).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");

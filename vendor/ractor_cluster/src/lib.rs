@@ -76,6 +76,7 @@ use async_trait as _;
 #[cfg(test)]
 use criterion as _;
 pub use net::{BoxRead, BoxWrite};
+pub use net::{HandshakeLimits, PendingPermit};
 pub use net::{ClusterBidiStream, IncomingEncryptionMode, NetworkStream};
 pub use node::client::connect as client_connect;
 pub use node::client::connect_enc as client_connect_enc;

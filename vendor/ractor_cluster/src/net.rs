@@ -9,13 +9,19 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
+mod guard;
 mod listener;
 mod session;
+
+pub(crate) use guard::Admission;
+pub use guard::{HandshakeLimits, PendingPermit};
+pub(crate) use guard::Throttled;
 
 pub(crate) use listener::Listener;
 pub(crate) use listener::ListenerMessage;
 pub(crate) use session::Session;
 pub(crate) use session::SessionMessage;
+pub(crate) use session::PreAuth;
 
 /// A network port
 pub(crate) type NetworkPort = u16;

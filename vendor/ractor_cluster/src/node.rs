@@ -60,7 +60,7 @@ use ractor::ActorRef;
 use ractor::RpcReplyPort;
 use ractor::SupervisionEvent;
 
-use crate::net::IncomingEncryptionMode;
+use crate::net::{Admission, HandshakeLimits, IncomingEncryptionMode, PendingPermit, Throttled};
 use crate::protocol::auth as auth_protocol;
 use crate::NodeId;
 use crate::RactorMessage;
@@ -165,6 +165,21 @@ pub enum NodeServerMessage {
     /// Unsubscribe to node events for the given subscription id
     UnsubscribeToEvents(String),
 
+    /// An incoming connection accepted by the listener within the unauthenticated limits
+    /// (patched for mp4tomp3): its place is held until the session authenticates or closes.
+    #[doc(hidden)]
+    IncomingConnection {
+        /// The connection (TLS already established when configured)
+        stream: Box<crate::net::NetworkStream>,
+        /// Its place among the unauthenticated connections
+        permit: crate::net::PendingPermit,
+    },
+
+    /// The handshake deadline of a session passed (patched for mp4tomp3): closed unless
+    /// it has authenticated.
+    #[doc(hidden)]
+    HandshakeDeadline(ActorId),
+
     /// Change the port used in the connection String for the `ractor_cluster::net::listener`.
     /// This is used if the port specified in [ NodeServer ] is 0 and the OS chooses an arbitrary
     /// free port.
@@ -222,6 +237,7 @@ pub struct NodeServer {
     connection_mode: NodeConnectionMode,
     listen_addr: Option<IpAddr>,
     max_inbound_frame_size: u64,
+    handshake: HandshakeLimits,
 }
 
 impl NodeServer {
@@ -250,7 +266,16 @@ impl NodeServer {
             connection_mode: connection_mode.unwrap_or(NodeConnectionMode::Isolated),
             listen_addr: None,
             max_inbound_frame_size: DEFAULT_MAX_INBOUND_FRAME_SIZE,
+            handshake: HandshakeLimits::default(),
         }
+    }
+
+    /// Set the limits on connections that have not authenticated yet (patched for mp4tomp3):
+    /// the handshake deadline, the largest frame before authentication, and how many such
+    /// incoming connections may be open in all and per address.
+    pub fn with_handshake_limits(mut self, limits: HandshakeLimits) -> Self {
+        self.handshake = limits;
+        self
     }
 
     /// Set a custom listen address for the TCP listener.
@@ -356,6 +381,10 @@ pub struct NodeServerState {
     subscriptions: HashMap<String, Box<dyn NodeEventSubscription>>,
     connection_ids: HashMap<ActorId, Option<NonZeroU64>>,
     authenticated_sessions: HashSet<ActorId>,
+    admission: std::sync::Arc<Admission>,
+    /// The places of incoming sessions that have not authenticated yet.
+    pending: HashMap<ActorId, PendingPermit>,
+    handshake_timeouts: Throttled,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -426,6 +455,22 @@ fn elect_sessions(
 }
 
 impl NodeServerState {
+    /// Forgets an ended session. A name claimed by a session that never authenticated is
+    /// not passed on (patched for mp4tomp3): anyone may claim any name before the cookie
+    /// challenge, and subscribers take a disconnect with a name as that node going down.
+    fn forget(
+        &mut self,
+        actor_id: ActorId,
+        mut ses: NodeServerSessionInformation,
+    ) -> NodeServerSessionInformation {
+        self.connection_ids.remove(&actor_id);
+        self.pending.remove(&actor_id);
+        if !self.authenticated_sessions.remove(&actor_id) {
+            ses.peer_name = None;
+        }
+        ses
+    }
+
     fn register_session(
         &mut self,
         actor_id: ActorId,
@@ -585,6 +630,54 @@ impl NodeServerState {
     }
 }
 
+impl NodeServer {
+    /// Starts the session actor for a new connection, with its handshake deadline; its id.
+    async fn open_session(
+        &self,
+        myself: &ActorRef<NodeServerMessage>,
+        state: &mut NodeServerState,
+        stream: crate::net::NetworkStream,
+        is_server: bool,
+        peer_addr: String,
+    ) -> Option<ActorId> {
+        let node_id = state.node_id_counter;
+        match Actor::spawn_linked(
+            None,
+            NodeSession::new(
+                node_id,
+                is_server,
+                self.cookie.clone(),
+                myself.clone(),
+                state.this_node_name.clone(),
+                self.connection_mode,
+            )
+            .with_max_inbound_frame_size(self.max_inbound_frame_size)
+            .with_handshake_limits(self.handshake),
+            stream,
+            myself.get_cell(),
+        )
+        .await
+        {
+            Ok((actor, _)) => {
+                let ses = NodeServerSessionInformation::new(actor.clone(), is_server, node_id, peer_addr);
+                for sub in state.subscriptions.values() {
+                    sub.node_session_opened(ses.clone());
+                }
+                let id = actor.get_id();
+                state.node_sessions.insert(id, ses);
+                state.node_id_counter += 1;
+                myself.send_after(self.handshake.timeout, move || NodeServerMessage::HandshakeDeadline(id));
+                Some(id)
+            }
+            Err(_) => {
+                // failed to startup actor, drop the socket
+                tracing::warn!("Failed to startup `NodeSession`, dropping connection");
+                None
+            }
+        }
+    }
+}
+
 #[cfg_attr(feature = "async-trait", ractor::async_trait)]
 impl Actor for NodeServer {
     type Msg = NodeServerMessage;
@@ -595,17 +688,22 @@ impl Actor for NodeServer {
         myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
+        let admission = Admission::new(self.handshake);
         let listener = crate::net::Listener::new(
             self.port,
             myself.clone(),
             self.encryption_mode.clone(),
             self.listen_addr,
+            admission.clone(),
         );
 
         let (actor_ref, _) =
             Actor::spawn_linked(None, listener, myself.clone(), myself.get_cell()).await?;
 
         Ok(Self::State {
+            admission,
+            pending: HashMap::new(),
+            handshake_timeouts: Throttled::new(std::time::Duration::from_secs(10)),
             node_sessions: HashMap::new(),
             listener: actor_ref,
             node_id_counter: 0,
@@ -631,38 +729,31 @@ impl Actor for NodeServer {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             Self::Msg::ConnectionOpened { stream, is_server } => {
-                let node_id = state.node_id_counter;
                 let peer_addr = stream.peer_addr().to_string();
-                if let Ok((actor, _)) = Actor::spawn_linked(
-                    None,
-                    NodeSession::new(
-                        node_id,
-                        is_server,
-                        self.cookie.clone(),
-                        myself.clone(),
-                        state.this_node_name.clone(),
-                        self.connection_mode,
-                    )
-                    .with_max_inbound_frame_size(self.max_inbound_frame_size),
-                    *stream,
-                    myself.get_cell(),
-                )
-                .await
+                self.open_session(&myself, state, *stream, is_server, peer_addr)
+                    .await;
+            }
+            Self::Msg::IncomingConnection { stream, permit } => {
+                let peer_addr = stream.peer_addr().to_string();
+                if let Some(id) = self
+                    .open_session(&myself, state, *stream, true, peer_addr)
+                    .await
                 {
-                    let ses = NodeServerSessionInformation::new(
-                        actor.clone(),
-                        is_server,
-                        node_id,
-                        peer_addr,
-                    );
-                    for sub in state.subscriptions.values() {
-                        sub.node_session_opened(ses.clone());
+                    state.pending.insert(id, permit);
+                }
+            }
+            Self::Msg::HandshakeDeadline(actor_id) => {
+                if !state.authenticated_sessions.contains(&actor_id) {
+                    if let Some(ses) = state.node_sessions.get(&actor_id) {
+                        if let Some(n) = state.handshake_timeouts.hit() {
+                            tracing::warn!(
+                                "Cluster session from {} did not authenticate within {:?}; closed ({n} such session(s) since the last report)",
+                                ses.peer_addr,
+                                self.handshake.timeout
+                            );
+                        }
+                        ses.actor.stop(Some("handshake_timeout".to_string()));
                     }
-                    state.node_sessions.insert(actor.get_id(), ses);
-                    state.node_id_counter += 1;
-                } else {
-                    // failed to startup actor, drop the socket
-                    tracing::warn!("Failed to startup `NodeSession`, dropping connection");
                 }
             }
             Self::Msg::ConnectionOpenedExternal { stream, is_server } => {
@@ -672,51 +763,20 @@ impl Actor for NodeServer {
                 let (reader, writer) = stream.split();
 
                 // Wrap into a NetworkStream::External and proceed as usual
-                let external_stream = Box::new(crate::net::NetworkStream::External {
+                let external_stream = crate::net::NetworkStream::External {
                     peer_label: peer_label.clone(),
                     local_label,
                     reader,
                     writer,
-                });
-
-                let node_id = state.node_id_counter;
+                };
                 // Prefer label if present for diagnostics, else fall back to placeholder address
                 let peer_addr = peer_label.unwrap_or_else(|| "external".to_string());
-
-                if let Ok((actor, _)) = Actor::spawn_linked(
-                    None,
-                    NodeSession::new(
-                        node_id,
-                        is_server,
-                        self.cookie.clone(),
-                        myself.clone(),
-                        state.this_node_name.clone(),
-                        self.connection_mode,
-                    )
-                    .with_max_inbound_frame_size(self.max_inbound_frame_size),
-                    *external_stream,
-                    myself.get_cell(),
-                )
-                .await
-                {
-                    let ses = NodeServerSessionInformation::new(
-                        actor.clone(),
-                        is_server,
-                        node_id,
-                        peer_addr,
-                    );
-                    for sub in state.subscriptions.values() {
-                        sub.node_session_opened(ses.clone());
-                    }
-                    state.node_sessions.insert(actor.get_id(), ses);
-                    state.node_id_counter += 1;
-                } else {
-                    tracing::warn!(
-                        "Failed to startup `NodeSession` for external transport, dropping connection"
-                    );
-                }
+                self.open_session(&myself, state, external_stream, is_server, peer_addr)
+                    .await;
             }
             Self::Msg::ConnectionAuthenticated(actor_id) => {
+                // Authenticated: no longer counted among the unauthenticated connections.
+                state.pending.remove(&actor_id);
                 if let Some(election) = state.commit_authenticated(actor_id) {
                     for loser in election.losers {
                         loser.stop(Some("duplicate_connection".to_string()));
@@ -786,6 +846,7 @@ impl Actor for NodeServer {
                         myself.clone(),
                         self.encryption_mode.clone(),
                         self.listen_addr,
+                        state.admission.clone(),
                     );
 
                     let (actor_ref, _) =
@@ -800,8 +861,7 @@ impl Actor for NodeServer {
                                 o.get().peer_name
                             );
                             let ses = o.remove();
-                            state.connection_ids.remove(&actor.get_id());
-                            state.authenticated_sessions.remove(&actor.get_id());
+                            let ses = state.forget(actor.get_id(), ses);
                             for sub in state.subscriptions.values() {
                                 sub.node_session_disconnected(ses.clone());
                             }
@@ -828,6 +888,7 @@ impl Actor for NodeServer {
                         myself.clone(),
                         self.encryption_mode.clone(),
                         self.listen_addr,
+                        state.admission.clone(),
                     );
 
                     let (actor_ref, _) =
@@ -843,8 +904,7 @@ impl Actor for NodeServer {
                                 maybe_reason
                             );
                             let ses = o.remove();
-                            state.connection_ids.remove(&actor.get_id());
-                            state.authenticated_sessions.remove(&actor.get_id());
+                            let ses = state.forget(actor.get_id(), ses);
                             for sub in state.subscriptions.values() {
                                 sub.node_session_disconnected(ses.clone());
                             }

@@ -6,6 +6,8 @@
 //! TCP Server to accept incoming sessions
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::cast;
 use ractor::Actor;
@@ -13,7 +15,7 @@ use ractor::ActorProcessingErr;
 use ractor::ActorRef;
 use tokio::net::TcpListener;
 
-use super::IncomingEncryptionMode;
+use super::{Admission, IncomingEncryptionMode, Throttled};
 use crate::node::NodeServerMessage;
 
 /// A Tcp Socket [Listener] responsible for accepting new connections and spawning [super::session::Session]s
@@ -26,6 +28,9 @@ pub(crate) struct Listener {
     session_manager: ActorRef<crate::node::NodeServerMessage>,
     encryption: IncomingEncryptionMode,
     listen_addr: Option<IpAddr>,
+    // Patched for mp4tomp3: unauthenticated connections are admitted within limits, and the
+    // TLS handshake runs beside the accept loop under a deadline.
+    admission: Arc<Admission>,
 }
 
 impl Listener {
@@ -35,12 +40,14 @@ impl Listener {
         session_manager: ActorRef<crate::node::NodeServerMessage>,
         encryption: IncomingEncryptionMode,
         listen_addr: Option<IpAddr>,
+        admission: Arc<Admission>,
     ) -> Self {
         Self {
             port,
             session_manager,
             encryption,
             listen_addr,
+            admission,
         }
     }
 }
@@ -48,7 +55,15 @@ impl Listener {
 /// The Node listener's state
 pub(crate) struct ListenerState {
     listener: Option<TcpListener>,
+    /// The pause after a failed accept (e.g. out of file descriptors), doubled while they
+    /// keep failing: the loop backs off instead of spinning on the error.
+    backoff: Duration,
+    accept_errors: Throttled,
+    tls_failures: Arc<Throttled>,
 }
+
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 #[derive(crate::RactorMessage)]
 pub(crate) struct ListenerMessage;
@@ -99,6 +114,9 @@ impl Actor for Listener {
         // create the initial state
         Ok(Self::State {
             listener: Some(listener),
+            backoff: ACCEPT_BACKOFF.0,
+            accept_errors: Throttled::new(Duration::from_secs(10)),
+            tls_failures: Arc::new(Throttled::new(Duration::from_secs(10))),
         })
     }
 
@@ -122,43 +140,74 @@ impl Actor for Listener {
         if let Some(listener) = &mut state.listener {
             match listener.accept().await {
                 Ok((stream, addr)) => {
-                    stream.set_nodelay(true)?;
-                    let local = stream.local_addr()?;
-
-                    let session = match &self.encryption {
-                        IncomingEncryptionMode::Raw => Some(super::NetworkStream::Raw {
-                            peer_addr: addr,
-                            local_addr: local,
-                            stream,
-                        }),
-                        IncomingEncryptionMode::Tls(acceptor) => {
-                            match acceptor.accept(stream).await {
-                                Ok(enc_stream) => Some(super::NetworkStream::TlsServer {
-                                    peer_addr: addr,
-                                    local_addr: local,
-                                    stream: enc_stream,
-                                }),
-                                Err(some_err) => {
-                                    tracing::warn!("Error establishing secure socket: {some_err}");
-                                    None
-                                }
+                    state.backoff = ACCEPT_BACKOFF.0;
+                    // Refused connections are closed at once (dropped), before any byte is read.
+                    if let Some(permit) = self.admission.admit(addr.ip()) {
+                        stream.set_nodelay(true)?;
+                        let local = stream.local_addr()?;
+                        match &self.encryption {
+                            IncomingEncryptionMode::Raw => {
+                                let _ = cast!(
+                                    self.session_manager,
+                                    NodeServerMessage::IncomingConnection {
+                                        stream: Box::new(super::NetworkStream::Raw {
+                                            peer_addr: addr,
+                                            local_addr: local,
+                                            stream,
+                                        }),
+                                        permit,
+                                    }
+                                );
+                                tracing::info!("TCP Session opened for {addr}");
+                            }
+                            IncomingEncryptionMode::Tls(acceptor) => {
+                                // Beside the loop, so that one silent client cannot stop others
+                                // from connecting, and bounded by the handshake deadline.
+                                let (acceptor, manager) = (acceptor.clone(), self.session_manager.clone());
+                                let (deadline, failures) = (self.admission.limits().timeout, state.tls_failures.clone());
+                                tokio::spawn(async move {
+                                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                                        Ok(Ok(enc_stream)) => {
+                                            let _ = cast!(
+                                                manager,
+                                                NodeServerMessage::IncomingConnection {
+                                                    stream: Box::new(super::NetworkStream::TlsServer {
+                                                        peer_addr: addr,
+                                                        local_addr: local,
+                                                        stream: enc_stream,
+                                                    }),
+                                                    permit,
+                                                }
+                                            );
+                                            tracing::info!("TCP Session opened for {addr}");
+                                        }
+                                        Ok(Err(some_err)) => {
+                                            if let Some(n) = failures.hit() {
+                                                tracing::warn!("Error establishing secure socket with {addr}: {some_err} ({n} TLS handshake failure(s) since the last report)");
+                                            }
+                                        }
+                                        Err(_) => {
+                                            if let Some(n) = failures.hit() {
+                                                tracing::warn!("TLS handshake with {addr} did not finish within {deadline:?}; closed ({n} TLS handshake failure(s) since the last report)");
+                                            }
+                                        }
+                                    }
+                                });
                             }
                         }
-                    };
-
-                    if let Some(stream) = session {
-                        let _ = cast!(
-                            self.session_manager,
-                            NodeServerMessage::ConnectionOpened {
-                                stream: Box::new(stream),
-                                is_server: true
-                            }
-                        );
-                        tracing::info!("TCP Session opened for {addr}");
                     }
                 }
                 Err(socket_accept_error) => {
-                    tracing::warn!("Error accepting socket {socket_accept_error} on Node server");
+                    // Out of descriptors (EMFILE/ENFILE) or memory: pause instead of retrying at
+                    // once, and log once per interval, not once per attempt.
+                    if let Some(n) = state.accept_errors.hit() {
+                        tracing::warn!(
+                            "Error accepting socket {socket_accept_error} on Node server ({n} failed accept(s) since the last report); retrying in {:?}",
+                            state.backoff
+                        );
+                    }
+                    tokio::time::sleep(state.backoff).await;
+                    state.backoff = (state.backoff * 2).min(ACCEPT_BACKOFF.1);
                 }
             }
         }

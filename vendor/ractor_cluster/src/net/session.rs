@@ -75,6 +75,15 @@ pub(crate) struct Session {
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
     max_inbound_frame_size: u64,
+    pre_auth: Option<PreAuth>,
+}
+
+/// What the reader knows of the handshake (patched for mp4tomp3): its limits, and whether
+/// the session has authenticated.
+#[derive(Clone, Debug)]
+pub(crate) struct PreAuth {
+    pub(crate) limits: super::HandshakeLimits,
+    pub(crate) authenticated: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Session {
@@ -84,6 +93,7 @@ impl Session {
         peer_addr: SocketAddr,
         local_addr: SocketAddr,
         max_inbound_frame_size: u64,
+        pre_auth: Option<PreAuth>,
         supervisor: ActorCell,
     ) -> Result<ActorRef<SessionMessage>, SpawnErr> {
         match Actor::spawn_linked(
@@ -93,6 +103,7 @@ impl Session {
                 peer_addr,
                 local_addr,
                 max_inbound_frame_size,
+                pre_auth,
             },
             stream,
             supervisor,
@@ -175,6 +186,7 @@ impl Actor for Session {
             SessionReader {
                 session: myself.clone(),
                 max_inbound_frame_size: self.max_inbound_frame_size,
+                pre_auth: self.pre_auth.clone(),
             },
             read,
             myself.get_cell(),
@@ -366,6 +378,7 @@ async fn run_write_task(
 struct SessionReader {
     session: ActorRef<SessionMessage>,
     max_inbound_frame_size: u64,
+    pre_auth: Option<PreAuth>,
 }
 
 /// The node connection messages
@@ -403,9 +416,30 @@ fn checked_frame_length(length: u64, max_frame_size: u64) -> tokio::io::Result<u
 async fn read_network_message(
     stream: &mut ActorReadHalf,
     max_frame_size: u64,
+    pre_auth: Option<&mut PreAuth>,
 ) -> tokio::io::Result<crate::protocol::NetworkMessage> {
     let wire_length = stream.read_u64().await?;
     tracing::trace!("Payload length message ({wire_length}) received");
+    if let Some(pre_auth) = pre_auth {
+        if wire_length > pre_auth.limits.max_frame_size && !*pre_auth.authenticated.borrow() {
+            // Larger than any handshake message. The session may just be finishing its
+            // handshake (this reader runs ahead of it): wait for that, never for long, and
+            // read nothing of the frame meanwhile.
+            let authenticated = pre_auth.authenticated.wait_for(|done| *done);
+            if !matches!(
+                tokio::time::timeout(pre_auth.limits.timeout, authenticated).await,
+                Ok(Ok(_))
+            ) {
+                return Err(tokio::io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!(
+                        "cluster frame of {wire_length} bytes before authentication (limit {})",
+                        pre_auth.limits.max_frame_size
+                    ),
+                ));
+            }
+        }
+    }
 
     let frame_length = checked_frame_length(wire_length, max_frame_size)?;
     let bytes = Bytes::from(read_n_bytes(stream, frame_length).await?);
@@ -421,6 +455,7 @@ async fn read_network_message(
 
 struct SessionReaderState {
     reader: Option<ActorReadHalf>,
+    pre_auth: Option<PreAuth>,
 }
 
 #[cfg_attr(feature = "async-trait", ractor::async_trait)]
@@ -438,6 +473,7 @@ impl Actor for SessionReader {
         let _ = myself.cast(SessionReaderMessage::WaitForObject);
         Ok(Self::State {
             reader: Some(reader),
+            pre_auth: self.pre_auth.clone(),
         })
     }
 
@@ -460,7 +496,9 @@ impl Actor for SessionReader {
         match message {
             Self::Msg::WaitForObject => {
                 let read_result = match state.reader.as_mut() {
-                    Some(stream) => read_network_message(stream, self.max_inbound_frame_size).await,
+                    Some(stream) => {
+                        read_network_message(stream, self.max_inbound_frame_size, state.pre_auth.as_mut()).await
+                    }
                     None => {
                         myself.stop(Some("channel_closed".to_string()));
                         return Ok(());
@@ -603,7 +641,7 @@ mod tests {
         let frame = encode_frame(&expected);
         let mut reader = ActorReadHalf::External(Box::new(Cursor::new(frame)));
 
-        let actual = read_network_message(&mut reader, payload_len)
+        let actual = read_network_message(&mut reader, payload_len, None)
             .await
             .expect("frame at configured limit should be accepted");
 
@@ -643,7 +681,7 @@ mod tests {
             offset: 0,
         }));
 
-        let error = read_network_message(&mut reader, max_frame_size)
+        let error = read_network_message(&mut reader, max_frame_size, None)
             .await
             .expect_err("oversized frame should be rejected");
 
@@ -662,7 +700,7 @@ mod tests {
             offset: 0,
         }));
 
-        let error = read_network_message(&mut reader, u64::MAX)
+        let error = read_network_message(&mut reader, u64::MAX, None)
             .await
             .expect_err("an unallocatable frame should be rejected");
 
@@ -681,6 +719,7 @@ mod tests {
         let error = read_network_message(
             &mut reader,
             u64::try_from(payload_len).expect("test payload should fit in u64"),
+            None,
         )
         .await
         .expect_err("truncated frame should be rejected");
@@ -714,6 +753,7 @@ mod tests {
             SessionReader {
                 session: sink.clone(),
                 max_inbound_frame_size,
+                pre_auth: None,
             },
             reader,
         )

@@ -115,6 +115,10 @@ pub struct NodeSession {
     connection_mode: super::NodeConnectionMode,
     max_inbound_frame_size: u64,
     connection_id: u64,
+    // Patched for mp4tomp3: frames before authentication are small, and the reader learns
+    // when the session has authenticated through this channel.
+    handshake: crate::net::HandshakeLimits,
+    authenticated: tokio::sync::watch::Sender<bool>,
 }
 
 impl NodeSession {
@@ -143,6 +147,8 @@ impl NodeSession {
             this_node_name: node_name,
             connection_mode,
             max_inbound_frame_size: super::DEFAULT_MAX_INBOUND_FRAME_SIZE,
+            handshake: crate::net::HandshakeLimits::default(),
+            authenticated: tokio::sync::watch::Sender::new(false),
             connection_id: if is_server {
                 0
             } else {
@@ -167,6 +173,13 @@ impl NodeSession {
     /// allocated. The default is [`super::DEFAULT_MAX_INBOUND_FRAME_SIZE`].
     pub fn with_max_inbound_frame_size(mut self, max_frame_size: u64) -> Self {
         self.max_inbound_frame_size = max_frame_size;
+        self
+    }
+
+    /// Set the limits before authentication (patched for mp4tomp3): frames over
+    /// `limits.max_frame_size` are read only once the session has authenticated.
+    pub fn with_handshake_limits(mut self, limits: crate::net::HandshakeLimits) -> Self {
+        self.handshake = limits;
         self
     }
 }
@@ -1045,6 +1058,10 @@ impl Actor for NodeSession {
             peer_addr,
             local_addr,
             self.max_inbound_frame_size,
+            Some(crate::net::PreAuth {
+                limits: self.handshake,
+                authenticated: self.authenticated.subscribe(),
+            }),
             myself.get_cell(),
         )
         .await?;
@@ -1128,6 +1145,7 @@ impl Actor for NodeSession {
                             self.handle_auth(state, auth_message, myself.clone()).await;
                             // If we were not originally authenticated, but now we are, startup the node sync'ing logic
                             if !p_state && state.auth.is_ok() {
+                                self.authenticated.send_replace(true);
                                 self.node_server.cast(
                                     NodeServerMessage::ConnectionAuthenticated(myself.get_id()),
                                 )?;
