@@ -141,10 +141,10 @@ impl Fetcher {
         if !allowed {
             for addr in &addrs {
                 if let Some(reason) = guard::forbidden_reason(addr.ip()) {
-                    return Err(FetchError::Forbidden(format!(
-                        "{host} resolves to {}, {reason}",
-                        addr.ip()
-                    )));
+                    // What it resolves to is internal knowledge: logged, never told (the
+                    // message reaches the user at registration and in a job's error).
+                    tracing::warn!(%host, address = %addr.ip(), reason, "refused a URL whose host is not public");
+                    return Err(FetchError::Forbidden(format!("{host} is not a public address")));
                 }
             }
         }

@@ -115,6 +115,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(one_authorization))
         .layer(axum::middleware::from_fn(close_after_refusal))
         .layer(axum::middleware::from_fn(metrics::count))
+        // No answer is to be read as anything but its declared type (JSON errors included).
+        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -177,6 +177,16 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN mp3_bytes INTEGER;
      ALTER TABLE jobs ADD COLUMN duration_ms INTEGER;
      ALTER TABLE jobs ADD COLUMN warnings TEXT;",
+    // v8: every job and resumable upload a user created, kept 48 hours: the day's count for
+    // `max_jobs_per_day` (counting rows that still exist let a user delete jobs and go on).
+    "CREATE TABLE creations (
+        id            TEXT PRIMARY KEY,
+        owner_email   TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+     );
+     CREATE INDEX creations_by_owner ON creations (owner_email, created_at_ms);
+     INSERT OR IGNORE INTO creations SELECT id, owner_email, created_at_ms FROM jobs;
+     INSERT OR IGNORE INTO creations SELECT id, owner_email, created_at_ms FROM uploads;",
 ];
 
 /// One node's database.

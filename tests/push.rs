@@ -461,3 +461,53 @@ async fn a_webhook_committed_before_a_kill_9_is_delivered_after_the_restart() {
     );
     assert_eq!(ids[0], format!("{id}.job.finished"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_streams_end_when_their_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    let patch_admin = |email: &str, admin_flag: bool| {
+        api.http
+            .patch(api.url(&format!("/v1/users/{email}")))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({ "admin": admin_flag }))
+            .send()
+    };
+
+    // An admin follows every user's jobs, then loses the rights.
+    api.create_user(&admin, "eve@example.com", "eve-password").await;
+    assert!(patch_admin("eve@example.com", true).await.unwrap().status().is_success());
+    let eve = api.login("eve@example.com", "eve-password").await;
+    let mut all = events(&api, &eve, "?all=true", None).await;
+    assert!(
+        !all.ends_within(Duration::from_secs(3)).await,
+        "the stream stays open while its token holds"
+    );
+    assert!(patch_admin("eve@example.com", false).await.unwrap().status().is_success());
+    assert!(
+        all.ends_within(Duration::from_secs(5)).await,
+        "the demoted admin's every-user stream ended"
+    );
+    let again = Sse::open(&api.http, &api.url("/v1/events?all=true"), &eve, None).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "and cannot be reopened with that token");
+
+    // A user's own stream ends when the password changes (the token is revoked).
+    api.create_user(&admin, "bob@example.com", "bob-password").await;
+    let bob = api.login("bob@example.com", "bob-password").await;
+    let mut mine = events(&api, &bob, "", None).await;
+    let r = api
+        .http
+        .post(api.url("/v1/me/password"))
+        .bearer_auth(&bob)
+        .json(&serde_json::json!({"current_password": "bob-password", "new_password": "bob-password-2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        mine.ends_within(Duration::from_secs(5)).await,
+        "the stream ended with the password change"
+    );
+}

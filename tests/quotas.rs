@@ -216,3 +216,47 @@ async fn limits_hold_across_nodes_name_themselves_and_free_when_jobs_end() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_jobs_gives_none_of_the_days_count_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::service::Node::start(&dir.path().join("a"), &["--quota-jobs-per-day", "3"]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    api.create_user(&admin, BOB.0, BOB.1).await;
+    let bob = api.login(BOB.0, BOB.1).await;
+    let file = common::tone("quota_day_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    for _ in 0..3 {
+        let job = api.upload(&bob, &file).await;
+        let id = job["id"].as_str().unwrap();
+        api.finished(&bob, id).await;
+        let r = api
+            .http
+            .delete(api.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    assert_eq!(api.get_json(&bob, "/v1/jobs").await["jobs"], json!([]), "all deleted");
+    let (status, code, message, _) = refusal(api.upload_as("/v1/jobs", &bob, &file, None).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+        "{message}"
+    );
+    assert!(message.starts_with("max_jobs_per_day"), "{message}");
+    // Resumable uploads are creations too.
+    let r = api
+        .http
+        .post(api.url("/v1/uploads"))
+        .bearer_auth(&bob)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(quota(&api, &bob, BOB.0).await["usage"]["jobs_today"], 3);
+}

@@ -197,6 +197,12 @@ async fn ssrf_targets_are_refused_before_any_connection() {
             "{url}"
         );
     }
+    // A name that resolves inside is refused without saying what it resolves to.
+    let r = api.import(&token, &format!("http://localhost:{port}/a.mp4")).await;
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("localhost is not a public address"), "{body}");
+    assert!(!message.contains("127.0.0.1") && !message.contains("::1"), "{body}");
     for url in [
         "ftp://127.0.0.2/a.mp4",
         "file:///etc/passwd",

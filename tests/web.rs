@@ -407,6 +407,9 @@ async fn the_session_cookie_is_httponly_strict_and_needs_our_origin_and_its_csrf
         403
     );
     let own = node.url("");
+    // Our host under another scheme is another origin.
+    let other_scheme = own.replacen("http://", "https://", 1);
+    assert_eq!(change(Some(&csrf), Some(&other_scheme)).await.unwrap().status(), 403);
     let r = change(Some(&csrf), Some(&own)).await.unwrap();
     assert!(
         ![401, 403].contains(&r.status().as_u16()),
@@ -423,6 +426,22 @@ async fn the_session_cookie_is_httponly_strict_and_needs_our_origin_and_its_csrf
         .await
         .unwrap();
     assert!(![401, 403].contains(&r.status().as_u16()), "{}", r.status());
+    // Two session cookies (one tossed in by a page on another port or a sibling subdomain,
+    // for a narrower path, which the browser sends first) are refused, not either taken.
+    let tossed = format!("mp4tomp3_session=attacker-token; {cookie}");
+    let r = http
+        .get(node.url("/v1/jobs"))
+        .header("cookie", &tossed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff", "JSON answers too");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("more than one session cookie"), "{body}");
+    let r = http.get(node.url("/no/such/route")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     // Another origin cannot sign a browser in.
     let r = http
         .post(node.url("/v1/session"))
@@ -452,7 +471,21 @@ async fn the_session_cookie_is_httponly_strict_and_needs_our_origin_and_its_csrf
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Secure"));
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.starts_with("__Host-mp4tomp3_session="), "{set}");
+    for part in ["Secure", "Path=/", "HttpOnly"] {
+        assert!(set.contains(part), "{set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+    let value = set.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    let with = |name: &str| {
+        http.get(secure.url("/v1/session"))
+            .header("cookie", format!("{name}={value}"))
+            .send()
+    };
+    assert_eq!(with("__Host-mp4tomp3_session").await.unwrap().status(), 200);
+    // Over https the plain name (which any subdomain could set) is not a session.
+    assert_eq!(with("mp4tomp3_session").await.unwrap().status(), 401);
 }
 
 /// `true` when the MP3 starts with a Xing (VBR) info frame rather than an Info (CBR) one.

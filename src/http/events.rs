@@ -27,6 +27,9 @@ use crate::store::Job;
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events read from the ring at a time.
 const BATCH: usize = 256;
+/// How often a stream checks its credential again: a stream ends within this of its token
+/// being revoked (password changed, user removed, admin rights taken).
+const RECHECK: Duration = Duration::from_secs(2);
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stream))
@@ -101,7 +104,10 @@ async fn stream(
         return Err(ApiError::forbidden("only admins follow every user's jobs"));
     }
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let credential = super::session::credential(&headers).ok_or_else(ApiError::missing_credentials)?;
     let feed = Feed {
+        credential,
+        checked: tokio::time::Instant::now(),
         cursor: state.events.cursor(last),
         watch: state.events.watch(),
         events: state.events.clone(),
@@ -127,6 +133,9 @@ fn sse(e: &Event) -> SseEvent {
 
 /// One subscriber's place in the ring.
 struct Feed {
+    /// The token the stream was opened with, checked again every [`RECHECK`].
+    credential: String,
+    checked: tokio::time::Instant,
     events: Events,
     cursor: Cursor,
     watch: watch::Receiver<u64>,
@@ -140,9 +149,33 @@ impl Feed {
         (self.all && self.who.admin) || e.job.owner_email.eq_ignore_ascii_case(&self.who.email)
     }
 
-    /// The next event this subscriber may see, waiting for one if need be.
+    /// Whether the stream's token still holds, with the rights it was opened with (checked
+    /// every [`RECHECK`]). A revoked token ends the stream; a node too busy to answer does not.
+    async fn still_allowed(&mut self) -> bool {
+        if self.checked.elapsed() < RECHECK {
+            return true;
+        }
+        self.checked = tokio::time::Instant::now();
+        match super::verify(&self.credential).await {
+            Ok(who) => {
+                if who.admin != self.who.admin {
+                    // Rights changed (tokens are revoked then too; this is the belt to it).
+                    return false;
+                }
+                self.who = who;
+                true
+            }
+            Err(e) => !matches!(e.status.as_u16(), 401 | 403),
+        }
+    }
+
+    /// The next event this subscriber may see, waiting for one if need be; `None` ends the
+    /// stream (revoked, or the ring closed).
     async fn next(mut self) -> Option<(Event, Feed)> {
         loop {
+            if !self.still_allowed().await {
+                return None;
+            }
             if let Some(e) = self.pending.pop_front() {
                 return Some((e, self));
             }
@@ -150,7 +183,12 @@ impl Feed {
             self.watch.borrow_and_update();
             let batch = self.events.read(&mut self.cursor, BATCH);
             if batch.is_empty() {
-                self.watch.changed().await.ok()?;
+                // Woken by an event, or when the credential is due for its next check.
+                let due = self.checked + RECHECK;
+                tokio::select! {
+                    changed = self.watch.changed() => changed.ok()?,
+                    () = tokio::time::sleep_until(due) => {}
+                }
                 continue;
             }
             let visible: Vec<Event> = batch.into_iter().filter(|e| self.visible(e)).collect();

@@ -70,8 +70,9 @@ impl Modify for SecuritySchemes {
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 crate::http::session::COOKIE_NAME,
-                "The web page's session (`POST /v1/session`); state-changing requests made with \
-                 it also need `X-CSRF-Token` and our `Origin`",
+                "The web page's session (`POST /v1/session`; named `__Host-mp4tomp3_session` when \
+                 the server's public URL is https); state-changing requests made with it also \
+                 need `X-CSRF-Token` and our `Origin`; a request with two session cookies is refused",
             ))),
         );
     }

@@ -28,8 +28,11 @@ use super::openapi::{BadRequest, Forbidden, TooLarge, TooManyRequests, Unauthori
 use super::{ApiError, AppState, bearer, verify};
 use crate::auth::Principal;
 
-/// The session cookie's name.
+/// The session cookie's name over plain http.
 pub const COOKIE_NAME: &str = "mp4tomp3_session";
+/// Its name over https: a `__Host-` cookie must be `Secure`, for `Path=/` and no `Domain`,
+/// so a sibling subdomain cannot set one, nor a page set it for a narrower path.
+pub const HOST_COOKIE_NAME: &str = "__Host-mp4tomp3_session";
 /// The header carrying the CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -37,30 +40,75 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(sign_in, current, sign_out))
 }
 
-/// The session token in the request's cookies, if any.
-fn session_token(headers: &HeaderMap) -> Option<String> {
+fn https(state: &AppState) -> bool {
+    state.config.public_url.starts_with("https://")
+}
+
+/// The session cookie's name on this server.
+fn cookie_name(state: &AppState) -> &'static str {
+    if https(state) { HOST_COOKIE_NAME } else { COOKIE_NAME }
+}
+
+/// The session token in the request's cookies, if any. More than one session cookie is
+/// refused: the others were set by someone else (a page on another port or a sibling
+/// subdomain can add one for a narrower path, which the browser sends first), and taking
+/// either would let that page choose whose account the browser acts in.
+fn session_token(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut found = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(|c| c.name() == COOKIE_NAME || c.name() == HOST_COOKIE_NAME);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request carries more than one session cookie (another site may have set one); \
+             clear this site's cookies and sign in again",
+        ));
+    }
+    // Over https only the __Host- cookie counts.
+    Ok(first
+        .filter(|c| c.name() == cookie_name(state))
+        .map(|c| c.value().to_string()))
+}
+
+/// The credential a request carries: its Bearer token, else its session cookie.
+pub(super) fn credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(token) = bearer(headers) {
+        return Some(token.to_string());
+    }
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE_NAME)
+        .find(|c| c.name() == COOKIE_NAME || c.name() == HOST_COOKIE_NAME)
         .map(|c| c.value().to_string())
 }
 
 /// Whether `origin` is this server: the configured public URL's origin, or the `Host` the
-/// request was sent to.
+/// request was sent to under the scheme it was sent with (the public URL's, or the one a
+/// proxy names in `X-Forwarded-Proto`; a page cannot add that header to a cross-origin
+/// request without a preflight, which we do not answer). `http://host` is not `https://host`.
 fn same_origin(state: &AppState, headers: &HeaderMap, origin: &str) -> bool {
-    let public = url::Url::parse(&state.config.public_url)
-        .ok()
-        .map(|u| u.origin().ascii_serialization());
-    if public.as_deref() == Some(origin) {
+    let public = url::Url::parse(&state.config.public_url).ok();
+    if public.as_ref().map(|u| u.origin().ascii_serialization()).as_deref() == Some(origin) {
         return true;
     }
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .or_else(|| public.map(|u| u.scheme().to_string()))
+        .unwrap_or_else(|| "http".to_string());
     let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-    host.is_some() && origin_host == host
+    host.is_some_and(|host| origin.eq_ignore_ascii_case(&format!("{scheme}://{host}")))
 }
 
 /// The caller: a Bearer token, else the session cookie (with, on a state-changing method,
@@ -69,7 +117,7 @@ pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Principal,
     if let Some(token) = bearer(&parts.headers) {
         return verify(token).await;
     }
-    let token = session_token(&parts.headers).ok_or_else(ApiError::missing_credentials)?;
+    let token = session_token(state, &parts.headers)?.ok_or_else(ApiError::missing_credentials)?;
     if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         check_origin(state, &parts.headers)?;
         let given = parts
@@ -96,10 +144,10 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn session_cookie(state: &AppState, value: String, max_age: cookie::time::Duration) -> HeaderValue {
-    let cookie = Cookie::build((COOKIE_NAME, value))
+    let cookie = Cookie::build((cookie_name(state), value))
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(state.config.public_url.starts_with("https://"))
+        .secure(https(state))
         .path("/")
         .max_age(max_age)
         .build();
@@ -170,7 +218,7 @@ async fn sign_in(
         (status = 503, response = Unavailable),
     ))]
 async fn current(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SessionJson>, ApiError> {
-    let token = session_token(&headers).ok_or_else(ApiError::missing_credentials)?;
+    let token = session_token(&state, &headers)?.ok_or_else(ApiError::missing_credentials)?;
     let who = verify(&token).await?;
     Ok(Json(SessionJson {
         email: who.email,

@@ -333,6 +333,7 @@ impl Store {
                 ],
             )?;
             webhooks::record(tx, &job.id, "job.created", now)?;
+            super::quota::record_creation(tx, job.id.as_str(), &job.owner_email, now)?;
             let stored = stored_job(tx, &job.id)?;
             Ok((stored, true))
         })
@@ -617,6 +618,8 @@ impl Store {
                 ],
             )?;
             webhooks::adopt(tx, &job.id, &h.webhooks)?;
+            // A job handed over still counts for its owner's day, here now.
+            super::quota::record_creation(tx, job.id.as_str(), &job.owner_email, job.created_at_ms)?;
             let sent = match h.mail {
                 MailState::None => None,
                 MailState::Pending => Some(None),

@@ -69,6 +69,25 @@ fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
+/// How long a creation is remembered: the day `max_jobs_per_day` looks at, and a day more
+/// for clocks and Retry-After.
+const CREATIONS_KEPT_MS: i64 = 48 * 3600 * 1000;
+
+/// Records that `owner` created the job or upload `id` at `at_ms` (once per id: an upload
+/// and the job it becomes are one creation), and forgets their creations older than
+/// [`CREATIONS_KEPT_MS`].
+pub(super) fn record_creation(tx: &rusqlite::Transaction<'_>, id: &str, owner: &str, at_ms: i64) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO creations (id, owner_email, created_at_ms) VALUES (?1, ?2, ?3)",
+        params![id, owner, at_ms],
+    )?;
+    tx.execute(
+        "DELETE FROM creations WHERE owner_email = ?1 AND created_at_ms < ?2",
+        params![owner, at_ms - CREATIONS_KEPT_MS],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// What `email` uses on this node; `since_ms`: the start of the last 24 hours. Blocking:
     /// one `stat` per file of the user's jobs.
@@ -89,13 +108,9 @@ impl Store {
             "SELECT count(*), sum(length) FROM uploads WHERE owner_email = ?1 AND completed = 0",
             false,
         )?;
-        let (jobs_today, oldest_job) = one(
-            "SELECT count(*), min(created_at_ms) FROM jobs WHERE owner_email = ?1 AND created_at_ms >= ?2",
-            true,
-        )?;
-        let (uploads_today, oldest_upload) = one(
-            "SELECT count(*), min(created_at_ms) FROM uploads WHERE owner_email = ?1 AND completed = 0 \
-             AND created_at_ms >= ?2",
+        // Creations, not rows that still exist: deleting jobs gives none of the day back.
+        let (jobs_today, oldest_today_ms) = one(
+            "SELECT count(*), min(created_at_ms) FROM creations WHERE owner_email = ?1 AND created_at_ms >= ?2",
             true,
         )?;
         let (_, first_end_ms) = one(
@@ -108,10 +123,9 @@ impl Store {
             .iter()
             .map(|id| size(files.input(id)) + size(files.output(id)))
             .sum();
-        let oldest_today_ms = earliest(oldest_job, oldest_upload);
         Ok(Usage {
             active: jobs_active + uploads,
-            jobs_today: jobs_today + uploads_today,
+            jobs_today,
             oldest_today_ms,
             stored_bytes: job_bytes + upload_bytes.unwrap_or(0),
             first_end_ms,

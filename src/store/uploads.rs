@@ -105,6 +105,7 @@ impl Store {
                     u.expires_at_ms
                 ],
             )?;
+            super::quota::record_creation(tx, u.id.as_str(), &u.owner_email, now)?;
             Ok((
                 Upload {
                     new: u.clone(),
