@@ -533,3 +533,72 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uploads_row_goes_with_its_job_and_its_user_and_metadata_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    let endpoint = api.url("/v1/uploads");
+    let create = |token: &str, length: usize, metadata: String, body: Vec<u8>| {
+        tus(&api, reqwest::Method::POST, &endpoint, token)
+            .header("upload-length", length.to_string())
+            .header("upload-metadata", metadata)
+            .header("content-type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+    };
+
+    // Metadata beyond 4 KiB is refused, nothing stored.
+    let huge = format!("filename {},note {}", base64_of(b"a.mp4"), base64_of(&[b'x'; 5000]));
+    let r = create(&admin, 1, huge, Vec::new()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_metadata", "{body}");
+
+    // A finished upload's row is deleted with the job it became: its URL answers 404 after.
+    let near_limit = format!("filename {},note {}", base64_of(b"a.mp4"), base64_of(&[b'x'; 2900]));
+    for _ in 0..5 {
+        let r = create(&admin, 1, near_limit.clone(), vec![0]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let url = api.url(r.headers()["location"].to_str().unwrap());
+        let id = url.rsplit('/').next().unwrap().to_string();
+        assert_eq!(head(&api, &admin, &url).await.status(), StatusCode::OK);
+        let job = api.finished(&admin, &id).await;
+        assert_eq!(job["state"], "failed", "one byte is no MP4: {job}");
+        let r = api
+            .http
+            .delete(api.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        assert_eq!(head(&api, &admin, &url).await.status(), StatusCode::NOT_FOUND, "{url}");
+    }
+
+    // A removed user's unfinished upload goes with the account: a user created again under
+    // the same email does not inherit it.
+    api.create_user(&admin, "carl@example.com", "carl-password").await;
+    let carl = api.login("carl@example.com", "carl-password").await;
+    let r = create(&carl, 1000, format!("filename {}", base64_of(b"c.mp4")), vec![1; 10]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let url = api.url(r.headers()["location"].to_str().unwrap());
+    let r = api
+        .http
+        .delete(api.url("/v1/users/carl@example.com"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    node.logged(&["deleted a removed user's unfinished upload"], Duration::from_secs(10))
+        .await;
+    api.create_user(&admin, "carl@example.com", "carl-password-2").await;
+    let carl = api.login("carl@example.com", "carl-password-2").await;
+    assert_eq!(head(&api, &carl, &url).await.status(), StatusCode::NOT_FOUND);
+    let usage = api.get_json(&carl, "/v1/users/carl@example.com/quota").await;
+    assert_eq!(usage["usage"]["active"], 0, "{usage}");
+    assert_eq!(usage["usage"]["stored_bytes"], 0, "{usage}");
+}

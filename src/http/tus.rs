@@ -109,9 +109,19 @@ struct Settings {
     webhook_url: Option<String>,
 }
 
+/// The longest `Upload-Metadata` taken: a file name and three settings fit many times over,
+/// and the header is stored with the upload.
+const MAX_METADATA_BYTES: usize = 4096;
+
 /// Parses `key base64,key base64,...` (a key alone has an empty value).
 fn metadata(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
     let bad = |m: String| ApiError::bad_request("invalid_metadata", m);
+    if raw.len() > MAX_METADATA_BYTES {
+        return Err(bad(format!(
+            "Upload-Metadata is {} bytes; at most {MAX_METADATA_BYTES} are taken",
+            raw.len()
+        )));
+    }
     raw.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())

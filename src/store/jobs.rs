@@ -300,6 +300,13 @@ fn keyed_job(conn: &rusqlite::Connection, owner: &str, key: &str) -> Result<Opti
     .transpose()
 }
 
+/// The row of the resumable upload a job came from (same id), kept after it became the job
+/// (a retried `HEAD` still learns its job), goes with the job.
+fn forget_upload(tx: &rusqlite::Transaction<'_>, id: &JobId) -> Result<()> {
+    tx.execute("DELETE FROM uploads WHERE id = ?1", [id.as_str()])?;
+    Ok(())
+}
+
 impl Store {
     /// Stores a new job as `queued`. With an idempotency key already used by the same user,
     /// stores nothing and returns the earlier job (`false` says it is not new).
@@ -513,6 +520,7 @@ impl Store {
                     action: "delete an unfinished job",
                 });
             }
+            forget_upload(tx, id)?;
             Ok(tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])? == 1)
         })
     }
@@ -655,6 +663,7 @@ impl Store {
                 params![id.as_str(), now],
             )?;
             tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])?;
+            forget_upload(tx, id)?;
             Ok(kept == 1)
         })
     }
@@ -673,7 +682,10 @@ impl Store {
 
     /// Removes a job and its outbox row whatever its state (it was handed over).
     pub fn forget_job(&mut self, id: &JobId) -> Result<bool> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])? == 1))
+        self.write(|tx| {
+            forget_upload(tx, id)?;
+            Ok(tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])? == 1)
+        })
     }
 
     /// Mails due for sending now.

@@ -132,14 +132,14 @@ impl Store {
     }
 
     /// Records that the first `received` bytes are on disk (fsynced), and pushes the expiry
-    /// to `expires_at_ms`.
-    pub fn upload_received(&mut self, id: &JobId, received: u64, expires_at_ms: i64) -> Result<()> {
+    /// to `expires_at_ms`; `false` when the unfinished upload is gone (deleted meanwhile).
+    pub fn upload_received(&mut self, id: &JobId, received: u64, expires_at_ms: i64) -> Result<bool> {
         self.write(|tx| {
-            tx.execute(
+            let updated = tx.execute(
                 "UPDATE uploads SET received = ?2, expires_at_ms = ?3 WHERE id = ?1 AND completed = 0",
                 params![id.as_str(), received as i64, expires_at_ms],
             )?;
-            Ok(())
+            Ok(updated == 1)
         })
     }
 
@@ -203,7 +203,7 @@ mod tests {
         assert!(!new);
         assert_eq!(again.new.id, first.new.id, "the same key is the same upload");
         let id = first.new.id.clone();
-        store.upload_received(&id, 400, now_ms() + 60_000).unwrap();
+        assert!(store.upload_received(&id, 400, now_ms() + 60_000).unwrap());
         let got = store.upload(&id).unwrap().unwrap();
         assert_eq!(
             (got.received, got.new.bitrate_kbps, got.completed),
@@ -225,7 +225,7 @@ mod tests {
             .unwrap();
         store.upload_completed(&done.new.id).unwrap();
         assert_eq!(store.expired_uploads(now_ms(), 10).unwrap(), vec![old.new.id.clone()]);
-        store.upload_received(&done.new.id, 1, now_ms()).unwrap();
+        assert!(!store.upload_received(&done.new.id, 1, now_ms()).unwrap());
         assert_eq!(
             store.upload(&done.new.id).unwrap().unwrap().received,
             0,
@@ -233,5 +233,7 @@ mod tests {
         );
         assert!(store.delete_upload(&old.new.id).unwrap());
         assert_eq!(store.upload(&old.new.id).unwrap(), None);
+        // Bytes that land after a DELETE: the PATCH learns the upload is gone (404).
+        assert!(!store.upload_received(&old.new.id, 10, now_ms()).unwrap());
     }
 }

@@ -224,6 +224,16 @@ impl Store {
             [limit],
         )
     }
+
+    /// Up to `limit` unfinished resumable uploads of removed users (a user created again
+    /// under the same email must not inherit them).
+    pub fn uploads_of_removed_users(&self, limit: u32) -> Result<Vec<crate::store::JobId>> {
+        self.ids(
+            "SELECT up.id FROM uploads up JOIN users u ON u.email = up.owner_email \
+             WHERE u.removed = 1 AND up.completed = 0 LIMIT ?1",
+            [limit],
+        )
+    }
 }
 
 #[cfg(test)]

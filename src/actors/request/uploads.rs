@@ -163,8 +163,9 @@ impl RequestState {
                     .db
                     .run(move |s| s.upload_received(&id, received, expires))
                     .await
-                    .map(|()| expires)
-                    .map_err(JobError::from);
+                    .map_err(JobError::from)
+                    // Deleted while the bytes were being written: the upload is gone (404).
+                    .and_then(|kept| if kept { Ok(expires) } else { Err(JobError::NotFound) });
                 let _ = reply.send(answer);
             }
             UploadCall::Complete { id, reply } => {
@@ -240,21 +241,27 @@ impl RequestState {
         found.ok_or(JobError::NotFound)
     }
 
-    /// Deletes unfinished uploads past their expiry (files first), a batch per tick.
+    /// Deletes unfinished uploads past their expiry, and those of removed users (files
+    /// first), a batch of each per tick.
     pub(super) async fn expire_uploads(&mut self) {
-        let expired = match self.db.run(|s| s.expired_uploads(now_ms(), EXPIRE_BATCH)).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look for expired uploads");
-                return;
-            }
-        };
-        for id in expired {
-            let _ = tokio::fs::remove_file(self.files.upload(&id)).await;
-            let key = id.clone();
-            match self.db.run(move |s| s.delete_upload(&key)).await {
-                Ok(_) => tracing::info!(upload_id = %id, "deleted an expired unfinished upload"),
-                Err(e) => tracing::warn!(upload_id = %id, error = %e, "cannot delete an expired upload"),
+        for (why, found) in [
+            ("an expired", self.db.run(|s| s.expired_uploads(now_ms(), EXPIRE_BATCH)).await),
+            ("a removed user's", self.db.run(|s| s.uploads_of_removed_users(EXPIRE_BATCH)).await),
+        ] {
+            let ids = match found {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for {why} uploads (unfinished)");
+                    continue;
+                }
+            };
+            for id in ids {
+                let _ = tokio::fs::remove_file(self.files.upload(&id)).await;
+                let key = id.clone();
+                match self.db.run(move |s| s.delete_upload(&key)).await {
+                    Ok(_) => tracing::info!(upload_id = %id, "deleted {why} unfinished upload"),
+                    Err(e) => tracing::warn!(upload_id = %id, error = %e, "cannot delete {why} upload"),
+                }
             }
         }
     }
