@@ -379,3 +379,80 @@ async fn slow_and_idle_clients_are_cut_off_and_their_uploads_deleted() {
     )
     .await;
 }
+
+/// What Python's `urllib` (a client that sends the whole body before it reads the answer)
+/// sees for a multipart POST of `size` bytes to `url` with no token: `status retry-after`,
+/// or the exception it met.
+fn urllib_post(url: &str, size: usize) -> String {
+    let script = r#"
+import sys, urllib.request, urllib.error
+url, size = sys.argv[1], int(sys.argv[2])
+boundary = "b0undary"
+body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n"
+        f"Content-Type: video/mp4\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+req = urllib.request.Request(url, data=body, method="POST",
+    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(r.status)
+except urllib.error.HTTPError as e:
+    print(e.code, e.headers.get("Retry-After") or "-", e.headers.get("Connection") or "-")
+except Exception as e:
+    print("exception", type(e).__name__, e)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, url, &size.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_before_the_body_is_read_reaches_every_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &["--max-upload-bytes", "1000000"]).await;
+    let url = node.url("/v1/jobs");
+    // 401 (no token; urllib) and 413 (over the limit, with a token; curl) come before the
+    // body is read.
+    for size in [8 << 20, 3 << 20] {
+        let answer = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || urllib_post(&url, size)
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("401 "), "urllib, {size} bytes: {answer}");
+    }
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 8 << 20]).unwrap();
+    let curl = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-F")
+        .arg(format!("file=@{}", big.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "413", "curl");
+
+    // A raw socket that writes its whole 8 MiB body first, then reads.
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let body = vec![b'x'; 8 << 20];
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.expect("the whole body is taken (and discarded)");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .expect("the answer, then a clean close (no reset)");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+}

@@ -10,12 +10,21 @@
 //! - **Slow bodies**: [`min_rate`] wraps the bodies we stream to disk (uploads): one that
 //!   delivers fewer than the minimum bytes over a window fails, and the upload with it.
 //!
+//! - **Early refusals reach the client**: a request refused before its body is read (401,
+//!   413, 429, 507) is answered with `Connection: close`; closing a socket with unread bytes
+//!   makes the kernel send a reset, which destroys the answer in flight (Python's `urllib`
+//!   then reports a broken pipe, not the 507 and its `Retry-After`). So the connection
+//!   lingers as nginx's does: after the answer, our side of it is shut and what the client
+//!   still sends is read and discarded, up to [`LINGER_BYTES`] or [`LINGER_TIME`].
+//!
 //! Shutdown: stop accepting at once, then let open connections finish their requests
 //! (hyper's graceful shutdown); the gateway bounds that wait.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,7 +35,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -107,7 +117,10 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout);
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection_with_upgrades(
+                TokioIo::new(Lingering::new(stream)),
+                TowerToHyperService::new(service),
+            )
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -119,6 +132,98 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Most bytes read and discarded from a client after its connection's last answer.
+pub const LINGER_BYTES: u64 = 16 << 20;
+/// Longest a connection lingers after its last answer.
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+
+/// A connection that, when hyper closes it, shuts its sending side and then reads and
+/// discards what the client still sends (until it closes, or the bounds), so that an answer
+/// sent before the request's body was read is not destroyed by a reset.
+struct Lingering {
+    stream: TcpStream,
+    linger: Linger,
+}
+
+enum Linger {
+    Open,
+    Draining { until: Pin<Box<tokio::time::Sleep>>, left: u64 },
+    Closed,
+}
+
+impl Lingering {
+    fn new(stream: TcpStream) -> Self {
+        Lingering {
+            stream,
+            linger: Linger::Open,
+        }
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.linger {
+                Linger::Open => {
+                    // The answer is out: send our FIN after it.
+                    ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+                    this.linger = Linger::Draining {
+                        until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                        left: LINGER_BYTES,
+                    };
+                }
+                Linger::Draining { until, left } => {
+                    if until.as_mut().poll(cx).is_ready() {
+                        this.linger = Linger::Closed;
+                        continue;
+                    }
+                    let mut scratch = [0u8; 16 * 1024];
+                    let mut buf = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                            *left = left.saturating_sub(buf.filled().len() as u64);
+                            if *left == 0 {
+                                this.linger = Linger::Closed;
+                            }
+                        }
+                        // The client closed too (or the socket failed): done.
+                        Poll::Ready(_) => this.linger = Linger::Closed,
+                    }
+                }
+                Linger::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
 }
 
 /// Why a body was cut off.
