@@ -446,7 +446,10 @@ async fn an_answer_given_before_the_body_is_read_reaches_every_client() {
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body).await.expect("the whole body is taken (and discarded)");
+    stream
+        .write_all(&body)
+        .await
+        .expect("the whole body is taken (and discarded)");
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer))
         .await

@@ -571,7 +571,17 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
         .to_vec();
     if tls {
         let [cert, key, ca] = node_pki(&dir.path().join("pki"));
-        extra.extend(["--cluster-tls-cert", &cert, "--cluster-tls-key", &key, "--cluster-tls-ca", &ca].map(String::from));
+        extra.extend(
+            [
+                "--cluster-tls-cert",
+                &cert,
+                "--cluster-tls-key",
+                &key,
+                "--cluster-tls-ca",
+                &ca,
+            ]
+            .map(String::from),
+        );
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &extra).await;
@@ -592,7 +602,10 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
     let flood = Flood::start(port_b, &sources(1, 1), 40, Vec::new());
     tokio::time::sleep(Duration::from_secs(1)).await;
     a.kill9();
-    poll(wait, "b to see a leave", || async { members(&b).await.is_empty().then_some(()) }).await;
+    poll(wait, "b to see a leave", || async {
+        members(&b).await.is_empty().then_some(())
+    })
+    .await;
     a.restart().await;
     poll(wait, "the restarted peer to join b during the attack", || async {
         (members(&b).await == up(&["node-a"])).then_some(())
@@ -607,12 +620,18 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
     let flood = Flood::start(port_b, &sources(10, 40), 15, Vec::new());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during = b.fds();
-    assert!(during <= fds + 256 + 32, "{during} descriptors open during the flood, {fds} before");
+    assert!(
+        during <= fds + 256 + 32,
+        "{during} descriptors open during the flood, {fds} before"
+    );
     assert!(answers(&b).await, "b's HTTP answers during the flood");
     assert_eq!(members(&b).await, up(&["node-a"]), "the peer stays a member");
     let longest = flood.stop().await;
     assert!(longest < Duration::from_secs(8), "an idle connection lived {longest:?}");
-    poll(wait, "b's descriptors to come back", || async { (b.fds() <= fds + 16).then_some(()) }).await;
+    poll(wait, "b's descriptors to come back", || async {
+        (b.fds() <= fds + 16).then_some(())
+    })
+    .await;
     let refusals = b.log_text().lines().filter(|l| l.contains("Refused")).count();
     assert!((1..=6).contains(&refusals), "{refusals} lines of refusals logged");
 
@@ -626,7 +645,10 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
     assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
     assert!(answers(&b).await, "b's HTTP answers during the big frames");
     let longest = flood.stop().await;
-    assert!(longest < Duration::from_secs(8), "a big-frame connection lived {longest:?}");
+    assert!(
+        longest < Duration::from_secs(8),
+        "a big-frame connection lived {longest:?}"
+    );
 
     // 4. A name claimed without the cookie takes nobody down: connections to b that send
     //    a's name and close (the plain mesh; with mutual TLS they cannot get that far).
@@ -641,7 +663,9 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
         let downs_before = downs();
         for round in 0..10 {
             use tokio::io::AsyncWriteExt;
-            let mut spoof = connect_from(std::net::Ipv4Addr::new(127, 0, 1, 200), port_b).await.unwrap();
+            let mut spoof = connect_from(std::net::Ipv4Addr::new(127, 0, 1, 200), port_b)
+                .await
+                .unwrap();
             spoof.write_all(&name_frame(&a_name, &a_address)).await.unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
             drop(spoof);
@@ -650,10 +674,18 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
             let keyed = view
                 .upload_as("/v1/jobs", &token, &input, Some(&format!("spoof-{round}")))
                 .await;
-            assert_eq!(keyed.status(), reqwest::StatusCode::ACCEPTED, "keyed upload after spoof {round}");
+            assert_eq!(
+                keyed.status(),
+                reqwest::StatusCode::ACCEPTED,
+                "keyed upload after spoof {round}"
+            );
         }
         let now = view.get_json(&token, "/v1/cluster").await;
-        assert_eq!(now["members"][0]["incarnation"], a_name.as_str(), "the same session throughout");
+        assert_eq!(
+            now["members"][0]["incarnation"],
+            a_name.as_str(),
+            "the same session throughout"
+        );
         assert_eq!(downs(), downs_before, "b never took a down");
     }
 
@@ -674,7 +706,11 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
     tokio::time::sleep(Duration::from_secs(4)).await;
     prlimit(&format!("--nofile={descriptors}:"));
     flood.stop().await;
-    let spins = b.log_text().lines().filter(|l| l.contains("Error accepting socket")).count();
+    let spins = b
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("Error accepting socket"))
+        .count();
     assert!((1..=4).contains(&spins), "{spins} lines of accept errors logged");
     poll(wait, "b's HTTP to answer after the descriptors came back", || async {
         answers(&b).await.then_some(())

@@ -478,20 +478,36 @@ async fn open_streams_end_when_their_token_is_revoked() {
 
     // An admin follows every user's jobs, then loses the rights.
     api.create_user(&admin, "eve@example.com", "eve-password").await;
-    assert!(patch_admin("eve@example.com", true).await.unwrap().status().is_success());
+    assert!(
+        patch_admin("eve@example.com", true)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
     let eve = api.login("eve@example.com", "eve-password").await;
     let mut all = events(&api, &eve, "?all=true", None).await;
     assert!(
         !all.ends_within(Duration::from_secs(3)).await,
         "the stream stays open while its token holds"
     );
-    assert!(patch_admin("eve@example.com", false).await.unwrap().status().is_success());
+    assert!(
+        patch_admin("eve@example.com", false)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
     assert!(
         all.ends_within(Duration::from_secs(5)).await,
         "the demoted admin's every-user stream ended"
     );
     let again = Sse::open(&api.http, &api.url("/v1/events?all=true"), &eve, None).await;
-    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "and cannot be reopened with that token");
+    assert_eq!(
+        again.status,
+        StatusCode::UNAUTHORIZED,
+        "and cannot be reopened with that token"
+    );
 
     // A user's own stream ends when the password changes (the token is revoked).
     api.create_user(&admin, "bob@example.com", "bob-password").await;

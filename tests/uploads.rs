@@ -582,7 +582,9 @@ async fn an_uploads_row_goes_with_its_job_and_its_user_and_metadata_is_bounded()
     // the same email does not inherit it.
     api.create_user(&admin, "carl@example.com", "carl-password").await;
     let carl = api.login("carl@example.com", "carl-password").await;
-    let r = create(&carl, 1000, format!("filename {}", base64_of(b"c.mp4")), vec![1; 10]).await.unwrap();
+    let r = create(&carl, 1000, format!("filename {}", base64_of(b"c.mp4")), vec![1; 10])
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let url = api.url(r.headers()["location"].to_str().unwrap());
     let r = api

@@ -438,7 +438,13 @@ async fn the_session_cookie_is_httponly_strict_and_needs_our_origin_and_its_csrf
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["x-content-type-options"], "nosniff", "JSON answers too");
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("more than one session cookie"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than one session cookie"),
+        "{body}"
+    );
     let r = http.get(node.url("/no/such/route")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");

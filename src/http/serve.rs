@@ -117,10 +117,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout);
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(Lingering::new(stream)),
-                TowerToHyperService::new(service),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(Lingering::new(stream)), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -149,7 +146,10 @@ struct Lingering {
 
 enum Linger {
     Open,
-    Draining { until: Pin<Box<tokio::time::Sleep>>, left: u64 },
+    Draining {
+        until: Pin<Box<tokio::time::Sleep>>,
+        left: u64,
+    },
     Closed,
 }
 

@@ -245,8 +245,14 @@ impl RequestState {
     /// first), a batch of each per tick.
     pub(super) async fn expire_uploads(&mut self) {
         for (why, found) in [
-            ("an expired", self.db.run(|s| s.expired_uploads(now_ms(), EXPIRE_BATCH)).await),
-            ("a removed user's", self.db.run(|s| s.uploads_of_removed_users(EXPIRE_BATCH)).await),
+            (
+                "an expired",
+                self.db.run(|s| s.expired_uploads(now_ms(), EXPIRE_BATCH)).await,
+            ),
+            (
+                "a removed user's",
+                self.db.run(|s| s.uploads_of_removed_users(EXPIRE_BATCH)).await,
+            ),
         ] {
             let ids = match found {
                 Ok(ids) => ids,
