@@ -45,16 +45,32 @@ pub fn retry_at(created_at_ms: i64, attempts: i64) -> Option<i64> {
     (next <= created_at_ms + RETRY_FOR.as_millis() as i64).then_some(next)
 }
 
+/// One call of a delivery.
+pub struct Call<'a> {
+    /// The event's id and type.
+    pub event: (&'a str, &'a str),
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// The user's signing secret.
+    pub secret: &'a str,
+    /// When the event happened (retries stop [`RETRY_FOR`] after).
+    pub created_at_ms: i64,
+    /// Attempts made before this one.
+    pub attempts_before: i64,
+    /// The whole call's budget ([`CALL_TIMEOUT`], less for a receiver known to be slow).
+    pub timeout: Duration,
+}
+
 /// One attempt: `POST body` to `url`, signed; what the answer means for the delivery.
-pub async fn attempt(
-    fetcher: &Fetcher,
-    url: &str,
-    event: (&str, &str),
-    body: Vec<u8>,
-    secret: &str,
-    created_at_ms: i64,
-    attempts_before: i64,
-) -> Attempt {
+pub async fn attempt(fetcher: &Fetcher, url: &str, call: Call<'_>) -> Attempt {
+    let Call {
+        event,
+        body,
+        secret,
+        created_at_ms,
+        attempts_before,
+        timeout,
+    } = call;
     let (event_id, event_type) = event;
     let t = now_ms() / 1000;
     let headers = [
@@ -68,7 +84,7 @@ pub async fn attempt(
         error,
         retry_at_ms: retry_at(created_at_ms, attempts_before + 1),
     };
-    match fetcher.post(url, &headers, body, CALL_TIMEOUT).await {
+    match fetcher.post(url, &headers, body, timeout).await {
         Ok(status) if (200..300).contains(&status) => Attempt::Delivered { status },
         Ok(410) => Attempt::Gone,
         Ok(status @ (408 | 429 | 500..=599)) => retry(Some(status), format!("the receiver answered {status}")),

@@ -527,3 +527,54 @@ async fn open_streams_end_when_their_token_is_revoked() {
         "the stream ended with the password change"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_users_stalled_webhook_receiver_does_not_delay_anothers() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    api.create_user(&admin, "ann@example.com", "ann-password").await;
+    let ann = api.login("ann@example.com", "ann-password").await;
+    // Ann's receiver takes every call and never answers; the admin's answers at once.
+    let stalled = common::receiver::Receiver::start(&[], 0).await;
+    let fast = common::receiver::Receiver::start(&[], 200).await;
+    assert_eq!(
+        put_webhook(&api, &ann, serde_json::json!({"url": stalled.url}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put_webhook(&api, &admin, serde_json::json!({"url": fast.url}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let input = common::tone("push_stall_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    // More finished jobs than there are delivery slots in all.
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(api.upload(&ann, &input).await["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        api.finished(&ann, id).await;
+    }
+    poll(Duration::from_secs(20), "calls to the stalled receiver", || async {
+        (!stalled.hits().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = stalled.hits().len();
+    assert!(held <= 2, "{held} calls held by one receiver at once");
+
+    let mine = api.upload(&admin, &input).await["id"].as_str().unwrap().to_string();
+    api.finished(&admin, &mine).await;
+    poll(Duration::from_secs(10), "the other user's webhook, on time", || async {
+        fast.hits()
+            .iter()
+            .any(|h| h.json()["job"]["id"] == mine.as_str())
+            .then_some(())
+    })
+    .await;
+}

@@ -260,3 +260,53 @@ async fn deleting_jobs_gives_none_of_the_days_count_back() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(quota(&api, &bob, BOB.0).await["usage"]["jobs_today"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_uploads_do_not_overshoot_max_active() {
+    let dir = tempfile::tempdir().unwrap();
+    // No converter: accepted jobs stay unfinished.
+    let node = common::service::Node::start(&dir.path().join("a"), &["--converter-slots", "0"]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    api.create_user(&admin, BOB.0, BOB.1).await;
+    let r = api
+        .http
+        .put(api.url(&format!("/v1/users/{}/quota", BOB.0)))
+        .bearer_auth(&admin)
+        .json(&json!({"max_active": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let bob = api.login(BOB.0, BOB.1).await;
+    let bytes = std::fs::read(common::tone("quota_race_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"])).unwrap();
+    // Twenty chunked uploads at once, each body arriving over a second.
+    let sends = (0..20).map(|_| {
+        let (http, url, bob, bytes) = (api.http.clone(), api.url("/v1/jobs"), bob.clone(), bytes.clone());
+        async move {
+            let half = bytes.len() / 2;
+            let pieces = vec![bytes[..half].to_vec(), bytes[half..].to_vec()];
+            let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(|(i, piece)| async move {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok::<_, std::io::Error>(piece)
+            });
+            let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("a.m4a");
+            let r = http
+                .post(url)
+                .bearer_auth(bob)
+                .multipart(reqwest::multipart::Form::new().part("file", part))
+                .send()
+                .await
+                .unwrap();
+            r.status()
+        }
+    });
+    use futures_util::StreamExt;
+    let statuses = futures_util::future::join_all(sends).await;
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((accepted, refused), (2, 18), "{statuses:?}");
+    assert_eq!(quota(&api, &bob, BOB.0).await["usage"]["active"], 2);
+}

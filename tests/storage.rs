@@ -296,3 +296,68 @@ async fn ended_jobs_lose_their_input_at_once_and_everything_after_the_retention_
     assert_eq!(api.finished(&token, &id).await["state"], "done");
     assert!(dir.path().join("b").join("jobs").join(&id).join("input.mp4").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumable_uploads_reserve_what_they_announce_and_patches_check_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = Tmpfs::mount(&dir.path().join("vol"), 64);
+    let data = volume.0.join("data");
+    const RESERVE: u64 = 16 << 20;
+    let node = Node::start(&data, &["--min-free-bytes", &RESERVE.to_string()]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let create = |length: u64| {
+        api.http
+            .post(api.url("/v1/uploads"))
+            .bearer_auth(&token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", length.to_string())
+            .send()
+    };
+    // Room for one announced upload of most of what is above the reserve, not for three.
+    let room = volume.free() - RESERVE;
+    let size = room * 2 / 3;
+    let first = create(size).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    for _ in 0..2 {
+        let r = create(size).await.unwrap();
+        assert_eq!(
+            Api::error_code(r).await,
+            (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage".into()),
+            "each creation counts those before it"
+        );
+    }
+    // Something else takes the room meanwhile: the announced upload's PATCH is refused
+    // rather than filling the volume.
+    let url = api.url(first.headers()["location"].to_str().unwrap());
+    let filler = volume.fill_to(RESERVE + (2 << 20));
+    let chunk = vec![1u8; 4 << 20];
+    let r = api
+        .http
+        .patch(&url)
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(chunk.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(volume.free() > RESERVE, "the reserve held");
+    // Metadata writes still work.
+    api.create_user(&token, "dora@example.com", "dora-password").await;
+    std::fs::remove_file(&filler).unwrap();
+    let r = api
+        .http
+        .patch(&url)
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(chunk)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "with room again");
+}

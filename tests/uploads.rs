@@ -604,3 +604,48 @@ async fn an_uploads_row_goes_with_its_job_and_its_user_and_metadata_is_bounded()
     assert_eq!(usage["usage"]["active"], 0, "{usage}");
     assert_eq!(usage["usage"]["stored_bytes"], 0, "{usage}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_used_idempotency_key_answers_its_job_first_on_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let file = common::tone("keys_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    let first = api.upload_as("/v1/jobs", &token, &file, Some("k-1")).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let id = first.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let import = |key: &str| {
+        api.http
+            .post(api.url("/v1/jobs"))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({"url": "http://127.0.0.1:9/a.mp4", "bitrate": 7}))
+            .send()
+    };
+    // A JSON import retried under the key: the job, though its URL and bitrate would be refused.
+    let r = import("k-1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], id.as_str());
+    // A new key with that body is refused as ever.
+    assert_eq!(import("k-2").await.unwrap().status(), StatusCode::BAD_REQUEST);
+    // A resumable upload created under the key: the multipart job, as a finished upload.
+    let r = tus(&api, reqwest::Method::POST, &api.url("/v1/uploads"), &token)
+        .header("upload-length", "1234")
+        .header("idempotency-key", "k-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["mp4tomp3-job"], format!("/v1/jobs/{id}").as_str());
+    assert_eq!(r.headers()["upload-offset"], "1234");
+    // And a multipart retry gets it too, its body unread.
+    let again = api.upload_as("/v1/jobs", &token, &file, Some("k-1")).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap()["id"], id.as_str());
+    let jobs = api.get_json(&token, "/v1/jobs").await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+}

@@ -5,12 +5,15 @@
 //! every few seconds, sends what is due, and reschedules failures with exponential backoff
 //! (5 s doubling to an hour). A row is marked sent only after the transport accepted the
 //! mail, or the receiver answered 2xx. Webhook calls run as tasks, at most
-//! [`MAX_CALLS`] at a time, so a slow receiver holds up neither mail nor other receivers;
-//! each attempt's end comes back as [`NotifierMsg::Attempted`].
+//! [`MAX_CALLS`] at a time, and at most [`MAX_CALLS_PER_RECEIVER`] to one receiver (host and
+//! port) and [`MAX_CALLS_PER_USER`] for one user, so a slow receiver holds up neither mail
+//! nor other users' receivers; a receiver whose last call took [`SLOW_CALL`] or more gets
+//! that as its budget ([`webhook::CALL_TIMEOUT`] otherwise) until it answers quickly again.
+//! Each attempt's end comes back as [`NotifierMsg::Attempted`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -26,6 +29,16 @@ const POLL_EVERY: Duration = Duration::from_secs(5);
 const BATCH: u32 = 20;
 /// Webhook calls in flight at most.
 pub const MAX_CALLS: usize = 16;
+/// Webhook calls in flight to one receiver (host and port) at most.
+pub const MAX_CALLS_PER_RECEIVER: usize = 2;
+/// Webhook calls in flight for one user's jobs at most (many host names may lead to one
+/// slow server).
+pub const MAX_CALLS_PER_USER: usize = 4;
+/// A call this long marks its receiver slow: its next calls get this as their budget.
+pub const SLOW_CALL: Duration = Duration::from_secs(5);
+/// Due deliveries looked at per wake-up (more than can be called, so that one receiver's
+/// backlog does not hide other receivers' deliveries).
+const DUE_LOOKED_AT: u32 = 256;
 
 /// The notifier's messages.
 #[derive(Debug)]
@@ -40,7 +53,15 @@ pub enum NotifierMsg {
         job: JobId,
         /// How it went.
         attempt: Attempt,
+        /// How long the call took.
+        took: Duration,
     },
+}
+
+/// A webhook call in flight: to whom, for whom.
+struct Call {
+    receiver: String,
+    owner: String,
 }
 
 impl ractor::Message for NotifierMsg {}
@@ -56,7 +77,11 @@ pub struct NotifierState {
     /// Webhook calls go through the URL imports' address guard.
     fetcher: Fetcher,
     /// Webhook rows being called now.
-    calling: HashSet<i64>,
+    calling: HashMap<i64, Call>,
+    /// Receivers whose last call took [`SLOW_CALL`] or more.
+    slow: HashSet<String>,
+    /// A due delivery waited for its receiver's or user's calls: look again when one ends.
+    held_back: bool,
 }
 
 /// The delay before retry number `attempts` (1-based): 5 s, 10 s, 20 s, ... at most 1 h.
@@ -79,7 +104,9 @@ impl Actor for NotifierActor {
             db: Db::open(&config.db_path())?,
             mailer: Mailer::new(&config.mail)?,
             fetcher: Fetcher::from_config(&config),
-            calling: HashSet::new(),
+            calling: HashMap::new(),
+            slow: HashSet::new(),
+            held_back: false,
             config,
         };
         myself.send_interval(POLL_EVERY, || NotifierMsg::Wake);
@@ -98,8 +125,20 @@ impl Actor for NotifierActor {
                 state.send_mail(&myself).await?;
                 state.call_webhooks(&myself).await?;
             }
-            NotifierMsg::Attempted { row, job, attempt } => {
-                state.calling.remove(&row);
+            NotifierMsg::Attempted {
+                row,
+                job,
+                attempt,
+                took,
+            } => {
+                let was_full = state.calling.len() == MAX_CALLS;
+                if let Some(call) = state.calling.remove(&row) {
+                    if took >= SLOW_CALL {
+                        state.slow.insert(call.receiver);
+                    } else {
+                        state.slow.remove(&call.receiver);
+                    }
+                }
                 crate::metrics::webhook_call(match &attempt {
                     Attempt::Delivered { .. } => "delivered",
                     Attempt::Retry { .. } => "retry",
@@ -120,7 +159,7 @@ impl Actor for NotifierActor {
                     other => tracing::warn!(job_id = %job, outcome = ?other, "webhook given up"),
                 }
                 state.db.run(move |s| s.webhook_attempted(row, &attempt)).await?;
-                if state.calling.len() + 1 == MAX_CALLS {
+                if was_full || std::mem::take(&mut state.held_back) {
                     myself.send_message(NotifierMsg::Wake)?;
                 }
             }
@@ -174,12 +213,19 @@ impl NotifierState {
         if self.calling.len() >= MAX_CALLS {
             return Ok(());
         }
-        let due = self.db.run(|s| s.due_webhooks(BATCH + MAX_CALLS as u32)).await?;
+        let due = self.db.run(|s| s.due_webhooks(DUE_LOOKED_AT)).await?;
         for d in due {
             if self.calling.len() >= MAX_CALLS {
                 break;
             }
-            if self.calling.contains(&d.row) {
+            if self.calling.contains_key(&d.row) {
+                continue;
+            }
+            let receiver = receiver(&d.delivery.url);
+            let to_receiver = self.calling.values().filter(|c| c.receiver == receiver).count();
+            let for_user = self.calling.values().filter(|c| c.owner == d.owner_email).count();
+            if to_receiver >= MAX_CALLS_PER_RECEIVER || for_user >= MAX_CALLS_PER_USER {
+                self.held_back = true;
                 continue;
             }
             let (key, owner) = (d.job_id.clone(), d.owner_email.clone());
@@ -195,17 +241,37 @@ impl NotifierState {
                 (job.error_code, job.error_message, job.finished_at_ms) = (None, None, None);
                 job.updated_at_ms = job.created_at_ms;
             }
-            self.calling.insert(d.row);
+            let budget = if self.slow.contains(&receiver) {
+                SLOW_CALL
+            } else {
+                webhook::CALL_TIMEOUT
+            };
+            self.calling.insert(
+                d.row,
+                Call {
+                    receiver,
+                    owner: d.owner_email.clone(),
+                },
+            );
             let me = myself.clone();
             let fetcher = self.fetcher.clone();
             let secret = settings.and_then(|s| s.secret);
             tokio::spawn(async move {
                 let DueDelivery { row, delivery: w, .. } = d;
+                let started = Instant::now();
                 let attempt = match secret {
                     Some(secret) => {
                         let body = crate::http::event_body(&w.event_id, &w.event_type, w.created_at_ms, &job);
                         let event = (w.event_id.as_str(), w.event_type.as_str());
-                        webhook::attempt(&fetcher, &w.url, event, body, &secret, w.created_at_ms, w.attempts).await
+                        let call = webhook::Call {
+                            event,
+                            body,
+                            secret: &secret,
+                            created_at_ms: w.created_at_ms,
+                            attempts_before: w.attempts,
+                            timeout: budget,
+                        };
+                        webhook::attempt(&fetcher, &w.url, call).await
                     }
                     None => Attempt::Refused {
                         status: None,
@@ -216,6 +282,7 @@ impl NotifierState {
                     row,
                     job: job.id,
                     attempt,
+                    took: started.elapsed(),
                 });
             });
         }
@@ -223,9 +290,28 @@ impl NotifierState {
     }
 }
 
+/// Who answers a webhook URL: its host and port (the URL itself if it has none).
+fn receiver(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or_default().to_ascii_lowercase(),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receiver_is_its_host_and_port() {
+        assert_eq!(receiver("https://Hooks.Example.com/a?b"), "hooks.example.com:443");
+        assert_eq!(receiver("http://127.0.0.1:9000/x"), "127.0.0.1:9000");
+        assert_eq!(receiver("http://127.0.0.1:9000/y"), receiver("http://127.0.0.1:9000/x"));
+    }
 
     #[test]
     fn backoff_doubles_from_five_seconds_up_to_an_hour() {

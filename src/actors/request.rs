@@ -64,6 +64,9 @@ pub enum JobError {
     /// The job ended longer ago than the retention period: its files and details are gone.
     #[error("the job expired: jobs and their files are deleted {0} after they end")]
     Expired(String),
+    /// The data volume, less what unfinished uploads still announce, is under its reserve.
+    #[error("this server is short of disk space")]
+    NoSpace,
 }
 
 /// What a download serves.

@@ -200,6 +200,7 @@ impl From<JobError> for ApiError {
             JobError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             JobError::Draining => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
                 .retry_after(Duration::from_secs(5)),
+            JobError::NoSpace => ApiError::insufficient_storage(),
             JobError::Store(e) => ApiError::internal(e),
             JobError::Io(e) => ApiError::internal(e),
         }

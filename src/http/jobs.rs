@@ -274,33 +274,43 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(key.to_string()))
 }
 
-/// Refuses a new job (or upload) of `incoming` bytes over the caller's quota (`429`); a
-/// retry of a job already accepted under the same Idempotency-Key is not new and passes
-/// (that job is the answer).
-pub(super) async fn within_quota(
-    state: &AppState,
-    who: &Principal,
-    incoming: u64,
-    key: Option<&str>,
-) -> Result<Option<Job>, ApiError> {
-    if let Some(key) = key {
-        let (email, k) = (who.email.clone(), key.to_string());
-        let here = ask(
-            Role::Request,
-            |reply| RequestMsg::Keyed { email, key: k, reply },
-            CALL_TIMEOUT,
-        )
-        .await??;
-        let earlier = match here {
-            Some(job) => Some(job),
-            None => route::keyed_elsewhere(state, &who.email, key).await?,
-        };
-        if earlier.is_some() {
-            return Ok(earlier);
-        }
+/// The job `who` already submitted with Idempotency-Key `key`, on whichever node.
+///
+/// One rule for every route that creates a job (multipart, JSON import, tus creation): this
+/// is asked first, right after authentication, and a retry answers the earlier job (`200`)
+/// before anything else about the request is checked (settings, URL, room, quota).
+pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&str>) -> Result<Option<Job>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let (email, k) = (who.email.clone(), key.to_string());
+    let here = ask(
+        Role::Request,
+        |reply| RequestMsg::Keyed { email, key: k, reply },
+        CALL_TIMEOUT,
+    )
+    .await??;
+    match here {
+        Some(job) => Ok(Some(job)),
+        None => route::keyed_elsewhere(state, &who.email, key).await,
     }
-    quota::check(&state.config, who, incoming).await?;
-    Ok(None)
+}
+
+/// The answer to a retry: the earlier job, `200`.
+pub(super) fn retry_answer(job: &Job) -> Response {
+    (
+        StatusCode::OK,
+        [("location", format!("/v1/jobs/{}", job.id))],
+        Json(JobJson::from(job)),
+    )
+        .into_response()
+}
+
+/// Refuses a new job (or upload) of `incoming` bytes over the caller's quota (`429`); else
+/// the request's place among the caller's unfinished jobs, to hold until it is submitted. A
+/// retry under a used Idempotency-Key never gets here ([`earlier_job`] answers it first).
+pub(super) async fn within_quota(state: &AppState, who: &Principal, incoming: u64) -> Result<quota::Place, ApiError> {
+    Ok(quota::check(&state.config, who, incoming).await?)
 }
 
 /// Hands a job (and its staged upload) to the request actor: `202` for a new job, `200`
@@ -497,7 +507,10 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     };
     if content_type.starts_with("multipart/form-data") {
         let who = header_who.ok_or_else(ApiError::missing_credentials)?;
-        let multipart = upload::multipart(Request::from_parts(parts, body), &state, &who, key.as_deref()).await?;
+        if let Some(job) = earlier_job(&state, &who, key.as_deref()).await? {
+            return Ok(retry_answer(&job));
+        }
+        let (multipart, _place) = upload::multipart(Request::from_parts(parts, body), &state, &who).await?;
         let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required");
         let upload = upload::receive(multipart, &state.config, one_file).await?;
         submit_upload(&state, who, upload, key).await
@@ -532,10 +545,13 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
                 super::verify(token).await?
             }
         };
+        if let Some(job) = earlier_job(&state, &who, key.as_deref()).await? {
+            return Ok(retry_answer(&job));
+        }
         let (bitrate, vbr) = quality(body.bitrate, body.vbr)?;
         let webhook_url = webhook_url(&state, &who.email, body.webhook_url.as_deref()).await?;
         upload::room_for(&state.config, 0).await?;
-        within_quota(&state, &who, 0, key.as_deref()).await?;
+        let _place = within_quota(&state, &who, 0).await?;
         let url = state.fetcher.parse(&body.url)?;
         // Refused addresses fail the request now; the fetch checks again (DNS may change).
         state.fetcher.check(&url).await?;

@@ -83,7 +83,7 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
     ))]
 async fn upload_file(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let who = seed_principal(request.headers()).await?;
-    let multipart = upload::multipart(request, &state, &who, None).await.map_err(|e| {
+    let (multipart, _place) = upload::multipart(request, &state, &who).await.map_err(|e| {
         if e.code == "invalid_multipart" {
             ApiError::bad_request("invalid_request", "exactly 1 file required").plain()
         } else {

@@ -217,13 +217,10 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         return Err(ApiError::too_large(state.config.max_upload_bytes));
     }
     let key = super::jobs::idempotency_key(headers)?;
-    let raw = header(headers, "upload-metadata").unwrap_or("").to_string();
-    let s = settings(state, who, &raw).await?;
-    super::upload::room_for(&state.config, length).await?;
-    let earlier = super::jobs::within_quota(state, who, length, key.as_deref()).await?;
-    if let Some(job) = earlier.filter(|job| job.id.owner() != state.config.node_name) {
-        // The key made an upload on another node, now a job there: that upload answers (a
-        // new one here would be a second job for one key).
+    // The key first (one rule for every route): a job made under it, on any node and by
+    // any route (multipart, import, an upload finished), answers as a finished upload; a
+    // new upload would be a second job for one key.
+    if let Some(job) = super::jobs::earlier_job(state, who, key.as_deref()).await? {
         let done = Written {
             received: length,
             expires_ms: 0,
@@ -231,6 +228,11 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         };
         return Ok(created_answer(&job.id, &done));
     }
+    let raw = header(headers, "upload-metadata").unwrap_or("").to_string();
+    let s = settings(state, who, &raw).await?;
+    super::upload::room_for(&state.config, length).await?;
+    // Held until the upload is stored (it counts as unfinished itself then).
+    let _place = super::jobs::within_quota(state, who, length).await?;
     let upload = NewUpload {
         id: JobId::new(&state.config.node_name),
         owner_email: who.email.clone(),
@@ -472,6 +474,11 @@ async fn write_here(
     body: Body,
 ) -> Result<Written, ApiError> {
     let (checksum, declared) = body_facts(headers)?;
+    // Creations reserve what they announce; the volume may still have filled since (other
+    // files, MP3s): no chunk takes it under its reserve.
+    if declared.is_some_and(|n| n > 0) {
+        super::upload::room_for(&state.config, declared.unwrap_or(0)).await?;
+    }
     let files = Files::at(&state.config.data_dir);
     let mut appender = match Appender::open(&files, upload, offset, checksum, declared).await {
         Ok(Opened::Writing(appender)) => appender,

@@ -81,8 +81,7 @@ pub(super) async fn multipart(
     request: Request,
     state: &AppState,
     who: &Principal,
-    key: Option<&str>,
-) -> Result<Multipart, ApiError> {
+) -> Result<(Multipart, crate::actors::request::quota::Place), ApiError> {
     let declared = declared_length(request.headers());
     let cap = state.config.max_upload_bytes;
     if let Some(n) = declared.filter(|n| *n > cap + MULTIPART_SLACK) {
@@ -93,12 +92,13 @@ pub(super) async fn multipart(
         return Err(ApiError::too_large(cap));
     }
     room_for(&state.config, declared.unwrap_or(0)).await?;
-    super::jobs::within_quota(state, who, declared.unwrap_or(0), key).await?;
+    let place = super::jobs::within_quota(state, who, declared.unwrap_or(0)).await?;
     let (config, request) = (&state.config, request);
     let request = request.map(|body| super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window));
-    Multipart::from_request(request, state)
+    let multipart = Multipart::from_request(request, state)
         .await
-        .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))
+        .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+    Ok((multipart, place))
 }
 
 /// Reads and discards the rest of a refused multipart body, up to [`DRAIN_LIMIT`].

@@ -71,24 +71,39 @@ fn upload_row(r: &Row<'_>) -> rusqlite::Result<Option<Upload>> {
 }
 
 impl Store {
+    /// The upload `owner` created with Idempotency-Key `key`, if any.
+    pub fn keyed_upload(&self, owner: &str, key: &str) -> Result<Option<Upload>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM uploads WHERE owner_email = ?1 AND idempotency_key = ?2"),
+                params![owner, key],
+                upload_row,
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Bytes that unfinished uploads announced and have not sent yet: room they will take.
+    pub fn announced_upload_bytes(&self) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT coalesce(sum(max(length - received, 0)), 0) FROM uploads WHERE completed = 0",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Stores a new upload. With an idempotency key this user already used for an upload,
     /// stores nothing and returns that one (`false`: not new).
     pub fn create_upload(&mut self, u: &NewUpload) -> Result<(Upload, bool)> {
         let now = now_ms();
+        if let Some(key) = &u.idempotency_key
+            && let Some(earlier) = self.keyed_upload(&u.owner_email, key)?
+        {
+            return Ok((earlier, false));
+        }
         self.write(|tx| {
-            if let Some(key) = &u.idempotency_key {
-                let earlier = tx
-                    .query_row(
-                        &format!("SELECT {COLUMNS} FROM uploads WHERE owner_email = ?1 AND idempotency_key = ?2"),
-                        params![u.owner_email, key],
-                        upload_row,
-                    )
-                    .optional()?
-                    .flatten();
-                if let Some(earlier) = earlier {
-                    return Ok((earlier, false));
-                }
-            }
             tx.execute(
                 &format!("INSERT INTO uploads ({COLUMNS}) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0)"),
                 params![

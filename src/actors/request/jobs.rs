@@ -37,6 +37,8 @@ pub mod status {
     pub const DRAINING: i32 = 4;
     /// The job expired (retention).
     pub const EXPIRED: i32 = 5;
+    /// The owner is short of disk space.
+    pub const NO_SPACE: i32 = 6;
 }
 
 /// Who asks, about which job.
@@ -350,6 +352,7 @@ pub fn code(e: &JobError) -> i32 {
         JobError::Conflict(_) => status::CONFLICT,
         JobError::Draining => status::DRAINING,
         JobError::Expired(_) => status::EXPIRED,
+        JobError::NoSpace => status::NO_SPACE,
         JobError::Store(_) | JobError::Io(_) => status::ERROR,
     }
 }
@@ -361,6 +364,7 @@ pub fn error(status: i32, message: String) -> JobError {
         status::CONFLICT => JobError::Conflict(message),
         status::DRAINING => JobError::Draining,
         status::EXPIRED => JobError::Expired(message),
+        status::NO_SPACE => JobError::NoSpace,
         _ => JobError::Io(std::io::Error::other(format!("on the owner node: {message}"))),
     }
 }

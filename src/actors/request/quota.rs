@@ -7,11 +7,15 @@
 //! with `Retry-After` for when it frees.
 //!
 //! How exact: each check sees every reachable node's usage at that moment, so a user
-//! spreading requests over pods meets the same limit. Requests that arrive at the same
-//! time (on one pod or several) are checked against the same usage and may all pass:
-//! the overshoot is at most the number of such concurrent requests. A node that cannot be
-//! reached is not counted (its jobs are unavailable then anyway).
+//! spreading requests over pods meets the same limit. On one node a user's checks run one
+//! at a time, and a request that passed holds a [`Place`] (counted as unfinished, with the
+//! bytes it announced) until it has become a job or ended, so concurrent requests to one
+//! node cannot overshoot; other nodes see those places too when they ask. Requests that
+//! reach several nodes at the same moment may still each pass once (at most one per node).
+//! A node that cannot be reached is not counted (its jobs are unavailable then anyway).
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use ractor::RpcReplyPort;
@@ -84,7 +88,65 @@ ractor_cluster::derive_serialization_for_prost_type! {UsageQuery}
 ractor_cluster::derive_serialization_for_prost_type! {UsageAnswer}
 
 async fn local(email: String, since_ms: i64) -> Result<Usage, JobError> {
-    jobs::request(|reply| RequestMsg::Usage { email, since_ms, reply }).await
+    let (requests, bytes) = in_flight(&email);
+    let stored = jobs::request(|reply| RequestMsg::Usage { email, since_ms, reply }).await?;
+    Ok(Usage {
+        active: stored.active + requests,
+        stored_bytes: stored.stored_bytes + bytes,
+        ..stored
+    })
+}
+
+/// Requests on this node that passed the quota check and are not jobs yet, per user:
+/// how many, and the bytes they announced.
+static IN_FLIGHT: LazyLock<Mutex<HashMap<String, (i64, i64)>>> = LazyLock::new(Mutex::default);
+/// One user's checks on this node run one at a time, so each sees the places of those
+/// before it.
+static CHECKING: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = LazyLock::new(Mutex::default);
+
+fn in_flight(email: &str) -> (i64, i64) {
+    let key = email.to_ascii_lowercase();
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .copied()
+        .unwrap_or((0, 0))
+}
+
+/// A request's place among its user's unfinished jobs while it is read and submitted (an
+/// admin's counts nothing); given back when dropped, by which time the job counts itself.
+#[derive(Debug)]
+pub struct Place {
+    held: Option<(String, i64)>,
+}
+
+impl Place {
+    fn take(email: &str, bytes: i64) -> Place {
+        let key = email.to_ascii_lowercase();
+        let mut all = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = all.entry(key.clone()).or_insert((0, 0));
+        counts.0 += 1;
+        counts.1 += bytes;
+        Place {
+            held: Some((key, bytes)),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some((key, bytes)) = self.held.take() {
+            let mut all = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(counts) = all.get_mut(&key) {
+                counts.0 -= 1;
+                counts.1 -= bytes;
+                if counts.0 <= 0 {
+                    all.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 /// Answers another node's [`UsageQuery`] (the jobs actor).
@@ -158,21 +220,33 @@ fn retry_at(at_ms: i64) -> Duration {
     Duration::from_millis((at_ms - now_ms()).max(1000) as u64)
 }
 
-/// Refuses a new job (or upload) of `incoming` bytes that would take `who` past a limit.
-pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<(), QuotaError> {
+/// Refuses a new job (or upload) of `incoming` bytes that would take `who` past a limit;
+/// else its [`Place`], to hold until the job is submitted (or the request ends).
+pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<Place, QuotaError> {
+    let free = Place { held: None };
     if who.admin {
-        return Ok(());
+        return Ok(free);
     }
     let (_, limits, admin) = limits(config, &who.email)
         .await
         .map_err(|e| QuotaError::Failed(e.to_string()))?;
-    if admin {
-        return Ok(());
+    if admin || limits == Quota::default() {
+        return Ok(free);
     }
+    let turn = CHECKING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(who.email.to_ascii_lowercase())
+        .or_default()
+        .clone();
+    let _turn = turn.lock().await;
     let u = usage(config, &who.email)
         .await
         .map_err(|e| QuotaError::Failed(e.to_string()))?;
-    exceeded(config.retention, &limits, &u, incoming).map_or(Ok(()), Err)
+    if let Some(e) = exceeded(config.retention, &limits, &u, incoming) {
+        return Err(e);
+    }
+    Ok(Place::take(&who.email, i64::try_from(incoming).unwrap_or(i64::MAX)))
 }
 
 /// The first limit that one more job of `incoming` bytes would pass.

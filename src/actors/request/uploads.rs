@@ -113,9 +113,24 @@ impl RequestState {
                 let answer = if self.draining.is_some() {
                     Err(JobError::Draining)
                 } else {
-                    let files = self.files.clone();
+                    let (files, reserve) = (self.files.clone(), self.config.min_free_bytes);
                     self.db
                         .run(move |s| {
+                            // Creations are made one at a time here, so each sees what the
+                            // ones before it announced: room for all of them, not each alone.
+                            let earlier = match &upload.idempotency_key {
+                                Some(key) => s.keyed_upload(&upload.owner_email, key)?,
+                                None => None,
+                            };
+                            if earlier.is_none() {
+                                let free = files.free_bytes().map_err(|e| StoreError::Worker(e.to_string()))?;
+                                let announced = s.announced_upload_bytes()?;
+                                if free < reserve.saturating_add(announced).saturating_add(upload.length) {
+                                    tracing::warn!(free, announced, length = upload.length, reserve,
+                                        "refusing a resumable upload: the volume cannot hold it and those announced before");
+                                    return Ok(Err(JobError::NoSpace));
+                                }
+                            }
                             let (stored, new) = s.create_upload(&upload)?;
                             if new {
                                 // An empty file now, so the first PATCH only appends.
@@ -127,10 +142,11 @@ impl RequestState {
                                     .and_then(|f| f.sync_all())
                                     .map_err(|e| StoreError::Worker(format!("cannot create the upload's file: {e}")))?;
                             }
-                            Ok((stored, new))
+                            Ok(Ok((stored, new)))
                         })
                         .await
                         .map_err(JobError::from)
+                        .and_then(|created| created)
                 };
                 let _ = reply.send(answer);
             }
