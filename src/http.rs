@@ -107,7 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .split_for_parts();
     openapi::add_session_alternative(&mut document);
-    openapi::publish(&document);
+    openapi::publish(&document, state.config.max_upload_bytes);
     router
         .fallback(no_route)
         // Bodies read whole (JSON) are capped; upload routes lift this for their stream.

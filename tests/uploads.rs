@@ -623,15 +623,26 @@ async fn a_used_idempotency_key_answers_its_job_first_on_every_route() {
             .post(api.url("/v1/jobs"))
             .bearer_auth(&token)
             .header("idempotency-key", key)
-            .json(&serde_json::json!({"url": "http://127.0.0.1:9/a.mp4", "bitrate": 7}))
+            .json(&serde_json::json!({"url": "http://127.0.0.1:9/a.mp4", "bitrate": 128}))
             .send()
     };
-    // A JSON import retried under the key: the job, though its URL and bitrate would be refused.
+    // A JSON import retried under the key: the job, though its URL (loopback) would be
+    // refused; its form is checked first (a bad bitrate is 400 even on a retry).
     let r = import("k-1").await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], id.as_str());
     // A new key with that body is refused as ever.
-    assert_eq!(import("k-2").await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(import("k-2").await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let bad_form = api
+        .http
+        .post(api.url("/v1/jobs"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "k-1")
+        .json(&serde_json::json!({"url": "http://127.0.0.1:9/a.mp4", "bitrate": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_form.status(), StatusCode::BAD_REQUEST);
     // A resumable upload created under the key: the multipart job, as a finished upload.
     let r = tus(&api, reqwest::Method::POST, &api.url("/v1/uploads"), &token)
         .header("upload-length", "1234")

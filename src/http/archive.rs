@@ -43,8 +43,10 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 
 /// Which jobs, in the query.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ArchiveQuery {
     /// Job ids, comma-separated (at most 1000).
+    #[param(pattern = "[^,\\s]")]
     ids: String,
 }
 
@@ -53,6 +55,7 @@ struct ArchiveQuery {
 #[schema(example = json!({"ids": ["node-a~1d133fe7faba199ffc8104b7", "node-b~5e2f0c1a9b8d7e6f5a4b3c2d"]}))]
 struct ArchiveRequest {
     /// Job ids (at most 1000).
+    #[schema(min_items = 1, max_items = 1000)]
     ids: Vec<String>,
 }
 

@@ -25,7 +25,7 @@ use crate::convert::Quality;
 use crate::store::{Delivery, DeliveryState, Job, JobId, JobState, NewJob, Source};
 
 /// Longest accepted `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY: usize = 200;
+pub(super) const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// Largest page of `GET /v1/jobs`.
 const MAX_PAGE: u32 = 100;
 
@@ -276,9 +276,10 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 
 /// The job `who` already submitted with Idempotency-Key `key`, on whichever node.
 ///
-/// One rule for every route that creates a job (multipart, JSON import, tus creation): this
-/// is asked first, right after authentication, and a retry answers the earlier job (`200`)
-/// before anything else about the request is checked (settings, URL, room, quota).
+/// One rule for every route that creates a job (multipart, JSON import, tus creation): a
+/// request is first checked for its form (what the document's schema says: settings, the
+/// syntax of URLs), then its key is looked up, and a retry answers the earlier job (`200`)
+/// before anything about the world is checked (where a URL leads, room, quota).
 pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&str>) -> Result<Option<Job>, ApiError> {
     let Some(key) = key else {
         return Ok(None);
@@ -369,10 +370,17 @@ pub(super) async fn submit_upload(
     who: Principal,
     upload: Upload,
     key: Option<String>,
+    earlier: Option<Job>,
 ) -> Result<Response, ApiError> {
     let settings = parse_field::<u16>("bitrate", upload.bitrate.clone())
         .and_then(|b| Ok((b, parse_field::<u8>("vbr", upload.vbr.clone())?)))
-        .and_then(|(b, v)| quality(b, v));
+        .and_then(|(b, v)| quality(b, v))
+        .and_then(|s| webhook_syntax(state, upload.webhook_url.as_deref()).map(|()| s));
+    if let (Ok(_), Some(job)) = (&settings, &earlier) {
+        // A well-formed retry: the earlier job, this upload not kept.
+        let _ = tokio::fs::remove_file(&upload.path).await;
+        return Ok(retry_answer(job));
+    }
     let settings = match settings {
         Ok(s) => webhook_url(state, &who.email, upload.webhook_url.as_deref())
             .await
@@ -397,6 +405,19 @@ pub(super) async fn submit_upload(
         webhook_url,
     };
     submit(state, job, Some(upload.path)).await
+}
+
+/// A job's own webhook URL, if any, is a URL we could call (its form only; [`webhook_url`]
+/// checks where it leads).
+pub(super) fn webhook_syntax(state: &AppState, raw: Option<&str>) -> Result<(), ApiError> {
+    match raw.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(raw) => state
+            .fetcher
+            .parse(raw)
+            .map(|_| ())
+            .map_err(|e| super::webhooks::invalid_webhook(e.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// A job's own webhook URL, checked; its owner must have a signing secret.
@@ -507,13 +528,13 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     };
     if content_type.starts_with("multipart/form-data") {
         let who = header_who.ok_or_else(ApiError::missing_credentials)?;
-        if let Some(job) = earlier_job(&state, &who, key.as_deref()).await? {
-            return Ok(retry_answer(&job));
-        }
-        let (multipart, _place) = upload::multipart(Request::from_parts(parts, body), &state, &who).await?;
+        // A retry's body is read (and checked for its form) but needs no room or quota.
+        let earlier = earlier_job(&state, &who, key.as_deref()).await?;
+        let (multipart, _place) =
+            upload::multipart(Request::from_parts(parts, body), &state, &who, earlier.is_none()).await?;
         let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required");
         let upload = upload::receive(multipart, &state.config, one_file).await?;
-        submit_upload(&state, who, upload, key).await
+        submit_upload(&state, who, upload, key, earlier).await
     } else if content_type.starts_with("application/json") {
         // The seed's download request may carry the token in the body; a header is checked
         // first, so a caller without one can only make us read MAX_JSON_BYTES.
@@ -545,14 +566,15 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
                 super::verify(token).await?
             }
         };
+        let (bitrate, vbr) = quality(body.bitrate, body.vbr)?;
+        webhook_syntax(&state, body.webhook_url.as_deref())?;
+        let url = state.fetcher.parse(&body.url)?;
         if let Some(job) = earlier_job(&state, &who, key.as_deref()).await? {
             return Ok(retry_answer(&job));
         }
-        let (bitrate, vbr) = quality(body.bitrate, body.vbr)?;
         let webhook_url = webhook_url(&state, &who.email, body.webhook_url.as_deref()).await?;
         upload::room_for(&state.config, 0).await?;
         let _place = within_quota(&state, &who, 0).await?;
-        let url = state.fetcher.parse(&body.url)?;
         // Refused addresses fail the request now; the fetch checks again (DNS may change).
         state.fetcher.check(&url).await?;
         let file_name = url
@@ -586,12 +608,17 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
 #[into_params(parameter_in = Query)]
 struct Page {
     /// Jobs per page (1–100, default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// Jobs to skip (default 0).
+    #[param(maximum = 2147483647)]
     offset: Option<u32>,
     /// Every user's jobs (admins only).
     all: Option<bool>,
 }
+
+/// The largest `offset` taken (what the document says).
+const MAX_OFFSET: u32 = i32::MAX as u32;
 
 /// A page of jobs, newest first.
 #[derive(Serialize, ToSchema)]
@@ -622,8 +649,20 @@ async fn list(
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(page) = page.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    let limit = page.limit.unwrap_or(20).clamp(1, MAX_PAGE);
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("limit is from 1 to {MAX_PAGE}"),
+        ));
+    }
     let offset = page.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("offset is at most {MAX_OFFSET}"),
+        ));
+    }
     let all = page.all.unwrap_or(false);
     if all && !who.admin {
         return Err(ApiError::forbidden("only admins list every user's jobs"));

@@ -231,12 +231,116 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Keeps the finished document for `GET /openapi.json`.
-pub(super) fn publish(openapi: &utoipa::openapi::OpenApi) {
+pub(super) fn publish(openapi: &utoipa::openapi::OpenApi, max_upload_bytes: u64) {
     let _ = DOCUMENT.get_or_init(|| {
-        openapi
-            .to_pretty_json()
-            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        let mut document = serde_json::to_value(openapi).unwrap_or_default();
+        pin_down(&mut document, max_upload_bytes);
+        serde_json::to_string_pretty(&document).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     });
+}
+
+/// What the derives cannot say, said in the document so that it states exactly what the
+/// server takes (schemathesis checks both ways: schema-valid requests are accepted, others
+/// refused): the tus version, the Idempotency-Key's characters, standard bitrates and not
+/// both `bitrate` and `vbr`, known webhook events, non-empty job ids, the upload limit.
+fn pin_down(document: &mut serde_json::Value, max_upload_bytes: u64) {
+    use serde_json::json;
+    let tus = json!({"type": "string", "enum": [super::tus::TUS_VERSION]});
+    let key = json!({"type": ["string", "null"], "minLength": 1, "maxLength": super::jobs::MAX_IDEMPOTENCY_KEY, "pattern": "^[!-~]+$"});
+    if let Some(paths) = document.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for item in paths.values_mut().filter_map(|i| i.as_object_mut()) {
+            for operation in item.values_mut() {
+                let Some(parameters) = operation.get_mut("parameters").and_then(|p| p.as_array_mut()) else {
+                    continue;
+                };
+                for parameter in parameters {
+                    let schema = match parameter["name"].as_str() {
+                        Some("Tus-Resumable") => &tus,
+                        Some("Idempotency-Key") => &key,
+                        Some("fid") => &json!({"type": "string", "minLength": 1}),
+                        Some("Upload-Length") => {
+                            &json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": max_upload_bytes})
+                        }
+                        _ => continue,
+                    };
+                    parameter["schema"] = schema.clone();
+                }
+            }
+        }
+    }
+    // A creation may come with its first bytes, or none; tus bodies are bytes.
+    if let Some(body) = document["paths"]["/v1/uploads"]["post"]["requestBody"].as_object_mut() {
+        body.insert("required".into(), json!(false));
+    }
+    for (path, method) in [("/v1/uploads", "post"), ("/v1/uploads/{id}", "patch")] {
+        let content = &mut document["paths"][path][method]["requestBody"]["content"]["application/offset+octet-stream"];
+        if content.is_object() {
+            content["schema"] = json!({"type": "string", "format": "binary"});
+        }
+    }
+    // The original route reads no webhook: its form has none.
+    if document["paths"]["/upload"]["post"]["requestBody"].is_object() {
+        document["paths"]["/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"] =
+            json!({"$ref": "#/components/schemas/SeedUploadForm"});
+    }
+    let schemas = &mut document["components"]["schemas"];
+    let mut bitrates: Vec<serde_json::Value> = mp4tomp3_convert::STANDARD_BITRATES.iter().map(|b| json!(b)).collect();
+    bitrates.push(serde_json::Value::Null);
+    let mut seed_form = None;
+    for form in ["UploadForm", "UrlJob"] {
+        let schema = &mut schemas[form];
+        if schema.is_null() {
+            continue;
+        }
+        schema["properties"]["bitrate"]["enum"] = json!(bitrates);
+        if form == "UploadForm" {
+            // A form field is there or not: it cannot be null; no `vbr` beside a `bitrate`;
+            // other fields are not read.
+            for field in ["bitrate", "vbr"] {
+                schema["properties"][field]["type"] = json!("integer");
+            }
+            schema["properties"]["webhook_url"]["type"] = json!("string");
+            if let Some(values) = schema["properties"]["bitrate"]["enum"].as_array_mut() {
+                values.retain(|v| !v.is_null());
+            }
+            schema["dependentSchemas"] = json!({"bitrate": {"properties": {"vbr": false}}});
+            schema["additionalProperties"] = json!(false);
+            // An empty field (a form's empty input) is no webhook.
+            schema["properties"]["webhook_url"] = json!({
+                "description": schema["properties"]["webhook_url"]["description"].clone(),
+                "oneOf": [{"type": "string", "format": "uri"}, {"type": "string", "maxLength": 0}]
+            });
+            let mut seed = schema.clone();
+            if let Some(properties) = seed["properties"].as_object_mut() {
+                properties.remove("webhook_url");
+            }
+            seed["description"] = json!("The original project's upload: one file part and optional settings.");
+            seed_form = Some(seed);
+        } else {
+            // An empty webhook URL is none.
+            schema["properties"]["webhook_url"] = json!({
+                "description": schema["properties"]["webhook_url"]["description"].clone(),
+                "oneOf": [{"type": "string", "format": "uri"}, {"type": "string", "maxLength": 0}, {"type": "null"}]
+            });
+            // Not both a bitrate and a VBR quality (null is the same as absent).
+            schema["not"] = json!({
+                "required": ["bitrate", "vbr"],
+                "properties": {"bitrate": {"type": "integer"}, "vbr": {"type": "integer"}}
+            });
+        }
+    }
+    if let Some(seed) = seed_form {
+        schemas["SeedUploadForm"] = seed;
+    }
+    if let Some(events) = schemas["WebhookRequest"]["properties"]["events"].as_object_mut() {
+        events.insert(
+            "items".into(),
+            json!({"type": "string", "enum": crate::store::webhooks::EVENTS}),
+        );
+    }
+    if let Some(ids) = schemas["ArchiveRequest"]["properties"]["ids"].as_object_mut() {
+        ids.insert("items".into(), json!({"type": "string", "pattern": "\\S"}));
+    }
 }
 
 /// This document: the API's OpenAPI 3.1 description.

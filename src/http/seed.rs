@@ -83,7 +83,7 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
     ))]
 async fn upload_file(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let who = seed_principal(request.headers()).await?;
-    let (multipart, _place) = upload::multipart(request, &state, &who).await.map_err(|e| {
+    let (multipart, _place) = upload::multipart(request, &state, &who, true).await.map_err(|e| {
         if e.code == "invalid_multipart" {
             ApiError::bad_request("invalid_request", "exactly 1 file required").plain()
         } else {
@@ -97,7 +97,7 @@ async fn upload_file(State(state): State<AppState>, request: Request) -> Result<
         .map_err(ApiError::plain)?;
     // The original route knows no webhooks (its answers stay as they were).
     upload.webhook_url = None;
-    jobs::submit_upload(&state, who, upload, None)
+    jobs::submit_upload(&state, who, upload, None, None)
         .await
         .map_err(ApiError::plain)
 }

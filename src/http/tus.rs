@@ -34,7 +34,7 @@ use crate::cluster::pieces::CHUNK;
 use crate::store::{Files, JobId, NewUpload, Upload, now_ms};
 
 /// The protocol version spoken.
-const TUS_VERSION: &str = "1.0.0";
+pub(super) const TUS_VERSION: &str = "1.0.0";
 /// The extensions supported.
 const TUS_EXTENSIONS: &str = "creation,creation-with-upload,expiration,termination,checksum";
 /// The body type of `PATCH` (and of a `POST` with data).
@@ -136,13 +136,16 @@ fn metadata(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect()
 }
 
-async fn settings(state: &AppState, who: &Principal, raw: &str) -> Result<Settings, ApiError> {
+/// The settings `Upload-Metadata` carries, checked for their form only (the webhook's
+/// address is not looked at yet).
+fn shape(state: &AppState, raw: &str) -> Result<Settings, ApiError> {
     let pairs = metadata(raw)?;
     let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let bitrate = super::jobs::parse_field::<u16>("bitrate", get("bitrate"))?;
     let vbr = super::jobs::parse_field::<u8>("vbr", get("vbr"))?;
     let (bitrate, vbr) = super::jobs::quality(bitrate, vbr)?;
-    let webhook_url = super::jobs::webhook_url(state, &who.email, get("webhook_url").as_deref()).await?;
+    let webhook_url = get("webhook_url");
+    super::jobs::webhook_syntax(state, webhook_url.as_deref())?;
     let file_name = get("filename")
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
@@ -153,6 +156,12 @@ async fn settings(state: &AppState, who: &Principal, raw: &str) -> Result<Settin
         vbr,
         webhook_url,
     })
+}
+
+/// The settings, with the webhook checked where it leads (and the caller's secret).
+async fn settings(state: &AppState, who: &Principal, shaped: Settings) -> Result<Settings, ApiError> {
+    let webhook_url = super::jobs::webhook_url(state, &who.email, shaped.webhook_url.as_deref()).await?;
+    Ok(Settings { webhook_url, ..shaped })
 }
 
 /// What the server supports: tus version, extensions, the largest upload, checksums.
@@ -217,9 +226,11 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         return Err(ApiError::too_large(state.config.max_upload_bytes));
     }
     let key = super::jobs::idempotency_key(headers)?;
-    // The key first (one rule for every route): a job made under it, on any node and by
-    // any route (multipart, import, an upload finished), answers as a finished upload; a
-    // new upload would be a second job for one key.
+    let raw = header(headers, "upload-metadata").unwrap_or("").to_string();
+    let shaped = shape(state, &raw)?;
+    // Then the key (one rule for every route): a job made under it, on any node and by any
+    // route (multipart, import, an upload finished), answers as a finished upload; a new
+    // upload would be a second job for one key.
     if let Some(job) = super::jobs::earlier_job(state, who, key.as_deref()).await? {
         let done = Written {
             received: length,
@@ -228,8 +239,7 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         };
         return Ok(created_answer(&job.id, &done));
     }
-    let raw = header(headers, "upload-metadata").unwrap_or("").to_string();
-    let s = settings(state, who, &raw).await?;
+    let s = settings(state, who, shaped).await?;
     super::upload::room_for(&state.config, length).await?;
     // Held until the upload is stored (it counts as unfinished itself then).
     let _place = super::jobs::within_quota(state, who, length).await?;

@@ -81,6 +81,7 @@ pub(super) async fn multipart(
     request: Request,
     state: &AppState,
     who: &Principal,
+    new: bool,
 ) -> Result<(Multipart, crate::actors::request::quota::Place), ApiError> {
     let declared = declared_length(request.headers());
     let cap = state.config.max_upload_bytes;
@@ -91,8 +92,13 @@ pub(super) async fn multipart(
         }
         return Err(ApiError::too_large(cap));
     }
-    room_for(&state.config, declared.unwrap_or(0)).await?;
-    let place = super::jobs::within_quota(state, who, declared.unwrap_or(0)).await?;
+    // A retry (`new` false) becomes no job: it needs no room and no quota.
+    let place = if new {
+        room_for(&state.config, declared.unwrap_or(0)).await?;
+        super::jobs::within_quota(state, who, declared.unwrap_or(0)).await?
+    } else {
+        crate::actors::request::quota::Place::none()
+    };
     let (config, request) = (&state.config, request);
     let request = request.map(|body| super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window));
     let multipart = Multipart::from_request(request, state)
