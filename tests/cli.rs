@@ -448,3 +448,31 @@ fn serve_logs_json_lines_when_asked() {
         "{serving}"
     );
 }
+
+#[test]
+fn a_recovery_of_nothing_but_silence_is_corrupt_media_and_genuine_silence_converts() {
+    // From an outside corpus: ALAC whose magic cookie says frameLength 1 made 0.05 s of
+    // silence with exit 0 ("recovered 0.0 s of 2.0 s"); ffmpeg refuses it too.
+    assert_fixtures_corrupt(&[(
+        "alac_frame_length_1.m4a",
+        "the damaged audio track gave less than half a second",
+    )]);
+    // An undamaged track of digital silence is audio like any other.
+    let dir = tempfile::tempdir().unwrap();
+    let silent = dir.path().join("silent.m4a");
+    common::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=44100:cl=stereo",
+        "-t",
+        "2",
+        "-c:a",
+        "aac",
+        silent.to_str().unwrap(),
+    ]);
+    let out_path = dir.path().join("silent.mp3");
+    let out = run(&["convert", silent.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_path.metadata().unwrap().len() > 1000);
+}

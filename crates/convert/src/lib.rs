@@ -387,6 +387,25 @@ fn run_sequential<W: Write + Seek>(
         if frames == 0 {
             return Err(ConvertError::Corrupt("no audio could be decoded".into()));
         }
+        // A damaged input whose good packets hold less than half a second, or only silence,
+        // gave nothing worth calling a recovery: what came out is concealment.
+        let duration = Duration::from_secs_f64(frames as f64 / f64::from(input_rate.max(1)));
+        let short =
+            expected.is_some_and(|e| duration.as_secs_f64() < e.as_secs_f64() - (e.as_secs_f64() * 0.02).max(0.5));
+        let damaged = stats.concealed > 0 || stats.ended_early.is_some() || short;
+        let good_secs = stats.good_frames as f64 / f64::from(input_rate.max(1));
+        if damaged && (good_secs < 0.5 || !stats.heard) {
+            let what = if stats.heard {
+                "less than half a second"
+            } else {
+                "only silence"
+            };
+            let n = stats.concealed;
+            let packets = if n == 1 { "packet" } else { "packets" };
+            return Err(ConvertError::Corrupt(format!(
+                "the damaged audio track gave {what} ({good_secs:.2} s decoded; {n} damaged {packets} replaced with silence)"
+            )));
+        }
         if let Some(progress) = hooks.progress {
             progress(1.0);
         }
@@ -395,7 +414,7 @@ fn run_sequential<W: Write + Seek>(
             input_rate,
             output_rate,
             channels,
-            duration: Duration::from_secs_f64(frames as f64 / f64::from(input_rate.max(1))),
+            duration,
             expected,
             concealed_packets: stats.concealed,
             ended_early: stats.ended_early,
@@ -586,6 +605,10 @@ struct DecodeJob<'h> {
 struct DecodeStats {
     /// Damaged packets replaced with silence.
     concealed: u64,
+    /// Frames decoded from good packets (not concealment), at the stream's rate.
+    good_frames: u64,
+    /// Whether any good packet held sound (a sample above −80 dBFS).
+    heard: bool,
     /// Why decoding stopped before the end of the track, if it did.
     ended_early: Option<String>,
     decoder: &'static str,
@@ -723,6 +746,7 @@ impl DecodeJob<'_> {
     fn run(mut self, mut format: Demuxer, mut decoder: Decoder, tx: SyncSender<Pcm>) -> Result<DecodeStats> {
         let mut packets = 0u64;
         let mut bad = 0u64;
+        let (mut good_frames, mut heard) = (0u64, false);
         let mut demux_errors = 0u32;
         let mut ended_early: Option<(String, bool)> = None;
         let mut layout: Option<(u32, usize)> = None;
@@ -777,7 +801,11 @@ impl DecodeJob<'_> {
             packets += 1;
             self.report_progress(packet.pts.get(), &mut last_progress);
             let pcm = match decoder.decode(&packet) {
-                Ok(Some(pcm)) => pcm,
+                Ok(Some(pcm)) => {
+                    good_frames += pcm.frames() as u64;
+                    heard = heard || pcm.planes.iter().flatten().any(|s| s.abs() > 1e-4);
+                    pcm
+                }
                 Ok(None) => continue,
                 Err(PacketError::Fatal(e)) => return Err(e),
                 Err(PacketError::Skip(why)) => {
@@ -848,6 +876,8 @@ impl DecodeJob<'_> {
         sink.finish();
         Ok(DecodeStats {
             concealed: bad,
+            good_frames,
+            heard,
             ended_early: ended_early.map(|(why, cut)| {
                 if cut {
                     "the file ends early".to_string()
