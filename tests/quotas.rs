@@ -230,13 +230,7 @@ async fn deleting_jobs_gives_none_of_the_days_count_back() {
         let job = api.upload(&bob, &file).await;
         let id = job["id"].as_str().unwrap();
         api.finished(&bob, id).await;
-        let r = api
-            .http
-            .delete(api.url(&format!("/v1/jobs/{id}")))
-            .bearer_auth(&bob)
-            .send()
-            .await
-            .unwrap();
+        let r = api.delete_job(&bob, id).await;
         assert!(r.status().is_success(), "{}", r.status());
     }
     assert_eq!(api.get_json(&bob, "/v1/jobs").await["jobs"], json!([]), "all deleted");

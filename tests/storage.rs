@@ -331,33 +331,24 @@ async fn resumable_uploads_reserve_what_they_announce_and_patches_check_again() 
     // rather than filling the volume.
     let url = api.url(first.headers()["location"].to_str().unwrap());
     let filler = volume.fill_to(RESERVE + (2 << 20));
-    let chunk = vec![1u8; 4 << 20];
-    let r = api
-        .http
-        .patch(&url)
-        .bearer_auth(&token)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-offset", "0")
-        .header("content-type", "application/offset+octet-stream")
-        .body(chunk.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let patch = || {
+        api.http
+            .patch(&url)
+            .bearer_auth(&token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(vec![1u8; 4 << 20])
+            .send()
+    };
+    assert_eq!(patch().await.unwrap().status(), StatusCode::INSUFFICIENT_STORAGE);
     assert!(volume.free() > RESERVE, "the reserve held");
     // Metadata writes still work.
     api.create_user(&token, "dora@example.com", "dora-password").await;
     std::fs::remove_file(&filler).unwrap();
-    let r = api
-        .http
-        .patch(&url)
-        .bearer_auth(&token)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-offset", "0")
-        .header("content-type", "application/offset+octet-stream")
-        .body(chunk)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT, "with room again");
+    assert_eq!(
+        patch().await.unwrap().status(),
+        StatusCode::NO_CONTENT,
+        "with room again"
+    );
 }

@@ -567,13 +567,7 @@ async fn an_uploads_row_goes_with_its_job_and_its_user_and_metadata_is_bounded()
         assert_eq!(head(&api, &admin, &url).await.status(), StatusCode::OK);
         let job = api.finished(&admin, &id).await;
         assert_eq!(job["state"], "failed", "one byte is no MP4: {job}");
-        let r = api
-            .http
-            .delete(api.url(&format!("/v1/jobs/{id}")))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
+        let r = api.delete_job(&admin, &id).await;
         assert!(r.status().is_success(), "{}", r.status());
         assert_eq!(head(&api, &admin, &url).await.status(), StatusCode::NOT_FOUND, "{url}");
     }

@@ -129,6 +129,16 @@ impl Api {
             .unwrap()
     }
 
+    /// `DELETE /v1/jobs/{id}`: cancels or deletes the job.
+    pub async fn delete_job(&self, token: &str, id: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Polls the job until it is done, failed or canceled.
     pub async fn finished(&self, token: &str, id: &str) -> Value {
         poll(Duration::from_secs(120), "the job to finish", || async {
