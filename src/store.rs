@@ -187,6 +187,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX creations_by_owner ON creations (owner_email, created_at_ms);
      INSERT OR IGNORE INTO creations SELECT id, owner_email, created_at_ms FROM jobs;
      INSERT OR IGNORE INTO creations SELECT id, owner_email, created_at_ms FROM uploads;",
+    // v9: sessions signed out before their token expires (`[[sid, expires_at_ms], ...]`),
+    // replicated with the user: a signed-out token is refused like an old generation.
+    "ALTER TABLE users ADD COLUMN revoked_sessions TEXT;",
 ];
 
 /// One node's database.

@@ -212,6 +212,44 @@ async fn removing_a_user_on_one_node_revokes_and_deletes_on_the_others() {
         (status_with(&b, &token).await.0 == StatusCode::OK).then_some(())
     })
     .await;
+    // A web session signed out on node-a: its token is refused on node-b too, soon, while
+    // dee's other token goes on.
+    let signed_in = a
+        .http
+        .post(a.url("/v1/session"))
+        .json(&serde_json::json!({"email": "dee@example.com", "password": "dee-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let session_token = cookie.split_once('=').unwrap().1.to_string();
+    assert_eq!(status_with(&b, &session_token).await.0, StatusCode::OK);
+    let out = a
+        .http
+        .delete(a.url("/v1/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert_eq!(status_with(&a, &session_token).await.0, StatusCode::UNAUTHORIZED);
+    poll(
+        Duration::from_secs(5),
+        "the signed-out token refused on node-b",
+        || async { (status_with(&b, &session_token).await.0 == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        status_with(&b, &token).await.0,
+        StatusCode::OK,
+        "the other session goes on"
+    );
     // A job dee owns on node-b.
     let input = common::tone("users_b.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
     let id = b.upload(&token, &input).await["id"].as_str().unwrap().to_string();

@@ -466,6 +466,20 @@ async fn the_session_cookie_is_httponly_strict_and_needs_our_origin_and_its_csrf
         .unwrap();
     assert_eq!(r.status(), 204);
     assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    // ... and its token is revoked: the cookie's value no longer works, as a cookie or as
+    // a Bearer token, while a token from another sign-in goes on.
+    let value = cookie.split_once('=').unwrap().1;
+    let r = http.get(node.url("/v1/jobs")).bearer_auth(value).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the signed-out session's token");
+    let r = http
+        .get(node.url("/v1/jobs"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the signed-out cookie");
+    let r = http.get(node.url("/v1/jobs")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "another session");
 
     // Behind https, the cookie is Secure.
     let secure = Node::start(&dir.path().join("b"), &["--public-url", "https://mp3.example.org"]).await;

@@ -83,6 +83,14 @@ pub enum AuthMsg {
         /// Who it names.
         reply: RpcReplyPort<Result<Principal, AuthError>>,
     },
+    /// Sign out the session of an access token: its tokens stop working on every node (the
+    /// user's other sessions and keys go on).
+    SignOut {
+        /// The session's token.
+        token: String,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), AuthError>>,
+    },
     /// Remove a user (admins only; the gateway checks): their tokens stop working on every
     /// node, and every node deletes their jobs (`request/storage.rs`).
     RemoveUser {
@@ -265,7 +273,7 @@ impl Actor for AuthActor {
                 let _ = reply.send(answer);
             }
             AuthMsg::Verify { token, reply } => {
-                let (who, generation) = match state.config.keys.verify_gen(&token) {
+                let verified = match state.config.keys.verify_gen(&token) {
                     Ok(verified) => verified,
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -273,17 +281,38 @@ impl Actor for AuthActor {
                     }
                 };
                 // The signature is not enough: the user must still exist, under the token
-                // generation the token was issued with (answered off the actor).
+                // generation the token was issued with, its session not signed out
+                // (answered off the actor).
                 let db = state.db.clone();
                 tokio::spawn(async move {
-                    let email = who.email.clone();
+                    let email = verified.who.email.clone();
                     let answer = match db.run(move |s| s.user(&email)).await {
-                        Ok(Some(user)) if user.token_gen == generation => Ok(who),
+                        Ok(Some(user)) if user.token_gen == verified.generation && !user.signed_out(&verified.sid) => {
+                            Ok(verified.who)
+                        }
                         Ok(_) => Err(AuthError::Token(TokenError::Revoked)),
                         Err(e) => Err(e.into()),
                     };
                     let _ = reply.send(answer);
                 });
+            }
+            AuthMsg::SignOut { token, reply } => {
+                let answer = match state.config.keys.verify_gen(&token) {
+                    // A token from before sessions had ids is left to expire.
+                    Ok(v) if v.sid.is_empty() => Ok(()),
+                    Ok(v) => {
+                        let (email, sid, until) = (v.who.email, v.sid, v.expires_at_ms);
+                        state
+                            .db
+                            .run(move |s| s.revoke_session(&email, &sid, until))
+                            .await
+                            .map(|_| ())
+                            .map_err(AuthError::from)
+                    }
+                    // Expired or not ours: nothing to revoke.
+                    Err(_) => Ok(()),
+                };
+                let _ = reply.send(answer);
             }
             AuthMsg::RemoveUser { email, reply } => {
                 let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());

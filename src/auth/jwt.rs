@@ -65,6 +65,22 @@ struct AccessClaims {
     /// The user's token generation when issued (tokens from before it changed are revoked).
     #[serde(default, rename = "tgen")]
     generation: i64,
+    /// The session: signing out revokes the tokens of this session alone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    sid: String,
+}
+
+/// What a verified access token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Who it names.
+    pub who: Principal,
+    /// The token generation it was issued under (the caller compares it with the user's).
+    pub generation: i64,
+    /// Its session (empty for tokens from before sessions had ids).
+    pub sid: String,
+    /// When it expires (ms since the epoch).
+    pub expires_at_ms: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -139,24 +155,29 @@ impl Keys {
             iat: now,
             adm: who.admin,
             generation,
+            sid: new_sid(),
         })
     }
 
     /// Verifies an access token.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        self.verify_gen(token).map(|(who, _)| who)
+        self.verify_gen(token).map(|v| v.who)
     }
 
-    /// Verifies an access token: who it names and the token generation it was issued under
-    /// (the caller compares that with the user's current one).
-    pub fn verify_gen(&self, token: &str) -> Result<(Principal, i64), TokenError> {
+    /// Verifies an access token's signature and claims: who it names, the token generation
+    /// and session it was issued under (the caller checks those against the user's state).
+    pub fn verify_gen(&self, token: &str) -> Result<Verified, TokenError> {
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &Self::validation(ACCESS_AUDIENCE))
             .map_err(map_error)?;
-        let who = Principal {
-            email: data.claims.sub,
-            admin: data.claims.adm,
-        };
-        Ok((who, data.claims.generation))
+        Ok(Verified {
+            who: Principal {
+                email: data.claims.sub,
+                admin: data.claims.adm,
+            },
+            generation: data.claims.generation,
+            sid: data.claims.sid,
+            expires_at_ms: i64::try_from(data.claims.exp.saturating_mul(1000)).unwrap_or(i64::MAX),
+        })
     }
 
     /// A download link token for job `job_id`, valid for `ttl`.
@@ -175,6 +196,13 @@ impl Keys {
             .map_err(map_error)?;
         Ok(data.claims.sub)
     }
+}
+
+/// A new session id: 128 random bits, hex.
+fn new_sid() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
 }
 
 fn map_error(e: jsonwebtoken::errors::Error) -> TokenError {
@@ -216,6 +244,20 @@ mod tests {
 
     fn claims(exp: u64) -> serde_json::Value {
         serde_json::json!({"iss": ISSUER, "aud": ACCESS_AUDIENCE, "sub": "ann@example.com", "exp": exp, "iat": 0})
+    }
+
+    #[test]
+    fn each_token_has_its_own_session_and_says_when_it_expires() {
+        let k = keys();
+        let (a, b) = (
+            k.verify_gen(&k.issue_gen(&ann(), 3, Duration::from_secs(60))).unwrap(),
+            k.verify_gen(&k.issue_gen(&ann(), 3, Duration::from_secs(60))).unwrap(),
+        );
+        assert_eq!((a.who.clone(), a.generation), (ann(), 3));
+        assert_eq!(a.sid.len(), 32, "128 bits, hex");
+        assert_ne!(a.sid, b.sid);
+        let left_ms = a.expires_at_ms - now_ms();
+        assert!((55_000..=61_000).contains(&left_ms), "{left_ms}");
     }
 
     #[test]

@@ -227,15 +227,26 @@ async fn current(State(state): State<AppState>, headers: HeaderMap) -> Result<Js
     }))
 }
 
-/// Signs out: the cookie is cleared.
+/// Signs out: the session's token is revoked on every node and the cookie is cleared.
 #[utoipa::path(delete, path = "/v1/session", tag = "auth", operation_id = "sign_out",
     responses(
         (status = 204, description = "Signed out", headers(("Set-Cookie" = String))),
+        (status = 400, response = BadRequest),
         (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
     ))]
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     // Signing out is harmless, but another origin may not do it either.
     check_origin(&state, &headers)?;
+    // The session's token stops working everywhere, not only in this browser.
+    if let Some(token) = session_token(&state, &headers)? {
+        crate::actors::ask(
+            crate::actors::Role::Auth,
+            |reply| crate::actors::auth::AuthMsg::SignOut { token, reply },
+            crate::actors::CALL_TIMEOUT,
+        )
+        .await??;
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
     let cookie = session_cookie(&state, String::new(), cookie::time::Duration::ZERO);
     response.headers_mut().insert(SET_COOKIE, cookie);

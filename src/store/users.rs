@@ -25,10 +25,25 @@ pub struct User {
     pub webhook: [Option<String>; 3],
     /// Limits set for this user (unset: the configured defaults).
     pub quota: Quota,
+    /// Signed-out sessions whose tokens have not expired yet: a JSON array of
+    /// `[sid, expires_at_ms]` (empty: none).
+    pub revoked_sessions: String,
+}
+
+impl User {
+    /// Whether the session `sid` was signed out.
+    pub fn signed_out(&self, sid: &str) -> bool {
+        !sid.is_empty() && revoked(&self.revoked_sessions).iter().any(|(s, _)| s == sid)
+    }
+}
+
+/// The signed-out sessions of a user's `revoked_sessions` column.
+fn revoked(json: &str) -> Vec<(String, i64)> {
+    serde_json::from_str(json).unwrap_or_default()
 }
 
 const COLUMNS: &str = "email, password_hash, is_admin, updated_at_ms, token_gen, removed, webhook_url, \
-     webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes";
+     webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes, revoked_sessions";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -44,6 +59,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
             max_jobs_per_day: r.get(10)?,
             max_stored_bytes: r.get(11)?,
         },
+        revoked_sessions: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
     })
 }
 
@@ -115,6 +131,34 @@ impl Store {
         })
     }
 
+    /// Signs out session `sid` of `email`, whose tokens expire at `expires_at_ms` at the
+    /// latest: they are refused until then (sessions past their expiry are forgotten).
+    /// Returns `false` if there is no such (live) user.
+    pub fn revoke_session(&mut self, email: &str, sid: &str, expires_at_ms: i64) -> Result<bool> {
+        let now = now_ms();
+        self.write(|tx| {
+            let current: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT revoked_sessions FROM users WHERE email = ?1 AND removed = 0",
+                    [email],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            let mut sessions: Vec<(String, i64)> = revoked(current.as_deref().unwrap_or_default());
+            sessions.retain(|(s, until)| *until > now && s != sid);
+            sessions.push((sid.to_string(), expires_at_ms));
+            let json = serde_json::to_string(&sessions).unwrap_or_default();
+            tx.execute(
+                "UPDATE users SET revoked_sessions = ?2, updated_at_ms = max(?3, updated_at_ms + 1) WHERE email = ?1",
+                params![email, json, now],
+            )?;
+            Ok(true)
+        })
+    }
+
     /// Sets a live user's limits (unset ones: the defaults). Returns `false` if there is
     /// no such (live) user.
     pub fn set_quota(&mut self, email: &str, quota: &Quota) -> Result<bool> {
@@ -176,11 +220,13 @@ impl Store {
         self.write(|tx| {
             let changed = tx.execute(
                 "INSERT INTO users (email, password_hash, is_admin, updated_at_ms, token_gen, removed, \
-                 webhook_url, webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 webhook_url, webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes, \
+                 revoked_sessions) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
                  ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4, \
                  token_gen = max(?5, users.token_gen), removed = ?6, webhook_url = ?7, webhook_events = ?8, \
-                 webhook_secret = ?9, max_active = ?10, max_jobs_per_day = ?11, max_stored_bytes = ?12 \
+                 webhook_secret = ?9, max_active = ?10, max_jobs_per_day = ?11, max_stored_bytes = ?12, \
+                 revoked_sessions = ?13 \
                  WHERE excluded.updated_at_ms > users.updated_at_ms",
                 params![
                     user.email,
@@ -194,7 +240,8 @@ impl Store {
                     user.webhook[2],
                     user.quota.max_active,
                     user.quota.max_jobs_per_day,
-                    user.quota.max_stored_bytes
+                    user.quota.max_stored_bytes,
+                    (!user.revoked_sessions.is_empty()).then_some(user.revoked_sessions.as_str())
                 ],
             )?;
             Ok(changed == 1)
@@ -286,6 +333,7 @@ mod tests {
                 max_jobs_per_day: None,
                 max_stored_bytes: Some(1 << 30),
             },
+            revoked_sessions: r#"[["s1",9999999999999]]"#.into(),
         };
         assert!(store.merge_user(&bob).unwrap(), "unknown users are added");
         assert_eq!(
@@ -323,6 +371,35 @@ mod tests {
         assert!(store.add_user("ann@example.com", "h3", false).unwrap());
         let again = store.user("ann@example.com").unwrap().unwrap();
         assert!(again.token_gen > tombstone[0].token_gen);
+    }
+
+    #[test]
+    fn a_signed_out_session_is_refused_until_it_expires_and_replicates() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.add_user("ann@example.com", "h", false).unwrap();
+        let before = store.user("ann@example.com").unwrap().unwrap();
+        assert!(!before.signed_out("s1"));
+        assert!(
+            store
+                .revoke_session("ann@example.com", "s1", now_ms() + 60_000)
+                .unwrap()
+        );
+        // One already past its expiry is forgotten at the next sign-out.
+        assert!(store.revoke_session("ann@example.com", "old", now_ms() - 1).unwrap());
+        assert!(
+            store
+                .revoke_session("ann@example.com", "s2", now_ms() + 60_000)
+                .unwrap()
+        );
+        let after = store.user("ann@example.com").unwrap().unwrap();
+        assert!(after.signed_out("s1") && after.signed_out("s2"));
+        assert!(!after.signed_out("old") && !after.signed_out("s3") && !after.signed_out(""));
+        assert!(after.updated_at_ms > before.updated_at_ms, "a change that replicates");
+        assert_eq!(after.token_gen, before.token_gen, "other sessions go on");
+        assert!(!store.revoke_session("nobody@example.com", "s1", now_ms()).unwrap());
+        let mut other = Store::open_in_memory().unwrap();
+        assert!(other.merge_user(&after).unwrap());
+        assert!(other.user("ann@example.com").unwrap().unwrap().signed_out("s1"));
     }
 
     #[test]

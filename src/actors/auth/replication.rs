@@ -60,6 +60,9 @@ pub struct UserRecord {
     /// Limit: bytes stored.
     #[prost(int64, optional, tag = "12")]
     pub max_stored_bytes: Option<i64>,
+    /// Signed-out sessions (JSON `[[sid, expires_at_ms], ...]`; absent from older nodes).
+    #[prost(string, optional, tag = "13")]
+    pub revoked_sessions: Option<String>,
 }
 
 /// A batch of users.
@@ -110,6 +113,7 @@ fn batch(users: &[User]) -> UserBatch {
                 max_active: u.quota.max_active,
                 max_jobs_per_day: u.quota.max_jobs_per_day,
                 max_stored_bytes: u.quota.max_stored_bytes,
+                revoked_sessions: (!u.revoked_sessions.is_empty()).then(|| u.revoked_sessions.clone()),
             })
             .collect(),
     }
@@ -158,6 +162,7 @@ impl Actor for UsersActor {
                             max_jobs_per_day: u.max_jobs_per_day,
                             max_stored_bytes: u.max_stored_bytes,
                         },
+                        revoked_sessions: u.revoked_sessions.unwrap_or_default(),
                     })
                     .collect();
                 let changed = state
