@@ -12,7 +12,7 @@ pub mod uploads;
 mod users;
 pub mod webhooks;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -195,12 +195,84 @@ const MIGRATIONS: &[&str] = &[
 /// One node's database.
 pub struct Store {
     conn: Connection,
+    /// The database's own reserve of disk space (file-backed stores only).
+    reserve: Option<Reserve>,
+}
+
+/// Room kept for the database: a file of [`RESERVE_BYTES`] beside it, given up when a write
+/// finds the volume full (so users, keys and job states can still be written while uploads
+/// or something else filled it), and made again once there is room.
+struct Reserve {
+    path: PathBuf,
+    /// When it was last found missing and not remade (remade at most once a minute).
+    missing_since: Option<std::time::Instant>,
+}
+
+/// The size of the database's reserve.
+const RESERVE_BYTES: u64 = 8 << 20;
+
+impl Reserve {
+    fn at(db: &Path) -> Reserve {
+        let mut reserve = Reserve {
+            path: db.with_extension("reserve"),
+            missing_since: None,
+        };
+        reserve.make();
+        reserve
+    }
+
+    /// Makes the reserve if it is missing and the volume has room for it and as much again.
+    fn make(&mut self) {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+            self.missing_since = None;
+            return;
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let room = rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize));
+        let made = room >= 2 * RESERVE_BYTES
+            && std::fs::File::create(&self.path)
+                .and_then(|f| {
+                    use std::io::Write;
+                    let mut w = std::io::BufWriter::new(f);
+                    let zeros = vec![0u8; 1 << 20];
+                    for _ in 0..RESERVE_BYTES / (1 << 20) {
+                        w.write_all(&zeros)?;
+                    }
+                    w.into_inner().map_err(|e| e.into_error())?.sync_all()
+                })
+                .is_ok();
+        if !made {
+            let _ = std::fs::remove_file(&self.path);
+            self.missing_since = Some(std::time::Instant::now());
+        } else {
+            self.missing_since = None;
+        }
+    }
+
+    /// Gives the room up; `true` if there was any to give.
+    fn release(&mut self) -> bool {
+        let released = std::fs::remove_file(&self.path).is_ok();
+        self.missing_since = Some(std::time::Instant::now());
+        released
+    }
+
+    /// Remakes a missing reserve, at most once a minute.
+    fn tend(&mut self) {
+        if self
+            .missing_since
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.make();
+        }
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::setup(Connection::open(path)?)
+        let mut store = Self::setup(Connection::open(path)?)?;
+        store.reserve = Some(Reserve::at(path));
+        Ok(store)
     }
 
     /// A private in-memory database, for tests.
@@ -213,7 +285,7 @@ impl Store {
         // journal_mode answers with a row, so it is read rather than executed.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        let mut store = Store { conn };
+        let mut store = Store { conn, reserve: None };
         store.migrate()?;
         Ok(store)
     }
@@ -246,13 +318,32 @@ impl Store {
         Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f` returns `Ok`.
-    fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f` returns `Ok`. On a
+    /// full volume, the database's reserve is given up and the write tried once more.
+    fn write<T>(&mut self, f: impl Fn(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        if let Some(reserve) = &mut self.reserve {
+            reserve.tend();
+        }
+        match self.try_write(&f) {
+            Err(e) if is_full(&e) && self.reserve.as_mut().is_some_and(Reserve::release) => {
+                tracing::warn!("the data volume is full: the database's reserve was given up for this write");
+                self.try_write(&f)
+            }
+            other => other,
+        }
+    }
+
+    fn try_write<T>(&mut self, f: &impl Fn(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// Whether SQLite failed for want of disk space.
+fn is_full(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 /// A [`Store`] for async code: each call runs on a blocking thread, one at a time.

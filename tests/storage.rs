@@ -352,3 +352,38 @@ async fn resumable_uploads_reserve_what_they_announce_and_patches_check_again() 
         "with room again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_writes_go_on_when_something_else_fills_the_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = Tmpfs::mount(&dir.path().join("vol"), 48);
+    let data = volume.0.join("data");
+    let node = Node::start(&data, &["--min-free-bytes", &(1u64 << 20).to_string()]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    // Something else takes every byte of the volume.
+    let filler = volume.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let mut byte = [7u8];
+        while f.write_all(&byte).is_ok() {
+            byte[0] = 7;
+        }
+    }
+    assert!(
+        volume.free() < 64 << 10,
+        "the volume is full: {} bytes free",
+        volume.free()
+    );
+    // A user is still created (not 500 "database or disk is full"): the database gave up
+    // its own reserve for it.
+    api.create_user(&token, "eve@example.com", "eve-password").await;
+    node.logged(&["the database's reserve was given up"], Duration::from_secs(10))
+        .await;
+    // And a sign-in, which writes nothing, works as ever.
+    api.login("eve@example.com", "eve-password").await;
+    std::fs::remove_file(&filler).unwrap();
+}
