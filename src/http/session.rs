@@ -54,13 +54,7 @@ fn cookie_name(state: &AppState) -> &'static str {
 /// subdomain can add one for a narrower path, which the browser sends first), and taking
 /// either would let that page choose whose account the browser acts in.
 fn session_token(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let mut found = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .filter(|c| c.name() == COOKIE_NAME || c.name() == HOST_COOKIE_NAME);
+    let mut found = session_cookies(headers);
     let first = found.next();
     if found.next().is_some() {
         return Err(ApiError::new(
@@ -81,14 +75,18 @@ pub(super) fn credential(headers: &HeaderMap) -> Option<String> {
     if let Some(token) = bearer(headers) {
         return Some(token.to_string());
     }
+    session_cookies(headers).next().map(|c| c.value().to_string())
+}
+
+/// The request's session cookies, under either name, in the order sent.
+fn session_cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE_NAME || c.name() == HOST_COOKIE_NAME)
-        .map(|c| c.value().to_string())
+        .filter(|c| c.name() == COOKIE_NAME || c.name() == HOST_COOKIE_NAME)
 }
 
 /// Whether `origin` is this server: the configured public URL's origin, or the `Host` the
