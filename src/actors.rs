@@ -42,10 +42,8 @@
 
 pub mod auth;
 pub mod converter;
-pub mod gateway;
 pub mod notifier;
 pub mod request;
-pub mod supervisor;
 
 use std::time::Duration;
 

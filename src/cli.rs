@@ -227,10 +227,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 fn run_serve(args: ServeArgs) -> Result<(), CliError> {
     let config = Config::from_args(args)?;
+    // The mesh loads its TLS files when it starts; a bad one is a configuration error here.
+    if let Some(files) = config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+        crate::cluster::tls::ClusterTls::from_files(files).map_err(|reason| ConfigError::Invalid {
+            flag: "cluster-tls-cert",
+            reason,
+        })?;
+    }
     let listener = std::net::TcpListener::bind(config.http)
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", config.http)))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(crate::app::run(config, listener, Box::pin(shutdown_signal())))?;
+    runtime.block_on(crate::node::run(config, listener, Box::pin(shutdown_signal())))?;
     Ok(())
 }
 

@@ -178,7 +178,7 @@ pub struct ServeArgs {
     pub cluster_tls_ca: Option<PathBuf>,
     /// TLS between nodes: the DNS name every node certificate carries (peers are dialled by
     /// IP, so this shared name is what dialers verify).
-    #[arg(long, env = "MP4TOMP3_CLUSTER_TLS_SERVER_NAME", default_value = crate::cluster::tls::DEFAULT_SERVER_NAME)]
+    #[arg(long, env = "MP4TOMP3_CLUSTER_TLS_SERVER_NAME", default_value = "mp4tomp3-cluster")]
     pub cluster_tls_server_name: String,
     /// How peers are found.
     #[arg(long, env = "MP4TOMP3_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
@@ -258,7 +258,31 @@ pub struct ClusterConfig {
     /// Kube discovery: the namespace (`POD_NAMESPACE`, else the client's default).
     pub kube_namespace: Option<String>,
     /// TLS between nodes (`None`: plain TCP, authenticated by the cookie only).
-    pub tls: Option<crate::cluster::tls::ClusterTls>,
+    pub tls: Option<TlsFiles>,
+}
+
+/// TLS between nodes, as configured: the files (PEM) and the name every node certificate
+/// carries. The mesh loads them when it starts (`cluster/tls.rs`); `mp4tomp3 serve` loads
+/// them once before anything else, so that a bad file is a configuration error.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+    /// The CA certificate(s) that sign node certificates.
+    pub ca: PathBuf,
+    /// The DNS name dialers verify.
+    pub server_name: String,
+}
+
+/// The HTTP server's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Longest wait for a complete request head, and longest idle keep-alive.
+    pub header_timeout: Duration,
+    /// Most open connections from one IP address.
+    pub per_address: usize,
 }
 
 /// The validated configuration every part of the service reads.
@@ -279,7 +303,7 @@ pub struct Config {
     /// Upload/download size cap in bytes.
     pub max_upload_bytes: u64,
     /// The HTTP server's bounds.
-    pub http_limits: crate::http::serve::Limits,
+    pub http_limits: HttpLimits,
     /// Uploads slower than this (bytes per second) over `slow_upload_window` are dropped.
     pub min_upload_rate: u64,
     /// The window of `min_upload_rate`.
@@ -411,12 +435,12 @@ impl Config {
         match (tls_files, cluster.as_mut()) {
             ((None, None, None), _) => {}
             ((Some(cert), Some(key), Some(ca)), Some(cluster)) => {
-                let tls = crate::cluster::tls::ClusterTls::load(&cert, &key, &ca, &args.cluster_tls_server_name)
-                    .map_err(|reason| ConfigError::Invalid {
-                        flag: "cluster-tls-cert",
-                        reason,
-                    })?;
-                cluster.tls = Some(tls);
+                cluster.tls = Some(TlsFiles {
+                    cert,
+                    key,
+                    ca,
+                    server_name: args.cluster_tls_server_name,
+                });
             }
             (_, None) => return Err(invalid("cluster-tls-cert", "TLS between nodes needs --cluster-listen")),
             _ => {
@@ -456,7 +480,7 @@ impl Config {
             node_name,
             converter_slots,
             max_upload_bytes: args.max_upload_bytes,
-            http_limits: crate::http::serve::Limits {
+            http_limits: HttpLimits {
                 header_timeout: args.header_timeout,
                 per_address: args.max_connections_per_ip,
             },

@@ -34,7 +34,6 @@ use axum::http::request::Parts;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
-pub use events::event_body;
 
 use crate::actors::auth::AuthMsg;
 use crate::actors::request::events::Events;

@@ -5,7 +5,6 @@
 //! `mp4tomp3 convert` command and by the service's converter actors.
 
 pub mod actors;
-pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod cluster;
@@ -16,5 +15,6 @@ pub mod http;
 pub mod mail;
 pub mod memory;
 pub mod metrics;
+pub mod node;
 pub mod store;
-pub mod webhook;
+pub mod view;

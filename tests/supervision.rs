@@ -56,7 +56,7 @@ async fn killed_actors_are_restarted_and_the_service_keeps_working() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(mp4tomp3::app::run(
+    let node = tokio::spawn(mp4tomp3::node::run(
         config,
         listener,
         Box::pin(async move {

@@ -428,9 +428,10 @@ async fn webhook(
     change: WebhookChange,
 ) -> Result<(WebhookSettings, Option<String>), AuthError> {
     let fresh = match change {
-        WebhookChange::Set { .. } | WebhookChange::RotateSecret => {
-            Some(crate::webhook::new_secret().map_err(|e| AuthError::Invalid(format!("no randomness: {e}")))?)
-        }
+        WebhookChange::Set { .. } | WebhookChange::RotateSecret => Some(
+            crate::actors::notifier::webhook::new_secret()
+                .map_err(|e| AuthError::Invalid(format!("no randomness: {e}")))?,
+        ),
         WebhookChange::Get | WebhookChange::Remove => None,
     };
     let made = fresh.clone();

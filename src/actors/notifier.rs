@@ -21,7 +21,11 @@ use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::mail::{self, Mailer};
 use crate::store::{Attempt, Db, DueDelivery, JobId, JobState, now_ms};
-use crate::webhook;
+
+pub mod retry;
+pub mod webhook;
+
+use retry::backoff;
 
 /// Backstop polling period.
 const POLL_EVERY: Duration = Duration::from_secs(5);
@@ -82,12 +86,6 @@ pub struct NotifierState {
     slow: HashSet<String>,
     /// A due delivery waited for its receiver's or user's calls: look again when one ends.
     held_back: bool,
-}
-
-/// The delay before retry number `attempts` (1-based): 5 s, 10 s, 20 s, ... at most 1 h.
-pub fn backoff(attempts: i64) -> Duration {
-    let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
-    Duration::from_secs(5u64.saturating_mul(1 << exp)).min(Duration::from_secs(3600))
 }
 
 impl Actor for NotifierActor {
@@ -261,7 +259,7 @@ impl NotifierState {
                 let started = Instant::now();
                 let attempt = match secret {
                     Some(secret) => {
-                        let body = crate::http::event_body(&w.event_id, &w.event_type, w.created_at_ms, &job);
+                        let body = crate::view::event_body(&w.event_id, &w.event_type, w.created_at_ms, &job);
                         let event = (w.event_id.as_str(), w.event_type.as_str());
                         let call = webhook::Call {
                             event,
@@ -311,14 +309,5 @@ mod tests {
         assert_eq!(receiver("https://Hooks.Example.com/a?b"), "hooks.example.com:443");
         assert_eq!(receiver("http://127.0.0.1:9000/x"), "127.0.0.1:9000");
         assert_eq!(receiver("http://127.0.0.1:9000/y"), receiver("http://127.0.0.1:9000/x"));
-    }
-
-    #[test]
-    fn backoff_doubles_from_five_seconds_up_to_an_hour() {
-        assert_eq!(backoff(1), Duration::from_secs(5));
-        assert_eq!(backoff(2), Duration::from_secs(10));
-        assert_eq!(backoff(5), Duration::from_secs(80));
-        assert_eq!(backoff(12), Duration::from_secs(3600));
-        assert_eq!(backoff(1000), Duration::from_secs(3600));
     }
 }

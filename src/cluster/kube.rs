@@ -18,9 +18,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use ractor::ActorRef;
-
-use super::mesh::ClusterMsg;
 
 /// A pod of the set as the cluster sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,9 +60,18 @@ pub async fn desired_replicas(namespace: Option<String>, name: &str) -> Result<u
     Ok(u32::try_from(replicas).unwrap_or(0))
 }
 
-/// Watches the pods matching `selector` and sends the peer list to the cluster actor on
-/// every change. Runs until the task is aborted.
-pub async fn discover(namespace: Option<String>, selector: String, port: u16, cluster: ActorRef<ClusterMsg>) {
+/// What discovery sees: the pods' cluster addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    /// Running pods that stay.
+    pub addresses: Vec<String>,
+    /// Pods being deleted (they hand their jobs over and leave).
+    pub leaving: Vec<String>,
+}
+
+/// Watches the pods matching `selector` and publishes the peer list on every change (the
+/// mesh consumes it). Runs until the task is aborted.
+pub async fn discover(namespace: Option<String>, selector: String, port: u16, publish: impl Fn(Peers)) {
     let client = loop {
         match kube::Client::try_default().await {
             Ok(client) => break client,
@@ -85,7 +91,7 @@ pub async fn discover(namespace: Option<String>, selector: String, port: u16, cl
     let mut listing: Option<BTreeMap<String, PodPeer>> = None;
     let publish = |pods: &BTreeMap<String, PodPeer>| {
         let (leaving, wanted): (Vec<&PodPeer>, Vec<&PodPeer>) = pods.values().partition(|p| p.leaving);
-        let _ = cluster.send_message(ClusterMsg::Peers {
+        publish(Peers {
             addresses: wanted.into_iter().map(|p| p.address.clone()).collect(),
             leaving: leaving.into_iter().map(|p| p.address.clone()).collect(),
         });

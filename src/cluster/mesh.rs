@@ -27,6 +27,7 @@ use ractor_cluster::{
 };
 
 use super::probe::{Facts, NodeStatus, ProbeActor, ProbeMsg};
+use super::tls::ClusterTls;
 use super::{PROBE_GROUP, stable_name};
 use crate::config::{ClusterConfig, Config};
 
@@ -190,6 +191,8 @@ pub struct ClusterState {
     members: HashMap<String, Member>,
     dials: HashMap<String, Dialing>,
     discovery: Option<tokio::task::JoinHandle<()>>,
+    /// TLS between nodes (`None`: plain TCP, authenticated by the cookie only).
+    tls: Option<ClusterTls>,
 }
 
 /// Forwards ractor_cluster's session events to the cluster actor.
@@ -255,7 +258,7 @@ impl ClusterState {
                 continue;
             }
             entry.in_flight = true;
-            let (server, me, tls) = (self.server.clone(), myself.clone(), self.cluster.tls.clone());
+            let (server, me, tls) = (self.server.clone(), myself.clone(), self.tls.clone());
             tokio::spawn(async move {
                 let dial = async {
                     match tls {
@@ -360,6 +363,7 @@ impl Actor for ClusterActor {
             .cluster
             .clone()
             .ok_or("the cluster actor needs --cluster-listen")?;
+        let tls = cluster.tls.as_ref().map(ClusterTls::from_files).transpose()?;
         let incarnation = super::incarnation_name(&config.node_name);
         let host = cluster
             .advertise
@@ -372,10 +376,7 @@ impl Actor for ClusterActor {
             cluster.cookie.clone(),
             incarnation.clone(),
             host,
-            cluster
-                .tls
-                .as_ref()
-                .map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
+            tls.as_ref().map(|t| IncomingEncryptionMode::Tls(t.acceptor.clone())),
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr(cluster.listen.ip())
@@ -401,10 +402,17 @@ impl Actor for ClusterActor {
         myself.send_interval(TICK, || ClusterMsg::Tick);
         let discovery = cluster.kube_selector.clone().map(|selector| {
             let (namespace, port, me) = (cluster.kube_namespace.clone(), cluster.listen.port(), myself.clone());
-            tokio::spawn(super::kube::discover(namespace, selector, port, me))
+            let publish = move |peers: super::kube::Peers| {
+                let _ = me.send_message(ClusterMsg::Peers {
+                    addresses: peers.addresses,
+                    leaving: peers.leaving,
+                });
+            };
+            tokio::spawn(super::kube::discover(namespace, selector, port, publish))
         });
         Ok(ClusterState {
             discovery,
+            tls,
             cluster,
             server,
             members: HashMap::new(),

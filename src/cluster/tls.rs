@@ -15,9 +15,6 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// The default name every node certificate carries.
-pub const DEFAULT_SERVER_NAME: &str = "mp4tomp3-cluster";
-
 /// A node's TLS settings, loaded and checked.
 #[derive(Clone)]
 pub struct ClusterTls {
@@ -38,6 +35,11 @@ impl std::fmt::Debug for ClusterTls {
 }
 
 impl ClusterTls {
+    /// Loads what the configuration names.
+    pub fn from_files(files: &crate::config::TlsFiles) -> Result<ClusterTls, String> {
+        ClusterTls::load(&files.cert, &files.key, &files.ca, &files.server_name)
+    }
+
     /// Loads the node's certificate chain and key and the CA (all PEM). The error says which
     /// file and why, in one line.
     pub fn load(cert: &Path, key: &Path, ca: &Path, server_name: &str) -> Result<ClusterTls, String> {

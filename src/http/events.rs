@@ -10,18 +10,17 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::jobs::JobJson;
 use super::openapi::{BadRequest, Forbidden, Unauthorized};
 use super::{ApiError, AppState, Authed};
 use crate::actors::request::events::{Cursor, Event, Events};
 use crate::auth::Principal;
-use crate::store::Job;
+use crate::view::event_body;
 
 /// A comment line this often keeps proxies and clients from timing the stream out.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -41,39 +40,6 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 struct Filter {
     /// Every user's jobs (admins only).
     all: Option<bool>,
-}
-
-/// One event, as the `data` of a Server-Sent Event and the body of a webhook call.
-#[derive(Serialize, ToSchema)]
-#[schema(as = JobEvent)]
-pub(super) struct EventJson {
-    /// The event's id (also the SSE `id`): send it back as `Last-Event-ID` to resume.
-    id: String,
-    /// `job.created`, `job.progress`, `job.finished`, `job.failed`, `job.canceled` or
-    /// `job.deleted` (also the SSE `event`).
-    #[serde(rename = "type")]
-    kind: String,
-    /// When it happened (RFC 3339).
-    #[schema(format = DateTime)]
-    created_at: String,
-    /// The job after the change.
-    job: JobJson,
-}
-
-impl EventJson {
-    fn new(id: &str, kind: &str, at_ms: i64, job: &Job) -> Self {
-        EventJson {
-            id: id.to_string(),
-            kind: kind.to_string(),
-            created_at: super::jobs::rfc3339(at_ms),
-            job: JobJson::from(job),
-        }
-    }
-}
-
-/// The JSON of an event (an SSE event's data, and a webhook call's body).
-pub fn event_body(id: &str, kind: &str, at_ms: i64, job: &Job) -> Vec<u8> {
-    serde_json::to_vec(&EventJson::new(id, kind, at_ms, job)).unwrap_or_default()
 }
 
 /// A live stream (`text/event-stream`) of the caller's job events: `job.created`,

@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::events::EventJson;
+use crate::view::EventJson;
 
 /// The document's fixed parts; the paths come from the handlers.
 #[derive(OpenApi)]

@@ -68,7 +68,7 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
     security(("bearer" = [])),
     request_body(content((super::jobs::UploadForm = "multipart/form-data"))),
     responses(
-        (status = 202, description = "Accepted: a new job", body = super::jobs::JobJson,
+        (status = 202, description = "Accepted: a new job", body = crate::view::JobJson,
             headers(("Location" = String, description = "The job's URL"))),
         (status = 400, description = "`exactly 1 file required` (or bad settings)", body = String, content_type = "text/plain"),
         (status = 401, description = "`missing credentials` or a bad token", body = String, content_type = "text/plain",

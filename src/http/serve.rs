@@ -40,14 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// The server's bounds (from the configuration).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Longest wait for a complete request head, and longest idle keep-alive.
-    pub header_timeout: Duration,
-    /// Most open connections from one IP address.
-    pub per_address: usize,
-}
+pub use crate::config::HttpLimits as Limits;
 
 /// Open connections per address; a [`Slot`] gives its place back when dropped.
 #[derive(Default, Clone)]

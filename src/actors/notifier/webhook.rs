@@ -41,7 +41,7 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
 /// When to try again after `attempts` failed attempts of an event created at
 /// `created_at_ms`: 5 s doubling up to an hour, until [`RETRY_FOR`] has passed (`None`).
 pub fn retry_at(created_at_ms: i64, attempts: i64) -> Option<i64> {
-    let next = now_ms() + crate::actors::notifier::backoff(attempts).as_millis() as i64;
+    let next = now_ms() + super::retry::backoff(attempts).as_millis() as i64;
     (next <= created_at_ms + RETRY_FOR.as_millis() as i64).then_some(next)
 }
 

@@ -15,13 +15,16 @@ use futures_util::future::BoxFuture;
 use ractor::Actor;
 
 use crate::actors::converter::host::{self, HostMsg};
-use crate::actors::gateway::GatewayMsg;
 use crate::actors::request::{RequestMsg, handoff};
-use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{Role, ask};
 use crate::auth::{normalize_email, password};
 use crate::config::Config;
 use crate::store::{Files, Store};
+use gateway::GatewayMsg;
+use supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
+
+pub mod gateway;
+pub mod supervisor;
 
 /// Runs a node until `shutdown` completes (or the supervision tree gives up).
 ///

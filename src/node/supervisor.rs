@@ -19,16 +19,16 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::Role;
-use super::auth::AuthActor;
-use super::auth::replication::UsersActor;
-use super::converter::ConverterActor;
-use super::converter::host::HostActor;
 use super::gateway::{GatewayActor, GatewayArgs};
-use super::notifier::NotifierActor;
-use super::request::RequestActor;
-use super::request::events::{Events, EventsActor};
-use super::request::jobs::JobsActor;
+use crate::actors::Role;
+use crate::actors::auth::AuthActor;
+use crate::actors::auth::replication::UsersActor;
+use crate::actors::converter::ConverterActor;
+use crate::actors::converter::host::HostActor;
+use crate::actors::notifier::NotifierActor;
+use crate::actors::request::RequestActor;
+use crate::actors::request::events::{Events, EventsActor};
+use crate::actors::request::jobs::JobsActor;
 use crate::cluster::mesh::{ClusterActor, Face, MeshArgs};
 use crate::cluster::probe::Facts;
 use crate::config::Config;
