@@ -1,12 +1,10 @@
 //! The service end to end: the real binary over real HTTP, a real SMTP server, real files.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, JWT_SECRET, Node, Smtp, first_link, mail_header, mail_text, poll};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, JWT_SECRET, Node, Smtp, first_link, mail_header, mail_text, poll};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -29,7 +27,7 @@ async fn login_upload_email_link_download_over_smtp() {
     )
     .await;
     let api = Api::new(&node);
-    let input = common::video(12);
+    let input = crate::common::video(12);
     let token = api.login(ADMIN.0, ADMIN.1).await;
 
     let job = api.upload(&token, &input).await;
@@ -66,7 +64,7 @@ async fn login_upload_email_link_download_over_smtp() {
     );
     let mp3 = r.bytes().await.unwrap();
     let path = save(dir.path(), "link.mp3", &mp3);
-    let secs = common::duration(&path);
+    let secs = crate::common::duration(&path);
     assert!((secs - 12.0).abs() < 0.05, "the MP3 lasts {secs} s, the input 12 s");
     assert_eq!(done["mp3_bytes"].as_u64(), Some(mp3.len() as u64), "{done}");
     let stated = done["duration_seconds"].as_f64().unwrap();
@@ -127,8 +125,8 @@ async fn login_upload_email_link_download_over_smtp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn url_import_from_an_allow_listed_local_server() {
     let dir = tempfile::tempdir().unwrap();
-    let input = common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
-    let server = common::files::file_server("127.0.0.1", Some(input), None).await;
+    let input = crate::common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
+    let server = crate::common::files::file_server("127.0.0.1", Some(input), None).await;
     let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
@@ -159,8 +157,8 @@ async fn url_import_from_an_allow_listed_local_server() {
         .await
         .unwrap();
     let path = save(dir.path(), "import.mp3", &mp3);
-    assert!((common::duration(&path) - 7.0).abs() < 0.05);
-    assert_eq!(common::probe(&path)["streams"][0]["bit_rate"], "128000");
+    assert!((crate::common::duration(&path) - 7.0).abs() < 0.05);
+    assert_eq!(crate::common::probe(&path)["streams"][0]["bit_rate"], "128000");
     assert!(server.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     // One .eml per job (no SMTP configured).
     poll(WAIT, "the .eml", || async {
@@ -172,13 +170,13 @@ async fn url_import_from_an_allow_listed_local_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ssrf_targets_are_refused_before_any_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let input = common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("import_440.m4a", 440, 44100, 7.0, 2, &["-c:a", "aac"]);
     // The victim: a loopback server that must never see a connection.
-    let victim = common::files::file_server("127.0.0.1", Some(input), None).await;
+    let victim = crate::common::files::file_server("127.0.0.1", Some(input), None).await;
     let port = victim.addr.port();
     // An allow-listed server (127.0.0.2) that redirects to the victim.
     let redirector =
-        common::files::file_server("127.0.0.2", None, Some(format!("http://127.0.0.1:{port}/a.mp4"))).await;
+        crate::common::files::file_server("127.0.0.2", None, Some(format!("http://127.0.0.1:{port}/a.mp4"))).await;
     let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.2"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
@@ -259,7 +257,7 @@ async fn bad_tokens_other_users_bad_media_and_oversize_uploads_are_refused() {
     let node = Node::start(&dir.path().join("a"), &["--max-upload-bytes", "300000"]).await;
     let api = Api::new(&node);
     let admin = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("small_440.m4a", 440, 44100, 3.0, 1, &["-c:a", "aac"]);
+    let input = crate::common::tone("small_440.m4a", 440, 44100, 3.0, 1, &["-c:a", "aac"]);
 
     // No token, expired, forged, alg none, wrong audience.
     let r = api.http.get(api.url("/v1/jobs")).send().await.unwrap();
@@ -591,7 +589,7 @@ async fn kill_9_during_conversions_then_restart_loses_and_duplicates_nothing() {
     let mut node = Node::start(&dir.path().join("a"), &["--converter-slots", "1"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::video(90);
+    let input = crate::common::video(90);
     let mut ids = Vec::new();
     for n in 0..4 {
         let r = api
@@ -633,7 +631,7 @@ async fn kill_9_during_conversions_then_restart_loses_and_duplicates_nothing() {
             .await
             .unwrap();
         let path = save(dir.path(), "out.mp3", &mp3);
-        assert!((common::duration(&path) - 90.0).abs() < 0.05);
+        assert!((crate::common::duration(&path) - 90.0).abs() < 0.05);
     }
     let listed: Value = api
         .http
@@ -665,7 +663,7 @@ async fn sigterm_lets_running_conversions_finish_and_cancel_deletes_files() {
     let mut node = Node::start(&dir.path().join("a"), &["--converter-slots", "1", "--grace", "60s"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::video(90);
+    let input = crate::common::video(90);
     let first = api.upload(&token, &input).await;
     let second = api.upload(&token, &input).await;
     let (first, second) = (
@@ -753,7 +751,7 @@ async fn deleting_a_running_job_stops_its_conversion_and_frees_the_slot() {
     let node = Node::start(&dir.path().join("a"), &["--converter-slots", "1"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let long = api.upload(&token, &common::video(600)).await;
+    let long = api.upload(&token, &crate::common::video(600)).await;
     let id = long["id"].as_str().unwrap().to_string();
     poll(WAIT, "the conversion to make progress", || async {
         let job: Value = api.job(&token, &id).await.json().await.ok()?;
@@ -772,7 +770,7 @@ async fn deleting_a_running_job_stops_its_conversion_and_frees_the_slot() {
     let next = api
         .upload(
             &token,
-            &common::tone("small_440.m4a", 440, 44100, 3.0, 1, &["-c:a", "aac"]),
+            &crate::common::tone("small_440.m4a", 440, 44100, 3.0, 1, &["-c:a", "aac"]),
         )
         .await;
     let done = api.finished(&token, next["id"].as_str().unwrap()).await;
@@ -807,7 +805,7 @@ async fn a_hundred_concurrent_uploads_make_a_hundred_jobs_and_a_hundred_emails()
     .await;
     let api = std::sync::Arc::new(Api::new(&node));
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let bytes = std::fs::read(common::video(12)).unwrap();
+    let bytes = std::fs::read(crate::common::video(12)).unwrap();
     let uploads = (0..100).map(|i| {
         let (api, token, bytes) = (api.clone(), token.clone(), bytes.clone());
         tokio::spawn(async move {
@@ -868,7 +866,7 @@ async fn a_damaged_upload_is_done_with_a_warning_in_the_job_and_the_email() {
     let node = Node::start(&dir.path().join("a"), &[]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let whole = std::fs::read(common::fragmented("service_cut_frag_8s.m4a", 8.0)).unwrap();
+    let whole = std::fs::read(crate::common::fragmented("service_cut_frag_8s.m4a", 8.0)).unwrap();
     // A recording cut short: half of it converts.
     let cut = save(dir.path(), "cut.m4a", &whole[..whole.len() / 2]);
     let id = api.upload(&token, &cut).await["id"].as_str().unwrap().to_string();
@@ -880,7 +878,7 @@ async fn a_damaged_upload_is_done_with_a_warning_in_the_job_and_the_email() {
         "{warnings}"
     );
     let mp3 = api.mp3(&token, &id).await;
-    let secs = common::duration(&save(dir.path(), "cut.mp3", &mp3));
+    let secs = crate::common::duration(&save(dir.path(), "cut.mp3", &mp3));
     assert!((2.5..5.5).contains(&secs), "about half of 8 s: {secs}");
     let mail = poll(WAIT, "the .eml", || async {
         let files = node.eml_files();

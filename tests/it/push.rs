@@ -1,13 +1,11 @@
 //! Push: the event stream (`/v1/events`) on one node and across a cluster, and webhooks.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, Node, free_port, poll};
-use common::sse::{Ev, Sse};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, Node, free_port, poll};
+use crate::common::sse::{Ev, Sse};
 use reqwest::StatusCode;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -76,8 +74,8 @@ async fn one_node_streams_each_users_job_events_in_order_and_resumes_after_the_l
     let mut everyone = events(&api, &admin, "?all=true", None).await;
 
     // Bob's job first, then Ann's (long enough to report progress).
-    let short = common::tone("push_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
-    let long = common::tone("push_60s.m4a", 440, 44100, 60.0, 2, &["-c:a", "aac"]);
+    let short = crate::common::tone("push_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let long = crate::common::tone("push_60s.m4a", 440, 44100, 60.0, 2, &["-c:a", "aac"]);
     let bobs = api.upload(&bob, &short).await["id"].as_str().unwrap().to_string();
     let anns = api.upload(&ann, &long).await["id"].as_str().unwrap().to_string();
     let seen = ann_feed.until(WAIT, finished(&anns)).await;
@@ -143,11 +141,11 @@ async fn one_node_streams_each_users_job_events_in_order_and_resumes_after_the_l
 async fn a_subscriber_on_one_node_sees_a_job_owned_by_another_converted_on_a_third_even_across_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     // a and b have no converter slots: b owns the job, c converts it, a streams it.
-    let mut nodes = common::service::cluster(dir.path(), &[0, 0, 1]).await;
+    let mut nodes = crate::common::service::cluster(dir.path(), &[0, 0, 1]).await;
     let (a, b) = (Api::new(&nodes[0]), Api::new(&nodes[1]));
     let token = a.login(ADMIN.0, ADMIN.1).await;
     let mut feed = events(&a, &token, "", None).await;
-    let input = common::tone("push_600s.m4a", 440, 44100, 600.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("push_600s.m4a", 440, 44100, 600.0, 2, &["-c:a", "aac"]);
     let id = b.upload(&token, &input).await["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("node-b~"));
 
@@ -255,7 +253,7 @@ async fn webhooks_are_signed_retried_on_5xx_disabled_by_410_failed_by_4xx_and_gu
     let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("push_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("push_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
 
     // A loopback address that is not allow-listed is refused at registration, as are
     // unknown events and non-http URLs.
@@ -264,7 +262,7 @@ async fn webhooks_are_signed_retried_on_5xx_disabled_by_410_failed_by_4xx_and_gu
         Api::error_code(r).await,
         (StatusCode::UNPROCESSABLE_ENTITY, "forbidden_url".to_string())
     );
-    let flaky = common::receiver::Receiver::start(&[500, 500], 200).await;
+    let flaky = crate::common::receiver::Receiver::start(&[500, 500], 200).await;
     let r = put_webhook(
         &api,
         &token,
@@ -372,7 +370,7 @@ async fn webhooks_are_signed_retried_on_5xx_disabled_by_410_failed_by_4xx_and_gu
     assert_eq!(job["webhook"]["last_status"], 400);
 
     // 410 disables the URL: the call stops, and the default URL is removed.
-    let gone = common::receiver::Receiver::start(&[], 410).await;
+    let gone = crate::common::receiver::Receiver::start(&[], 410).await;
     let r = put_webhook(&api, &token, serde_json::json!({"url": gone.url})).await;
     assert_eq!(r.status(), StatusCode::OK);
     let id = api.upload(&token, &input).await["id"].as_str().unwrap().to_string();
@@ -388,7 +386,7 @@ async fn webhooks_are_signed_retried_on_5xx_disabled_by_410_failed_by_4xx_and_gu
     assert_eq!(done["webhook"], serde_json::Value::Null, "no URL, no call");
 
     // A job's own URL (multipart field) is used instead of the default, and checked too.
-    let own = common::receiver::Receiver::start(&[], 200).await;
+    let own = crate::common::receiver::Receiver::start(&[], 200).await;
     let form = |url: &str| {
         let bytes = std::fs::read(&input).unwrap();
         reqwest::multipart::Form::new()
@@ -435,10 +433,10 @@ async fn a_webhook_committed_before_a_kill_9_is_delivered_after_the_restart() {
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
     // The first call is held unanswered; the node dies while it waits.
-    let receiver = common::receiver::Receiver::start(&[0], 200).await;
+    let receiver = crate::common::receiver::Receiver::start(&[0], 200).await;
     let r = put_webhook(&api, &token, serde_json::json!({"url": receiver.url})).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let input = common::tone("push_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("push_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
     let id = api.upload(&token, &input).await["id"].as_str().unwrap().to_string();
     poll(WAIT, "the first call", || async {
         (!receiver.hits().is_empty()).then_some(())
@@ -537,8 +535,8 @@ async fn one_users_stalled_webhook_receiver_does_not_delay_anothers() {
     api.create_user(&admin, "ann@example.com", "ann-password").await;
     let ann = api.login("ann@example.com", "ann-password").await;
     // Ann's receiver takes every call and never answers; the admin's answers at once.
-    let stalled = common::receiver::Receiver::start(&[], 0).await;
-    let fast = common::receiver::Receiver::start(&[], 200).await;
+    let stalled = crate::common::receiver::Receiver::start(&[], 0).await;
+    let fast = crate::common::receiver::Receiver::start(&[], 200).await;
     assert_eq!(
         put_webhook(&api, &ann, serde_json::json!({"url": stalled.url}))
             .await
@@ -551,7 +549,7 @@ async fn one_users_stalled_webhook_receiver_does_not_delay_anothers() {
             .status(),
         StatusCode::OK
     );
-    let input = common::tone("push_stall_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    let input = crate::common::tone("push_stall_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
     // More finished jobs than there are delivery slots in all.
     let mut ids = Vec::new();
     for _ in 0..20 {

@@ -1,12 +1,10 @@
 //! Per-user quotas, enforced across the cluster: set by an admin (API and CLI), refused
 //! with `429 quota_exceeded` naming the limit and when it frees.
 
-mod common;
-
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, poll};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, poll};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -35,13 +33,13 @@ async fn limits_hold_across_nodes_name_themselves_and_free_when_jobs_end() {
     let dir = tempfile::tempdir().unwrap();
     // No converter anywhere: jobs stay unfinished until canceled. A default of one
     // unfinished job, which admins do not meet.
-    let nodes = common::service::cluster_with(dir.path(), &[0, 0], &["--quota-active", "1"]).await;
+    let nodes = crate::common::service::cluster_with(dir.path(), &[0, 0], &["--quota-active", "1"]).await;
     let (a, b) = (Api::new(&nodes[0]), Api::new(&nodes[1]));
     let admin = a.login(ADMIN.0, ADMIN.1).await;
     a.create_user(&admin, BOB.0, BOB.1).await;
     let bob_a = a.login(BOB.0, BOB.1).await;
     let bob_b = b.login_soon(BOB.0, BOB.1).await;
-    let file = common::tone("quota_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    let file = crate::common::tone("quota_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
     let size = std::fs::metadata(&file).unwrap().len() as i64;
 
     // The default applies until an admin sets Bob's own.
@@ -220,12 +218,12 @@ async fn limits_hold_across_nodes_name_themselves_and_free_when_jobs_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_jobs_gives_none_of_the_days_count_back() {
     let dir = tempfile::tempdir().unwrap();
-    let node = common::service::Node::start(&dir.path().join("a"), &["--quota-jobs-per-day", "3"]).await;
+    let node = crate::common::service::Node::start(&dir.path().join("a"), &["--quota-jobs-per-day", "3"]).await;
     let api = Api::new(&node);
     let admin = api.login(ADMIN.0, ADMIN.1).await;
     api.create_user(&admin, BOB.0, BOB.1).await;
     let bob = api.login(BOB.0, BOB.1).await;
-    let file = common::tone("quota_day_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    let file = crate::common::tone("quota_day_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
     for _ in 0..3 {
         let job = api.upload(&bob, &file).await;
         let id = job["id"].as_str().unwrap();
@@ -259,7 +257,7 @@ async fn deleting_jobs_gives_none_of_the_days_count_back() {
 async fn concurrent_uploads_do_not_overshoot_max_active() {
     let dir = tempfile::tempdir().unwrap();
     // No converter: accepted jobs stay unfinished.
-    let node = common::service::Node::start(&dir.path().join("a"), &["--converter-slots", "0"]).await;
+    let node = crate::common::service::Node::start(&dir.path().join("a"), &["--converter-slots", "0"]).await;
     let api = Api::new(&node);
     let admin = api.login(ADMIN.0, ADMIN.1).await;
     api.create_user(&admin, BOB.0, BOB.1).await;
@@ -273,7 +271,15 @@ async fn concurrent_uploads_do_not_overshoot_max_active() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     let bob = api.login(BOB.0, BOB.1).await;
-    let bytes = std::fs::read(common::tone("quota_race_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"])).unwrap();
+    let bytes = std::fs::read(crate::common::tone(
+        "quota_race_440.m4a",
+        440,
+        44100,
+        1.0,
+        1,
+        &["-c:a", "aac"],
+    ))
+    .unwrap();
     // Twenty chunked uploads at once, each body arriving over a second.
     let sends = (0..20).map(|_| {
         let (http, url, bob, bytes) = (api.http.clone(), api.url("/v1/jobs"), bob.clone(), bytes.clone());

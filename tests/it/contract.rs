@@ -1,14 +1,12 @@
 //! The API as a contract: the OpenAPI document describes exactly the routes the server
 //! serves, and schemathesis (PyPI), a client we did not write, finds no answer that breaks it.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::api::Api;
-use common::service::{ADMIN, Node};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, Node};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -196,8 +194,11 @@ fn schemathesis_finds_no_failure() {
             "1",
             "--max-examples",
             "60",
+            // One worker: with two, hypothesis's lambda descriptions race in CPython 3.11's
+            // ast module ("AST constructor recursion depth mismatch", a runtime error of
+            // schemathesis, not an answer of ours).
             "--workers",
-            "2",
+            "1",
             "--checks",
             "all",
         ])

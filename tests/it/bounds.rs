@@ -1,12 +1,10 @@
 //! Hostile clients: every request is bounded before it costs anything (issue: hostile
 //! clients and full disks). Runs the real binary over HTTP.
 
-mod common;
-
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, Node};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, Node};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, IF_RANGE, LAST_MODIFIED, RANGE};
 
@@ -194,7 +192,7 @@ async fn ranges_follow_rfc_9110() {
     let node = Node::start(&dir.path().join("a"), &[]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("range.m4a", 440, 22_050, 2.0, 1, &["-c:a", "aac"]);
+    let input = crate::common::tone("range.m4a", 440, 22_050, 2.0, 1, &["-c:a", "aac"]);
     let job = api.upload(&token, &input).await;
     let id = job["id"].as_str().unwrap();
     assert_eq!(api.finished(&token, id).await["state"], "done");
@@ -347,7 +345,7 @@ async fn slow_and_idle_clients_are_cut_off_and_their_uploads_deleted() {
             started.elapsed()
         );
     }
-    common::service::poll(Duration::from_secs(10), "the slow upload's staged file to go", || {
+    crate::common::service::poll(Duration::from_secs(10), "the slow upload's staged file to go", || {
         let empty = std::fs::read_dir(&tmp).unwrap().count() == 0;
         async move { empty.then_some(()) }
     })
@@ -367,7 +365,7 @@ async fn slow_and_idle_clients_are_cut_off_and_their_uploads_deleted() {
         "the 7th connection is closed without an answer"
     );
     drop(open);
-    common::service::poll(
+    crate::common::service::poll(
         Duration::from_secs(5),
         "a connection after the others closed",
         || async {

@@ -5,17 +5,15 @@
 //! size or a chunk offset. Each result is checked by decoding it with ffmpeg: its length
 //! and its tone, not only its exit code.
 
-mod common;
-
 use std::io::Cursor;
 use std::path::Path;
 
-use mp4tomp3::convert::{self, ConvertError, ConvertOptions, Hooks, Summary};
+use mp4tomp3_convert::{self as convert, ConvertError, ConvertOptions, Hooks, Summary};
 
 const SECS: f64 = 4.0;
 
 fn fast_start() -> Vec<u8> {
-    let path = common::tone(
+    let path = crate::media::tone(
         "recover_fast_4s.m4a",
         440,
         44_100,
@@ -64,10 +62,10 @@ fn recovered(name: &str, data: &[u8]) -> (Summary, f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.mp3");
     std::fs::write(&path, &mp3).unwrap();
-    let decoded = common::decode(Path::new(&path), 1);
-    let hz = common::dominant_hz(&decoded.planes[0], decoded.rate);
+    let decoded = crate::media::decode(Path::new(&path), 1);
+    let hz = crate::media::dominant_hz(&decoded.planes[0], decoded.rate);
     assert!((hz - 440.0).abs() < 5.0, "{name}: {hz} Hz");
-    (summary, common::duration(&path))
+    (summary, crate::media::duration(&path))
 }
 
 #[test]
@@ -138,7 +136,7 @@ fn a_fast_start_file_cut_inside_its_audio_keeps_what_is_there() {
 
 #[test]
 fn a_fragmented_file_with_a_broken_moov_still_converts() {
-    let whole = std::fs::read(common::fragmented("recover_frag_3s.m4a", 3.0)).unwrap();
+    let whole = std::fs::read(crate::media::fragmented("recover_frag_3s.m4a", 3.0)).unwrap();
     let (_, whole_secs) = recovered("whole", &whole);
     for kind in [b"hdlr", b"mdhd"] {
         let mut data = whole.clone();
@@ -216,7 +214,7 @@ fn a_flipped_high_bit_in_a_sample_size_or_a_chunk_offset_is_repaired() {
 
     // Chunks back to back, read by the forgiving reader (the handler box is gone): the
     // second chunk's offset with a flipped bit is put back where the first one ends.
-    let end = std::fs::read(common::tone(
+    let end = std::fs::read(crate::media::tone(
         "recover_end_4s.m4a",
         440,
         44_100,

@@ -4,13 +4,11 @@
 //! from the nodes' logs ("converting a job for its owner"), the fencing from the owner's
 //! log ("stale conversion result refused").
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, Node, poll};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, Node, poll};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -22,7 +20,7 @@ struct Cluster {
 /// Starts one node per slot count on 127.0.0.2, .3, ..., all peers of each other.
 async fn cluster(dir: &Path, slots: &[usize]) -> Cluster {
     Cluster {
-        nodes: common::service::cluster(dir, slots).await,
+        nodes: crate::common::service::cluster(dir, slots).await,
     }
 }
 
@@ -50,7 +48,7 @@ async fn conversions_go_to_free_slots_anywhere_and_any_node_serves_the_result() 
     let mut c = cluster(dir.path(), &[0, 1, 0]).await;
     let (a, b, via_c) = (Api::new(&c.nodes[0]), Api::new(&c.nodes[1]), Api::new(&c.nodes[2]));
     let token = a.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("placement_8s.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("placement_8s.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
     let mut ids = Vec::new();
     for api in [&a, &a, &via_c] {
         let job = api.upload(&token, &input).await;
@@ -69,7 +67,7 @@ async fn conversions_go_to_free_slots_anywhere_and_any_node_serves_the_result() 
     let whole = a.mp3(&token, &ids[0]).await;
     assert_eq!(via_c.mp3(&token, &ids[0]).await, whole);
     assert_eq!(b.mp3(&token, &ids[0]).await, whole);
-    let secs = common::mp3_seconds(dir.path(), &whole);
+    let secs = crate::common::mp3_seconds(dir.path(), &whole);
     assert!((secs - 8.0).abs() < 0.05, "{secs} s");
     // What b produced is recorded by the owner: size and duration, seen from any node.
     let job = b.get_json(&token, &format!("/v1/jobs/{}", ids[0])).await;
@@ -103,7 +101,7 @@ async fn conversions_go_to_free_slots_anywhere_and_any_node_serves_the_result() 
 /// Uploads a 5-minute input on a (no slots) and returns its id and the node converting it.
 async fn long_job_placed(c: &Cluster, token: &str) -> (String, usize) {
     let a = Api::new(&c.nodes[0]);
-    let input = common::tone("placement_300s.m4a", 440, 44100, 300.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("placement_300s.m4a", 440, 44100, 300.0, 2, &["-c:a", "aac"]);
     let job = a.upload(token, &input).await;
     let id = job["id"].as_str().unwrap().to_string();
     let at = converting_node(c, &id, 1).await;
@@ -125,7 +123,7 @@ async fn a_killed_converting_node_loses_no_job() {
     let attempt = done["attempt"].as_i64().unwrap();
     assert!(attempt >= 2, "placed again: {done}");
     assert!(converts(&c.nodes[other], &id, attempt), "the survivor converted it");
-    let secs = common::mp3_seconds(dir.path(), &a.mp3(&token, &id).await);
+    let secs = crate::common::mp3_seconds(dir.path(), &a.mp3(&token, &id).await);
     assert!((secs - 300.0).abs() < 0.05, "{secs} s");
     // Exactly one email.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -170,7 +168,7 @@ async fn a_restarted_owner_resumes_its_placed_and_queued_jobs() {
     // One job converting on b, one waiting for b's only slot.
     let (placed, at) = long_job_placed(&c, &token).await;
     assert_eq!(at, 1);
-    let input = common::tone("placement_8s.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("placement_8s.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
     let queued = a.upload(&token, &input).await["id"].as_str().unwrap().to_string();
 
     c.nodes[0].kill9();
@@ -180,7 +178,7 @@ async fn a_restarted_owner_resumes_its_placed_and_queued_jobs() {
     for (id, secs) in [(&placed, 300.0), (&queued, 8.0)] {
         let done = a.finished(&token, id).await;
         assert_eq!(done["state"], "done", "{done}");
-        let got = common::mp3_seconds(dir.path(), &a.mp3(&token, id).await);
+        let got = crate::common::mp3_seconds(dir.path(), &a.mp3(&token, id).await);
         assert!((got - secs).abs() < 0.05, "{got} s");
     }
     // b's result for the first placement came back to a new incarnation: refused.

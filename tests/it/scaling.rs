@@ -9,17 +9,15 @@
 //! that stays, and sent emails are not sent again. When the kube API fails, a stopping pod
 //! keeps its data rather than guess. Scale up: a new pod gets queued conversions at once.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::api::Api;
+use crate::common::kube_stub::{Stub, pod};
+use crate::common::service::{ADMIN, Node, first_link, free_port, mail_text, poll};
 use axum::response::Response;
-use common::api::Api;
-use common::kube_stub::{Stub, pod};
-use common::service::{ADMIN, Node, first_link, free_port, mail_text, poll};
 use serde_json::{Value, json};
 
 /// The flags of pod `i` (`mp4tomp3-i` on 127.0.0.(i+2)).
@@ -66,7 +64,7 @@ fn running(i: usize) -> Value {
 /// Waits until `node` sees exactly `others` up.
 async fn sees(node: &Node, others: &[&str]) {
     poll(Duration::from_secs(30), "the mesh", || async {
-        let up: Vec<String> = common::service::cluster_members(node)
+        let up: Vec<String> = crate::common::service::cluster_members(node)
             .await
             .into_iter()
             .filter(|(_, s)| s == "up")
@@ -149,7 +147,7 @@ async fn scale_down_hands_every_job_over_and_a_plain_restart_does_not() {
     let token = a0.login(ADMIN.0, ADMIN.1).await;
 
     // Job A: done on pod 2, its email not sent yet.
-    let short = common::tone("scaling_6s.m4a", 440, 44100, 6.0, 2, &["-c:a", "aac"]);
+    let short = crate::common::tone("scaling_6s.m4a", 440, 44100, 6.0, 2, &["-c:a", "aac"]);
     let a = a2.upload(&token, &short).await["id"].as_str().unwrap().to_string();
     assert!(a.starts_with("mp4tomp3-2~"));
     assert_eq!(a0.finished(&token, &a).await["state"], "done");
@@ -238,7 +236,7 @@ async fn scale_down_hands_every_job_over_and_a_plain_restart_does_not() {
     for id in [&b, &c] {
         let done = a1.finished(&token, id).await;
         assert_eq!(done["state"], "done", "{done}");
-        let secs = common::mp3_seconds(dir.path(), &a0.mp3(&token, id).await);
+        let secs = crate::common::mp3_seconds(dir.path(), &a0.mp3(&token, id).await);
         assert!((secs - 6.0).abs() < 0.05, "{secs} s");
     }
     poll(Duration::from_secs(30), "one email per job", || async {
@@ -266,7 +264,7 @@ async fn scale_up_a_new_pod_takes_queued_conversions_at_once() {
     let n0 = start(dir.path(), &kubeconfig, 0, port, 0, &[]).await;
     let a0 = Api::new(&n0);
     let token = a0.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("scaling_6s.m4a", 440, 44100, 6.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("scaling_6s.m4a", 440, 44100, 6.0, 2, &["-c:a", "aac"]);
     let id = a0.upload(&token, &input).await["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(state_of(&a0, &token, &id).await, "queued", "no converter yet");
@@ -289,13 +287,13 @@ async fn scale_up_a_new_pod_takes_queued_conversions_at_once() {
     // Served through either pod.
     let whole = a1.mp3(&token, &id).await;
     assert_eq!(a0.mp3(&token, &id).await, whole);
-    let secs = common::mp3_seconds(dir.path(), &whole);
+    let secs = crate::common::mp3_seconds(dir.path(), &whole);
     assert!((secs - 6.0).abs() < 0.05, "{secs} s");
 
     // Scaled back to 1 while the kube API fails: the pod cannot tell, so it stops plainly
     // and keeps what it has on its volume.
     *stub.replicas.lock().unwrap() = 1;
-    *stub.fault.lock().unwrap() = common::kube_stub::Fault::ServerError;
+    *stub.fault.lock().unwrap() = crate::common::kube_stub::Fault::ServerError;
     let mut n1 = n1;
     assert!(n1.terminate(Duration::from_secs(60)).success());
     let log = n1.log_text();
@@ -322,7 +320,7 @@ async fn two_pods_leaving_at_once_hand_everything_to_the_pod_that_stays() {
     sees(&n2, &["mp4tomp3-0", "mp4tomp3-1"]).await;
     let a0 = Api::new(&n0);
     let token = a0.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("scaling_6s.m4a", 440, 44100, 6.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("scaling_6s.m4a", 440, 44100, 6.0, 2, &["-c:a", "aac"]);
     let mut jobs = Vec::new();
     for node in [&n1, &n1, &n2, &n2] {
         let id = Api::new(node).upload(&token, &input).await["id"]

@@ -3,13 +3,11 @@
 //! and meet WCAG 2.1 AA (axe-core). Screenshots of every page at 375 and 1280 px are saved
 //! under `target/screenshots/`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::api::Api;
-use common::browser::Browser;
-use common::service::{ADMIN, Node, poll};
+use crate::common::api::Api;
+use crate::common::browser::Browser;
+use crate::common::service::{ADMIN, Node, poll};
 use fantoccini::Locator;
 use fantoccini::key::Key;
 
@@ -82,7 +80,11 @@ async fn a_user_signs_in_converts_two_files_at_once_and_downloads_the_mp3() {
 
     // Two files at once: a real M4A and a text file under a hostile name.
     let good = dir.path().join("talk.m4a");
-    std::fs::copy(common::tone("web_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]), &good).unwrap();
+    std::fs::copy(
+        crate::common::tone("web_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]),
+        &good,
+    )
+    .unwrap();
     let bad = dir.path().join(XSS);
     std::fs::write(&bad, "this is not a video").unwrap();
     let input = b.client.find(Locator::Id("files")).await.unwrap();
@@ -199,7 +201,7 @@ async fn a_user_signs_in_converts_two_files_at_once_and_downloads_the_mp3() {
 
 /// A valid 2 s M4A followed by a `free` box of `extra` bytes: big, quick to convert.
 fn big_m4a(dir: &std::path::Path, extra: usize) -> std::path::PathBuf {
-    let tone = common::tone("web_big_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let tone = crate::common::tone("web_big_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
     let mut bytes = std::fs::read(tone).unwrap();
     bytes.extend_from_slice(&((16 + extra) as u32).to_be_bytes());
     bytes.extend_from_slice(b"free");
@@ -299,7 +301,7 @@ async fn an_upload_cut_by_a_server_restart_resumes_by_itself_and_a_queued_job_ca
 async fn a_job_converted_on_another_node_moves_live_on_the_page() {
     let dir = tempfile::tempdir().unwrap();
     // Signed in on A, which converts nothing; B converts.
-    let nodes = common::service::cluster(dir.path(), &[0, 1]).await;
+    let nodes = crate::common::service::cluster(dir.path(), &[0, 1]).await;
     let b = Browser::start(&dir.path().join("downloads")).await;
     open_signed_in(&b, &nodes[0].url("/")).await;
     // Record every progress the bar shows, without reloading.
@@ -308,7 +310,7 @@ async fn a_job_converted_on_another_node_moves_live_on_the_page() {
           if (bar && li && li.classList.contains('converting')) window.seen.add(bar.getAttribute('aria-valuenow')); }, 50); \
           return 1;")
         .await;
-    let long = common::tone("web_20min.m4a", 440, 44100, 1200.0, 1, &["-c:a", "aac", "-b:a", "32k"]);
+    let long = crate::common::tone("web_20min.m4a", 440, 44100, 1200.0, 1, &["-c:a", "aac", "-b:a", "32k"]);
     let input = b.client.find(Locator::Id("files")).await.unwrap();
     input.send_keys(long.to_str().unwrap()).await.unwrap();
     b.until(
@@ -522,9 +524,9 @@ async fn a_keyboard_user_reaches_every_control_and_each_form_does_its_job() {
     let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let served = common::tone("web_kbd_3s.m4a", 330, 44100, 3.0, 2, &["-c:a", "aac"]);
-    let files = common::files::file_server("127.0.0.1", Some(served), None).await;
-    let hooks = common::receiver::Receiver::start(&[], 200).await;
+    let served = crate::common::tone("web_kbd_3s.m4a", 330, 44100, 3.0, 2, &["-c:a", "aac"]);
+    let files = crate::common::files::file_server("127.0.0.1", Some(served), None).await;
+    let hooks = crate::common::receiver::Receiver::start(&[], 200).await;
     let b = Browser::start(&dir.path().join("downloads")).await;
     b.client.goto(&node.url("/")).await.unwrap();
     b.until(
@@ -565,7 +567,7 @@ async fn a_keyboard_user_reaches_every_control_and_each_form_does_its_job() {
     // A file dropped on the zone (a drag from the desktop, made with the same DragEvent):
     // a recording cut short, so the job ends done with a warning.
     let dropped = dir.path().join("dropped.m4a");
-    let whole = std::fs::read(common::fragmented("web_kbd_frag_4s.m4a", 4.0)).unwrap();
+    let whole = std::fs::read(crate::common::fragmented("web_kbd_frag_4s.m4a", 4.0)).unwrap();
     std::fs::write(&dropped, &whole[..whole.len() * 3 / 4]).unwrap();
     b.js(
         "const i = document.createElement('input'); i.type = 'file'; i.id = 'dnd-source'; \
@@ -670,7 +672,7 @@ async fn a_keyboard_user_reaches_every_control_and_each_form_does_its_job() {
         (bytes.len() > mp3s[0].len() + mp3s[1].len()).then_some(bytes)
     })
     .await;
-    let mut got: Vec<Vec<u8>> = common::files::zip_entries(dir.path(), &zip)
+    let mut got: Vec<Vec<u8>> = crate::common::files::zip_entries(dir.path(), &zip)
         .into_iter()
         .map(|(_, _, bytes)| bytes)
         .collect();

@@ -1,15 +1,13 @@
 //! The conversion engine, end to end on real files: every input variant the issue names,
 //! checked on content (decoded duration, rate, channels, tones, tags) with ffmpeg as oracle.
 
-mod common;
-
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{decode, dominant_hz, probe};
-use mp4tomp3::convert::{self, ConvertError, ConvertOptions, Hooks, Quality};
+use crate::media::{decode, dominant_hz, probe};
+use mp4tomp3_convert::{self as convert, ConvertError, ConvertOptions, Hooks, Quality};
 
 fn convert_to_vec(input: &Path, opts: &ConvertOptions) -> Result<(Vec<u8>, convert::Summary), ConvertError> {
     let mut out = Cursor::new(Vec::new());
@@ -83,7 +81,7 @@ fn check_with(input: &Path, rate: u32, channels: usize, hz: f64, decoder: Option
 
 #[test]
 fn stereo_aac_keeps_left_and_right_apart_with_tags_and_cbr_info_frame() {
-    let input = common::stereo_tagged();
+    let input = crate::media::stereo_tagged();
     let mp3 = check_with(&input, 44_100, 2, 440.0, Some("symphonia"));
     let decoded = decode(&mp3, 2);
     let right = dominant_hz(&decoded.planes[1], decoded.rate);
@@ -120,10 +118,10 @@ fn stereo_aac_keeps_left_and_right_apart_with_tags_and_cbr_info_frame() {
 
 #[test]
 fn video_mp4_moov_at_end_fast_start_and_fragmented_all_convert() {
-    let moov_at_end = common::video(5);
+    let moov_at_end = crate::media::video(5);
     check(&moov_at_end, 44_100, 2, 440.0);
-    let fast_start = common::fixture("video_faststart.mp4", |p| {
-        common::ffmpeg(&[
+    let fast_start = crate::media::fixture("video_faststart.mp4", |p| {
+        crate::media::ffmpeg(&[
             "-i",
             moov_at_end.to_str().unwrap(),
             "-c",
@@ -134,8 +132,8 @@ fn video_mp4_moov_at_end_fast_start_and_fragmented_all_convert() {
         ])
     });
     check(&fast_start, 44_100, 2, 440.0);
-    let fragmented = common::fixture("video_fragmented.mp4", |p| {
-        common::ffmpeg(&[
+    let fragmented = crate::media::fixture("video_fragmented.mp4", |p| {
+        crate::media::ffmpeg(&[
             "-i",
             moov_at_end.to_str().unwrap(),
             "-c",
@@ -146,8 +144,8 @@ fn video_mp4_moov_at_end_fast_start_and_fragmented_all_convert() {
         ])
     });
     check(&fragmented, 44_100, 2, 440.0);
-    let mov = common::fixture("video.mov", |p| {
-        common::ffmpeg(&["-i", moov_at_end.to_str().unwrap(), "-c", "copy", p])
+    let mov = crate::media::fixture("video.mov", |p| {
+        crate::media::ffmpeg(&["-i", moov_at_end.to_str().unwrap(), "-c", "copy", p])
     });
     check(&mov, 44_100, 2, 440.0);
 }
@@ -155,7 +153,7 @@ fn video_mp4_moov_at_end_fast_start_and_fragmented_all_convert() {
 #[test]
 fn mono_stays_mono_at_every_mp3_rate() {
     for rate in [8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000] {
-        let input = common::tone(&format!("mono_{rate}.m4a"), 440, rate, 3.0, 1, &["-c:a", "aac"]);
+        let input = crate::media::tone(&format!("mono_{rate}.m4a"), 440, rate, 3.0, 1, &["-c:a", "aac"]);
         check(&input, rate, 1, 440.0);
     }
 }
@@ -163,7 +161,7 @@ fn mono_stays_mono_at_every_mp3_rate() {
 #[test]
 fn rates_mp3_lacks_are_resampled_to_the_nearest() {
     for (rate, want) in [(96_000, 48_000), (88_200, 44_100), (64_000, 48_000), (7_350, 8_000)] {
-        let input = common::tone(&format!("mono_{rate}.m4a"), 440, rate, 3.0, 1, &["-c:a", "aac"]);
+        let input = crate::media::tone(&format!("mono_{rate}.m4a"), 440, rate, 3.0, 1, &["-c:a", "aac"]);
         // symphonia loses the rate of 96 kHz AAC, so that one must go through fdk-aac.
         let decoder = (rate == 96_000).then_some("fdk-aac");
         check_with(&input, want, 1, 440.0, decoder);
@@ -173,8 +171,8 @@ fn rates_mp3_lacks_are_resampled_to_the_nearest() {
 #[test]
 fn five_one_aac_is_downmixed_to_stereo() {
     // A different tone on each side: the downmix must keep them apart.
-    let input = common::fixture("five_one.m4a", |p| {
-        common::ffmpeg(&[
+    let input = crate::media::fixture("five_one.m4a", |p| {
+        crate::media::ffmpeg(&[
             "-f",
             "lavfi",
             "-i",
@@ -201,8 +199,8 @@ fn five_one_aac_is_downmixed_to_stereo() {
 
 #[test]
 fn five_one_alac_is_downmixed_by_our_matrix() {
-    let input = common::fixture("five_one_alac.m4a", |p| {
-        common::ffmpeg(&[
+    let input = crate::media::fixture("five_one_alac.m4a", |p| {
+        crate::media::ffmpeg(&[
             "-f",
             "lavfi",
             "-i",
@@ -228,19 +226,19 @@ fn five_one_alac_is_downmixed_by_our_matrix() {
 #[test]
 fn alac_mp3_in_mp4_and_pcm_mov_convert() {
     check(
-        &common::tone("alac.m4a", 440, 44_100, 3.0, 2, &["-c:a", "alac"]),
+        &crate::media::tone("alac.m4a", 440, 44_100, 3.0, 2, &["-c:a", "alac"]),
         44_100,
         2,
         440.0,
     );
     check(
-        &common::tone("mp3_in.mp4", 440, 44_100, 3.0, 2, &["-c:a", "libmp3lame"]),
+        &crate::media::tone("mp3_in.mp4", 440, 44_100, 3.0, 2, &["-c:a", "libmp3lame"]),
         44_100,
         2,
         440.0,
     );
     check(
-        &common::tone("pcm.mov", 440, 48_000, 3.0, 2, &["-c:a", "pcm_s16le"]),
+        &crate::media::tone("pcm.mov", 440, 48_000, 3.0, 2, &["-c:a", "pcm_s16le"]),
         48_000,
         2,
         440.0,
@@ -250,7 +248,7 @@ fn alac_mp3_in_mp4_and_pcm_mov_convert() {
 #[test]
 fn he_aac_v1_and_v2_decode_at_full_rate() {
     for v2 in [false, true] {
-        let input = common::he_aac(v2);
+        let input = crate::media::he_aac(v2);
         let mp3 = check_with(&input, 44_100, 2, 440.0, Some("fdk-aac"));
         // SBR really decoded: the core alone would be 22.05 kHz.
         assert_eq!(decode(&mp3, 2).rate, 44_100);
@@ -259,7 +257,7 @@ fn he_aac_v1_and_v2_decode_at_full_rate() {
 
 #[test]
 fn vbr_writes_a_xing_header_and_varies_the_bitrate() {
-    let input = common::stereo_tagged();
+    let input = crate::media::stereo_tagged();
     for q in [0, 4, 9] {
         let (bytes, _) = convert_to_vec(
             &input,
@@ -298,7 +296,7 @@ fn vbr_writes_a_xing_header_and_varies_the_bitrate() {
 
 #[test]
 fn every_standard_bitrate_is_honoured() {
-    let input = common::tone("bitrates.m4a", 440, 44_100, 2.0, 2, &["-c:a", "aac"]);
+    let input = crate::media::tone("bitrates.m4a", 440, 44_100, 2.0, 2, &["-c:a", "aac"]);
     for kbps in convert::STANDARD_BITRATES {
         let mp3 = convert_to_file(
             &input,
@@ -329,8 +327,8 @@ fn every_standard_bitrate_is_honoured() {
 
 #[test]
 fn track_option_picks_among_audio_tracks() {
-    let input = common::fixture("two_tracks.mp4", |p| {
-        common::ffmpeg(&[
+    let input = crate::media::fixture("two_tracks.mp4", |p| {
+        crate::media::ffmpeg(&[
             "-f",
             "lavfi",
             "-i",
@@ -403,7 +401,7 @@ fn typed_errors_for_bad_inputs() {
         "not_mp4"
     );
 
-    let plain_mp3 = common::tone("plain.mp3", 440, 44_100, 1.0, 1, &[]);
+    let plain_mp3 = crate::media::tone("plain.mp3", 440, 44_100, 1.0, 1, &[]);
     assert_eq!(
         convert_to_vec(&plain_mp3, &ConvertOptions::default())
             .unwrap_err()
@@ -411,8 +409,8 @@ fn typed_errors_for_bad_inputs() {
         "not_mp4"
     );
 
-    let silent_video = common::fixture("video_only.mp4", |p| {
-        common::ffmpeg(&[
+    let silent_video = crate::media::fixture("video_only.mp4", |p| {
+        crate::media::ffmpeg(&[
             "-f",
             "lavfi",
             "-i",
@@ -431,13 +429,13 @@ fn typed_errors_for_bad_inputs() {
         "no_audio_track"
     );
 
-    let ac3 = common::tone("ac3.mp4", 440, 48_000, 1.0, 2, &["-c:a", "ac3"]);
+    let ac3 = crate::media::tone("ac3.mp4", 440, 48_000, 1.0, 2, &["-c:a", "ac3"]);
     let err = convert_to_vec(&ac3, &ConvertOptions::default()).unwrap_err();
     assert_eq!(err.code(), "unsupported_codec");
     assert!(err.to_string().contains("AC-3"), "names the codec: {err}");
 
     // A fast-start file cut in the middle of its audio data.
-    let whole = std::fs::read(common::tone(
+    let whole = std::fs::read(crate::media::tone(
         "truncate_me.m4a",
         440,
         44_100,
@@ -461,7 +459,15 @@ fn typed_errors_for_bad_inputs() {
     );
 
     // Truncated inside the index of a file whose moov comes last.
-    let whole = std::fs::read(common::tone("truncate_moov.m4a", 440, 44_100, 4.0, 2, &["-c:a", "aac"])).unwrap();
+    let whole = std::fs::read(crate::media::tone(
+        "truncate_moov.m4a",
+        440,
+        44_100,
+        4.0,
+        2,
+        &["-c:a", "aac"],
+    ))
+    .unwrap();
     let cut = dir.path().join("cut_moov.m4a");
     std::fs::write(&cut, &whole[..whole.len() - 200]).unwrap();
     assert_eq!(
@@ -478,7 +484,7 @@ fn typed_errors_for_bad_inputs() {
 
 #[test]
 fn a_few_corrupt_packets_become_silence_but_mostly_corrupt_input_fails() {
-    let input = common::tone(
+    let input = crate::media::tone(
         "corruptible.m4a",
         440,
         44_100,
@@ -529,7 +535,7 @@ fn a_few_corrupt_packets_become_silence_but_mostly_corrupt_input_fails() {
 
 #[test]
 fn too_long_inputs_are_refused() {
-    let input = common::tone("six_secs.m4a", 440, 44_100, 6.0, 1, &["-c:a", "aac"]);
+    let input = crate::media::tone("six_secs.m4a", 440, 44_100, 6.0, 1, &["-c:a", "aac"]);
     let opts = ConvertOptions {
         max_duration: Some(std::time::Duration::from_secs(5)),
         ..Default::default()
@@ -545,7 +551,7 @@ fn too_long_inputs_are_refused() {
 
 #[test]
 fn progress_rises_to_one_and_cancel_stops_between_packets() {
-    let input = common::video(20);
+    let input = crate::media::video(20);
     let seen = Mutex::new(Vec::new());
     let progress = |f: f64| seen.lock().unwrap().push(f);
     let mut out = Cursor::new(Vec::new());
@@ -596,7 +602,7 @@ fn progress_rises_to_one_and_cancel_stops_between_packets() {
 
 #[test]
 fn non_seekable_input_is_spooled() {
-    let input = common::stereo_tagged();
+    let input = crate::media::stereo_tagged();
     let file = convert::spool(std::fs::File::open(&input).unwrap()).unwrap();
     let mut out = Cursor::new(Vec::new());
     let summary = convert::convert(file, &mut out, &ConvertOptions::default(), Hooks::default()).unwrap();
@@ -606,8 +612,8 @@ fn non_seekable_input_is_spooled() {
 
 /// 45 s: a 440 Hz tone with pink noise on the left, 880 Hz on the right, tagged.
 fn long_stereo() -> std::path::PathBuf {
-    common::fixture("long_stereo_45s_seed7.m4a", |p| {
-        common::ffmpeg(&[
+    crate::media::fixture("long_stereo_45s_seed7.m4a", |p| {
+        crate::media::ffmpeg(&[
             "-f",
             "lavfi",
             "-i",
@@ -673,15 +679,15 @@ fn long_cbr_inputs_are_encoded_in_two_halves_equivalent_to_one_piece() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let a = common::decode(split.path(), 2);
-    let b = common::decode(whole.path(), 2);
+    let a = crate::media::decode(split.path(), 2);
+    let b = crate::media::decode(whole.path(), 2);
     assert_eq!(
         a.planes[0].len(),
         b.planes[0].len(),
         "same sample count as the one-piece encoding"
     );
     assert!((a.secs() - 45.0).abs() < 0.001, "{} s", a.secs());
-    assert_eq!(common::probe(split.path())["format"]["tags"]["title"], "Halves");
+    assert_eq!(crate::media::probe(split.path())["format"]["tags"]["title"], "Halves");
 
     // Both encodings are judged against the source. The halves must cost nothing: their error
     // is within 0.5 dB of the one-piece error, over the whole file and over B's half alone. The
@@ -689,7 +695,7 @@ fn long_cbr_inputs_are_encoded_in_two_halves_equivalent_to_one_piece() {
     // differ from the one-piece encoder's), so they are compared with each other only loosely:
     // they must agree far better (8 dB) than either agrees with the source. A half shifted by
     // even one sample fails both; a click at the seam fails the window check below.
-    let source = common::decode(&input, 2);
+    let source = crate::media::decode(&input, 2);
     let n = a.planes[0].len().min(source.planes[0].len());
     let within = |e: f64, reference: f64| e <= reference * 10f64.powf(0.5 / 20.0);
     for ch in [0, 1] {
@@ -724,5 +730,5 @@ fn long_cbr_inputs_are_encoded_in_two_halves_equivalent_to_one_piece() {
     }
     // The right channel's tone (the left one is noisy) is intact in B's half.
     let right = &a.planes[1][a.planes[1].len() * 3 / 4..];
-    assert!((common::dominant_hz(right, a.rate) - 880.0).abs() < 3.0);
+    assert!((crate::media::dominant_hz(right, a.rate) - 880.0).abs() < 3.0);
 }

@@ -2,17 +2,15 @@
 //! real Pod JSON for list and watch (added, modified to running, deleted), and API faults
 //! (500s, a dropped watch, 410 Gone).
 
-mod common;
-
 use std::time::Duration;
 
-use common::kube_stub::{Fault, Stub, pod};
-use common::service::{Node, free_port, poll};
+use crate::common::kube_stub::{Fault, Stub, pod};
+use crate::common::service::{Node, free_port, poll};
 use serde_json::json;
 
 /// The nodes a node's `/v1/cluster` lists as up.
 async fn members(node: &Node) -> Vec<String> {
-    let all = common::service::cluster_members(node).await;
+    let all = crate::common::service::cluster_members(node).await;
     all.into_iter()
         .filter(|(_, state)| state == "up")
         .map(|(node, _)| node)

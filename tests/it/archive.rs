@@ -1,10 +1,8 @@
 //! Several MP3s as one streamed ZIP (`/v1/jobs/archive`), from jobs on two nodes, read
 //! back by Python's zipfile (not our code).
 
-mod common;
-
-use common::api::Api;
-use common::service::ADMIN;
+use crate::common::api::Api;
+use crate::common::service::ADMIN;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -13,20 +11,20 @@ const BOB: (&str, &str) = ("bob@example.com", "bob-password-1");
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zip_of_jobs_on_two_nodes_holds_each_mp3_once_under_unique_names() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = common::service::cluster(dir.path(), &[1, 1]).await;
+    let nodes = crate::common::service::cluster(dir.path(), &[1, 1]).await;
     let (a, b) = (Api::new(&nodes[0]), Api::new(&nodes[1]));
     let admin = a.login(ADMIN.0, ADMIN.1).await;
     b.create_user(&admin, BOB.0, BOB.1).await;
     let (bob_a, bob_b) = (a.login_soon(BOB.0, BOB.1).await, b.login(BOB.0, BOB.1).await);
     let talk = dir.path().join("talk.m4a");
     std::fs::copy(
-        common::tone("archive_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]),
+        crate::common::tone("archive_1s.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]),
         &talk,
     )
     .unwrap();
     let other = dir.path().join("Other.m4a");
     std::fs::copy(
-        common::tone("archive_2s.m4a", 660, 44100, 2.0, 2, &["-c:a", "aac"]),
+        crate::common::tone("archive_2s.m4a", 660, 44100, 2.0, 2, &["-c:a", "aac"]),
         &other,
     )
     .unwrap();
@@ -68,7 +66,7 @@ async fn a_zip_of_jobs_on_two_nodes_holds_each_mp3_once_under_unique_names() {
     assert_eq!(r.status(), StatusCode::OK);
     let by_body = r.bytes().await.unwrap().to_vec();
     for zip in [&by_query, &by_body] {
-        let got = common::files::zip_entries(dir.path(), zip);
+        let got = crate::common::files::zip_entries(dir.path(), zip);
         let names: Vec<&str> = got.iter().map(|(n, ..)| n.as_str()).collect();
         assert_eq!(names, ["talk.mp3", "Other.mp3", "talk (2).mp3"]);
         for ((_, kind, bytes), mp3) in got.iter().zip(&mp3s) {

@@ -3,13 +3,11 @@
 //! accepted is kept, done jobs still download, deletes free space, a conversion that runs
 //! out of space waits for room instead of failing, and the free space is reported.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, Node, poll};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, Node, poll};
 use reqwest::StatusCode;
 
 /// A tmpfs of `mib` MiB at `at`, unmounted on drop.
@@ -66,7 +64,7 @@ async fn a_full_volume_refuses_new_files_keeps_the_old_and_recovers() {
     let node = Node::start(&data, &["--min-free-bytes", &reserve, "--converter-slots", "1"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("storage.m4a", 440, 22_050, 3.0, 1, &["-c:a", "aac"]);
+    let input = crate::common::tone("storage.m4a", 440, 22_050, 3.0, 1, &["-c:a", "aac"]);
     let done = api.upload(&token, &input).await;
     let done_id = done["id"].as_str().unwrap().to_string();
     assert_eq!(api.finished(&token, &done_id).await["state"], "done");
@@ -139,7 +137,7 @@ async fn a_conversion_that_runs_out_of_space_waits_for_room_instead_of_failing()
     let mut node = Node::start(&data, &["--min-free-bytes", "0", "--converter-slots", "0"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("storage_long.m4a", 440, 22_050, 20.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("storage_long.m4a", 440, 22_050, 20.0, 2, &["-c:a", "aac"]);
     let job = api.upload(&token, &input).await;
     let id = job["id"].as_str().unwrap().to_string();
     node.kill9();
@@ -157,7 +155,7 @@ async fn a_conversion_that_runs_out_of_space_waits_for_room_instead_of_failing()
     let finished = api.finished(&token, &id).await;
     assert_eq!(finished["state"], "done", "{finished}");
     let mp3 = api.mp3(&token, &id).await;
-    assert!((common::mp3_seconds(dir.path(), &mp3) - 20.0).abs() < 0.1);
+    assert!((crate::common::mp3_seconds(dir.path(), &mp3) - 20.0).abs() < 0.1);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -175,7 +173,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_conversion_is_placed_on_a_node_under_its_reserve() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = [common::service::free_port(), common::service::free_port()];
+    let ports = [crate::common::service::free_port(), crate::common::service::free_port()];
     let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
     let start = |name: &'static str, i: usize, slots: &'static str, reserve: &'static str| {
         let (data, listen, peers) = (
@@ -222,7 +220,7 @@ async fn no_conversion_is_placed_on_a_node_under_its_reserve() {
     })
     .await;
     assert!(low["storage"]["free_bytes"].as_u64().unwrap() > 0, "{low}");
-    let input = common::tone("storage_cluster.m4a", 440, 22_050, 2.0, 1, &["-c:a", "aac"]);
+    let input = crate::common::tone("storage_cluster.m4a", 440, 22_050, 2.0, 1, &["-c:a", "aac"]);
     let id = api.upload(&token, &input).await["id"].as_str().unwrap().to_string();
     // Several dispatch rounds (every 2 s) pass without placing it on node-b.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -245,7 +243,7 @@ async fn ended_jobs_lose_their_input_at_once_and_everything_after_the_retention_
     let node = Node::start(&data, &["--retention", "4s"]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let input = common::tone("retention_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("retention_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
     let id = api.upload(&token, &input).await["id"].as_str().unwrap().to_string();
     let done = api.finished(&token, &id).await;
     assert_eq!(done["state"], "done", "{done}");

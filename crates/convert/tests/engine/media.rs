@@ -1,18 +1,11 @@
-//! Fixtures and analysis shared by the integration tests.
+//! Media fixtures and analysis shared by the engine's tests and the service's (which
+//! include this file as `tests/it/common/media.rs`).
 //!
 //! Fixtures are made at test time with ffmpeg (a test oracle, never used by the product)
 //! and, for HE-AAC, which Debian's ffmpeg cannot encode, with fdk-aac. They are cached under
 //! cargo's per-target temp dir, so each is generated once per build directory.
 
 #![allow(dead_code, unreachable_pub)]
-
-pub mod api;
-pub mod browser;
-pub mod files;
-pub mod kube_stub;
-pub mod receiver;
-pub mod service;
-pub mod sse;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

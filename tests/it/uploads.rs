@@ -1,21 +1,19 @@
 //! Resumable uploads (tus 1.0.0) at /v1/uploads, driven by the tus project's own Python
 //! client (tuspy) and by hand for the protocol's refusals.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, Node, poll};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, Node, poll};
 use reqwest::StatusCode;
 
 /// A valid M4A (2 s of tone) followed by a `free` box of `extra` pseudo-random bytes: a big
 /// file that converts quickly, and whose every byte matters for the identity check.
 fn big_input(dir: &Path, extra: u64, seed: u64) -> PathBuf {
-    let tone = common::tone("uploads_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
+    let tone = crate::common::tone("uploads_2s.m4a", 440, 44100, 2.0, 2, &["-c:a", "aac"]);
     let path = dir.join(format!("big-{extra}.m4a"));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     out.write_all(&std::fs::read(tone).unwrap()).unwrap();
@@ -225,7 +223,7 @@ async fn an_upload_cut_at_random_points_and_across_a_server_kill_resumes_to_an_i
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_sent_through_another_node_is_stored_on_the_node_that_created_it() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = common::service::cluster_with(dir.path(), &[1, 1], &["--keep-inputs"]).await;
+    let nodes = crate::common::service::cluster_with(dir.path(), &[1, 1], &["--keep-inputs"]).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let (api_a, api_b) = (Api::new(a), Api::new(b));
     let token_a = api_a.login(ADMIN.0, ADMIN.1).await;
@@ -316,7 +314,7 @@ async fn an_upload_sent_through_another_node_is_stored_on_the_node_that_created_
     // A keyed upload finished on A, created again with the same key through B (a client
     // whose answer was lost, retrying on another pod): B answers A's upload and job, and
     // makes no second job.
-    let clip = common::tone("keyed-tus.m4a", 440, 44100, 1.0, 2, &[]);
+    let clip = crate::common::tone("keyed-tus.m4a", 440, 44100, 1.0, 2, &[]);
     let bytes = std::fs::read(&clip).unwrap();
     let create = |api: &Api, token: &str| {
         tus(api, reqwest::Method::POST, &api.url("/v1/uploads"), token)
@@ -605,7 +603,7 @@ async fn a_used_idempotency_key_answers_its_job_first_on_every_route() {
     let node = Node::start(&dir.path().join("a"), &[]).await;
     let api = Api::new(&node);
     let token = api.login(ADMIN.0, ADMIN.1).await;
-    let file = common::tone("keys_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    let file = crate::common::tone("keys_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
     let first = api.upload_as("/v1/jobs", &token, &file, Some("k-1")).await;
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     let id = first.json::<serde_json::Value>().await.unwrap()["id"]

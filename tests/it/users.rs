@@ -1,14 +1,12 @@
 //! Users can be removed, and a password change or removal revokes their tokens on every
 //! node (issue: hostile clients and full disks, item 8).
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::api::Api;
-use common::service::{ADMIN, Node, free_port, poll};
+use crate::common::api::Api;
+use crate::common::service::{ADMIN, Node, free_port, poll};
 use reqwest::StatusCode;
 
 /// `mp4tomp3 user ARGS... --data-dir DATA`, with `stdin`: (exit code, stderr).
@@ -123,7 +121,7 @@ async fn a_password_change_or_removal_revokes_tokens_and_removal_deletes_the_job
     let admin = api.login(ADMIN.0, ADMIN.1).await;
     api.create_user(&admin, "bob@example.com", "bob-password-1").await;
     let old = api.login("bob@example.com", "bob-password-1").await;
-    let input = common::tone("users.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
+    let input = crate::common::tone("users.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
     let job = api.upload(&old, &input).await;
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(api.finished(&old, &id).await["state"], "done");
@@ -251,7 +249,7 @@ async fn removing_a_user_on_one_node_revokes_and_deletes_on_the_others() {
         "the other session goes on"
     );
     // A job dee owns on node-b.
-    let input = common::tone("users_b.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
+    let input = crate::common::tone("users_b.m4a", 440, 22_050, 1.0, 1, &["-c:a", "aac"]);
     let id = b.upload(&token, &input).await["id"].as_str().unwrap().to_string();
     assert_eq!(b.finished(&token, &id).await["state"], "done");
     assert_eq!(

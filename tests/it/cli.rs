@@ -1,7 +1,5 @@
 //! `mp4tomp3 convert` as a user runs it: the real binary, real files, exit codes and stderr.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -61,7 +59,7 @@ fn assert_fixtures_corrupt(cases: &[(&str, &str)]) {
 
 fn copy_fixture(dir: &Path, name: &str) -> std::path::PathBuf {
     let to = dir.join(name);
-    std::fs::copy(common::stereo_tagged(), &to).unwrap();
+    std::fs::copy(crate::common::stereo_tagged(), &to).unwrap();
     to
 }
 
@@ -77,7 +75,7 @@ fn converts_next_to_the_input_and_refuses_to_overwrite_without_force() {
         stderr(&out)
     );
     let mp3 = dir.path().join("song.mp3");
-    let decoded = common::decode(&mp3, 2);
+    let decoded = crate::common::decode(&mp3, 2);
     assert!((decoded.secs() - 5.0).abs() < 0.05);
 
     let before = std::fs::read(&mp3).unwrap();
@@ -143,7 +141,7 @@ fn bad_input_is_one_line_and_exit_2_and_leaves_no_file() {
         "cannot write",
     );
     assert_bad_input(&run(&["convert"]), "required");
-    let ac3 = common::tone("ac3.mp4", 440, 48_000, 1.0, 2, &["-c:a", "ac3"]);
+    let ac3 = crate::common::tone("ac3.mp4", 440, 48_000, 1.0, 2, &["-c:a", "ac3"]);
     assert_bad_input(
         &run(&[
             "convert",
@@ -158,7 +156,7 @@ fn bad_input_is_one_line_and_exit_2_and_leaves_no_file() {
 #[test]
 fn a_damaged_input_gives_a_partial_mp3_with_one_warning_or_exit_2_with_strict() {
     let dir = tempfile::tempdir().unwrap();
-    let whole = std::fs::read(common::fragmented("cli_cut_frag_10s.m4a", 10.0)).unwrap();
+    let whole = std::fs::read(crate::common::fragmented("cli_cut_frag_10s.m4a", 10.0)).unwrap();
     // Cut short (a download that stopped): what is there converts, and stderr says how much.
     let cut = dir.path().join("cut.m4a");
     std::fs::write(&cut, &whole[..whole.len() * 6 / 10]).unwrap();
@@ -170,7 +168,7 @@ fn a_damaged_input_gives_a_partial_mp3_with_one_warning_or_exit_2_with_strict() 
         err.starts_with("mp4tomp3: warning: recovered ") && err.ends_with(" s (the file ends early)\n"),
         "{err:?}"
     );
-    let secs = common::duration(&dir.path().join("cut.mp3"));
+    let secs = crate::common::duration(&dir.path().join("cut.mp3"));
     assert!((4.5..7.0).contains(&secs), "about 60 % of 10 s: {secs}");
     let stated: f64 = err["mp4tomp3: warning: recovered ".len()..]
         .split(' ')
@@ -213,7 +211,7 @@ fn a_file_with_its_index_at_the_end_cut_a_few_bytes_short_converts_whole() {
     // box's payload (the encoder tag), its sample tables whole. The missing bytes read as
     // zeros (as ffmpeg does), so every sample converts; a deep cut stays `truncated_media`.
     let dir = tempfile::tempdir().unwrap();
-    let input = common::tone("cli_moov_at_end_30s.m4a", 440, 44100, 30.0, 2, &[]);
+    let input = crate::common::tone("cli_moov_at_end_30s.m4a", 440, 44100, 30.0, 2, &[]);
     let whole = std::fs::read(&input).unwrap();
     let moov_at = whole.windows(4).rposition(|w| w == b"moov").unwrap() - 4;
     let mdat_at = whole.windows(4).position(|w| w == b"mdat").unwrap() - 4;
@@ -223,7 +221,7 @@ fn a_file_with_its_index_at_the_end_cut_a_few_bytes_short_converts_whole() {
         std::fs::write(&cut, &whole[..whole.len() - cut_by]).unwrap();
         let out = run(&["convert", cut.to_str().unwrap(), "--strict"]);
         assert!(out.status.success(), "cut by {cut_by}: {}", stderr(&out));
-        let secs = common::duration(&dir.path().join(format!("cut{cut_by}.mp3")));
+        let secs = crate::common::duration(&dir.path().join(format!("cut{cut_by}.mp3")));
         assert!((secs - 30.0).abs() < 0.06, "cut by {cut_by}: {secs} s");
     }
     let deep = dir.path().join("deep.m4a");
@@ -312,12 +310,12 @@ fn a_table_of_billions_of_constant_size_samples_ends_in_corrupt_media() {
 #[test]
 fn stdin_and_stdout_work() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(common::stereo_tagged()).unwrap();
+    let bytes = std::fs::read(crate::common::stereo_tagged()).unwrap();
     let out_path = dir.path().join("piped.mp3");
 
     let out = run_with_stdin(&["convert", "-", "-o", out_path.to_str().unwrap()], &bytes);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!((common::decode(&out_path, 2).secs() - 5.0).abs() < 0.05);
+    assert!((crate::common::decode(&out_path, 2).secs() - 5.0).abs() < 0.05);
 
     let out = run_with_stdin(&["convert", "-", "-o", "-"], &bytes);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -367,8 +365,8 @@ fn peak_rss_kib(input: &Path, out: &Path) -> i64 {
 
 #[test]
 fn memory_does_not_grow_with_the_input_length() {
-    let short = common::tone("rss_20s.m4a", 440, 44_100, 20.0, 2, &["-c:a", "aac"]);
-    let long = common::tone("rss_600s.m4a", 440, 44_100, 600.0, 2, &["-c:a", "aac"]);
+    let short = crate::common::tone("rss_20s.m4a", 440, 44_100, 20.0, 2, &["-c:a", "aac"]);
+    let long = crate::common::tone("rss_600s.m4a", 440, 44_100, 600.0, 2, &["-c:a", "aac"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.mp3");
     let short_kib = peak_rss_kib(&short, &out);
@@ -460,7 +458,7 @@ fn a_recovery_of_nothing_but_silence_is_corrupt_media_and_genuine_silence_conver
     // An undamaged track of digital silence is audio like any other.
     let dir = tempfile::tempdir().unwrap();
     let silent = dir.path().join("silent.m4a");
-    common::ffmpeg(&[
+    crate::common::ffmpeg(&[
         "-f",
         "lavfi",
         "-i",
@@ -475,4 +473,18 @@ fn a_recovery_of_nothing_but_silence_is_corrupt_media_and_genuine_silence_conver
     let out = run(&["convert", silent.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out_path.metadata().unwrap().len() > 1000);
+}
+
+#[test]
+fn a_panic_inside_symphonia_is_one_line_and_exit_2() {
+    // The input of the engine's hostile::a_panic_inside_symphonia_becomes_corrupt_media
+    // (symphonia's MediaSourceStream asserts on it), committed; the engine's test checks the
+    // typed error, this one the CLI's answer.
+    let out = bin()
+        .args(["convert", &committed_fixture("symphonia_assertion.mp4")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
 }

@@ -3,12 +3,10 @@
 //! Runs one node in this test process (ractor's registry is process-global, so this file
 //! holds a single test) and kills its actors by name.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::service::{ADMIN, JWT_SECRET, poll};
 use clap::Parser;
-use common::service::{ADMIN, JWT_SECRET, poll};
 use mp4tomp3::cli::{Cli, Command};
 use mp4tomp3::config::Config;
 use serde_json::Value;
@@ -81,7 +79,7 @@ async fn killed_actors_are_restarted_and_the_service_keeps_working() {
     }
 
     // Kill the request actor with a job in flight: the restarted actor resumes it.
-    let input = common::video(30);
+    let input = crate::common::video(30);
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(std::fs::read(&input).unwrap()).file_name("v.mp4"),

@@ -1,15 +1,13 @@
 //! Multi-process cluster tests: real binaries on 127.0.0.x, static discovery.
 
-mod common;
-
 use std::time::Duration;
 
-use common::service::{ADMIN, Node, free_port, poll};
+use crate::common::service::{ADMIN, Node, free_port, poll};
 use serde_json::Value;
 
 /// The (node, state) pairs a node's `/v1/cluster` lists.
 async fn members(node: &Node) -> Vec<(String, String)> {
-    common::service::cluster_members(node).await
+    crate::common::service::cluster_members(node).await
 }
 
 fn up(names: &[&str]) -> Vec<(String, String)> {
@@ -47,7 +45,7 @@ async fn three_nodes_form_a_mesh_fence_a_frozen_peer_drop_a_dead_one_and_refuse_
     }
 
     // Each member shows the round-trip time of its last heartbeat.
-    let api = common::api::Api::new(&a);
+    let api = crate::common::api::Api::new(&a);
     let token = api.login(ADMIN.0, ADMIN.1).await;
     let view = api.get_json(&token, "/v1/cluster").await;
     for m in view["members"].as_array().unwrap() {
@@ -158,7 +156,7 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
         .await
         .unwrap();
 
-    let input = common::tone("cluster_440.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
+    let input = crate::common::tone("cluster_440.m4a", 440, 44100, 8.0, 2, &["-c:a", "aac"]);
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(std::fs::read(&input).unwrap()).file_name("tone.m4a"),
@@ -251,7 +249,7 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owner_means_503() {
 
     // An Idempotency-Key holds across nodes: the retry that the load balancer sends to b
     // gets a's job (200, its upload not kept), and the key is the user's own.
-    let (api_a, api_b) = (common::api::Api::new(&a), common::api::Api::new(&b));
+    let (api_a, api_b) = (crate::common::api::Api::new(&a), crate::common::api::Api::new(&b));
     let first = api_a.upload_as("/v1/jobs", &token, &input, Some("retry-1")).await;
     assert_eq!(first.status(), reqwest::StatusCode::ACCEPTED);
     let keyed = first.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
@@ -653,12 +651,12 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
     // 4. A name claimed without the cookie takes nobody down: connections to b that send
     //    a's name and close (the plain mesh; with mutual TLS they cannot get that far).
     if !tls {
-        let view = common::api::Api::new(&b);
+        let view = crate::common::api::Api::new(&b);
         let token = view.login(ADMIN.0, ADMIN.1).await;
         let cluster = view.get_json(&token, "/v1/cluster").await;
         let a_name = cluster["members"][0]["incarnation"].as_str().unwrap().to_string();
         let a_address = format!("127.0.0.2:{}", ports[0]);
-        let input = common::tone("cluster_port_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+        let input = crate::common::tone("cluster_port_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
         let downs = || b.log_text().lines().filter(|l| l.contains("node down")).count();
         let downs_before = downs();
         for round in 0..10 {
