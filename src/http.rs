@@ -33,7 +33,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use tokio_util::sync::CancellationToken;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 use crate::actors::auth::AuthMsg;
 use crate::actors::request::events::Events;
@@ -125,11 +125,7 @@ pub fn router(state: AppState) -> Router {
 
 /// `404 no_route`: no such path (told apart from `not_found`, a missing job on a real route).
 async fn no_route() -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "no_route",
-        "no such route; see /openapi.json",
-    )
+    ApiError::new(ErrorCode::NoRoute, "no such route; see /openapi.json")
 }
 
 /// Refuses a request with more than one `Authorization` header (`400`): which one counts
@@ -137,7 +133,7 @@ async fn no_route() -> ApiError {
 async fn one_authorization(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     if request.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
         use axum::response::IntoResponse;
-        return ApiError::bad_request("invalid_request", "send exactly one Authorization header").into_response();
+        return ApiError::new(ErrorCode::InvalidRequest, "send exactly one Authorization header").into_response();
     }
     next.run(request).await
 }

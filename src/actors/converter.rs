@@ -87,9 +87,9 @@ impl ConvertTask {
                         warnings: produced.warnings.unwrap_or_default(),
                         ..piece
                     },
-                    Err((error_code, error_message)) => host::Piece {
-                        error_code,
-                        error_message,
+                    Err(failure) => host::Piece {
+                        error_code: failure.code().to_string(),
+                        error_message: failure.message(),
                         ..piece
                     },
                 }))
@@ -98,8 +98,64 @@ impl ConvertTask {
     }
 }
 
-/// How a conversion ended: what it produced, or `Err((code, message))` for a failed job.
-pub type Outcome = Result<Produced, (String, String)>;
+/// How a conversion ended: what it produced, or why not.
+pub type Outcome = Result<Produced, Failure>;
+
+/// The failure code of a conversion that found the data volume full (on the wire between
+/// nodes, in a result piece's `error_code`).
+pub const NO_SPACE: &str = "no_space";
+
+/// Why a conversion made no MP3.
+#[derive(Debug)]
+pub enum Failure {
+    /// The data volume is full: not the job's fault; its owner queues it again
+    /// (request/storage.rs).
+    NoSpace(String),
+    /// Reading the input or writing the MP3 failed (`io_error`).
+    Io(String),
+    /// The input, or the encoder: the engine's typed error.
+    Media(convert::ConvertError),
+    /// The conversion panicked (`internal_error`).
+    Crashed,
+    /// A conversion on another node failed with this job failure code and message.
+    Remote {
+        /// Its code (`corrupt_media`, `io_error`, ...).
+        code: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl Failure {
+    /// A failure as another node reported it (a result piece's code and message).
+    pub fn from_wire(code: String, message: String) -> Failure {
+        if code == NO_SPACE {
+            Failure::NoSpace(message)
+        } else {
+            Failure::Remote { code, message }
+        }
+    }
+
+    /// The job failure code the job records (and the wire carries).
+    pub fn code(&self) -> &str {
+        match self {
+            Failure::NoSpace(_) => NO_SPACE,
+            Failure::Io(_) => "io_error",
+            Failure::Crashed => "internal_error",
+            Failure::Media(e) => e.code(),
+            Failure::Remote { code, .. } => code,
+        }
+    }
+
+    /// What a person reads.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::NoSpace(m) | Failure::Io(m) | Failure::Remote { message: m, .. } => m.clone(),
+            Failure::Media(e) => e.to_string(),
+            Failure::Crashed => "the converter crashed on this input".to_string(),
+        }
+    }
+}
 
 /// The converter's messages.
 pub enum ConverterMsg {
@@ -194,12 +250,11 @@ impl Actor for ConverterActor {
                     let id = task.id.clone();
                     let attempt = task.attempt;
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&task, &cancel)))
-                        .unwrap_or_else(|_| {
-                            Err(("internal_error".into(), "the converter crashed on this input".into()))
-                        });
+                        .unwrap_or(Err(Failure::Crashed));
                     match &outcome {
                         Ok(p) => tracing::info!(job_id = %id, attempt, warnings = p.warnings, "converted"),
-                        Err((code, message)) => {
+                        Err(failure) => {
+                            let (code, message) = (failure.code(), failure.message());
                             tracing::info!(job_id = %id, attempt, code, message, "conversion failed")
                         }
                     }
@@ -243,12 +298,12 @@ pub async fn start(task: ConvertTask) -> bool {
 fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
     // A full disk is not the job's fault: the owner queues it again (request/storage.rs).
     let internal = |what: &str, e: &std::io::Error| {
-        let code = if e.kind() == std::io::ErrorKind::StorageFull {
-            crate::actors::request::NO_SPACE
+        let message = format!("{what}: {e}");
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            Failure::NoSpace(message)
         } else {
-            "io_error"
-        };
-        (code.to_string(), format!("{what}: {e}"))
+            Failure::Io(message)
+        }
     };
     let input = std::fs::File::open(&task.input).map_err(|e| internal("cannot open the input", &e))?;
     let dir = task.output.parent().unwrap_or(std::path::Path::new("."));
@@ -290,6 +345,6 @@ fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
             })
         }
         Err(convert::ConvertError::Io(e)) => Err(internal("I/O error while converting", &e)),
-        Err(e) => Err((e.code().to_string(), e.to_string())),
+        Err(e) => Err(Failure::Media(e)),
     }
 }

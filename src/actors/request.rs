@@ -18,7 +18,7 @@ use self::dispatch::Placement;
 use self::events::{Events, Kind};
 use self::placement::PlaceError;
 use self::uploads::UploadCall;
-use super::converter::{Outcome, host};
+use super::converter::{Failure, Outcome, host};
 use super::notifier::NotifierMsg;
 use super::{Role, tell};
 use crate::auth::Principal;
@@ -37,8 +37,6 @@ pub mod placement;
 pub mod quota;
 mod storage;
 pub mod uploads;
-
-pub use self::storage::NO_SPACE;
 
 /// How often queued work is re-checked even without a wake-up.
 const DISPATCH_EVERY: Duration = Duration::from_secs(2);
@@ -456,9 +454,10 @@ impl RequestState {
         let finished = self
             .db
             .run(move |s| {
+                let message = outcome.as_ref().err().map(Failure::message).unwrap_or_default();
                 let ended = match &outcome {
                     Ok(produced) => Ok(produced),
-                    Err((code, message)) => Err((code.as_str(), message.as_str())),
+                    Err(failure) => Err((failure.code(), message.as_str())),
                 };
                 s.finish(&key, attempt, ended)
             })
@@ -661,7 +660,7 @@ impl Actor for RequestActor {
             }
             RequestMsg::Converted { id, attempt, outcome } => {
                 match outcome {
-                    Err((code, message)) if code == storage::NO_SPACE => {
+                    Err(Failure::NoSpace(message)) => {
                         state.no_space(&myself, id, attempt, &message);
                     }
                     outcome => state.converted(id, attempt, outcome).await?,
@@ -723,7 +722,7 @@ impl Actor for RequestActor {
                     .and_then(|r| r);
                 let outcome = adopted
                     .map(|()| produced)
-                    .map_err(|e| ("io_error".to_string(), format!("cannot store the MP3: {e}")));
+                    .map_err(|e| Failure::Io(format!("cannot store the MP3: {e}")));
                 let _ = reply.send(true);
                 state.converted(id, attempt, outcome).await?;
                 state.dispatch(&myself).await?;

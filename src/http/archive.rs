@@ -16,8 +16,8 @@ use async_zip::{Compression, ZipEntryBuilder};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query, State};
+use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
 use futures_util::io::AsyncWriteExt;
@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unavailable};
-use super::{ApiError, AppState, Authed, route};
+use super::{ApiError, AppState, Authed, ErrorCode, route};
 use crate::auth::Principal;
 use crate::store::{JobId, JobState};
 
@@ -76,7 +76,7 @@ async fn by_query(
     Authed(who): Authed,
     query: Result<Query<ArchiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let ids: Vec<String> = q.ids.split(',').map(str::to_string).collect();
     archive(state, who, ids).await
 }
@@ -120,18 +120,17 @@ async fn archive(state: AppState, who: Principal, raw: Vec<String>) -> Result<Re
     let mut seen = HashSet::new();
     let mut ids = Vec::new();
     for raw in raw.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        let id = JobId::parse(raw)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such job: {raw}")))?;
+        let id = JobId::parse(raw).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no such job: {raw}")))?;
         if seen.insert(id.clone()) {
             ids.push(id);
         }
     }
     if ids.is_empty() {
-        return Err(ApiError::bad_request("invalid_request", "name at least one job"));
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "name at least one job"));
     }
     if ids.len() > MAX_JOBS {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!("at most {MAX_JOBS} jobs in one archive"),
         ));
     }
@@ -141,16 +140,15 @@ async fn archive(state: AppState, who: Principal, raw: Vec<String>) -> Result<Re
     let mut names = HashSet::new();
     for (id, job) in ids.iter().zip(futures_util::future::join_all(checks).await) {
         let job = job.map_err(|e| {
-            if e.code == "not_found" {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such job: {id}"))
+            if e.code == ErrorCode::NotFound {
+                ApiError::new(ErrorCode::NotFound, format!("no such job: {id}"))
             } else {
                 e
             }
         })?;
         if job.state != JobState::Done {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_done",
+                ErrorCode::NotDone,
                 format!("job {id} is {}, not done", job.state),
             ));
         }

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use super::openapi::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooManyRequests, Unauthorized, Unavailable, Unprocessable,
 };
-use super::{ApiError, AppState, Authed};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::auth::{AuthMsg, Issued};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 
@@ -204,8 +204,7 @@ async fn change_user(
     let Json(body) = body.map_err(ApiError::json)?;
     if email.trim().eq_ignore_ascii_case(&who.email) && !body.admin {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            ErrorCode::Conflict,
             "an admin cannot take their own admin rights",
         ));
     }
@@ -246,8 +245,7 @@ async fn remove_user(Authed(who): Authed, Path(email): Path<String>) -> Result<S
     }
     if email.trim().eq_ignore_ascii_case(&who.email) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            ErrorCode::Conflict,
             "an admin cannot remove their own account",
         ));
     }

@@ -14,7 +14,7 @@ use tower_http::services::ServeFile;
 
 use super::openapi::{Conflict, NotFound, Unauthorized, Unavailable};
 use super::route::At;
-use super::{ApiError, AppState, Authed};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::request::{Mp3File, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
@@ -74,12 +74,8 @@ pub(super) async fn serve(
         .await
         .map_err(ApiError::internal)?;
     if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-        let mut refused = ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
-            "the range is outside the file",
-        )
-        .into_response();
+        let mut refused =
+            ApiError::new(ErrorCode::RangeNotSatisfiable, "the range is outside the file").into_response();
         if let Some(range) = response.headers().get(CONTENT_RANGE) {
             refused.headers_mut().insert(CONTENT_RANGE, range.clone());
         }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::actors::CallError;
 use crate::actors::auth::AuthError;
@@ -16,13 +18,117 @@ use crate::actors::request::quota::QuotaError;
 use crate::auth::jwt::TokenError;
 use crate::fetch::FetchError;
 
+/// Every error code of the API, serialized in snake_case (`not_found`), with the HTTP
+/// status it answers with ([`ErrorCode::status`]; a few answers pick another, e.g. an
+/// `invalid_request` that is well-formed but not acceptable is 422).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A bad JSON body, query, header or form field.
+    InvalidRequest,
+    /// Bad bitrate/vbr settings.
+    InvalidSettings,
+    /// A multipart body that could not be read.
+    InvalidMultipart,
+    /// Bad tus `Upload-Metadata`.
+    InvalidMetadata,
+    /// A bad webhook setting.
+    InvalidWebhook,
+    /// A tus checksum that is not sha256 or not a digest.
+    InvalidChecksum,
+    /// A URL that is not http(s) or does not parse.
+    InvalidUrl,
+    /// A `Tus-Resumable` version other than ours.
+    UnsupportedVersion,
+    /// A `Content-Type` the route does not take.
+    UnsupportedMediaType,
+    /// A `Range` outside the file.
+    RangeNotSatisfiable,
+    /// No credentials.
+    MissingCredentials,
+    /// A wrong email or password.
+    InvalidCredentials,
+    /// A token past its expiry.
+    TokenExpired,
+    /// A token that is not ours or does not parse.
+    InvalidToken,
+    /// A token revoked by sign-out, a password change or a removal.
+    TokenRevoked,
+    /// Not allowed for this user.
+    Forbidden,
+    /// No such job, upload or user.
+    NotFound,
+    /// No such route.
+    NoRoute,
+    /// The request conflicts with the resource's state.
+    Conflict,
+    /// The user exists already.
+    Exists,
+    /// A tus `Upload-Offset` that is not the upload's.
+    OffsetMismatch,
+    /// Another request is appending to this upload.
+    UploadBusy,
+    /// A job in the archive is not done.
+    NotDone,
+    /// The MP3 was deleted by retention.
+    Expired,
+    /// Over a size limit.
+    TooLarge,
+    /// A URL to an address the service does not call.
+    ForbiddenUrl,
+    /// A URL that could not be fetched.
+    FetchFailed,
+    /// Over a per-user quota.
+    QuotaExceeded,
+    /// Too many sign-in attempts.
+    TooManyRequests,
+    /// A tus chunk whose checksum does not match.
+    ChecksumMismatch,
+    /// Our fault; the detail is in the server log.
+    Internal,
+    /// This node cannot serve it now.
+    Unavailable,
+    /// The node that owns the job cannot be reached now.
+    OwnerUnavailable,
+    /// The data volume is under its reserve.
+    InsufficientStorage,
+}
+
+impl ErrorCode {
+    /// The HTTP status it answers with.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest | InvalidSettings | InvalidMultipart | InvalidMetadata | InvalidWebhook
+            | InvalidChecksum | InvalidUrl => StatusCode::BAD_REQUEST,
+            MissingCredentials | InvalidCredentials | TokenExpired | InvalidToken | TokenRevoked => {
+                StatusCode::UNAUTHORIZED
+            }
+            Forbidden => StatusCode::FORBIDDEN,
+            NotFound | NoRoute => StatusCode::NOT_FOUND,
+            Conflict | Exists | OffsetMismatch | UploadBusy | NotDone => StatusCode::CONFLICT,
+            Expired => StatusCode::GONE,
+            UnsupportedVersion => StatusCode::PRECONDITION_FAILED,
+            TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            ForbiddenUrl | FetchFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            QuotaExceeded | TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Unavailable | OwnerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+        }
+    }
+}
+
 /// An error response.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable message.
     pub message: String,
     /// `Retry-After` seconds, for 429 and 503.
@@ -34,10 +140,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with its code's status and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             retry_after: None,
@@ -46,31 +152,31 @@ impl ApiError {
         }
     }
 
-    /// 400.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// The same error with another status than its code's.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     /// 401 without credentials.
     pub fn missing_credentials() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "missing_credentials", "missing credentials")
+        Self::new(ErrorCode::MissingCredentials, "missing credentials")
     }
 
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// 404.
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such job")
+        Self::new(ErrorCode::NotFound, "no such job")
     }
 
     /// 413.
     pub fn too_large(limit: u64) -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("the file is larger than the limit of {limit} bytes"),
         )
     }
@@ -78,8 +184,7 @@ impl ApiError {
     /// 413 for a JSON body over [`super::MAX_JSON_BYTES`].
     pub fn json_too_large() -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("JSON bodies are limited to {} bytes", super::MAX_JSON_BYTES),
         )
     }
@@ -89,15 +194,14 @@ impl ApiError {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::json_too_large()
         } else {
-            Self::bad_request("invalid_request", rejection.body_text())
+            Self::new(ErrorCode::InvalidRequest, rejection.body_text())
         }
     }
 
     /// 507: the data volume is under its reserve.
     pub fn insufficient_storage() -> Self {
         Self::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage",
+            ErrorCode::InsufficientStorage,
             "this server is short of disk space; try again later",
         )
         .retry_after(std::time::Duration::from_secs(60))
@@ -106,11 +210,7 @@ impl ApiError {
     /// 500; the detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Self::new(ErrorCode::Internal, "internal error; see the server log")
     }
 
     /// Sets `Retry-After`.
@@ -139,7 +239,7 @@ impl IntoResponse for ApiError {
         } else {
             let body = super::openapi::ErrorBody {
                 error: super::openapi::ErrorDetail {
-                    code: self.code.to_string(),
+                    code: self.code,
                     message: self.message,
                 },
             };
@@ -161,32 +261,32 @@ impl IntoResponse for ApiError {
 
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).retry_after(Duration::from_secs(1))
+        ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(Duration::from_secs(1))
     }
 }
 
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         let code = match e {
-            TokenError::Expired => "token_expired",
-            TokenError::Invalid => "invalid_token",
-            TokenError::Revoked => "token_revoked",
+            TokenError::Expired => ErrorCode::TokenExpired,
+            TokenError::Invalid => ErrorCode::InvalidToken,
+            TokenError::Revoked => ErrorCode::TokenRevoked,
         };
-        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::BadCredentials => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", e.to_string()),
-            AuthError::Throttled(wait) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", e.to_string()).retry_after(wait)
-            }
+            AuthError::BadCredentials => ApiError::new(ErrorCode::InvalidCredentials, e.to_string()),
+            AuthError::Throttled(wait) => ApiError::new(ErrorCode::TooManyRequests, e.to_string()).retry_after(wait),
             AuthError::Token(t) => t.into(),
-            AuthError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m),
-            AuthError::Exists => ApiError::new(StatusCode::CONFLICT, "exists", e.to_string()),
-            AuthError::NoSuchUser => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            AuthError::Invalid(m) => {
+                ApiError::new(ErrorCode::InvalidRequest, m).with_status(StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            AuthError::Exists => ApiError::new(ErrorCode::Exists, e.to_string()),
+            AuthError::NoSuchUser => ApiError::new(ErrorCode::NotFound, e.to_string()),
             AuthError::Store(e) => ApiError::internal(e),
         }
     }
@@ -196,10 +296,11 @@ impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
             JobError::NotFound => ApiError::not_found(),
-            JobError::Expired(_) => ApiError::new(StatusCode::GONE, "expired", e.to_string()),
-            JobError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            JobError::Draining => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
-                .retry_after(Duration::from_secs(5)),
+            JobError::Expired(_) => ApiError::new(ErrorCode::Expired, e.to_string()),
+            JobError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
+            JobError::Draining => {
+                ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(Duration::from_secs(5))
+            }
             JobError::NoSpace => ApiError::insufficient_storage(),
             JobError::Store(e) => ApiError::internal(e),
             JobError::Io(e) => ApiError::internal(e),
@@ -211,18 +312,13 @@ impl From<AppendError> for ApiError {
     fn from(e: AppendError) -> Self {
         let message = e.to_string();
         match e {
-            AppendError::Offset { .. } => ApiError::new(StatusCode::CONFLICT, "offset_mismatch", message),
-            AppendError::TooLong(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
-            AppendError::Busy => ApiError::new(StatusCode::CONFLICT, "upload_busy", message),
-            AppendError::Checksum => ApiError::new(
-                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
-                "checksum_mismatch",
-                message,
-            ),
-            AppendError::Broken(_) => ApiError::bad_request("invalid_request", message),
+            AppendError::Offset { .. } => ApiError::new(ErrorCode::OffsetMismatch, message),
+            AppendError::TooLong(_) => ApiError::new(ErrorCode::TooLarge, message),
+            AppendError::Busy => ApiError::new(ErrorCode::UploadBusy, message),
+            AppendError::Checksum => ApiError::new(ErrorCode::ChecksumMismatch, message),
+            AppendError::Broken(_) => ApiError::new(ErrorCode::InvalidRequest, message),
             AppendError::Full => ApiError::insufficient_storage(),
-            AppendError::Lost => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-                .retry_after(Duration::from_secs(1)),
+            AppendError::Lost => ApiError::new(ErrorCode::Unavailable, message).retry_after(Duration::from_secs(1)),
             AppendError::Job(e) => e.into(),
         }
     }
@@ -233,7 +329,7 @@ impl From<QuotaError> for ApiError {
         match e {
             QuotaError::Exceeded {
                 message, retry_after, ..
-            } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message).retry_after(retry_after),
+            } => ApiError::new(ErrorCode::QuotaExceeded, message).retry_after(retry_after),
             QuotaError::Failed(m) => ApiError::internal(m),
         }
     }
@@ -241,12 +337,13 @@ impl From<QuotaError> for ApiError {
 
 impl From<FetchError> for ApiError {
     fn from(e: FetchError) -> Self {
-        let status = match e {
-            FetchError::BadUrl(_) => StatusCode::BAD_REQUEST,
-            FetchError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        let code = match e {
+            FetchError::BadUrl(_) => ErrorCode::InvalidUrl,
+            FetchError::TooLarge(_) => ErrorCode::TooLarge,
             FetchError::Io(_) => return ApiError::internal(e),
-            FetchError::Forbidden(_) | FetchError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            FetchError::Forbidden(_) => ErrorCode::ForbiddenUrl,
+            FetchError::Failed(_) => ErrorCode::FetchFailed,
         };
-        ApiError::new(status, e.code(), e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }

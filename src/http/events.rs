@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{BadRequest, Forbidden, Unauthorized};
-use super::{ApiError, AppState, Authed};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::request::events::{Cursor, Event, Events};
 use crate::auth::Principal;
 use crate::view::event_body;
@@ -64,7 +64,7 @@ async fn stream(
     headers: HeaderMap,
     filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(filter) = filter.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let Query(filter) = filter.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let all = filter.all.unwrap_or(false);
     if all && !who.admin {
         return Err(ApiError::forbidden("only admins follow every user's jobs"));

@@ -17,7 +17,7 @@ use super::openapi::{
 };
 use super::route;
 use super::upload::{self, Upload};
-use super::{ApiError, AppState, Authed};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::request::{RequestMsg, quota};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
@@ -42,8 +42,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 pub(super) fn quality(bitrate: Option<u16>, vbr: Option<u8>) -> Result<(Option<u16>, Option<u8>), ApiError> {
     let chosen = match (bitrate, vbr) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_settings",
+            return Err(ApiError::new(
+                ErrorCode::InvalidSettings,
                 "give either bitrate or vbr, not both",
             ));
         }
@@ -53,7 +53,7 @@ pub(super) fn quality(bitrate: Option<u16>, vbr: Option<u8>) -> Result<(Option<u
     };
     if let Some(q) = chosen {
         q.validate()
-            .map_err(|e| ApiError::bad_request("invalid_settings", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSettings, e.to_string()))?;
     }
     Ok((bitrate, vbr))
 }
@@ -64,7 +64,7 @@ pub(super) fn parse_field<T: std::str::FromStr>(name: &str, value: Option<String
         .map(|v| {
             v.trim()
                 .parse()
-                .map_err(|_| ApiError::bad_request("invalid_settings", format!("{name} must be a number")))
+                .map_err(|_| ApiError::new(ErrorCode::InvalidSettings, format!("{name} must be a number")))
         })
         .transpose()
 }
@@ -77,7 +77,12 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "Idempotency-Key must be 1-200 visible characters"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Idempotency-Key must be 1-200 visible characters",
+            )
+        })?;
     Ok(Some(key.to_string()))
 }
 
@@ -330,7 +335,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     // A Bearer token or the web session (checked before any body is read).
     let header_who = match super::session::caller(&state, &parts).await {
         Ok(who) => Some(who),
-        Err(e) if e.code == "missing_credentials" => None,
+        Err(e) if e.code == ErrorCode::MissingCredentials => None,
         Err(e) => return Err(e),
     };
     if content_type.starts_with("multipart/form-data") {
@@ -339,7 +344,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         let earlier = earlier_job(&state, &who, key.as_deref()).await?;
         let (multipart, _place) =
             upload::multipart(Request::from_parts(parts, body), &state, &who, earlier.is_none()).await?;
-        let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required");
+        let one_file = ApiError::new(ErrorCode::InvalidRequest, "exactly 1 file required");
         let upload = upload::receive(multipart, &state.config, one_file).await?;
         submit_upload(&state, who, upload, key, earlier).await
     } else if content_type.starts_with("application/json") {
@@ -365,7 +370,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
             });
         };
         let body: UrlJob = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid JSON body: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("invalid JSON body: {e}")))?;
         let who = match who {
             Some(who) => who,
             None => {
@@ -403,8 +408,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         submit(&state, job, None).await
     } else {
         Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send multipart/form-data with one file, or application/json with a url",
         ))
     }
@@ -455,18 +459,18 @@ async fn list(
     Authed(who): Authed,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let Query(page) = page.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let Query(page) = page.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let limit = page.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!("limit is from 1 to {MAX_PAGE}"),
         ));
     }
     let offset = page.offset.unwrap_or(0);
     if offset > MAX_OFFSET {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!("offset is at most {MAX_OFFSET}"),
         ));
     }

@@ -36,7 +36,7 @@ use crate::view::EventJson;
     ),
     modifiers(&SecuritySchemes),
     components(
-        schemas(ErrorBody, ErrorDetail, EventJson),
+        schemas(ErrorBody, ErrorDetail, EventJson, super::error::ErrorCode),
         responses(
             BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, UnsupportedMediaType,
             Unprocessable, TooManyRequests, QuotaExceeded, Internal, Unavailable, InsufficientStorage
@@ -129,7 +129,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable; each response lists the codes it can carry.
-    pub code: String,
+    pub code: super::error::ErrorCode,
     /// For people; may change between versions.
     pub message: String,
 }
@@ -258,6 +258,9 @@ fn pin_down(document: &mut serde_json::Value, max_upload_bytes: u64) {
                         Some("Tus-Resumable") => &tus,
                         Some("Idempotency-Key") => &key,
                         Some("fid") => &json!({"type": "string", "minLength": 1}),
+                        // What `tus::checksum` takes: sha256 (any case) and a base64 digest.
+                        Some("Upload-Checksum") => &json!({"type": "string",
+                            "pattern": "^[Ss][Hh][Aa]256 [ \t]*[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=[ \t]*$"}),
                         Some("Upload-Length") => {
                             &json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": max_upload_bytes})
                         }

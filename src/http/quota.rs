@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable};
-use super::{ApiError, AppState, Authed};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::auth::AuthMsg;
 use crate::actors::request::quota;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
@@ -135,7 +135,7 @@ async fn set(
         .flatten()
         .any(|n| *n < 0)
     {
-        return Err(ApiError::bad_request("invalid_request", "limits must not be negative"));
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "limits must not be negative"));
     }
     Ok(Json(answer(&state, email, Some(quota)).await?))
 }

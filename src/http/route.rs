@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorCode};
 use crate::actors::request::jobs::{self, JobQuery, JobsMsg, ListQuery, RemoteError, status};
 use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
@@ -29,8 +29,7 @@ use crate::cluster::mesh::ClusterMsg;
 use crate::store::{Job, JobId};
 
 fn unreachable(e: RemoteError) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "owner_unavailable", e.to_string())
-        .retry_after(Duration::from_secs(5))
+    ApiError::new(ErrorCode::OwnerUnavailable, e.to_string()).retry_after(Duration::from_secs(5))
 }
 
 /// Where a job lives.
@@ -115,7 +114,7 @@ where
     let first = state.moved.get(id).unwrap_or(named);
     let missed = match op(first.clone()).await {
         // `ApiError::not_found` and `unreachable`.
-        Err(e) if matches!(e.code, "not_found" | "owner_unavailable") => e,
+        Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::OwnerUnavailable) => e,
         answered => return answered,
     };
     let mut others: Vec<At> = jobs::other_owners(own).into_iter().map(At::Node).collect();
@@ -235,7 +234,7 @@ pub(super) async fn keyed_elsewhere(state: &AppState, email: &str, key: &str) ->
     for (owner, answer) in owners.iter().zip(answers) {
         match answer.map_err(ApiError::from).and_then(remote_job) {
             Ok(job) => found = found.or(job),
-            Err(e) if e.code == "not_found" => {}
+            Err(e) if e.code == ErrorCode::NotFound => {}
             Err(e) => {
                 tracing::debug!(node = %owner, error = %e.message, "could not ask that node for an idempotency key");
                 return Err(key_unsure(owner));
@@ -247,8 +246,7 @@ pub(super) async fn keyed_elsewhere(state: &AppState, email: &str, key: &str) ->
 
 fn key_unsure(nodes: &str) -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "owner_unavailable",
+        ErrorCode::OwnerUnavailable,
         format!("{nodes} may hold a job with this Idempotency-Key and cannot be asked now; retry with the same key"),
     )
     .retry_after(Duration::from_secs(2))

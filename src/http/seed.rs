@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ApiError, AppState, download, jobs, upload};
+use super::{ApiError, AppState, ErrorCode, download, jobs, upload};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     let (schemas, paths, upload) = routes!(upload_file);
@@ -84,14 +84,14 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
 async fn upload_file(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let who = seed_principal(request.headers()).await?;
     let (multipart, _place) = upload::multipart(request, &state, &who, true).await.map_err(|e| {
-        if e.code == "invalid_multipart" {
-            ApiError::bad_request("invalid_request", "exactly 1 file required").plain()
+        if e.code == ErrorCode::InvalidMultipart {
+            ApiError::new(ErrorCode::InvalidRequest, "exactly 1 file required").plain()
         } else {
             // Too large, short of space, ...: said as the v1 routes say it, in plain text.
             e.plain()
         }
     })?;
-    let one_file = ApiError::bad_request("invalid_request", "exactly 1 file required").plain();
+    let one_file = ApiError::new(ErrorCode::InvalidRequest, "exactly 1 file required").plain();
     let mut upload = upload::receive(multipart, &state.config, one_file)
         .await
         .map_err(ApiError::plain)?;
@@ -137,7 +137,7 @@ async fn download_file(
     let fid = fid
         .fid
         .filter(|f| !f.is_empty())
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "fid is required").plain())?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "fid is required").plain())?;
     let id = jobs::job_id(&fid).map_err(ApiError::plain)?;
     download::serve(&state, id, Some(who), request)
         .await

@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{BadRequest, Forbidden, TooLarge, TooManyRequests, Unauthorized, Unavailable};
-use super::{ApiError, AppState, bearer, verify};
+use super::{ApiError, AppState, ErrorCode, bearer, verify};
 use crate::auth::Principal;
 
 /// The session cookie's name over plain http.
@@ -58,8 +58,7 @@ fn session_token(state: &AppState, headers: &HeaderMap) -> Result<Option<String>
     let first = found.next();
     if found.next().is_some() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "the request carries more than one session cookie (another site may have set one); \
              clear this site's cookies and sign in again",
         ));

@@ -23,7 +23,7 @@ use super::openapi::{
     BadRequest, Conflict, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
     Unprocessable, UnsupportedMediaType,
 };
-use super::{ApiError, AppState, Authed};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::request::RequestMsg;
 use crate::actors::request::appender::{AppendError, Appender, Opened, Written};
 use crate::actors::request::forwarded::{FLUSH_EVERY, Forward, Sent};
@@ -65,8 +65,7 @@ fn require_tus(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     }
     Err(ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "unsupported_version",
+        ErrorCode::UnsupportedVersion,
         format!("send Tus-Resumable: {TUS_VERSION}"),
     ))
 }
@@ -86,7 +85,7 @@ fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
         .map(|v| {
             v.trim()
                 .parse::<u64>()
-                .map_err(|_| ApiError::bad_request("invalid_request", format!("{name} must be a number of bytes")))
+                .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("{name} must be a number of bytes")))
         })
         .transpose()
 }
@@ -115,7 +114,7 @@ const MAX_METADATA_BYTES: usize = 4096;
 
 /// Parses `key base64,key base64,...` (a key alone has an empty value).
 fn metadata(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
-    let bad = |m: String| ApiError::bad_request("invalid_metadata", m);
+    let bad = |m: String| ApiError::new(ErrorCode::InvalidMetadata, m);
     if raw.len() > MAX_METADATA_BYTES {
         return Err(bad(format!(
             "Upload-Metadata is {} bytes; at most {MAX_METADATA_BYTES} are taken",
@@ -215,13 +214,13 @@ async fn create(State(state): State<AppState>, Authed(who): Authed, request: Req
 
 async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     if header(headers, "upload-defer-length").is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "Upload-Defer-Length is not supported: send Upload-Length",
         ));
     }
     let length = number(headers, "upload-length")?
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "Upload-Length is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "Upload-Length is required"))?;
     if length > state.config.max_upload_bytes {
         return Err(ApiError::too_large(state.config.max_upload_bytes));
     }
@@ -308,7 +307,7 @@ fn upload_error(e: impl Into<ApiError>) -> ApiError {
 }
 
 fn upload_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such upload (or it expired)")
+    ApiError::new(ErrorCode::NotFound, "no such upload (or it expired)")
 }
 
 /// How much of the upload has arrived (`Upload-Offset`), its length and metadata, and when
@@ -408,13 +407,12 @@ async fn patched(
 ) -> Result<Response, ApiError> {
     if !header(headers, "content-type").is_some_and(|t| t.starts_with(OFFSET_STREAM)) {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("send Content-Type: {OFFSET_STREAM}"),
         ));
     }
     let offset = number(headers, "upload-offset")?
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "Upload-Offset is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "Upload-Offset is required"))?;
     let (id, owner) = locate(state, raw)?;
     let w = match owner {
         None => {
@@ -554,8 +552,8 @@ async fn write_there(
 fn checksum(raw: &str) -> Result<Vec<u8>, ApiError> {
     let (algorithm, value) = raw.trim().split_once(' ').unwrap_or((raw.trim(), ""));
     if !algorithm.eq_ignore_ascii_case("sha256") {
-        return Err(ApiError::bad_request(
-            "invalid_checksum",
+        return Err(ApiError::new(
+            ErrorCode::InvalidChecksum,
             format!("checksum algorithm {algorithm:?} is not supported; use sha256"),
         ));
     }
@@ -564,8 +562,8 @@ fn checksum(raw: &str) -> Result<Vec<u8>, ApiError> {
         .ok()
         .filter(|d| d.len() == 32)
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_checksum",
+            ApiError::new(
+                ErrorCode::InvalidChecksum,
                 "Upload-Checksum: sha256 needs a base64 SHA-256 digest",
             )
         })

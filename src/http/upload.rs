@@ -8,7 +8,7 @@ use axum::http::header::CONTENT_LENGTH;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorCode};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::store::Files;
@@ -103,7 +103,7 @@ pub(super) async fn multipart(
     let request = request.map(|body| super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window));
     let multipart = Multipart::from_request(request, state)
         .await
-        .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMultipart, e.body_text()))?;
     Ok((multipart, place))
 }
 
@@ -122,7 +122,7 @@ async fn drain(mut field: Field<'_>) {
 /// `vbr` and `webhook_url` text fields. `one_file` is the error for zero or several files.
 pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file: ApiError) -> Result<Upload, ApiError> {
     let files = Files::new(&config.data_dir).map_err(ApiError::internal)?;
-    let bad = |e: axum::extract::multipart::MultipartError| ApiError::bad_request("invalid_multipart", e.body_text());
+    let bad = |e: axum::extract::multipart::MultipartError| ApiError::new(ErrorCode::InvalidMultipart, e.body_text());
     let mut staged = Staged(None);
     let mut file_name = None;
     let (mut bitrate, mut vbr, mut webhook_url) = (None, None, None);
@@ -159,8 +159,8 @@ pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file:
             while let Some(chunk) = field.chunk().await.map_err(bad)? {
                 value.push_str(&String::from_utf8_lossy(&chunk));
                 if value.len() > MAX_FIELD {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
                         format!("field {key:?} is too long"),
                     ));
                 }

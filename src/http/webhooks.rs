@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{BadRequest, NotFound, TooLarge, Unauthorized, Unavailable, Unprocessable};
-use super::{ApiError, AppState, Authed};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::auth::{AuthMsg, WebhookChange};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::store::WebhookSettings;
@@ -86,7 +86,7 @@ pub(super) async fn check_url(state: &AppState, raw: &str) -> Result<String, Api
         .fetcher
         .check(&url)
         .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "forbidden_url", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::ForbiddenUrl, e.to_string()))?;
     Ok(url.to_string())
 }
 
@@ -97,7 +97,7 @@ pub(super) async fn has_secret(email: String) -> Result<bool, ApiError> {
 
 /// `400 invalid_webhook`.
 pub(super) fn invalid_webhook(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_webhook", message)
+    ApiError::new(ErrorCode::InvalidWebhook, message)
 }
 
 /// The caller's webhook settings.

@@ -12,8 +12,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::actors::converter::Outcome;
 use crate::actors::converter::host::{Answer, Attempt, HostMsg, Offer, Piece, answer, host_actor, status};
+use crate::actors::converter::{Failure, Outcome};
 use crate::actors::request::RequestMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::cluster::call_actor;
@@ -130,7 +130,7 @@ pub async fn receive(config: &Config, piece: Piece) -> Answer {
         }
     }
     if !piece.error_code.is_empty() {
-        let outcome: Outcome = Err((piece.error_code, piece.error_message));
+        let outcome: Outcome = Err(Failure::from_wire(piece.error_code, piece.error_message));
         tell(Role::Request, RequestMsg::Converted { id, attempt, outcome });
         return answer(status::OK, "");
     }

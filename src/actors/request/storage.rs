@@ -4,7 +4,7 @@
 //!   node's facts: `/metrics`, `/v1/cluster` and the heartbeats report it, the gateway
 //!   refuses uploads and imports with `507` under the reserve (`--min-free-bytes`), and no
 //!   conversion is placed on (or by) a node under its reserve.
-//! - A conversion that runs out of space ([`NO_SPACE`]) is not a failed job: it goes back
+//! - A conversion that runs out of space (`converter::Failure::NoSpace`) is not a failed job: it goes back
 //!   to the queue after [`REQUEUE_AFTER`] and runs again once there is room.
 //! - Retention: jobs that ended longer ago than `--retention` are deleted on the tick (an
 //!   indexed query by end time, a batch at a time), leaving a tombstone so their ids answer
@@ -30,8 +30,6 @@ const EXPIRE_BATCH: u32 = 100;
 /// Ticks (2 s each) between measurements of the bytes stored.
 const MEASURE_STORED_EVERY: u64 = 30;
 
-/// The conversion error code of a write that found the disk full.
-pub const NO_SPACE: &str = "no_space";
 /// How long a job whose conversion ran out of space waits before it is queued again.
 const REQUEUE_AFTER: Duration = Duration::from_secs(10);
 
