@@ -10,6 +10,8 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
+use crate::boxes;
+
 /// The playable part of a track, from its first edit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EditList {
@@ -27,11 +29,6 @@ pub(crate) struct EditList {
 pub(crate) const MAX_TOP_LEVEL_BOXES: usize = 100_000;
 /// Most children we look at inside one container box.
 const MAX_CHILDREN: usize = 10_000;
-
-/// Box types an ISO-BMFF file may start with.
-const KNOWN_TOP_LEVEL: [&[u8; 4]; 11] = [
-    b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp", b"uuid", b"moof", b"sidx",
-];
 
 #[derive(Debug, Clone, Copy)]
 struct BoxHeader {
@@ -52,26 +49,20 @@ fn read_header<R: Read + Seek>(r: &mut R, pos: u64, limit: u64) -> io::Result<Op
         return Ok(None);
     }
     r.seek(SeekFrom::Start(pos))?;
-    let mut head = [0u8; 8];
-    r.read_exact(&mut head)?;
-    let size32 = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let kind = [head[4], head[5], head[6], head[7]];
-    let (size, header_len) = match size32 {
-        0 => (limit - pos, 8),
-        1 => {
-            let mut large = [0u8; 8];
-            r.read_exact(&mut large)?;
-            (u64::from_be_bytes(large), 16)
-        }
-        n => (u64::from(n), 8),
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head[..8])?;
+    let header_len = boxes::header_len(&head[..8]);
+    r.read_exact(&mut head[8..header_len])?;
+    let Some(header) = boxes::header(&head[..header_len], limit - pos) else {
+        return Err(io::ErrorKind::UnexpectedEof.into());
     };
-    if size < header_len {
+    let Ok(header) = header else {
         return Err(invalid("box smaller than its header"));
-    }
-    let declared_end = pos.saturating_add(size);
+    };
+    let declared_end = pos.saturating_add(header.size);
     Ok(Some(BoxHeader {
-        kind,
-        payload: pos + header_len,
+        kind: header.kind,
+        payload: pos + header.header_len,
         end: declared_end.min(limit),
         overruns: declared_end > limit,
         declared_end,
@@ -258,30 +249,23 @@ fn read_moof<R: Read + Seek>(r: &mut R, moof: BoxHeader, runs: &mut Vec<RunClaim
         }
         let (mut track_id, mut default_size) = (0, None);
         for_each_child(r, traf.payload, traf.end, MAX_CHILDREN, |r, c| {
-            r.seek(SeekFrom::Start(c.payload))?;
             match &c.kind {
                 b"tfhd" => {
-                    let flags = read_u32(r)? & 0x00ff_ffff;
-                    track_id = read_u32(r)?;
-                    // base_data_offset (8), sample_description_index (4), duration (4)
-                    let skip = [(0x01, 8), (0x02, 4), (0x08, 4)]
-                        .iter()
-                        .filter(|(bit, _)| flags & bit != 0)
-                        .map(|(_, n)| n)
-                        .sum();
-                    r.seek(SeekFrom::Current(skip))?;
-                    if flags & 0x10 != 0 {
-                        default_size = Some(read_u32(r)?);
+                    if let Some(tfhd) = boxes::tfhd(&read_payload(r, c, MAX_TFHD_BYTES)?) {
+                        track_id = tfhd.track_id;
+                        default_size = tfhd.default_size;
                     }
                 }
                 b"trun" => {
-                    let flags = read_u32(r)? & 0x00ff_ffff;
-                    runs.push(RunClaim {
-                        track_id,
-                        samples: read_u32(r)?,
-                        default_size,
-                        sized_entries: flags & 0x200 != 0,
-                    });
+                    // Its header only: the entries are the demuxer's to read.
+                    if let Some(run) = boxes::trun(&read_payload(r, c, 8)?) {
+                        runs.push(RunClaim {
+                            track_id,
+                            samples: run.sample_count,
+                            default_size,
+                            sized_entries: run.has(boxes::Trun::SIZE),
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -289,6 +273,19 @@ fn read_moof<R: Read + Seek>(r: &mut R, moof: BoxHeader, runs: &mut Vec<RunClaim
         })?;
         Ok(true)
     })
+}
+
+/// The largest `tfhd` payload: flags and track, then five optional fields.
+const MAX_TFHD_BYTES: u64 = 8 + 8 + 4 + 4 + 4 + 4;
+
+/// The first `max` bytes of a box's payload (fewer if the box is smaller).
+fn read_payload<R: Read + Seek>(r: &mut R, b: BoxHeader, max: u64) -> io::Result<Vec<u8>> {
+    r.seek(SeekFrom::Start(b.payload))?;
+    let mut bytes = Vec::new();
+    r.by_ref()
+        .take(b.end.saturating_sub(b.payload).min(max))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The `trex` default sample size of each track in `moov/mvex`, as `(track_id, bytes)`.
@@ -316,34 +313,6 @@ fn first_impossible_run(runs: &[RunClaim], trex: &[(u32, u32)], len: u64) -> Opt
     })
 }
 
-/// How far into a file symphonia's probe looks for the `ftyp` marker, at most.
-const MAX_JUNK_BEFORE_FTYP: u64 = 64 * 1024;
-
-/// Where the boxes begin: at 0, unless the file starts with something that is not a box
-/// and an `ftyp` follows. symphonia's probe skips such leading bytes to the `ftyp`
-/// marker; the walk starts there too, so the bounds it checks apply to what the demuxer
-/// will read (a `trun` of 3 billion samples behind 36 leading zero bytes took 10 s).
-fn top_level_start<R: Read + Seek>(r: &mut R, len: u64) -> io::Result<u64> {
-    // The first header alone decides the usual case; the 64 KiB are read only after junk.
-    let mut head = Vec::new();
-    r.seek(SeekFrom::Start(0))?;
-    r.by_ref().take(len.min(8)).read_to_end(&mut head)?;
-    if head
-        .get(4..8)
-        .is_some_and(|kind| KNOWN_TOP_LEVEL.iter().any(|k| k.as_slice() == kind))
-    {
-        return Ok(0);
-    }
-    r.by_ref()
-        .take(len.min(MAX_JUNK_BEFORE_FTYP).saturating_sub(8))
-        .read_to_end(&mut head)?;
-    Ok(head
-        .windows(4)
-        .skip(4)
-        .position(|w| w == b"ftyp")
-        .map_or(0, |at| at as u64))
-}
-
 /// A moov cut by at most this many bytes (and at most a tenth of it) is read padded with
 /// zeros: the last bytes of a moov are its metadata (`udta`), rarely the sample tables.
 const MAX_MOOV_CUT: u64 = 4096;
@@ -356,11 +325,11 @@ pub(crate) fn read_container<R: Read + Seek>(r: &mut R) -> io::Result<Container>
     let mut truncated = false;
     let mut looks_like_mp4 = None;
     let mut runs = Vec::new();
-    let start = top_level_start(r, len)?;
+    let start = boxes::top_level_start(r, len)?;
     let walked_top = for_each_child(r, start, len, MAX_TOP_LEVEL_BOXES, |r, header| {
         // Only an ISO-BMFF file can be "truncated"; text that happens to parse as a huge
         // box is just not an MP4.
-        if !*looks_like_mp4.get_or_insert(KNOWN_TOP_LEVEL.contains(&&header.kind)) {
+        if !*looks_like_mp4.get_or_insert(boxes::KNOWN_TOP_LEVEL.contains(&&header.kind)) {
             return Ok(false);
         }
         truncated |= header.overruns;
@@ -482,18 +451,6 @@ mod tests {
         out.extend_from_slice(kind);
         out.extend_from_slice(payload);
         out
-    }
-
-    #[test]
-    fn the_walk_starts_at_the_ftyp_behind_leading_junk() {
-        let ftyp = boxed(b"ftyp", b"isomiso2");
-        let start = |bytes: &[u8]| top_level_start(&mut Cursor::new(bytes), bytes.len() as u64).unwrap();
-        assert_eq!(start(&ftyp), 0);
-        assert_eq!(start(&[[0u8; 36].as_slice(), &ftyp].concat()), 36);
-        // A file of boxes from offset 0 is walked from 0, whatever its later bytes say.
-        assert_eq!(start(&[boxed(b"moov", b"....ftyp"), ftyp.clone()].concat()), 0);
-        // Bytes that are neither boxes nor hide an ftyp: from 0, as before (not an MP4).
-        assert_eq!(start(b"hello, this is text"), 0);
     }
 
     fn full(version: u8, rest: &[u8]) -> Vec<u8> {

@@ -19,12 +19,12 @@ use super::decode::{Decoder, Pcm};
 use super::encode::{Mp3Encoder, mp3_rate_for};
 use super::error::{ConvertError, Result};
 use super::frames::{Frame, FrameWriter};
+use super::pipeline::{DecodeJob, DecodeStats, Demuxer, Trim};
 use super::settings::Quality;
+use super::source::{Tracked, demuxer_panic};
 use super::split::{self, Halves, WARMUP_MAX};
-use super::{
-    CHANNEL_BLOCKS, ChosenTrack, DecodeJob, DecodeStats, Demuxer, Hooks, Summary, Tracked, Trim, demuxer_panic,
-    open_track,
-};
+use super::track::{ChosenTrack, open_track};
+use super::{CHANNEL_BLOCKS, Hooks, Summary};
 
 /// Shorter inputs are not worth a second pipeline.
 pub(crate) const MIN_SPLIT_SECS: f64 = 20.0;
