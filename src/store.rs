@@ -6,6 +6,7 @@
 //! on a blocking thread (the actors that own a [`Store`] do).
 
 pub mod files;
+mod job;
 mod jobs;
 pub mod quota;
 pub mod uploads;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use files::Files;
-pub use jobs::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Produced, Source};
+pub use job::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Produced, Source};
 pub use quota::{Quota, Usage};
 pub use uploads::{NewUpload, Upload};
 pub use users::User;
