@@ -19,6 +19,13 @@ variant applies one to three mutations, chosen by kind:
   packets   damaged audio: byte ranges inside mdat overwritten with noise or zeros
   dup       a box duplicated (a second trak, a second moov) or two siblings swapped
   extreme   3,000 traks, or megabytes of zeros before or after the file
+  meta      bit flips inside the metadata (udta, meta, ilst, chpl, covr, their headers too)
+  table     bit flips among a sample table's entries (stco, stsz, stts, stsc, ctts, stss)
+  esds      bit flips inside the decoder description (esds descriptors, the AudioSpecificConfig)
+  run       a run of equal or random bytes over a box's body or anywhere
+  nudge     a box's size off by a few bytes (±1..16), or its type's letters changed
+  cookie    the ALAC magic cookie's fields (frame length, bit depth, channels, rice
+            parameters, rates) set to extremes
 Each file is named NNNNN-<seed>-<kinds>.mp4; a manifest (corpus.json) lists what was done.
 """
 
@@ -35,7 +42,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_DIR = os.path.join(ROOT, "target", "damaged", "seeds")
 
 CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf", b"udta", b"moof",
-              b"traf", b"mvex", b"mfra", b"ilst", b"sinf", b"schi"}
+              b"traf", b"mvex", b"mfra", b"ilst", b"sinf", b"schi", b"tref", b"wave"}
+METADATA = {b"udta", b"meta", b"ilst", b"chpl", b"covr", b"\xa9nam", b"\xa9ART", b"\xa9alb", b"\xa9cmt",
+            b"\xa9too", b"\xa9day", b"\xa9gen", b"trkn", b"data", b"keys", b"tref", b"chap", b"hdlr",
+            b"\0\0\0\x01", b"\0\0\0\x02", b"\0\0\0\x03", b"\0\0\0\x04"}
 SAMPLE_ENTRIES = {b"mp4a", b"alac", b"lpcm", b"sowt", b"twos", b"in24", b"fl32", b".mp3", b"fLaC",
                   b"ipcm", b"Opus", b"ac-3"}
 INTERESTING = [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd", b"elst", b"esds", b"mdhd",
@@ -56,7 +66,44 @@ SEEDS = {
     "pcm.mov": ["-f", "lavfi", "-i", "sine=f=880:r=22050:d=2", "-c:a", "pcm_s16le"],
     "mp3.mp4": ["-f", "lavfi", "-i", "sine=f=440:r=44100:d=3", "-c:a", "libmp3lame", "-b:a", "96k"],
     "mono22.m4a": ["-f", "lavfi", "-i", "sine=f=300:r=22050:d=5", "-c:a", "aac", "-b:a", "48k"],
+    # Rich metadata: iTunes tags, a comment, chapters (a chpl box and a text track).
+    "tagged.m4a": ["-f", "lavfi", "-i", "sine=f=500:r=44100:d=4", "-f", "ffmetadata", "-i", "{chapters}",
+                   "-map", "0:a", "-map_metadata", "1", "-map_chapters", "1", "-c:a", "aac", "-b:a", "64k",
+                   "-metadata", "title=Seed title", "-metadata", "artist=Seed artist",
+                   "-metadata", "album=Seed album", "-metadata", "comment=" + "c" * 300,
+                   "-metadata", "genre=Test", "-metadata", "date=2026", "-metadata", "track=3/9",
+                   "-movflags", "+faststart"],
+    "surround48.mp4": ["-f", "lavfi", "-i", "sine=f=220:r=48000:d=3", "-af", "pan=5.1|c0=c0|c1=c0|c2=c0|c3=c0|c4=c0|c5=c0",
+                       "-c:a", "aac", "-b:a", "192k"],
+    "alac24.m4a": ["-f", "lavfi", "-i", "sine=f=700:r=96000:d=2", "-ac", "1", "-c:a", "alac",
+                   "-sample_fmt", "s32p", "-movflags", "+faststart"],
+    "frag_video.mp4": ["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:d=4", "-f", "lavfi", "-i",
+                       "sine=f=770:r=32000:d=4", "-c:v", "mpeg4", "-c:a", "aac", "-b:a", "48k",
+                       "-movflags", "frag_keyframe+empty_moov", "-frag_duration", "700000"],
+    # QuickTime metadata (mdta keys), a version-1 sound description with a wave box.
+    "qt_meta.mov": ["-f", "lavfi", "-i", "sine=f=500:r=44100:d=3", "-c:a", "aac", "-b:a", "64k",
+                    "-movflags", "+use_metadata_tags", "-metadata", "title=Seed title",
+                    "-metadata", "com.apple.quicktime.location.ISO6709=+48.8-002.3/", "-metadata", "artist=X"],
+    # Cover art: a PNG as an attached picture (a covr box in ilst).
+    "cover.m4a": ["-f", "lavfi", "-i", "sine=f=600:r=44100:d=3", "-f", "lavfi", "-i", "testsrc=size=32x32:d=0.1",
+                  "-map", "0", "-map", "1", "-c:a", "aac", "-b:a", "64k", "-c:v", "png",
+                  "-disposition:v", "attached_pic", "-metadata", "title=Cover"],
+    "pcm24.mov": ["-f", "lavfi", "-i", "sine=f=350:r=48000:d=2", "-ac", "2", "-c:a", "pcm_s24le"],
 }
+
+CHAPTERS = """;FFMETADATA1
+title=Seed title
+[CHAPTER]
+TIMEBASE=1/1000
+START=0
+END=2000
+title=One
+[CHAPTER]
+TIMEBASE=1/1000
+START=2000
+END=4000
+title=Two
+"""
 
 
 def make_seeds(short=False):
@@ -67,6 +114,11 @@ def make_seeds(short=False):
         path = os.path.join(seed_dir, name)
         if short:
             args = [re.sub(r":d=\d+", ":d=0.25", a) for a in args]
+        if "{chapters}" in args:
+            chapters = os.path.join(seed_dir, "chapters.txt")
+            with open(chapters, "w") as f:
+                f.write(CHAPTERS)
+            args = [chapters if a == "{chapters}" else a for a in args]
         if not os.path.exists(path):
             tmp = path + ".tmp" + os.path.splitext(name)[1]
             subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"] + args + [tmp], check=True)
@@ -307,8 +359,103 @@ def m_extreme(rng, data):
     return "extreme-" + choice
 
 
+def m_meta(rng, data):
+    cands = find(data, METADATA)
+    if not cands:
+        return "meta-none"
+    kind, off, header, size, _ = rng.choice(cands)
+    # Half the time the flips may hit the box's own header (its size or its type).
+    lo = off if rng.random() < 0.5 else off + header
+    for _ in range(rng.randint(1, 8)):
+        at = rng.randrange(lo, off + size)
+        data[at] ^= 1 << rng.randrange(8)
+    return "meta-" + kind.decode("latin1")
+
+
+def m_table(rng, data):
+    cands = [b for b in find(data, {b"stco", b"co64", b"stsz", b"stts", b"stsc", b"ctts", b"stss"})
+             if b[3] > b[2] + 8]
+    if not cands:
+        return "table-none"
+    kind, off, header, size, _ = rng.choice(cands)
+    # Entries start after version/flags and the count (stsz: and the constant size).
+    lo = off + header + (12 if kind == b"stsz" else 8)
+    if lo >= off + size:
+        return "table-none"
+    for _ in range(rng.choice([1, 1, 2, 5, 20])):
+        at = rng.randrange(lo, off + size)
+        data[at] ^= 1 << rng.randrange(8)
+    return "table-" + kind.decode("latin1")
+
+
+def m_esds(rng, data):
+    cands = find(data, {b"esds", b"dfLa", b"dOps"})
+    if not cands:
+        return "esds-none"
+    kind, off, header, size, _ = rng.choice(cands)
+    lo = off + header + 4
+    if lo >= off + size:
+        return "esds-none"
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(lo, off + size)
+        data[at] ^= 1 << rng.randrange(8)
+    return "esds-" + kind.decode("latin1")
+
+
+def m_run(rng, data):
+    inside = [b for b in boxes(data) if b[0] != b"mdat"] if rng.random() < 0.7 else []
+    if inside:
+        kind, off, header, size, _ = rng.choice(inside)
+        lo, hi, where = off, off + size, kind.decode("latin1")
+    else:
+        lo, hi, where = 0, len(data), "file"
+    if hi - lo < 2:
+        return "run-none"
+    at = rng.randrange(lo, hi - 1)
+    n = min(rng.choice([2, 4, 8, 16, 64, 256]), hi - at)
+    fill = rng.choice(["00", "ff", "rand"])
+    data[at:at + n] = bytes(n) if fill == "00" else b"\xff" * n if fill == "ff" else rng.randbytes(n)
+    return f"run-{where}-{fill}"
+
+
+def m_nudge(rng, data):
+    cands = [b for b in boxes(data) if b[2] == 8]
+    if not cands:
+        return "nudge-none"
+    kind, off, _, size, _ = rng.choice(cands)
+    if rng.random() < 0.7:
+        delta = rng.choice([-16, -8, -4, -2, -1, 1, 2, 4, 8, 16])
+        put32(data, off, max(size + delta, 0))
+        return f"nudge-{kind.decode('latin1')}{delta:+d}"
+    at = off + 4 + rng.randrange(4)
+    data[at] = rng.choice([0x20, 0x00, ord("x"), data[at] ^ 0x20])
+    return f"nudge-{kind.decode('latin1')}-type"
+
+
+def m_cookie(rng, data):
+    # The ALAC cookie (inside the alac sample entry): frameLength (4), compatibleVersion (1),
+    # bitDepth, pb, mb, kb, numChannels (1 each), maxRun (2), maxFrameBytes, avgBitRate,
+    # sampleRate (4 each).
+    cookies = [b for b in find(data, {b"alac"}) if b[3] == 36]
+    if not cookies:
+        return "cookie-none"
+    _, off, header, _, _ = rng.choice(cookies)
+    body = off + header + 4
+    fields = {"frame_length": (0, 4), "version": (4, 1), "bit_depth": (5, 1), "pb": (6, 1), "mb": (7, 1),
+              "kb": (8, 1), "channels": (9, 1), "max_run": (10, 2), "max_frame_bytes": (12, 4),
+              "avg_bit_rate": (16, 4), "rate": (20, 4)}
+    name = rng.choice(sorted(fields))
+    at, width = fields[name]
+    value = rng.choice([0, 1, 2, 7, 255, 2**(8 * width) - 1, rng.getrandbits(8 * width),
+                        int.from_bytes(data[body + at:body + at + width], "big") * 2])
+    data[body + at:body + at + width] = (value % 2**(8 * width)).to_bytes(width, "big")
+    return "cookie-" + name
+
+
 KINDS = [("flip", m_flip, 3), ("field", m_field, 4), ("drop", m_drop, 2), ("size", m_size, 2),
-         ("cut", m_cut, 2), ("packets", m_packets, 3), ("dup", m_dup, 1), ("extreme", m_extreme, 0.15)]
+         ("cut", m_cut, 2), ("packets", m_packets, 3), ("dup", m_dup, 1), ("extreme", m_extreme, 0.15),
+         ("meta", m_meta, 2), ("table", m_table, 2), ("esds", m_esds, 1), ("run", m_run, 1.5),
+         ("nudge", m_nudge, 1.5), ("cookie", m_cookie, 1)]
 
 
 def mutate(rng, data):

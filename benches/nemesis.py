@@ -4,7 +4,7 @@ judges the recorded history on its own (Jepsen's shape: nemesis, workload, histo
 
 Usage, as root (from the repository root):
     benches/nemesis.py [--nodes 5] [--jobs 1000] [--faults 40] [--seed N] [--bin PATH]
-The short run CI makes (tests/nemesis.rs): --nodes 3 --jobs 150 --faults 10.
+The short run CI makes (tests/it/nemesis.rs): --nodes 3 --jobs 150 --faults 10.
 
 Harness. Each node is a real `mp4tomp3 serve` in a network namespace of its own, joined by
 a veth pair to a bridge in a hub namespace (10.213.0.1; node i is 10.213.0.(10+i)), static

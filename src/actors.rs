@@ -1,9 +1,12 @@
-//! The node's actors (ractor), one file or folder per role, and how the rest of the code
-//! reaches them. Each role's folder holds its actor and its face to other nodes side by
-//! side; `cluster/` is the mesh underneath and knows no role.
+//! The roles (ractor actors), one file or folder per role, and how the rest of the code
+//! reaches them. The node's wiring (start-up, the supervisor, the gateway that owns the HTTP
+//! server) is `crate::node`; `request` is the original design's download-request service
+//! and owns jobs (the gateway reaches them through `request::client::JobsClient`). Each
+//! role's folder holds its actor and its face to other nodes side by side; `cluster/` is
+//! the mesh underneath and knows no role.
 //!
 //! ```text
-//! node supervisor (supervisor.rs)     restarts any child that stops or fails
+//! node supervisor (../node/supervisor.rs) restarts any child that stops or fails
 //! ├── auth       auth.rs              users, argon2 checks off the runtime, JWT, login throttle
 //! ├── request    request.rs           job intake, persistence, fetching, fencing of results
 //! │                request/dispatch.rs    where conversions run: placement bookkeeping, leases
@@ -11,8 +14,8 @@
 //! │                                       (`/v1/events`) and every other node's
 //! ├── converter  converter.rs         a pool of conversion slots; CPU work on blocking threads
 //! ├── notifier   notifier.rs          transactional outboxes → SMTP or .eml files, and signed
-//! │                                   webhook calls (../webhook.rs), with retries
-//! ├── gateway    gateway.rs           owns the axum server; its handlers call the others by role
+//! │                                   webhook calls (notifier/webhook.rs), with retries
+//! ├── gateway    ../node/gateway.rs   owns the axum server; its handlers call the others by role
 //! └── cluster    ../cluster/mesh.rs   (with --cluster-listen) sessions, dialling, heartbeats,
 //!     │                               fencing, discovery; publishes members to whoever asks
 //!     ├── probe  ../cluster/probe.rs  answers heartbeats from the roles' published facts
@@ -29,7 +32,7 @@
 //! ```text
 //! owner's request ──Offer/Input (request/placement.rs)──▶ host (converter/host.rs) ──▶ its converter
 //! owner's jobs    ◀──Progress/Result────────────────────── host
-//! any gateway     ──Get/List/Delete/Chunk/Keyed (http/route.rs)──▶ owner's jobs ──▶ owner's request
+//! any gateway     ──Get/List/Delete/Chunk/Keyed (request/client.rs)──▶ owner's jobs ──▶ owner's request
 //! leaving request ──HandoffPiece/Adopt (request/handoff.rs)──▶ staying node's jobs ──▶ its request
 //! owner's request ──JobEvent (request/events.rs)──▶ every peer's events
 //! auth's users    ◀──UserBatch──▶ every peer's users (with their webhook settings)

@@ -15,7 +15,7 @@ mod jobs;
 mod metrics;
 pub mod openapi;
 mod quota;
-mod route;
+pub mod responses;
 mod seed;
 pub mod serve;
 pub mod session;
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{ApiError, ErrorCode};
 
 use crate::actors::auth::AuthMsg;
+use crate::actors::request::client::JobsClient;
 use crate::actors::request::events::Events;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
@@ -55,8 +56,8 @@ pub struct AppState {
     pub fetcher: Fetcher,
     /// Set when the node starts shutting down (`/readyz` turns 503).
     pub stopping: Arc<AtomicBool>,
-    /// Jobs found on another node than the one their id names (handed over on scale-down).
-    pub moved: route::Moved,
+    /// Jobs wherever they live (this node or another).
+    pub jobs: JobsClient,
     /// What this node's roles publish (its status in `/v1/cluster`).
     pub facts: Facts,
     /// This node's ring of job events, cluster-wide (`/v1/events`).
@@ -75,11 +76,12 @@ impl AppState {
         events: Events,
     ) -> Self {
         let fetcher = Fetcher::from_config(&config);
+        let jobs = JobsClient::new(&config.node_name, config.cluster.is_some());
         AppState {
             config,
             fetcher,
             stopping,
-            moved: route::Moved::default(),
+            jobs,
             facts,
             events,
             shutdown,

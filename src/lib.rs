@@ -1,8 +1,14 @@
-//! mp4tomp3: turns MP4 files into MP3s.
+//! mp4tomp3: turns MP4 files into MP3s. One binary; its nodes form an actor cluster.
 //!
-//! The conversion engine is the `mp4tomp3-convert` crate (`crates/convert`), re-exported as
-//! [`convert`]; it is a plain library with no actors and no I/O policy, used both by the
-//! `mp4tomp3 convert` command and by the service's converter actors.
+//! The layers, top to bottom (nothing imports a layer above it):
+//!
+//! | layer | modules | where to find |
+//! |---|---|---|
+//! | the node's wiring | [`cli`], [`node`] | commands; start-up and shutdown order, the supervisor, the gateway actor |
+//! | HTTP | [`http`] | one module per resource (jobs, uploads (tus), downloads, archive, auth, session, webhooks, quota, events, cluster, seed routes); errors and their codes in `http/error.rs`; the OpenAPI document |
+//! | roles | [`actors`] | `auth` (users, tokens), `request` (jobs: intake, lifecycle, placement, handoff, uploads, events, quotas; `request::client` reaches any job), `converter` (conversion slots, other nodes' conversions), `notifier` (mail, webhooks) |
+//! | shared types | [`view`], [`store`], [`auth`], [`mail`], [`metrics`] | a job as the API shows it; SQLite and files; passwords and JWT; emails; metrics |
+//! | underneath | [`cluster`], [`fetch`], [`config`], [`convert`], [`memory`] | the mesh (sessions, heartbeats, fencing, TLS, kube discovery); URL imports behind the address guard; settings; the conversion engine (`crates/convert`, no actors, no I/O policy) |
 
 pub mod actors;
 pub mod auth;

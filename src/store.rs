@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use files::Files;
+pub use files::{Files, StagedInput};
 pub use job::{Handover, Job, JobId, JobState, MailState, NewJob, OutboxMail, Produced, Source};
 pub use quota::{Quota, Usage};
 pub use uploads::{NewUpload, Upload};

@@ -25,15 +25,20 @@ use crate::auth::Principal;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
-use crate::store::{Db, Files, Handover, Job, JobId, JobState, NewJob, Produced, Source, StoreError, Usage};
+use crate::store::{
+    Db, Files, Handover, Job, JobId, JobState, NewJob, Produced, Source, StagedInput, StoreError, Usage,
+};
 
 pub mod appender;
+pub mod client;
 mod dispatch;
 pub mod events;
 pub mod forwarded;
 pub mod handoff;
 pub mod jobs;
 mod lifecycle;
+
+use lifecycle::Input;
 pub mod placement;
 pub mod quota;
 mod storage;
@@ -88,8 +93,8 @@ pub enum RequestMsg {
     Submit {
         /// The job.
         job: NewJob,
-        /// The uploaded file, for `Source::Upload`.
-        staged: Option<PathBuf>,
+        /// The uploaded file, for `Source::Upload` (deleted unless the job adopts it).
+        staged: Option<StagedInput>,
         /// The stored job and whether it is new (`false`: an idempotent retry).
         reply: RpcReplyPort<Result<(Job, bool), JobError>>,
     },
@@ -367,7 +372,7 @@ impl Actor for RequestActor {
         }
         match message {
             RequestMsg::Submit { job, staged, reply } => {
-                let _ = reply.send(state.accept(&myself, job, staged, false).await);
+                let _ = reply.send(state.accept(&myself, job, staged.map(Input::Staged)).await);
             }
             RequestMsg::Upload(call) => state.upload_call(&myself, call).await?,
             RequestMsg::Get { id, who, reply } => {

@@ -27,8 +27,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unavailable};
-use super::{ApiError, AppState, Authed, ErrorCode, route};
+use super::responses::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unavailable};
+use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::auth::Principal;
 use crate::store::{JobId, JobState};
 
@@ -135,7 +135,9 @@ async fn archive(state: AppState, who: Principal, raw: Vec<String>) -> Result<Re
         ));
     }
     // Every job first: the caller's, and done.
-    let checks = ids.iter().map(|id| route::get(&state, id.clone(), who.clone()));
+    let checks = ids
+        .iter()
+        .map(|id| async { state.jobs.get(id.clone(), who.clone()).await.map_err(ApiError::from) });
     let mut entries = Vec::new();
     let mut names = HashSet::new();
     for (id, job) in ids.iter().zip(futures_util::future::join_all(checks).await) {
@@ -190,9 +192,11 @@ async fn write_zip(
 ) -> Result<(), String> {
     let mut zip = ZipFileWriter::with_tokio(out);
     for (id, name) in entries {
-        let (_, _, mut bytes) = route::mp3_stream(state, &id, who)
+        let (_, _, mut bytes) = state
+            .jobs
+            .mp3_stream(&id, who)
             .await
-            .map_err(|e| format!("job {id}: {}", e.message))?;
+            .map_err(|e| format!("job {id}: {}", ApiError::from(e).message))?;
         let entry = ZipEntryBuilder::new(name.into(), Compression::Stored);
         let mut writer = zip.write_entry_stream(entry).await.map_err(|e| e.to_string())?;
         while let Some(chunk) = bytes.next().await {

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{
+use super::responses::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooManyRequests, Unauthorized, Unavailable, Unprocessable,
 };
 use super::{ApiError, AppState, Authed, ErrorCode};

@@ -97,9 +97,9 @@ impl Storage {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The cluster", body = ClusterView),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 401, response = super::responses::Unauthorized),
+        (status = 403, response = super::responses::Forbidden),
+        (status = 503, response = super::responses::Unavailable),
     ))]
 async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<Json<ClusterView>, ApiError> {
     if !who.admin {

@@ -5,18 +5,19 @@
 //! requests; we add the `Content-Disposition`, and decide first which Range is honoured
 //! ([`honoured_range`]: one byte range, with a matching `If-Range` if any).
 
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
+use axum::http::header::{
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use super::openapi::{Conflict, NotFound, Unauthorized, Unavailable};
-use super::route::At;
+use super::responses::{Conflict, NotFound, Unauthorized, Unavailable};
 use super::{ApiError, AppState, Authed, ErrorCode};
-use crate::actors::request::{Mp3File, RequestMsg};
-use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::actors::request::client::Mp3;
 use crate::auth::Principal;
 use crate::store::JobId;
 use utoipa_axum::router::OpenApiRouter;
@@ -33,34 +34,31 @@ pub(super) async fn serve(
     who: Option<Principal>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // Where the MP3 is: a file here, or a stream from the node that has it.
-    enum Found {
-        Here(Mp3File),
-        Streamed(Response),
-    }
-    let headers = request.headers();
-    let found = super::route::at_owner(state, &id, |at| {
-        let (id, who) = (id.clone(), who.clone());
-        async move {
-            match at {
-                At::Here => Ok(Found::Here(
-                    ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??,
-                )),
-                At::Node(owner) => {
-                    // A streamed MP3 carries no validator, so no If-Range can match it.
-                    let mut headers = headers.clone();
-                    honoured_range(&mut headers, None);
-                    Ok(Found::Streamed(
-                        super::route::remote_mp3(&owner, &id, who.as_ref(), &headers).await?,
-                    ))
-                }
-            }
+    // A streamed MP3 (from the node that has it) carries no validator, so no If-Range can
+    // match it.
+    let mut streamed_headers = request.headers().clone();
+    honoured_range(&mut streamed_headers, None);
+    let file = match state.jobs.mp3(&id, who.as_ref(), byte_range(&streamed_headers)).await? {
+        Mp3::Here(file) => file,
+        Mp3::Streamed {
+            file_name,
+            total,
+            start,
+            end,
+            bytes,
+        } => {
+            let ranged = byte_range(&streamed_headers).is_some();
+            return streamed(&file_name, total, ranged.then_some((start, end)), bytes);
         }
-    })
-    .await?;
-    let file = match found {
-        Found::Here(file) => file,
-        Found::Streamed(response) => return Ok(response),
+        Mp3::Unsatisfiable { total } => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            r.headers_mut().insert(
+                CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{total}")).map_err(ApiError::internal)?,
+            );
+            return Ok(r);
+        }
     };
     let mut request = request;
     let modified = tokio::fs::metadata(&file.path)
@@ -96,6 +94,49 @@ pub(super) async fn serve(
         headers.insert(CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// The response of an MP3 streamed from another node: `range` (first, last) of `total`
+/// bytes, or all of them.
+fn streamed(
+    file_name: &str,
+    total: u64,
+    range: Option<(u64, u64)>,
+    bytes: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+) -> Result<Response, ApiError> {
+    let (start, end) = range.unwrap_or((0, total.saturating_sub(1)));
+    let length = (end + 1).saturating_sub(start);
+    let mut response = Response::new(Body::from_stream(bytes));
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let value = format!("bytes {start}-{end}/{total}");
+        response.headers_mut().insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&value).map_err(ApiError::internal)?,
+        );
+    }
+    if let Ok(value) = HeaderValue::from_str(&content_disposition(file_name)) {
+        response.headers_mut().insert(CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// `bytes=a-b` / `bytes=a-` (one range only); `None` for anything else (whole file).
+fn byte_range(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
+    let spec = headers.get(RANGE)?.to_str().ok()?.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start = a.trim().parse().ok()?;
+    let end = if b.trim().is_empty() {
+        None
+    } else {
+        Some(b.trim().parse().ok()?)
+    };
+    Some((start, end))
 }
 
 /// Keeps the request's `Range` only where RFC 9110 says it is honoured: one range in
@@ -135,7 +176,7 @@ fn honoured_range(headers: &mut HeaderMap, last_modified: Option<&str>) {
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 416, description = "`range_not_satisfiable`: the range is outside the file", body = super::openapi::ErrorBody,
+        (status = 416, description = "`range_not_satisfiable`: the range is outside the file", body = super::error::ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
         (status = 503, response = Unavailable),
     ))]
@@ -162,7 +203,7 @@ async fn by_job(
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 416, description = "`range_not_satisfiable`: the range is outside the file", body = super::openapi::ErrorBody,
+        (status = 416, description = "`range_not_satisfiable`: the range is outside the file", body = super::error::ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
         (status = 503, response = Unavailable),
     ))]

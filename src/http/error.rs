@@ -14,6 +14,8 @@ use crate::actors::CallError;
 use crate::actors::auth::AuthError;
 use crate::actors::request::JobError;
 use crate::actors::request::appender::AppendError;
+use crate::actors::request::client::JobsError;
+use crate::actors::request::jobs::RemoteError;
 use crate::actors::request::quota::QuotaError;
 use crate::auth::jwt::TokenError;
 use crate::fetch::FetchError;
@@ -120,6 +122,23 @@ impl ErrorCode {
             InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
+}
+
+/// Every error answer of the `/v1` routes.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "no such job"}}))]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// A stable code for programs and a message for people.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable; each response lists the codes it can carry.
+    pub code: ErrorCode,
+    /// For people; may change between versions.
+    pub message: String,
 }
 
 /// An error response.
@@ -237,8 +256,8 @@ impl IntoResponse for ApiError {
         let mut response = if self.plain {
             (self.status, self.message).into_response()
         } else {
-            let body = super::openapi::ErrorBody {
-                error: super::openapi::ErrorDetail {
+            let body = ErrorBody {
+                error: ErrorDetail {
                     code: self.code,
                     message: self.message,
                 },
@@ -345,5 +364,25 @@ impl From<FetchError> for ApiError {
             FetchError::Failed(_) => ErrorCode::FetchFailed,
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<RemoteError> for ApiError {
+    fn from(e: RemoteError) -> Self {
+        ApiError::new(ErrorCode::OwnerUnavailable, e.to_string()).retry_after(Duration::from_secs(5))
+    }
+}
+
+impl From<JobsError> for ApiError {
+    fn from(e: JobsError) -> Self {
+        match e {
+            JobsError::Job(e) => e.into(),
+            JobsError::OwnerUnreachable(e) => e.into(),
+            JobsError::KeyUncertain(_) => {
+                ApiError::new(ErrorCode::OwnerUnavailable, e.to_string()).retry_after(Duration::from_secs(2))
+            }
+            JobsError::Local(e) => e.into(),
+            JobsError::Internal(m) => ApiError::internal(m),
+        }
     }
 }

@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{BadRequest, Forbidden, Unauthorized};
+use super::responses::{BadRequest, Forbidden, Unauthorized};
 use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::request::events::{Cursor, Event, Events};
 use crate::auth::Principal;

@@ -11,18 +11,17 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{
+use super::responses::{
     BadRequest, Forbidden, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
     Unprocessable, UnsupportedMediaType,
 };
-use super::route;
 use super::upload::{self, Upload};
 use super::{ApiError, AppState, Authed, ErrorCode};
-use crate::actors::request::{RequestMsg, quota};
+use crate::actors::request::RequestMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::convert::Quality;
-use crate::store::{Job, JobId, NewJob, Source};
+use crate::store::{Job, JobId, NewJob, Source, StagedInput};
 use crate::view::JobJson;
 
 /// Longest accepted `Idempotency-Key`.
@@ -105,7 +104,7 @@ pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&
     .await??;
     match here {
         Some(job) => Ok(Some(job)),
-        None => route::keyed_elsewhere(state, &who.email, key).await,
+        None => Ok(state.jobs.keyed(&who.email, key).await?),
     }
 }
 
@@ -119,52 +118,23 @@ pub(super) fn retry_answer(job: &Job) -> Response {
         .into_response()
 }
 
-/// Refuses a new job (or upload) of `incoming` bytes over the caller's quota (`429`); else
-/// the request's place among the caller's unfinished jobs, to hold until it is submitted. A
-/// retry under a used Idempotency-Key never gets here ([`earlier_job`] answers it first).
-pub(super) async fn within_quota(state: &AppState, who: &Principal, incoming: u64) -> Result<quota::Place, ApiError> {
-    Ok(quota::check(&state.config, who, incoming).await?)
-}
-
 /// Hands a job (and its staged upload) to the request actor: `202` for a new job, `200`
 /// for an idempotent retry (whichever node holds the earlier job).
-pub(super) async fn submit(
-    state: &AppState,
-    job: NewJob,
-    staged: Option<std::path::PathBuf>,
-) -> Result<Response, ApiError> {
+pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedInput>) -> Result<Response, ApiError> {
+    // What is not accepted is not kept: `staged` deletes its file unless a job adopts it.
     let earlier = match &job.idempotency_key {
-        Some(key) => match route::keyed_elsewhere(state, &job.owner_email, key).await {
-            Ok(earlier) => earlier,
-            Err(e) => {
-                // Not accepted: nothing of it is kept.
-                if let Some(path) = staged {
-                    let _ = tokio::fs::remove_file(path).await;
-                }
-                return Err(e);
-            }
-        },
+        Some(key) => state.jobs.keyed(&job.owner_email, key).await?,
         None => None,
     };
     let (job, new) = match earlier {
-        Some(earlier) => {
-            if let Some(path) = staged {
-                let _ = tokio::fs::remove_file(path).await;
-            }
-            (earlier, false)
-        }
+        Some(earlier) => (earlier, false),
         None => {
-            let staged_copy = staged.clone();
-            let result = ask(
+            ask(
                 Role::Request,
                 |reply| RequestMsg::Submit { job, staged, reply },
                 CALL_TIMEOUT,
             )
-            .await;
-            if let (Err(_), Some(path)) = (&result, staged_copy) {
-                let _ = tokio::fs::remove_file(path).await;
-            }
-            result??
+            .await??
         }
     };
     let status = if new { StatusCode::ACCEPTED } else { StatusCode::OK };
@@ -190,7 +160,6 @@ pub(super) async fn submit_upload(
         .and_then(|s| webhook_syntax(state, upload.webhook_url.as_deref()).map(|()| s));
     if let (Ok(_), Some(job)) = (&settings, &earlier) {
         // A well-formed retry: the earlier job, this upload not kept.
-        let _ = tokio::fs::remove_file(&upload.path).await;
         return Ok(retry_answer(job));
     }
     let settings = match settings {
@@ -199,13 +168,7 @@ pub(super) async fn submit_upload(
             .map(|w| (s, w)),
         Err(e) => Err(e),
     };
-    let ((bitrate, vbr), webhook_url) = match settings {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&upload.path).await;
-            return Err(e);
-        }
-    };
+    let ((bitrate, vbr), webhook_url) = settings?;
     let job = NewJob {
         id: JobId::new(&state.config.node_name),
         owner_email: who.email,
@@ -216,7 +179,7 @@ pub(super) async fn submit_upload(
         idempotency_key: key,
         webhook_url,
     };
-    submit(state, job, Some(upload.path)).await
+    submit(state, job, Some(upload.input)).await
 }
 
 /// A job's own webhook URL, if any, is a URL we could call (its form only; [`webhook_url`]
@@ -386,7 +349,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         }
         let webhook_url = webhook_url(&state, &who.email, body.webhook_url.as_deref()).await?;
         upload::room_for(&state.config, 0).await?;
-        let _place = within_quota(&state, &who, 0).await?;
+        let _place = super::quota::within_quota(&state, &who, 0).await?;
         // Refused addresses fail the request now; the fetch checks again (DNS may change).
         state.fetcher.check(&url).await?;
         let file_name = url
@@ -478,7 +441,7 @@ async fn list(
     if all && !who.admin {
         return Err(ApiError::forbidden("only admins list every user's jobs"));
     }
-    let jobs = super::route::list(&state, who, all, limit, offset).await?;
+    let jobs = state.jobs.list(who, all, limit, offset).await?;
     let next = (jobs.len() as u32 == limit).then_some(offset + limit);
     Ok(Json(JobPage {
         jobs: jobs.iter().map(JobJson::from).collect(),
@@ -509,7 +472,7 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<JobJson>, ApiError> {
     let id = job_id(&id)?;
-    let job = super::route::get(&state, id, who).await?;
+    let job = state.jobs.get(id, who).await?;
     Ok(Json(JobJson::from(&job)))
 }
 
@@ -531,7 +494,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let canceled = super::route::delete(&state, id, who).await?;
+    let canceled = state.jobs.delete(id, who).await?;
     Ok(match canceled {
         Some(job) => Json(JobJson::from(&job)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable};
+use super::responses::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable};
 use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::auth::AuthMsg;
 use crate::actors::request::quota;
@@ -138,4 +138,11 @@ async fn set(
         return Err(ApiError::new(ErrorCode::InvalidRequest, "limits must not be negative"));
     }
     Ok(Json(answer(&state, email, Some(quota)).await?))
+}
+
+/// Refuses a new job (or upload) of `incoming` bytes over the caller's quota (`429`); else
+/// the request's place among the caller's unfinished jobs, to hold until it is submitted. A
+/// retry under a used Idempotency-Key never gets here ([`earlier_job`](super::jobs::earlier_job) answers it first).
+pub(super) async fn within_quota(state: &AppState, who: &Principal, incoming: u64) -> Result<quota::Place, ApiError> {
+    Ok(quota::check(&state.config, who, incoming).await?)
 }

@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{BadRequest, Forbidden, TooLarge, TooManyRequests, Unauthorized, Unavailable};
+use super::responses::{BadRequest, Forbidden, TooLarge, TooManyRequests, Unauthorized, Unavailable};
 use super::{ApiError, AppState, ErrorCode, bearer, verify};
 use crate::auth::Principal;
 

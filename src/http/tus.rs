@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{
+use super::responses::{
     BadRequest, Conflict, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
     Unprocessable, UnsupportedMediaType,
 };
@@ -241,7 +241,7 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     let s = settings(state, who, shaped).await?;
     super::upload::room_for(&state.config, length).await?;
     // Held until the upload is stored (it counts as unfinished itself then).
-    let _place = super::jobs::within_quota(state, who, length).await?;
+    let _place = super::quota::within_quota(state, who, length).await?;
     let upload = NewUpload {
         id: JobId::new(&state.config.node_name),
         owner_email: who.email.clone(),

@@ -1,7 +1,5 @@
 //! Multipart uploads, streamed to `DATA/tmp/` with the size cap; never whole in memory.
 
-use std::path::PathBuf;
-
 use axum::extract::multipart::Field;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header::CONTENT_LENGTH;
@@ -11,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::Principal;
 use crate::config::Config;
-use crate::store::Files;
+use crate::store::{Files, StagedInput};
 
 /// Multipart overhead allowed above the file cap in `Content-Length`.
 const MULTIPART_SLACK: u64 = 64 * 1024;
@@ -49,8 +47,8 @@ pub(super) async fn room_for(config: &Config, incoming: u64) -> Result<(), ApiEr
 
 /// The request's one file, on disk, and its text fields.
 pub(super) struct Upload {
-    /// The staged file (the caller hands it to the request actor or deletes it).
-    pub path: PathBuf,
+    /// The staged file (deleted unless a job adopts it).
+    pub input: StagedInput,
     /// The client's file name.
     pub file_name: String,
     /// `bitrate` field.
@@ -59,17 +57,6 @@ pub(super) struct Upload {
     pub vbr: Option<String>,
     /// `webhook_url` field.
     pub webhook_url: Option<String>,
-}
-
-/// Deletes a staged file unless it was handed on.
-struct Staged(Option<PathBuf>);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 /// Refuses a body whose declared length is already over the cap (or the disk's room, or the
@@ -95,7 +82,7 @@ pub(super) async fn multipart(
     // A retry (`new` false) becomes no job: it needs no room and no quota.
     let place = if new {
         room_for(&state.config, declared.unwrap_or(0)).await?;
-        super::jobs::within_quota(state, who, declared.unwrap_or(0)).await?
+        super::quota::within_quota(state, who, declared.unwrap_or(0)).await?
     } else {
         crate::actors::request::quota::Place::none()
     };
@@ -123,19 +110,22 @@ async fn drain(mut field: Field<'_>) {
 pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file: ApiError) -> Result<Upload, ApiError> {
     let files = Files::new(&config.data_dir).map_err(ApiError::internal)?;
     let bad = |e: axum::extract::multipart::MultipartError| ApiError::new(ErrorCode::InvalidMultipart, e.body_text());
-    let mut staged = Staged(None);
+    let mut staged: Option<StagedInput> = None;
     let mut file_name = None;
     let (mut bitrate, mut vbr, mut webhook_url) = (None, None, None);
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         if let Some(name) = field.file_name().map(str::to_string) {
-            if staged.0.is_some() {
+            if staged.is_some() {
                 return Err(one_file);
             }
             let path = files
                 .tmp_dir()
                 .join(format!("upload-{}", crate::store::JobId::new("u").as_str()));
-            let mut out = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
-            staged.0 = Some(path);
+            let input = StagedInput::new(path);
+            let mut out = tokio::fs::File::create(input.path())
+                .await
+                .map_err(ApiError::internal)?;
+            staged = Some(input);
             let mut size = 0u64;
             let mut checked = 0u64;
             while let Some(chunk) = field.chunk().await.map_err(bad)? {
@@ -173,9 +163,9 @@ pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file:
             }
         }
     }
-    match (staged.0.take(), file_name) {
-        (Some(path), Some(file_name)) => Ok(Upload {
-            path,
+    match (staged, file_name) {
+        (Some(input), Some(file_name)) => Ok(Upload {
+            input,
             file_name,
             bitrate,
             vbr,

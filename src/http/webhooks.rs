@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{BadRequest, NotFound, TooLarge, Unauthorized, Unavailable, Unprocessable};
+use super::responses::{BadRequest, NotFound, TooLarge, Unauthorized, Unavailable, Unprocessable};
 use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::auth::{AuthMsg, WebhookChange};
 use crate::actors::{CALL_TIMEOUT, Role, ask};

@@ -10,6 +10,41 @@ use std::path::{Path, PathBuf};
 
 use super::JobId;
 
+/// An uploaded input staged in `tmp/`, owned from the moment it is created until a job
+/// adopts it ([`StagedInput::adopt`]); on every other path (a refused request, an
+/// idempotent retry, a failed call, a node shutting down) dropping it deletes the file.
+#[derive(Debug)]
+pub struct StagedInput(Option<PathBuf>);
+
+impl StagedInput {
+    /// Takes charge of the file at `path` (which need not exist yet).
+    pub fn new(path: PathBuf) -> Self {
+        StagedInput(Some(path))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Moves it into place as job `id`'s input: the job owns it from here. On failure it
+    /// stays in charge, and is deleted when dropped.
+    pub fn adopt(&mut self, files: &Files, id: &JobId) -> io::Result<()> {
+        files.adopt_input(id, self.path())?;
+        self.0 = None;
+        Ok(())
+    }
+}
+
+impl Drop for StagedInput {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            // A small unlink; dropped off the async runtime's hot paths in practice.
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 /// The file layout of one data dir.
 #[derive(Debug, Clone)]
 pub struct Files {

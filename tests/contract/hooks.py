@@ -1,4 +1,4 @@
-"""schemathesis hooks for tests/contract.rs: tus bodies (application/offset+octet-stream,
+"""schemathesis hooks for tests/it/contract.rs: tus bodies (application/offset+octet-stream,
 /v1/uploads) are raw bytes, sent as schemathesis sends application/octet-stream."""
 import schemathesis
 

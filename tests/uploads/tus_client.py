@@ -1,4 +1,4 @@
-"""tuspy (the tus project's Python client, not our code) driving /v1/uploads for tests/uploads.rs.
+"""tuspy (the tus project's Python client, not our code) driving /v1/uploads for tests/it/uploads.rs.
 
 Usage: tus_client.py ENDPOINT TOKEN FILE URL_FILE [--resume-from PATH] [--chunk BYTES]
        [--checksum] [--meta KEY=VALUE ...]

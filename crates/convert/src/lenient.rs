@@ -188,8 +188,23 @@ struct TopLevel {
 
 /// Walks the top-level boxes, reading the first `moov` (what the file holds of it).
 fn read_top_level<R: Read + Seek>(r: &mut R, len: u64) -> io::Result<TopLevel> {
+    // From the first byte; where that finds neither a moov nor a moof, from where the boxes
+    // begin behind leading bytes (the strict walk's and the probe's start). A damaged first
+    // box is more common than junk, and an `ftyp` found further on may be audio bytes.
+    let top = read_top_level_from(r, len, 0)?;
+    if top.moov.is_some() || !top.moofs.is_empty() {
+        return Ok(top);
+    }
+    match boxes::top_level_start(r, len)? {
+        0 => Ok(top),
+        start => read_top_level_from(r, len, start),
+    }
+}
+
+/// [`read_top_level`] from `start`.
+fn read_top_level_from<R: Read + Seek>(r: &mut R, len: u64, start: u64) -> io::Result<TopLevel> {
     let mut top = TopLevel::default();
-    let mut pos = boxes::top_level_start(r, len)?;
+    let mut pos = start;
     for _ in 0..MAX_TOP_LEVEL_BOXES {
         if pos.saturating_add(8) > len {
             break;

@@ -38,7 +38,7 @@ pub(crate) fn run_sequential<W: Write + Seek>(
             .name("mp4tomp3-decode".into())
             .spawn_scoped(scope, move || job.run(demuxer, decoder, tx))?;
         let encoded = encode_blocks(rx, out, ctx.quality, id3, hooks);
-        // symphonia has asserts that malformed input can reach (found by tests/hostile.rs):
+        // symphonia has asserts that malformed input can reach (found by the engine tests' hostile.rs):
         // a panic while demuxing or decoding is the input's fault, reported as corrupt.
         let decoded = decoding.join().map_err(|_| demuxer_panic())?;
         // A decode failure explains an encoder that stopped for want of input, so it wins.

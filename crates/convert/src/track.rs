@@ -29,7 +29,7 @@ impl ChosenTrack {
 }
 
 /// Probes the input and picks its audio track. symphonia can panic on malformed input
-/// (see tests/hostile.rs): a panic here is reported as corrupt media.
+/// (see the engine tests' hostile.rs): a panic here is reported as corrupt media.
 pub(crate) fn open_track(
     source: Tracked,
     truncated: bool,

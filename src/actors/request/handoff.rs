@@ -10,7 +10,7 @@
 //!          request ──HandedOver──▶ row and files removed here
 //! ```
 //!
-//! A job keeps its id; routing finds it on its new owner (`http/route.rs`). Unfinished
+//! A job keeps its id; routing finds it on its new owner (`request/client.rs`). Unfinished
 //! jobs start again from `queued` there (a conversion cut short here is redone); a pending
 //! email is sent by the new owner. One job moves at a time per target, and a job is removed
 //! here only after its new owner committed it, so an interrupted handoff loses nothing: what

@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// A new job's input file.
+pub(super) enum Input {
+    /// A multipart upload staged in `tmp/` (deleted unless the job adopts it).
+    Staged(StagedInput),
+    /// A completed resumable upload's file (it stays with its upload unless adopted).
+    Upload(PathBuf),
+}
+
 impl RequestState {
     pub(super) fn visible(job: &Job, who: &Principal) -> bool {
         who.admin || job.owner_email.eq_ignore_ascii_case(&who.email)
@@ -70,35 +78,36 @@ impl RequestState {
         Ok(())
     }
 
-    /// Accepts a job (with its staged input for uploads; `from_upload`: the staged file is
-    /// a resumable upload, marked completed in the same step). Answers the job as stored
-    /// now, and whether it is new (`false`: an idempotent retry).
+    /// Accepts a job (with its input file for uploads; a resumable upload's is marked
+    /// completed in the same step). Answers the job as stored now, and whether it is new
+    /// (`false`: an idempotent retry, whose input is dropped).
     pub(super) async fn accept(
         &mut self,
         myself: &ActorRef<RequestMsg>,
         job: NewJob,
-        staged: Option<PathBuf>,
-        from_upload: bool,
+        input: Option<Input>,
     ) -> Result<(Job, bool), JobError> {
         if self.draining.is_some() {
-            if let (Some(staged), false) = (staged, from_upload) {
-                let _ = tokio::fs::remove_file(staged).await;
-            }
+            // A staged upload is deleted as `input` drops; a resumable one stays with its
+            // upload.
             return Err(JobError::Draining);
         }
+        let from_upload = matches!(input, Some(Input::Upload(_)));
+        let has_input = input.is_some();
         let files = self.files.clone();
         let result = self
             .db
             .run(move |s| {
                 // The input goes into place before the row exists, so a stored job always
                 // has its input; an idempotent retry's upload is dropped.
-                if let Some(staged) = &staged {
-                    files
-                        .adopt_input(&job.id, staged)
-                        .map_err(|e| StoreError::Worker(e.to_string()))?;
-                }
+                let adopted = match input {
+                    Some(Input::Staged(mut staged)) => staged.adopt(&files, &job.id),
+                    Some(Input::Upload(path)) => files.adopt_input(&job.id, &path),
+                    None => Ok(()),
+                };
+                adopted.map_err(|e| StoreError::Worker(e.to_string()))?;
                 let (stored, new) = s.insert_job(&job)?;
-                if !new && staged.is_some() {
+                if !new && has_input {
                     let _ = files.remove_job(&job.id);
                 }
                 if from_upload {

@@ -232,7 +232,7 @@ impl RequestState {
             webhook_url: u.webhook_url.clone(),
         };
         let staged = self.files.upload(&u.id);
-        let (job, _) = self.accept(myself, job, Some(staged), true).await?;
+        let (job, _) = self.accept(myself, job, Some(super::Input::Upload(staged))).await?;
         Ok(job)
     }
 

@@ -1,0 +1,476 @@
+//! [`JobsClient`]: how the rest of a node (the HTTP gateway) reaches a job wherever it
+//! lives. A job's owner is named in its id: local jobs go to this node's request actor,
+//! other nodes' jobs through the cluster to the owner's jobs face (`jobs.rs`). While the
+//! owner cannot be asked the answer is [`JobsError::OwnerUnreachable`], never "not found".
+//!
+//! A job handed over on scale-down keeps its id but lives on another node: when the named
+//! owner does not have it (or is gone), the other nodes are asked, and where it was found
+//! is remembered ([`Moved`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use ractor::RpcReplyPort;
+
+use super::jobs::{self, JobAnswer, JobQuery, JobsMsg, ListQuery, RemoteError, status};
+use super::{JobError, Mp3File, RequestMsg};
+use crate::actors::{CALL_TIMEOUT, CallError, Role, ask};
+use crate::auth::Principal;
+use crate::cluster::mesh::ClusterMsg;
+use crate::store::{Job, JobId};
+
+/// Why a call about a job got no answer from it.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// The answer of the node that has the job (or of this node's request actor).
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The node that owns (or may own) the job cannot be asked now.
+    #[error(transparent)]
+    OwnerUnreachable(#[from] RemoteError),
+    /// These nodes may hold a job with the Idempotency-Key and cannot be asked now.
+    #[error("{0} may hold a job with this Idempotency-Key and cannot be asked now; retry with the same key")]
+    KeyUncertain(String),
+    /// This node's request actor did not answer.
+    #[error(transparent)]
+    Local(#[from] CallError),
+    /// Ours: an answer we cannot read, a file we cannot open.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl JobsError {
+    /// The job is not where it was looked for: not there, or there cannot be asked.
+    fn missed(&self) -> bool {
+        matches!(
+            self,
+            JobsError::Job(JobError::NotFound) | JobsError::OwnerUnreachable(_) | JobsError::KeyUncertain(_)
+        )
+    }
+}
+
+/// Where a job lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// On this node.
+    Here,
+    /// On this other node.
+    Node(String),
+}
+
+/// Jobs found elsewhere than their id says, and where (bounded: forgotten when full).
+#[derive(Clone, Default)]
+pub struct Moved(Arc<Mutex<HashMap<JobId, At>>>);
+
+impl Moved {
+    const MAX: usize = 100_000;
+
+    fn get(&self, id: &JobId) -> Option<At> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    fn set(&self, id: &JobId, at: Option<At>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match at {
+            Some(at) => {
+                if map.len() >= Self::MAX {
+                    map.clear();
+                }
+                map.insert(id.clone(), at);
+            }
+            None => {
+                map.remove(id);
+            }
+        }
+    }
+}
+
+/// A done job's MP3, from wherever it lives.
+pub enum Mp3 {
+    /// On this node: the file (the caller serves it, ranges and all).
+    Here(Mp3File),
+    /// On another node: bytes `start..=end` of `total`, streamed from there.
+    Streamed {
+        /// The user's original file name.
+        file_name: String,
+        /// The MP3's size.
+        total: u64,
+        /// The first byte sent.
+        start: u64,
+        /// The last byte sent.
+        end: u64,
+        /// The bytes.
+        bytes: BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    },
+    /// On another node, and the range asked starts past its end.
+    Unsatisfiable {
+        /// The MP3's size.
+        total: u64,
+    },
+}
+
+/// Jobs wherever they live: status, list, cancel/delete, MP3 bytes, and idempotency keys
+/// across the cluster.
+#[derive(Clone)]
+pub struct JobsClient {
+    node_name: String,
+    clustered: bool,
+    moved: Moved,
+}
+
+/// An admin's look: whether a job exists, whoever it belongs to (the real caller's rights
+/// are checked by the call that follows).
+fn existence() -> Principal {
+    Principal {
+        email: String::new(),
+        admin: true,
+    }
+}
+
+fn query(id: &JobId, who: Option<&Principal>, offset: u64) -> JobQuery {
+    JobQuery {
+        job_id: id.to_string(),
+        email: who.map(|w| w.email.clone()).unwrap_or_default(),
+        admin: who.is_some_and(|w| w.admin),
+        link: who.is_none(),
+        offset,
+    }
+}
+
+fn remote_job(answer: JobAnswer) -> Result<Option<Job>, JobsError> {
+    if answer.status != status::OK {
+        return Err(jobs::error(answer.status, answer.message).into());
+    }
+    match answer.job {
+        Some(view) => view
+            .to_job()
+            .map(Some)
+            .ok_or_else(|| JobsError::Internal("unreadable job from its owner".into())),
+        None => Ok(None),
+    }
+}
+
+/// Does `at` have job `id`? (`Err`: it cannot say now.) Asked of the other nodes when the
+/// expected one has no such job.
+async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
+    match at {
+        At::Here => {
+            let (id, who) = (id.clone(), existence());
+            let found = ask(Role::Request, |reply| RequestMsg::Get { id, who, reply }, CALL_TIMEOUT).await;
+            Ok(!matches!(found, Ok(Err(JobError::NotFound))))
+        }
+        At::Node(node) => {
+            let q = query(id, Some(&existence()), 0);
+            let answer = jobs::call(node, |reply| JobsMsg::Get(q, reply)).await?;
+            Ok(answer.status != status::NOT_FOUND)
+        }
+    }
+}
+
+impl JobsClient {
+    /// The client of node `node_name` (`clustered`: it has peers to ask).
+    pub fn new(node_name: &str, clustered: bool) -> Self {
+        JobsClient {
+            node_name: node_name.to_string(),
+            clustered,
+            moved: Moved::default(),
+        }
+    }
+
+    /// Runs `op` where job `id` lives: on the node its id names (or where it was last
+    /// found); when that node has no such job or cannot be reached, on whichever other
+    /// node has it (a job handed over on scale-down). When no other node has it, `op`'s own
+    /// answer stands (not found, or the named owner unreachable).
+    pub async fn at_owner<T, Fut>(&self, id: &JobId, op: impl Fn(At) -> Fut) -> Result<T, JobsError>
+    where
+        Fut: Future<Output = Result<T, JobsError>>,
+    {
+        let own = &self.node_name;
+        if !self.clustered {
+            return op(At::Here).await;
+        }
+        let named = if id.owner() == own {
+            At::Here
+        } else {
+            At::Node(id.owner().to_string())
+        };
+        let first = self.moved.get(id).unwrap_or(named);
+        let missed = match op(first.clone()).await {
+            Err(e) if e.missed() => e,
+            answered => return answered,
+        };
+        let mut others: Vec<At> = jobs::other_owners(own).into_iter().map(At::Node).collect();
+        others.push(At::Here);
+        others.retain(|at| *at != first);
+        let answers = futures_util::future::join_all(others.iter().map(|at| has(at, id))).await;
+        let found = others.into_iter().zip(answers).find(|(_, a)| matches!(a, Ok(true)));
+        self.moved.set(id, found.as_ref().map(|(at, _)| at.clone()));
+        match found {
+            Some((at, _)) => op(at).await,
+            None => Err(missed),
+        }
+    }
+
+    /// Runs a caller's operation on job `id` where it lives: `remote` on the jobs face of
+    /// the node that has it (its answer read by `found`), `local` on this node's request
+    /// actor.
+    async fn on_job<T: Send + 'static>(
+        &self,
+        id: &JobId,
+        who: &Principal,
+        remote: fn(JobQuery, RpcReplyPort<JobAnswer>) -> JobsMsg,
+        local: fn(JobId, Principal, RpcReplyPort<Result<T, JobError>>) -> RequestMsg,
+        found: fn(Option<Job>) -> Result<T, JobsError>,
+    ) -> Result<T, JobsError> {
+        self.at_owner(id, |at| async move {
+            match at {
+                At::Node(owner) => {
+                    let q = query(id, Some(who), 0);
+                    let answer = jobs::call(&owner, |reply| remote(q, reply)).await?;
+                    found(remote_job(answer)?)
+                }
+                At::Here => {
+                    let (id, who) = (id.clone(), who.clone());
+                    Ok(ask(Role::Request, |reply| local(id, who, reply), CALL_TIMEOUT).await??)
+                }
+            }
+        })
+        .await
+    }
+
+    /// A job's status.
+    pub async fn get(&self, id: JobId, who: Principal) -> Result<Job, JobsError> {
+        self.on_job(
+            &id,
+            &who,
+            JobsMsg::Get,
+            |id, who, reply| RequestMsg::Get { id, who, reply },
+            |job| job.ok_or(JobsError::Job(JobError::NotFound)),
+        )
+        .await
+    }
+
+    /// Cancels or deletes a job: the canceled job, or `None` once deleted.
+    pub async fn delete(&self, id: JobId, who: Principal) -> Result<Option<Job>, JobsError> {
+        self.on_job(
+            &id,
+            &who,
+            JobsMsg::Delete,
+            |id, who, reply| RequestMsg::Delete { id, who, reply },
+            Ok,
+        )
+        .await
+    }
+
+    /// The job `email` submitted with Idempotency-Key `key` on another node, if one has
+    /// it: a retry that the load balancer sends to another pod (or that follows a job
+    /// handed over on scale-down) gets the same job. Every wanted peer must answer: while
+    /// one cannot be asked (down, partitioned, paused), it may hold the key, and accepting
+    /// a new job could make two ([`JobsError::KeyUncertain`]: retry with the same key). Two
+    /// retries racing on two nodes at the same moment may still both be accepted.
+    pub async fn keyed(&self, email: &str, key: &str) -> Result<Option<Job>, JobsError> {
+        // A standalone node has nobody to ask.
+        if !self.clustered {
+            return Ok(None);
+        }
+        let away = ask(Role::Cluster, |reply| ClusterMsg::Unreached { reply }, CALL_TIMEOUT).await?;
+        if !away.is_empty() {
+            return Err(JobsError::KeyUncertain(away.join(", ")));
+        }
+        let owners = jobs::other_owners(&self.node_name);
+        let asks = owners.iter().map(|owner| {
+            let q = jobs::KeyQuery {
+                email: email.to_string(),
+                key: key.to_string(),
+            };
+            jobs::call(owner, |reply| JobsMsg::Keyed(q, reply))
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut found = None;
+        for (owner, answer) in owners.iter().zip(answers) {
+            match answer.map_err(JobsError::from).and_then(remote_job) {
+                Ok(job) => found = found.or(job),
+                Err(JobsError::Job(JobError::NotFound)) => {}
+                Err(e) => {
+                    tracing::debug!(node = %owner, error = %e, "could not ask that node for an idempotency key");
+                    return Err(JobsError::KeyUncertain(owner.clone()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The caller's jobs from every reachable node, newest first.
+    pub async fn list(&self, who: Principal, all: bool, limit: u32, offset: u32) -> Result<Vec<Job>, JobsError> {
+        let want = limit.saturating_add(offset);
+        let local_who = who.clone();
+        let mut found = ask(
+            Role::Request,
+            |reply| RequestMsg::List {
+                who: local_who,
+                all,
+                limit: want,
+                offset: 0,
+                reply,
+            },
+            CALL_TIMEOUT,
+        )
+        .await??;
+        if self.clustered {
+            for owner in jobs::other_owners(&self.node_name) {
+                let q = ListQuery {
+                    email: who.email.clone(),
+                    admin: who.admin,
+                    all,
+                    limit: want,
+                };
+                match jobs::call(&owner, |reply| JobsMsg::List(q, reply)).await {
+                    Ok(answer) if answer.status == status::OK => {
+                        found.extend(answer.jobs.iter().filter_map(|v| v.to_job()))
+                    }
+                    Ok(_) | Err(_) => tracing::warn!(node = %owner, "could not list that node's jobs"),
+                }
+            }
+        }
+        found.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then_with(|| b.id.as_str().cmp(a.id.as_str()))
+        });
+        // A job being handed over may be on two nodes for a moment.
+        found.dedup_by(|a, b| a.id == b.id);
+        Ok(found.into_iter().skip(offset as usize).take(limit as usize).collect())
+    }
+
+    /// A done job's MP3 for `who` (`None`: a verified signed link): the file when it is
+    /// here, else its bytes `range` (`(first, last)`, one range; `None`: all) streamed from
+    /// the node that has it, never whole in memory.
+    pub async fn mp3(
+        &self,
+        id: &JobId,
+        who: Option<&Principal>,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Mp3, JobsError> {
+        self.at_owner(id, |at| async move {
+            match at {
+                At::Here => {
+                    let (id, who) = (id.clone(), who.cloned());
+                    Ok(Mp3::Here(
+                        ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??,
+                    ))
+                }
+                At::Node(owner) => remote_mp3(&owner, id, who, range).await,
+            }
+        })
+        .await
+    }
+
+    /// A done job's MP3 as a stream of bytes, from wherever it lives: its user's file
+    /// name, size, and bytes.
+    pub async fn mp3_stream(
+        &self,
+        id: &JobId,
+        who: &Principal,
+    ) -> Result<(String, u64, BoxStream<'static, std::io::Result<bytes::Bytes>>), JobsError> {
+        let internal = |e: std::io::Error| JobsError::Internal(e.to_string());
+        self.at_owner(id, |at| async move {
+            match at {
+                At::Here => {
+                    let (id, who) = (id.clone(), Some(who.clone()));
+                    let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??;
+                    let opened = tokio::fs::File::open(&file.path).await.map_err(internal)?;
+                    let total = opened.metadata().await.map_err(internal)?.len();
+                    let stream = tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10);
+                    Ok((file.file_name, total, stream.boxed()))
+                }
+                At::Node(owner) => {
+                    let q = query(id, Some(who), 0);
+                    let first = jobs::call(&owner, |reply| JobsMsg::Chunk(q.clone(), reply)).await?;
+                    if first.status != status::OK {
+                        return Err(jobs::error(first.status, first.message).into());
+                    }
+                    let total = first.total;
+                    let stream = remote_chunks(owner, q, first.data, 0, total);
+                    Ok((first.file_name, total, stream.boxed()))
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Another node's MP3, bytes `range` of it.
+async fn remote_mp3(
+    owner: &str,
+    id: &JobId,
+    who: Option<&Principal>,
+    range: Option<(u64, Option<u64>)>,
+) -> Result<Mp3, JobsError> {
+    let start = range.map_or(0, |(s, _)| s);
+    let q = query(id, who, start);
+    let first = jobs::call(owner, |reply| JobsMsg::Chunk(q.clone(), reply)).await?;
+    if first.status != status::OK {
+        return Err(jobs::error(first.status, first.message).into());
+    }
+    let total = first.total;
+    let end = range
+        .and_then(|(_, e)| e)
+        .unwrap_or(total.saturating_sub(1))
+        .min(total.saturating_sub(1));
+    if range.is_some() && (start >= total || start > end) {
+        return Ok(Mp3::Unsatisfiable { total });
+    }
+    Ok(Mp3::Streamed {
+        bytes: remote_chunks(owner.to_string(), q, first.data, start, end + 1).boxed(),
+        file_name: first.file_name,
+        total,
+        start,
+        end,
+    })
+}
+
+/// Bytes `start..end` of a job's MP3 on `owner`, a chunk at a time (`first`: the piece
+/// at `start`, already fetched).
+fn remote_chunks(
+    owner: String,
+    q: JobQuery,
+    first: Vec<u8>,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::unfold(
+        (Some(first), start, q, owner),
+        move |(pending, at, q, owner)| async move {
+            let left = end.saturating_sub(at);
+            if left == 0 {
+                return None;
+            }
+            let data = match pending {
+                Some(data) => data,
+                None => {
+                    let next = JobQuery {
+                        offset: at,
+                        ..q.clone()
+                    };
+                    match jobs::call(&owner, |reply| JobsMsg::Chunk(next, reply)).await {
+                        Ok(answer) if answer.status == status::OK && !answer.data.is_empty() => answer.data,
+                        _ => {
+                            return Some((
+                                Err(std::io::Error::other("the owner stopped sending the MP3")),
+                                (None, end, q, owner),
+                            ));
+                        }
+                    }
+                }
+            };
+            let take = (data.len() as u64).min(left) as usize;
+            let mut data = data;
+            data.truncate(take);
+            let next = at + take as u64;
+            Some((Ok(bytes::Bytes::from(data)), (None, next, q, owner)))
+        },
+    )
+}
