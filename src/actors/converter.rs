@@ -88,6 +88,7 @@ impl ConvertTask {
                         ..piece
                     },
                     Err(failure) => host::Piece {
+                        failed: failure.kind() as i32,
                         error_code: failure.code().to_string(),
                         error_message: failure.message(),
                         ..piece
@@ -101,9 +102,8 @@ impl ConvertTask {
 /// How a conversion ended: what it produced, or why not.
 pub type Outcome = Result<Produced, Failure>;
 
-/// The failure code of a conversion that found the data volume full (on the wire between
-/// nodes, in a result piece's `error_code`).
-pub const NO_SPACE: &str = "no_space";
+/// The failure code of a conversion that found the data volume full.
+const NO_SPACE: &str = "no_space";
 
 /// Why a conversion made no MP3.
 #[derive(Debug)]
@@ -127,12 +127,19 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// A failure as another node reported it (a result piece's code and message).
-    pub fn from_wire(code: String, message: String) -> Failure {
-        if code == NO_SPACE {
-            Failure::NoSpace(message)
-        } else {
-            Failure::Remote { code, message }
+    /// A failure as another node reported it: a result piece's kind, code and message.
+    pub fn from_wire(failed: host::Failed, code: String, message: String) -> Failure {
+        match failed {
+            host::Failed::NoSpace => Failure::NoSpace(message),
+            host::Failed::Job | host::Failed::Unspecified => Failure::Remote { code, message },
+        }
+    }
+
+    /// Its kind on the wire.
+    pub fn kind(&self) -> host::Failed {
+        match self {
+            Failure::NoSpace(_) => host::Failed::NoSpace,
+            _ => host::Failed::Job,
         }
     }
 

@@ -176,6 +176,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_staged_input_is_deleted_on_every_path_but_adoption() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::new(dir.path()).unwrap();
+        let staged_at = |name: &str| {
+            let path = files.tmp_dir().join(name);
+            fs::write(&path, b"mp4").unwrap();
+            (StagedInput::new(path.clone()), path)
+        };
+        // Dropped (a refusal, a retry, a failed call): gone.
+        let (input, path) = staged_at("refused");
+        drop(input);
+        assert!(!path.exists());
+        // Adopted: the job's input, and dropping the guard afterwards deletes nothing.
+        let (mut input, path) = staged_at("adopted");
+        let id = JobId::new("n1");
+        input.adopt(&files, &id).unwrap();
+        drop(input);
+        assert!(!path.exists());
+        assert_eq!(fs::read(files.input(&id)).unwrap(), b"mp4");
+        // An adoption that fails (a file where the job's directory must go) leaves it in
+        // charge: dropped, it is deleted.
+        let (mut input, path) = staged_at("failed");
+        let blocked = JobId::new("n2");
+        fs::write(files.job_dir(&blocked), b"not a directory").unwrap();
+        assert!(input.adopt(&files, &blocked).is_err());
+        assert!(path.exists(), "still staged after a failed adoption");
+        drop(input);
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn staged_inputs_are_adopted_and_removed_with_their_job() {
         let dir = tempfile::tempdir().unwrap();
         let files = Files::new(dir.path()).unwrap();

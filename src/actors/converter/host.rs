@@ -111,6 +111,21 @@ pub struct Piece {
     /// ...and what was recovered from a damaged input (empty: whole).
     #[prost(string, tag = "10")]
     pub warnings: String,
+    /// A failed conversion's kind ([`Failed`]).
+    #[prost(enumeration = "Failed", tag = "11")]
+    pub failed: i32,
+}
+
+/// How a placed conversion failed (on its result's last piece, beside the code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Failed {
+    /// Not failed (or a node that does not say).
+    Unspecified = 0,
+    /// The job failed: its code and message say why.
+    Job = 1,
+    /// The host's data volume is full: not the job's fault; its owner queues it again.
+    NoSpace = 2,
 }
 
 /// An answer.

@@ -130,7 +130,11 @@ pub async fn receive(config: &Config, piece: Piece) -> Answer {
         }
     }
     if !piece.error_code.is_empty() {
-        let outcome: Outcome = Err(Failure::from_wire(piece.error_code, piece.error_message));
+        let outcome: Outcome = Err(Failure::from_wire(
+            piece.failed(),
+            piece.error_code,
+            piece.error_message,
+        ));
         tell(Role::Request, RequestMsg::Converted { id, attempt, outcome });
         return answer(status::OK, "");
     }
