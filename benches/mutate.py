@@ -113,7 +113,7 @@ def make_seeds(short=False):
     for name, args in sorted(SEEDS.items()):
         path = os.path.join(seed_dir, name)
         if short:
-            args = [re.sub(r":d=\d+", ":d=0.25", a) for a in args]
+            args = [re.sub(r":d=[0-9.]+", ":d=0.25", a) for a in args]
         if "{chapters}" in args:
             chapters = os.path.join(seed_dir, "chapters.txt")
             with open(chapters, "w") as f:

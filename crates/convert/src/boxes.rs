@@ -187,11 +187,12 @@ pub(crate) fn be64(b: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn boxed(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+    /// A box of type `kind` around `payload` (for the engine's unit tests).
+    pub(crate) fn boxed(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
         let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
         out.extend_from_slice(kind);
         out.extend_from_slice(payload);

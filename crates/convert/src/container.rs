@@ -444,14 +444,8 @@ fn scale(value: u64, rate: u32, timescale: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boxes::tests::boxed;
     use std::io::Cursor;
-
-    fn boxed(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
-        let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(payload);
-        out
-    }
 
     fn full(version: u8, rest: &[u8]) -> Vec<u8> {
         let mut out = vec![version, 0, 0, 0];
