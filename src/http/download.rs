@@ -38,7 +38,8 @@ pub(super) async fn serve(
     // match it.
     let mut streamed_headers = request.headers().clone();
     honoured_range(&mut streamed_headers, None);
-    let file = match state.jobs.mp3(&id, who.as_ref(), byte_range(&streamed_headers)).await? {
+    let range = byte_range(&streamed_headers);
+    let file = match state.jobs.mp3(&id, who.as_ref(), range).await? {
         Mp3::Here(file) => file,
         Mp3::Streamed {
             file_name,
@@ -46,10 +47,7 @@ pub(super) async fn serve(
             start,
             end,
             bytes,
-        } => {
-            let ranged = byte_range(&streamed_headers).is_some();
-            return streamed(&file_name, total, ranged.then_some((start, end)), bytes);
-        }
+        } => return streamed(&file_name, total, range.map(|_| (start, end)), bytes),
         Mp3::Unsatisfiable { total } => {
             let mut r = Response::new(Body::empty());
             *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
