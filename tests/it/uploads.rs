@@ -163,10 +163,19 @@ async fn an_upload_cut_at_random_points_and_across_a_server_kill_resumes_to_an_i
         let after = Duration::from_millis(20 + (x >> 33) % 300);
         // Small chunks (one request each): the upload takes a few seconds on loopback.
         let mut child = started(&node, &token, &file, &url_file, "262144").await;
+        // On a loaded machine the client may need a while for its first chunk: the cut
+        // comes `after` it has sent something, so each client is cut mid-upload.
+        let url = std::fs::read_to_string(&url_file).unwrap();
+        let before = offsets.last().copied().unwrap_or(0);
+        poll(Duration::from_secs(30), "the client to send a chunk", || async {
+            let r = head(&api, &token, &url).await;
+            let now: u64 = r.headers()["upload-offset"].to_str().ok()?.parse().ok()?;
+            (now > before).then_some(())
+        })
+        .await;
         tokio::time::sleep(after).await;
         let _ = child.kill(); // SIGKILL: the client dies mid-request
         let _ = child.wait();
-        let url = std::fs::read_to_string(&url_file).unwrap();
         let r = head(&api, &token, &url).await;
         assert_eq!(r.status(), StatusCode::OK);
         let offset: u64 = r.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
