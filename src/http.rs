@@ -13,6 +13,7 @@ mod events;
 mod health;
 mod jobs;
 mod metrics;
+mod multipart;
 pub mod openapi;
 mod quota;
 pub mod responses;
@@ -20,7 +21,6 @@ mod seed;
 pub mod serve;
 pub mod session;
 mod tus;
-mod upload;
 mod web;
 mod webhooks;
 
@@ -38,6 +38,7 @@ pub use error::{ApiError, ErrorCode};
 use crate::actors::auth::AuthMsg;
 use crate::actors::request::client::JobsClient;
 use crate::actors::request::events::Events;
+use crate::actors::request::resumable::client::ResumableClient;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::cluster::probe::Facts;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub stopping: Arc<AtomicBool>,
     /// Jobs wherever they live (this node or another).
     pub jobs: JobsClient,
+    /// Resumable (tus) uploads wherever they are stored.
+    pub resumable: ResumableClient,
     /// What this node's roles publish (its status in `/v1/cluster`).
     pub facts: Facts,
     /// This node's ring of job events, cluster-wide (`/v1/events`).
@@ -77,11 +80,13 @@ impl AppState {
     ) -> Self {
         let fetcher = Fetcher::from_config(&config);
         let jobs = JobsClient::new(&config.node_name, config.cluster.is_some());
+        let resumable = ResumableClient::new(config.clone());
         AppState {
             config,
             fetcher,
             stopping,
             jobs,
+            resumable,
             facts,
             events,
             shutdown,

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use self::dispatch::Placement;
 use self::events::{Events, Kind};
-use self::placement::PlaceError;
-use self::uploads::UploadCall;
+use self::placement::Placement;
+use self::placement::remote::PlaceError;
+use self::resumable::UploadCall;
 use super::converter::{Failure, Outcome, host};
 use super::notifier::NotifierMsg;
 use super::{Role, tell};
@@ -29,11 +29,8 @@ use crate::store::{
     Db, Files, Handover, Job, JobId, JobState, NewJob, Produced, Source, StagedInput, StoreError, Usage,
 };
 
-pub mod appender;
 pub mod client;
-mod dispatch;
 pub mod events;
-pub mod forwarded;
 pub mod handoff;
 pub mod jobs;
 mod lifecycle;
@@ -42,7 +39,8 @@ use lifecycle::Input;
 pub mod placement;
 pub mod quota;
 mod storage;
-pub mod uploads;
+pub use storage::room_for;
+pub mod resumable;
 
 /// How often queued work is re-checked even without a wake-up.
 const DISPATCH_EVERY: Duration = Duration::from_secs(2);
@@ -98,7 +96,7 @@ pub enum RequestMsg {
         /// The stored job and whether it is new (`false`: an idempotent retry).
         reply: RpcReplyPort<Result<(Job, bool), JobError>>,
     },
-    /// A resumable upload's bookkeeping (`request/uploads.rs`).
+    /// A resumable upload's bookkeeping (`request/resumable.rs`).
     Upload(UploadCall),
     /// A job, if `who` may see it.
     Get {
@@ -481,7 +479,7 @@ impl Actor for RequestActor {
                             remote.heard = Instant::now();
                         }
                     }
-                    Ok(()) => placement::withdraw(&node, &id, attempt), // canceled meanwhile
+                    Ok(()) => placement::remote::withdraw(&node, &id, attempt), // canceled meanwhile
                     Err(e) => {
                         tracing::info!(job_id = %id, attempt, %node, error = %e, "placement refused");
                         if matches!(e, PlaceError::Busy(_)) {

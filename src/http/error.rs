@@ -13,10 +13,11 @@ use utoipa::ToSchema;
 use crate::actors::CallError;
 use crate::actors::auth::AuthError;
 use crate::actors::request::JobError;
-use crate::actors::request::appender::AppendError;
 use crate::actors::request::client::JobsError;
 use crate::actors::request::jobs::RemoteError;
 use crate::actors::request::quota::QuotaError;
+use crate::actors::request::resumable::appender::AppendError;
+use crate::actors::request::resumable::client::ResumableError;
 use crate::auth::jwt::TokenError;
 use crate::fetch::FetchError;
 
@@ -364,6 +365,16 @@ impl From<FetchError> for ApiError {
             FetchError::Failed(_) => ErrorCode::FetchFailed,
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<ResumableError> for ApiError {
+    fn from(e: ResumableError) -> Self {
+        match e {
+            ResumableError::Append(e) => e.into(),
+            ResumableError::Call(e) => e.into(),
+            ResumableError::Remote(e) => e.into(),
+        }
     }
 }
 

@@ -11,11 +11,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::multipart::{self, MultipartForm};
 use super::responses::{
     BadRequest, Forbidden, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
     Unprocessable, UnsupportedMediaType,
 };
-use super::upload::{self, Upload};
 use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::request::RequestMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
@@ -150,7 +150,7 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
 pub(super) async fn submit_upload(
     state: &AppState,
     who: Principal,
-    upload: Upload,
+    upload: MultipartForm,
     key: Option<String>,
     earlier: Option<Job>,
 ) -> Result<Response, ApiError> {
@@ -306,15 +306,15 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         // A retry's body is read (and checked for its form) but needs no room or quota.
         let earlier = earlier_job(&state, &who, key.as_deref()).await?;
         let (multipart, _place) =
-            upload::multipart(Request::from_parts(parts, body), &state, &who, earlier.is_none()).await?;
+            multipart::open(Request::from_parts(parts, body), &state, &who, earlier.is_none()).await?;
         let one_file = ApiError::new(ErrorCode::InvalidRequest, "exactly 1 file required");
-        let upload = upload::receive(multipart, &state.config, one_file).await?;
+        let upload = multipart::receive(multipart, &state.config, one_file).await?;
         submit_upload(&state, who, upload, key, earlier).await
     } else if content_type.starts_with("application/json") {
         // The seed's download request may carry the token in the body; a header is checked
         // first, so a caller without one can only make us read MAX_JSON_BYTES.
         let who = header_who;
-        let over = upload::declared_length(&parts.headers).is_some_and(|n| n > super::MAX_JSON_BYTES as u64);
+        let over = multipart::declared_length(&parts.headers).is_some_and(|n| n > super::MAX_JSON_BYTES as u64);
         let read = if over {
             None
         } else {
@@ -348,7 +348,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
             return Ok(retry_answer(&job));
         }
         let webhook_url = webhook_url(&state, &who.email, body.webhook_url.as_deref()).await?;
-        upload::room_for(&state.config, 0).await?;
+        crate::actors::request::room_for(&state.config, 0).await?;
         let _place = super::quota::within_quota(&state, &who, 0).await?;
         // Refused addresses fail the request now; the fetch checks again (DNS may change).
         state.fetcher.check(&url).await?;

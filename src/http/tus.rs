@@ -2,12 +2,11 @@
 //! Core (`HEAD`, `PATCH`), and the `creation`, `creation-with-upload`, `expiration`,
 //! `termination` and `checksum` (sha256) extensions.
 //!
-//! An upload lives on the node that created it (its id names that node). Bytes go straight
-//! into its file through an [`Appender`] (`actors/request/appender.rs`: what is answered is
-//! fsynced); a request for an upload stored on another node is forwarded there over the
-//! mesh (`actors/request/forwarded.rs`), its body in pieces, with the same answers. The
-//! last byte turns the upload into a job with the same id (`Mp4tomp3-Job` on that answer
-//! and on every later `HEAD`).
+//! An upload lives on the node that created it (its id names that node); the handlers here
+//! speak the protocol and call `actors/request/resumable/client.rs`, which writes the
+//! bytes (what is answered is fsynced) or forwards them to the storing node over the mesh,
+//! with the same answers. The last byte turns the upload into a job with the same id
+//! (`Mp4tomp3-Job` on that answer and on every later `HEAD`).
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -15,7 +14,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use futures_util::StreamExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -24,14 +22,11 @@ use super::responses::{
     Unprocessable, UnsupportedMediaType,
 };
 use super::{ApiError, AppState, Authed, ErrorCode};
-use crate::actors::request::RequestMsg;
-use crate::actors::request::appender::{AppendError, Appender, Opened, Written};
-use crate::actors::request::forwarded::{FLUSH_EVERY, Forward, Sent};
-use crate::actors::request::uploads::{UploadCall, UploadState};
-use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::actors::request::resumable::UploadState;
+use crate::actors::request::resumable::appender::Written;
+use crate::actors::request::resumable::client::{Append, ResumableError};
 use crate::auth::Principal;
-use crate::cluster::pieces::CHUNK;
-use crate::store::{Files, JobId, NewUpload, Upload, now_ms};
+use crate::store::{JobId, NewUpload, now_ms};
 
 /// The protocol version spoken.
 pub(super) const TUS_VERSION: &str = "1.0.0";
@@ -68,12 +63,6 @@ fn require_tus(headers: &HeaderMap) -> Result<(), ApiError> {
         ErrorCode::UnsupportedVersion,
         format!("send Tus-Resumable: {TUS_VERSION}"),
     ))
-}
-
-async fn call<T: Send + 'static>(
-    make: impl FnOnce(ractor::RpcReplyPort<Result<T, crate::actors::request::JobError>>) -> UploadCall,
-) -> Result<T, ApiError> {
-    Ok(ask(Role::Request, |reply| RequestMsg::Upload(make(reply)), CALL_TIMEOUT).await??)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -239,7 +228,7 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         return Ok(created_answer(&job.id, &done));
     }
     let s = settings(state, who, shaped).await?;
-    super::upload::room_for(&state.config, length).await?;
+    crate::actors::request::room_for(&state.config, length).await?;
     // Held until the upload is stored (it counts as unfinished itself then).
     let _place = super::quota::within_quota(state, who, length).await?;
     let upload = NewUpload {
@@ -254,11 +243,17 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         idempotency_key: key,
         expires_at_ms: now_ms() + state.config.upload_expiry.as_millis() as i64,
     };
-    let (stored, new) = call(|reply| UploadCall::Create { upload, reply }).await?;
+    let (stored, new) = state.resumable.create(upload).await?;
     let with_data = header(headers, "content-type").is_some_and(|t| t.starts_with(OFFSET_STREAM));
     let id = stored.new.id.clone();
     let w = if new && with_data {
-        write_here(state, stored, 0, headers, body).await?
+        let at = append_at(0, headers)?;
+        let body = body_stream(state, body);
+        state
+            .resumable
+            .write_here(stored, at, body)
+            .await
+            .map_err(upload_error)?
     } else {
         Written {
             received: stored.received,
@@ -288,17 +283,14 @@ fn progress_headers(h: &mut HeaderMap, w: &Written) {
     }
 }
 
-/// The node storing upload `raw` (`None`: this one), and its id.
-fn locate(state: &AppState, raw: &str) -> Result<(JobId, Option<String>), ApiError> {
-    let id = JobId::parse(raw).ok_or_else(upload_not_found)?;
-    let elsewhere = state.config.cluster.is_some() && id.owner() != state.config.node_name;
-    let owner = elsewhere.then(|| id.owner().to_string());
-    Ok((id, owner))
+/// Upload `raw`'s id.
+fn locate(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).ok_or_else(upload_not_found)
 }
 
 /// A `not_found` about an upload says so.
-fn upload_error(e: impl Into<ApiError>) -> ApiError {
-    let e = e.into();
+fn upload_error(e: ResumableError) -> ApiError {
+    let e = ApiError::from(e);
     if e.status == StatusCode::NOT_FOUND {
         upload_not_found()
     } else {
@@ -336,13 +328,8 @@ async fn head(
 }
 
 async fn upload_state(state: &AppState, who: Principal, raw: &str) -> Result<Response, ApiError> {
-    let (id, owner) = locate(state, raw)?;
-    let s: UploadState = match owner {
-        None => call(|reply| UploadCall::State { id, who, reply })
-            .await
-            .map_err(upload_error)?,
-        Some(owner) => Forward::new(&owner, &id, &who).state().await?.map_err(upload_error)?,
-    };
+    let id = locate(raw)?;
+    let s: UploadState = state.resumable.state(id, who).await.map_err(upload_error)?;
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
     let w = Written {
@@ -413,17 +400,14 @@ async fn patched(
     }
     let offset = number(headers, "upload-offset")?
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "Upload-Offset is required"))?;
-    let (id, owner) = locate(state, raw)?;
-    let w = match owner {
-        None => {
-            let who = who.clone();
-            let upload = call(|reply| UploadCall::Get { id, who, reply })
-                .await
-                .map_err(upload_error)?;
-            write_here(state, upload, offset, headers, body).await?
-        }
-        Some(owner) => write_there(state, Forward::new(&owner, &id, who), offset, headers, body).await?,
-    };
+    let id = locate(raw)?;
+    let at = append_at(offset, headers)?;
+    let body = body_stream(state, body);
+    let w = state
+        .resumable
+        .append(id, who.clone(), at, body)
+        .await
+        .map_err(upload_error)?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     progress_headers(r.headers_mut(), &w);
     Ok(r)
@@ -452,13 +436,8 @@ async fn terminate(
 }
 
 async fn deleted(state: &AppState, who: Principal, raw: &str) -> Result<(), ApiError> {
-    let (id, owner) = locate(state, raw)?;
-    match owner {
-        None => call(|reply| UploadCall::Delete { id, who, reply })
-            .await
-            .map_err(upload_error),
-        Some(owner) => Forward::new(&owner, &id, &who).delete().await?.map_err(upload_error),
-    }
+    let id = locate(raw)?;
+    state.resumable.delete(id, who).await.map_err(upload_error)
 }
 
 /// The body of a request, as it arrives (dropped when too slow).
@@ -467,85 +446,14 @@ fn body_stream(state: &AppState, body: Body) -> axum::body::BodyDataStream {
     super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window).into_data_stream()
 }
 
-/// `Upload-Checksum` and `Content-Length`.
-fn body_facts(headers: &HeaderMap) -> Result<(Option<Vec<u8>>, Option<u64>), ApiError> {
+/// A body at `offset`, with its `Upload-Checksum` and `Content-Length`.
+fn append_at(offset: u64, headers: &HeaderMap) -> Result<Append, ApiError> {
     let checksum = header(headers, "upload-checksum").map(checksum).transpose()?;
-    Ok((checksum, super::upload::declared_length(headers)))
-}
-
-/// Appends `body` at `offset` to an upload stored on this node.
-async fn write_here(
-    state: &AppState,
-    upload: Upload,
-    offset: u64,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Written, ApiError> {
-    let (checksum, declared) = body_facts(headers)?;
-    // Creations reserve what they announce; the volume may still have filled since (other
-    // files, MP3s): no chunk takes it under its reserve.
-    if declared.is_some_and(|n| n > 0) {
-        super::upload::room_for(&state.config, declared.unwrap_or(0)).await?;
-    }
-    let files = Files::at(&state.config.data_dir);
-    let mut appender = match Appender::open(&files, upload, offset, checksum, declared).await {
-        Ok(Opened::Writing(appender)) => appender,
-        Ok(Opened::Complete(w)) => return Ok(w),
-        Err(e) => return Err(upload_error(e)),
-    };
-    let mut stream = body_stream(state, body);
-    let mut failure = None;
-    while let Some(chunk) = stream.next().await {
-        let pushed = match chunk {
-            Ok(chunk) => appender.push(&chunk).await,
-            Err(e) => Err(AppendError::Broken(e.to_string())),
-        };
-        if let Err(e) = pushed {
-            failure = Some(e);
-            break;
-        }
-    }
-    appender.finish(failure).await.map_err(upload_error)
-}
-
-/// Forwards `body` at `offset` to the node storing the upload, a piece at a time (at least
-/// every [`FLUSH_EVERY`] while bytes come, so that node's session never goes idle).
-async fn write_there(
-    state: &AppState,
-    forward: Forward,
-    offset: u64,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Written, ApiError> {
-    let (checksum, declared) = body_facts(headers)?;
-    let mut patch = forward.patch(offset, checksum, declared);
-    // The first, empty piece checks the offset before any byte is read, as here.
-    if let Sent::Done(answer) = patch.send(Vec::new(), false, None).await? {
-        return answer.map_err(upload_error);
-    }
-    let mut stream = body_stream(state, body);
-    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK as usize);
-    loop {
-        let (piece, last, broken) = if buffer.len() >= CHUNK as usize {
-            let rest = buffer.split_off(CHUNK as usize);
-            (std::mem::replace(&mut buffer, rest), false, None)
-        } else {
-            match tokio::time::timeout(FLUSH_EVERY, stream.next()).await {
-                Err(_) => (std::mem::take(&mut buffer), false, None),
-                Ok(Some(Ok(chunk))) => {
-                    buffer.extend_from_slice(&chunk);
-                    continue;
-                }
-                Ok(Some(Err(e))) => (std::mem::take(&mut buffer), true, Some(e.to_string())),
-                Ok(None) => (std::mem::take(&mut buffer), true, None),
-            }
-        };
-        match patch.send(piece, last, broken).await? {
-            Sent::Done(answer) => return answer.map_err(upload_error),
-            Sent::More if last => return Err(ApiError::internal("the upload's node did not end the upload")),
-            Sent::More => {}
-        }
-    }
+    Ok(Append {
+        offset,
+        checksum,
+        declared: super::multipart::declared_length(headers),
+    })
 }
 
 /// `sha256 BASE64` → the digest.

@@ -41,16 +41,26 @@ pub fn group(node: &str) -> String {
     format!("{GROUP}:{node}")
 }
 
-/// Answer codes.
-pub mod status {
+/// Answer codes of `placement.v1`. An unknown number (from a newer node) reads as
+/// [`Status::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Status {
     /// Accepted.
-    pub const OK: i32 = 0;
+    Ok = 0,
     /// No free slot (or this job's older attempt still runs here).
-    pub const BUSY: i32 = 1;
+    Busy = 1,
     /// Not the current attempt (fenced), or unknown.
-    pub const REFUSED: i32 = 2;
+    Refused = 2,
     /// Something failed.
-    pub const ERROR: i32 = 3;
+    Error = 3,
+}
+
+impl Status {
+    /// The status a wire number stands for.
+    pub fn of(raw: i32) -> Status {
+        Status::try_from(raw).unwrap_or(Status::Error)
+    }
 }
 
 /// A job offered to a host.
@@ -131,8 +141,8 @@ pub enum Failed {
 /// An answer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Answer {
-    /// A [`status`] code.
-    #[prost(int32, tag = "1")]
+    /// A [`Status`].
+    #[prost(enumeration = "Status", tag = "1")]
     pub status: i32,
     /// Why not.
     #[prost(string, tag = "2")]
@@ -195,9 +205,9 @@ pub enum HostMsg {
 }
 
 /// An answer with `status` and `message`.
-pub(crate) fn answer(status: i32, message: impl Into<String>) -> Answer {
+pub(crate) fn answer(status: Status, message: impl Into<String>) -> Answer {
     Answer {
-        status,
+        status: status.into(),
         message: message.into(),
     }
 }
@@ -247,28 +257,28 @@ impl HostState {
 
     async fn offer(&mut self, mut offer: Offer) -> Answer {
         let Some(id) = JobId::parse(&offer.job_id) else {
-            return answer(status::ERROR, "bad job id");
+            return answer(Status::Error, "bad job id");
         };
         if offer.owner.is_empty() {
             offer.owner = id.owner().to_string();
         }
         let key = (id.clone(), offer.attempt);
         if self.hosted.contains_key(&key) {
-            return answer(status::OK, "");
+            return answer(Status::Ok, "");
         }
         if self.stopping {
-            return answer(status::BUSY, "this node is shutting down");
+            return answer(Status::Busy, "this node is shutting down");
         }
         let receiving = self.hosted.values().filter(|h| h.phase == Phase::Receiving).count();
         let slots = ask(Role::Converter, |reply| ConverterMsg::Status { reply }, CALL_TIMEOUT).await;
         match slots {
             Ok((busy, total)) if busy + receiving < total => {}
-            Ok(_) => return answer(status::BUSY, "no free converter slot"),
-            Err(e) => return answer(status::BUSY, e.to_string()),
+            Ok(_) => return answer(Status::Busy, "no free converter slot"),
+            Err(e) => return answer(Status::Busy, e.to_string()),
         }
         let file = match tokio::fs::File::create(self.input(&id, offer.attempt)).await {
             Ok(file) => file,
-            Err(e) => return answer(status::ERROR, format!("cannot store the input: {e}")),
+            Err(e) => return answer(Status::Error, format!("cannot store the input: {e}")),
         };
         tracing::info!(job_id = %id, attempt = offer.attempt, bytes = offer.size, "receiving a job to convert");
         self.hosted.insert(
@@ -282,22 +292,22 @@ impl HostState {
                 canceled: false,
             },
         );
-        answer(status::OK, "")
+        answer(Status::Ok, "")
     }
 
     async fn receive_input(&mut self, piece: Piece) -> Answer {
         let Some(id) = JobId::parse(&piece.job_id) else {
-            return answer(status::ERROR, "bad job id");
+            return answer(Status::Error, "bad job id");
         };
         let key = (id.clone(), piece.attempt);
         let Some(hosted) = self.hosted.get_mut(&key) else {
-            return answer(status::REFUSED, "no such placement");
+            return answer(Status::Refused, "no such placement");
         };
         if hosted.phase != Phase::Receiving || piece.offset != hosted.received {
-            return answer(status::ERROR, "out of order");
+            return answer(Status::Error, "out of order");
         }
         let Some(file) = hosted.file.as_mut() else {
-            return answer(status::ERROR, "no input file");
+            return answer(Status::Error, "no input file");
         };
         let mut written = file.write_all(&piece.data).await;
         hosted.received += piece.data.len() as u64;
@@ -307,14 +317,14 @@ impl HostState {
         }
         if let Err(e) = written {
             self.forget(&id, piece.attempt).await;
-            return answer(status::ERROR, format!("cannot store the input: {e}"));
+            return answer(Status::Error, format!("cannot store the input: {e}"));
         }
         if !piece.last {
-            return answer(status::OK, "");
+            return answer(Status::Ok, "");
         }
         if hosted.received != hosted.options.size {
             self.forget(&id, piece.attempt).await;
-            return answer(status::ERROR, "the input is incomplete");
+            return answer(Status::Error, "the input is incomplete");
         }
         hosted.file = None;
         let options = self.config.convert_options(
@@ -334,10 +344,10 @@ impl HostState {
             if let Some(hosted) = self.hosted.get_mut(&key) {
                 hosted.phase = Phase::Converting;
             }
-            answer(status::OK, "")
+            answer(Status::Ok, "")
         } else {
             self.forget(&id, piece.attempt).await;
-            answer(status::BUSY, "no free converter slot")
+            answer(Status::Busy, "no free converter slot")
         }
     }
 
@@ -369,11 +379,11 @@ async fn deliver(owner: &str, id: &JobId, outcome: Piece, output: &Path) {
     let mut wait = Duration::from_secs(1);
     loop {
         match send_result(owner, id, &outcome, output).await {
-            Ok(answer) if answer.status == status::OK => {
+            Ok(answer) if Status::of(answer.status) == Status::Ok => {
                 tracing::info!(job_id = %id, attempt = outcome.attempt, owner, "result handed to its owner");
                 return;
             }
-            Ok(answer) if answer.status == status::REFUSED => {
+            Ok(answer) if Status::of(answer.status) == Status::Refused => {
                 tracing::info!(job_id = %id, attempt = outcome.attempt, reason = %answer.message,
                     "the owner refused this result (stale attempt)");
                 return;
@@ -398,14 +408,14 @@ async fn send_result(owner: &str, id: &JobId, outcome: &Piece, output: &Path) ->
     }
     let mut file = match tokio::fs::File::open(output).await {
         Ok(file) => file,
-        Err(e) => return Ok(answer(status::ERROR, format!("the MP3 is gone: {e}"))),
+        Err(e) => return Ok(answer(Status::Error, format!("the MP3 is gone: {e}"))),
     };
     let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let mut offset = 0u64;
     loop {
         let data = match next_chunk(&mut file).await {
             Ok(data) => data,
-            Err(e) => return Ok(answer(status::ERROR, format!("cannot read the MP3: {e}"))),
+            Err(e) => return Ok(answer(Status::Error, format!("cannot read the MP3: {e}"))),
         };
         let len = data.len() as u64;
         let piece = Piece {
@@ -428,7 +438,7 @@ async fn send_result(owner: &str, id: &JobId, outcome: &Piece, output: &Path) ->
         };
         let last = piece.last;
         let answer = jobs::call(owner, |reply| JobsMsg::Result(piece, reply)).await?;
-        if answer.status != status::OK || last {
+        if Status::of(answer.status) != Status::Ok || last {
             return Ok(answer);
         }
         offset += len;

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use ractor::RpcReplyPort;
 
-use super::jobs::{self, JobAnswer, JobQuery, JobsMsg, ListQuery, RemoteError, status};
+use super::jobs::{self, JobAnswer, JobQuery, JobsMsg, ListQuery, RemoteError, Status};
 use super::{JobError, Mp3File, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, CallError, Role, ask};
 use crate::auth::Principal;
@@ -141,7 +141,7 @@ fn query(id: &JobId, who: Option<&Principal>, offset: u64) -> JobQuery {
 }
 
 fn remote_job(answer: JobAnswer) -> Result<Option<Job>, JobsError> {
-    if answer.status != status::OK {
+    if Status::of(answer.status) != Status::Ok {
         return Err(jobs::error(answer.status, answer.message).into());
     }
     match answer.job {
@@ -165,7 +165,7 @@ async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
         At::Node(node) => {
             let q = query(id, Some(&existence()), 0);
             let answer = jobs::call(node, |reply| JobsMsg::Get(q, reply)).await?;
-            Ok(answer.status != status::NOT_FOUND)
+            Ok(Status::of(answer.status) != Status::NotFound)
         }
     }
 }
@@ -328,7 +328,7 @@ impl JobsClient {
                     limit: want,
                 };
                 match jobs::call(&owner, |reply| JobsMsg::List(q, reply)).await {
-                    Ok(answer) if answer.status == status::OK => {
+                    Ok(answer) if Status::of(answer.status) == Status::Ok => {
                         found.extend(answer.jobs.iter().filter_map(|v| v.to_job()))
                     }
                     Ok(_) | Err(_) => tracing::warn!(node = %owner, "could not list that node's jobs"),
@@ -389,7 +389,7 @@ impl JobsClient {
                 At::Node(owner) => {
                     let q = query(id, Some(who), 0);
                     let first = jobs::call(&owner, |reply| JobsMsg::Chunk(q.clone(), reply)).await?;
-                    if first.status != status::OK {
+                    if Status::of(first.status) != Status::Ok {
                         return Err(jobs::error(first.status, first.message).into());
                     }
                     let total = first.total;
@@ -412,7 +412,7 @@ async fn remote_mp3(
     let start = range.map_or(0, |(s, _)| s);
     let q = query(id, who, start);
     let first = jobs::call(owner, |reply| JobsMsg::Chunk(q.clone(), reply)).await?;
-    if first.status != status::OK {
+    if Status::of(first.status) != Status::Ok {
         return Err(jobs::error(first.status, first.message).into());
     }
     let total = first.total;
@@ -456,7 +456,7 @@ fn remote_chunks(
                         ..q.clone()
                     };
                     match jobs::call(&owner, |reply| JobsMsg::Chunk(next, reply)).await {
-                        Ok(answer) if answer.status == status::OK && !answer.data.is_empty() => answer.data,
+                        Ok(answer) if Status::of(answer.status) == Status::Ok && !answer.data.is_empty() => answer.data,
                         _ => {
                             return Some((
                                 Err(std::io::Error::other("the owner stopped sending the MP3")),

@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use ractor::{ActorRef, RpcReplyPort};
 
-use super::dispatch::stop;
 use super::events::Kind;
 use super::jobs::{self, DeliveryView, JobView, JobsMsg};
+use super::placement::stop;
 use super::{JobError, RequestMsg, RequestState};
-use crate::actors::converter::host::{Answer, status};
+use crate::actors::converter::host::{Answer, Status};
 use crate::actors::notifier::NotifierMsg;
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::cluster::mesh::ClusterMsg;
@@ -101,9 +101,9 @@ fn mail_state(code: i32) -> Option<MailState> {
     })
 }
 
-fn answer(status: i32, message: impl Into<String>) -> Answer {
+fn answer(status: Status, message: impl Into<String>) -> Answer {
     Answer {
-        status,
+        status: status.into(),
         message: message.into(),
     }
 }
@@ -286,7 +286,7 @@ async fn send_job(target: &str, files: &Files, h: &Handover) -> Result<(), Strin
     let answer = jobs::call(target, |reply| JobsMsg::Adopt(message, reply))
         .await
         .map_err(|e| e.to_string())?;
-    if answer.status == status::OK {
+    if Status::of(answer.status) == Status::Ok {
         Ok(())
     } else {
         Err(answer.message)
@@ -312,7 +312,7 @@ async fn send_file(target: &str, id: &JobId, kind: &str, path: &Path) -> Result<
         let answer = jobs::call(target, |reply| JobsMsg::HandoffPiece(piece, reply))
             .await
             .map_err(|e| e.to_string())?;
-        if answer.status != status::OK {
+        if Status::of(answer.status) != Status::Ok {
             return Err(answer.message);
         }
         if last {
@@ -328,16 +328,16 @@ pub async fn receive_piece(config: &Config, piece: FilePiece, reply: RpcReplyPor
         JobId::parse(&piece.job_id),
         matches!(piece.kind.as_str(), "mp4" | "mp3"),
     ) else {
-        let _ = reply.send(answer(status::ERROR, "bad job id or file kind"));
+        let _ = reply.send(answer(Status::Error, "bad job id or file kind"));
         return;
     };
     let path = staged(config, &id, &piece.kind);
     let written = stage(&path, piece.offset, &piece.data, piece.total).await;
     let _ = reply.send(match written {
-        Ok(()) => answer(status::OK, ""),
+        Ok(()) => answer(Status::Ok, ""),
         Err(e) => {
             let _ = tokio::fs::remove_file(&path).await;
-            answer(status::ERROR, format!("cannot stage the {}: {e}", piece.kind))
+            answer(Status::Error, format!("cannot stage the {}: {e}", piece.kind))
         }
     });
 }
@@ -346,10 +346,10 @@ pub async fn receive_piece(config: &Config, piece: FilePiece, reply: RpcReplyPor
 /// and the request actor takes it over.
 pub async fn adopt(config: &Config, message: HandoverMsg) -> Answer {
     let Some(job) = message.job.as_deref().and_then(JobView::to_job) else {
-        return answer(status::ERROR, "unreadable job");
+        return answer(Status::Error, "unreadable job");
     };
     let Some(mail) = mail_state(message.mail) else {
-        return answer(status::ERROR, "unknown mail state");
+        return answer(Status::Error, "unknown mail state");
     };
     let mut files = Vec::new();
     for (kind, size) in [("mp4", message.mp4_size), ("mp3", message.mp3_size)] {
@@ -360,12 +360,12 @@ pub async fn adopt(config: &Config, message: HandoverMsg) -> Answer {
         let path = staged(config, &job.id, kind);
         match tokio::fs::metadata(&path).await {
             Ok(m) if m.len() == size => files.push(Some(path)),
-            _ => return answer(status::ERROR, format!("its {kind} did not arrive whole")),
+            _ => return answer(Status::Error, format!("its {kind} did not arrive whole")),
         }
     }
     let (input, mp3) = (files[0].take(), files[1].take());
     let Some(webhooks) = message.webhooks.iter().map(DeliveryView::to_delivery).collect() else {
-        return answer(status::ERROR, "unreadable webhook delivery");
+        return answer(Status::Error, "unreadable webhook delivery");
     };
     let handover = Handover {
         job,
@@ -385,9 +385,9 @@ pub async fn adopt(config: &Config, message: HandoverMsg) -> Answer {
     )
     .await;
     match taken {
-        Ok(Ok(_)) => answer(status::OK, ""),
-        Ok(Err(e)) => answer(status::REFUSED, e.to_string()),
-        Err(e) => answer(status::ERROR, e.to_string()),
+        Ok(Ok(_)) => answer(Status::Ok, ""),
+        Ok(Err(e)) => answer(Status::Refused, e.to_string()),
+        Err(e) => answer(Status::Error, e.to_string()),
     }
 }
 

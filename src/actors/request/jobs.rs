@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
-use super::{JobError, RequestMsg, forwarded, handoff, placement, quota};
+use super::{JobError, RequestMsg, handoff, placement, quota, resumable};
 use crate::actors::converter::host;
 use crate::actors::{CALL_TIMEOUT, Role, ask, tell};
 use crate::auth::Principal;
@@ -23,22 +23,47 @@ pub fn group(node: &str) -> String {
     format!("jobs.v1:{node}")
 }
 
-/// Answer codes.
-pub mod status {
+/// Answer codes of the request role's cross-node answers (`jobs.v1`, `placement.v1`
+/// handoffs, quota questions and forwarded tus requests). An unknown number (from a newer
+/// node) reads as [`Status::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Status {
     /// Done.
-    pub const OK: i32 = 0;
+    Ok = 0,
     /// No such job (or not the caller's).
-    pub const NOT_FOUND: i32 = 1;
+    NotFound = 1,
     /// Wrong state.
-    pub const CONFLICT: i32 = 2;
+    Conflict = 2,
     /// The owner failed.
-    pub const ERROR: i32 = 3;
+    Error = 3,
     /// The owner is shutting down.
-    pub const DRAINING: i32 = 4;
+    Draining = 4,
     /// The job expired (retention).
-    pub const EXPIRED: i32 = 5;
+    Expired = 5,
     /// The owner is short of disk space.
-    pub const NO_SPACE: i32 = 6;
+    NoSpace = 6,
+    /// Resumable uploads: `Upload-Offset` is not where the upload is.
+    Offset = 101,
+    /// Resumable uploads: the body goes past `Upload-Length`.
+    TooLong = 102,
+    /// Resumable uploads: another request is writing the upload.
+    Busy = 103,
+    /// Resumable uploads: the body's digest is not `Upload-Checksum`'s.
+    Checksum = 104,
+    /// Resumable uploads: the client's body broke off.
+    Broken = 105,
+    /// Resumable uploads: the data volume is full.
+    Full = 106,
+    /// Resumable uploads: the forwarded session is gone.
+    Lost = 107,
+}
+
+impl Status {
+    /// The status a wire number stands for.
+    pub fn of(raw: i32) -> Status {
+        Status::try_from(raw).unwrap_or(Status::Error)
+    }
 }
 
 /// Who asks, about which job.
@@ -167,8 +192,8 @@ impl DeliveryView {
 /// One job, or why not.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JobAnswer {
-    /// A [`status`] code.
-    #[prost(int32, tag = "1")]
+    /// A [`Status`].
+    #[prost(enumeration = "Status", tag = "1")]
     pub status: i32,
     /// Why not.
     #[prost(string, tag = "2")]
@@ -209,8 +234,8 @@ pub struct ListQuery {
 /// The jobs found.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ListAnswer {
-    /// A [`status`] code.
-    #[prost(int32, tag = "1")]
+    /// A [`Status`].
+    #[prost(enumeration = "Status", tag = "1")]
     pub status: i32,
     /// Newest first.
     #[prost(message, repeated, tag = "2")]
@@ -220,8 +245,8 @@ pub struct ListAnswer {
 /// A piece of an MP3.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ChunkAnswer {
-    /// A [`status`] code.
-    #[prost(int32, tag = "1")]
+    /// A [`Status`].
+    #[prost(enumeration = "Status", tag = "1")]
     pub status: i32,
     /// Why not.
     #[prost(string, tag = "2")]
@@ -278,7 +303,10 @@ pub enum JobsMsg {
     Usage(quota::UsageQuery, RpcReplyPort<quota::UsageAnswer>),
     /// A tus request about one of this node's uploads, forwarded by the node it reached.
     #[rpc]
-    Upload(forwarded::UploadRequest, RpcReplyPort<forwarded::UploadAnswer>),
+    Upload(
+        resumable::forwarded::UploadRequest,
+        RpcReplyPort<resumable::forwarded::UploadAnswer>,
+    ),
 }
 
 impl From<&Job> for JobView {
@@ -345,26 +373,26 @@ impl JobView {
     }
 }
 
-/// The [`status`] code of an error.
-pub fn code(e: &JobError) -> i32 {
+/// The [`Status`] of an error.
+pub fn code(e: &JobError) -> Status {
     match e {
-        JobError::NotFound => status::NOT_FOUND,
-        JobError::Conflict(_) => status::CONFLICT,
-        JobError::Draining => status::DRAINING,
-        JobError::Expired(_) => status::EXPIRED,
-        JobError::NoSpace => status::NO_SPACE,
-        JobError::Store(_) | JobError::Io(_) => status::ERROR,
+        JobError::NotFound => Status::NotFound,
+        JobError::Conflict(_) => Status::Conflict,
+        JobError::Draining => Status::Draining,
+        JobError::Expired(_) => Status::Expired,
+        JobError::NoSpace => Status::NoSpace,
+        JobError::Store(_) | JobError::Io(_) => Status::Error,
     }
 }
 
 /// The error an answer's status stands for.
 pub fn error(status: i32, message: String) -> JobError {
-    match status {
-        status::NOT_FOUND => JobError::NotFound,
-        status::CONFLICT => JobError::Conflict(message),
-        status::DRAINING => JobError::Draining,
-        status::EXPIRED => JobError::Expired(message),
-        status::NO_SPACE => JobError::NoSpace,
+    match Status::of(status) {
+        Status::NotFound => JobError::NotFound,
+        Status::Conflict => JobError::Conflict(message),
+        Status::Draining => JobError::Draining,
+        Status::Expired => JobError::Expired(message),
+        Status::NoSpace => JobError::NoSpace,
         _ => JobError::Io(std::io::Error::other(format!("on the owner node: {message}"))),
     }
 }
@@ -379,12 +407,12 @@ fn principal(q: &JobQuery) -> Option<Principal> {
 fn job_answer(result: Result<Option<Job>, JobError>) -> JobAnswer {
     match result {
         Ok(job) => JobAnswer {
-            status: status::OK,
+            status: Status::Ok.into(),
             message: String::new(),
             job: job.as_ref().map(JobView::from),
         },
         Err(e) => JobAnswer {
-            status: code(&e),
+            status: code(&e).into(),
             message: e.to_string(),
             job: None,
         },
@@ -400,7 +428,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
             }
         }
         JobsMsg::Result(piece, reply) => {
-            let _ = reply.send(placement::receive(&config, piece).await);
+            let _ = reply.send(placement::remote::receive(&config, piece).await);
         }
         JobsMsg::HandoffPiece(piece, reply) => handoff::receive_piece(&config, piece, reply).await,
         JobsMsg::Adopt(message, reply) => {
@@ -410,7 +438,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
             let _ = reply.send(quota::answer(q).await);
         }
         JobsMsg::Upload(request, reply) => {
-            let _ = reply.send(forwarded::answer(config, request).await);
+            let _ = reply.send(resumable::forwarded::answer(config, request).await);
         }
         JobsMsg::Get(q, reply) => {
             let (id, who) = (JobId::parse(&q.job_id), principal(&q));
@@ -451,11 +479,11 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
             .await;
             let answer = match result {
                 Ok(jobs) => ListAnswer {
-                    status: status::OK,
+                    status: Status::Ok.into(),
                     jobs: jobs.iter().map(JobView::from).collect(),
                 },
                 Err(_) => ListAnswer {
-                    status: status::ERROR,
+                    status: Status::Error.into(),
                     jobs: Vec::new(),
                 },
             };
@@ -483,7 +511,7 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
                     .await;
                     match read {
                         Ok(Ok((total, data))) => ChunkAnswer {
-                            status: status::OK,
+                            status: Status::Ok.into(),
                             message: String::new(),
                             file_name,
                             total,
@@ -512,7 +540,7 @@ pub(super) async fn request<T: Send + 'static>(
 
 fn chunk_error(e: JobError) -> ChunkAnswer {
     ChunkAnswer {
-        status: code(&e),
+        status: code(&e).into(),
         message: e.to_string(),
         file_name: String::new(),
         total: 0,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ractor::RpcReplyPort;
 
-use super::jobs::{self, JobsMsg, status};
+use super::jobs::{self, JobsMsg, Status};
 use super::{JobError, RequestMsg};
 use crate::actors::auth::{AuthError, AuthMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
@@ -64,8 +64,8 @@ pub struct UsageQuery {
 /// One node's answer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct UsageAnswer {
-    /// A [`status`] code.
-    #[prost(int32, tag = "1")]
+    /// A [`Status`].
+    #[prost(enumeration = "Status", tag = "1")]
     pub status: i32,
     /// Unfinished jobs and uploads.
     #[prost(int64, tag = "2")]
@@ -158,7 +158,7 @@ impl Drop for Place {
 pub async fn answer(q: UsageQuery) -> UsageAnswer {
     match local(q.email, q.since_ms).await {
         Ok(u) => UsageAnswer {
-            status: status::OK,
+            status: Status::Ok.into(),
             active: u.active,
             jobs_today: u.jobs_today,
             oldest_today_ms: u.oldest_today_ms,
@@ -166,7 +166,7 @@ pub async fn answer(q: UsageQuery) -> UsageAnswer {
             first_end_ms: u.first_end_ms,
         },
         Err(e) => UsageAnswer {
-            status: jobs::code(&e),
+            status: jobs::code(&e).into(),
             ..UsageAnswer::default()
         },
     }
@@ -189,7 +189,7 @@ pub async fn usage(config: &Config, email: &str) -> Result<Usage, JobError> {
     });
     for (owner, answer) in owners.iter().zip(futures_util::future::join_all(asks).await) {
         match answer {
-            Ok(a) if a.status == status::OK => {
+            Ok(a) if Status::of(a.status) == Status::Ok => {
                 total = total.plus(Usage {
                     active: a.active,
                     jobs_today: a.jobs_today,

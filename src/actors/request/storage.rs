@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 
-use super::dispatch::stop;
 use super::events::Kind;
+use super::placement::stop;
 use super::{JobError, RequestMsg, RequestState};
 use crate::auth::Principal;
 use crate::cluster::probe::Storage;
-use crate::store::{Job, JobId, JobState, StoreError};
+use crate::config::Config;
+use crate::store::{Files, Job, JobId, JobState, StoreError};
 
 /// Jobs expired per tick at most.
 const EXPIRE_BATCH: u32 = 100;
@@ -32,6 +33,25 @@ const MEASURE_STORED_EVERY: u64 = 30;
 
 /// How long a job whose conversion ran out of space waits before it is queued again.
 const REQUEUE_AFTER: Duration = Duration::from_secs(10);
+
+/// Refuses new files ([`JobError::NoSpace`]) while the data volume, less `incoming` bytes,
+/// would be under its reserve.
+pub async fn room_for(config: &Config, incoming: u64) -> Result<(), JobError> {
+    let files = Files::at(&config.data_dir);
+    let free = tokio::task::spawn_blocking(move || files.free_bytes())
+        .await
+        .map_err(|e| JobError::Io(std::io::Error::other(e)))??;
+    if free < config.min_free_bytes.saturating_add(incoming) {
+        tracing::warn!(
+            free,
+            incoming,
+            reserve = config.min_free_bytes,
+            "refusing a new file: short of disk space"
+        );
+        return Err(JobError::NoSpace);
+    }
+    Ok(())
+}
 
 impl RequestState {
     /// Measures the data volume and publishes it; an unreadable volume counts as full.

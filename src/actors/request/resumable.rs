@@ -1,11 +1,19 @@
 //! Resumable (tus) uploads on the node that stores them: their rows (created, how much has
 //! arrived, completed) and their end, when the upload becomes its job under the same id.
-//! The bytes themselves are written by the gateway's handler straight into the upload's
-//! file (`http/tus.rs`); it reports each fsynced offset here.
+//! (Multipart uploads, one request each, become jobs directly: `RequestMsg::Submit`.)
+//!
+//! - [`client`]: the gateway's door ([`client::ResumableClient`]), here or on the storing node;
+//! - [`appender`]: a `PATCH`'s bytes written straight into the upload's file, each fsynced
+//!   offset reported here;
+//! - [`forwarded`]: requests that reached another node, answered here over the mesh.
 
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::{JobError, RequestMsg, RequestState};
+
+pub mod appender;
+pub mod client;
+pub mod forwarded;
 use crate::auth::Principal;
 use crate::store::{Job, JobId, NewJob, NewUpload, Source, StoreError, Upload, now_ms};
 

@@ -1,6 +1,6 @@
 //! Writing a tus `PATCH`'s bytes into an upload's file, on the node that stores it: from
-//! this node's gateway (`http/tus.rs`) or, in pieces, from another node's gateway that the
-//! request reached (`uploads.rs`, the forwarded session). Both go through one [`Appender`],
+//! this node's gateway (through `client.rs`) or, in pieces, from another node's gateway that the
+//! request reached (`forwarded.rs`, the forwarded session). Both go through one [`Appender`],
 //! so they answer alike.
 //!
 //! The offset a `PATCH` answers is fsynced and recorded before the answer, and every
@@ -14,8 +14,8 @@ use std::sync::{LazyLock, Mutex};
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::JobError;
-use super::uploads::{UploadCall, upload_call};
+use super::{UploadCall, upload_call};
+use crate::actors::request::JobError;
 use crate::store::{Files, Job, JobId, Upload};
 
 /// Bytes written between fsyncs (and recorded offsets) within one `PATCH`.

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::JobError;
 use super::appender::{AppendError, Appender, Opened, Written};
-use super::jobs::{self, JobsMsg, RemoteError};
-use super::uploads::{UploadCall, UploadState, upload_call};
+use super::{UploadCall, UploadState, upload_call};
+use crate::actors::request::JobError;
+use crate::actors::request::jobs::{self, JobsMsg, RemoteError, Status};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::store::{Files, JobId};
@@ -84,22 +84,11 @@ pub struct UploadRequest {
     pub broken: Option<String>,
 }
 
-/// Codes of an [`AppendError`] on the wire (job errors use [`jobs::status`]).
-mod append {
-    pub(super) const OFFSET: i32 = 101;
-    pub(super) const TOO_LONG: i32 = 102;
-    pub(super) const BUSY: i32 = 103;
-    pub(super) const CHECKSUM: i32 = 104;
-    pub(super) const BROKEN: i32 = 105;
-    pub(super) const FULL: i32 = 106;
-    pub(super) const LOST: i32 = 107;
-}
-
 /// The answer to a forwarded tus request.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct UploadAnswer {
-    /// [`jobs::status`] or an `append` code.
-    #[prost(int32, tag = "1")]
+    /// A [`Status`] (a job's, or an append's).
+    #[prost(enumeration = "Status", tag = "1")]
     pub status: i32,
     /// Why not.
     #[prost(string, tag = "2")]
@@ -129,13 +118,13 @@ ractor_cluster::derive_serialization_for_prost_type! {UploadAnswer}
 
 fn failed(e: AppendError) -> UploadAnswer {
     let (status, received, length) = match &e {
-        AppendError::Offset { at, asked } => (append::OFFSET, *at, *asked),
-        AppendError::TooLong(length) => (append::TOO_LONG, 0, *length),
-        AppendError::Busy => (append::BUSY, 0, 0),
-        AppendError::Checksum => (append::CHECKSUM, 0, 0),
-        AppendError::Broken(_) => (append::BROKEN, 0, 0),
-        AppendError::Full => (append::FULL, 0, 0),
-        AppendError::Lost => (append::LOST, 0, 0),
+        AppendError::Offset { at, asked } => (Status::Offset, *at, *asked),
+        AppendError::TooLong(length) => (Status::TooLong, 0, *length),
+        AppendError::Busy => (Status::Busy, 0, 0),
+        AppendError::Checksum => (Status::Checksum, 0, 0),
+        AppendError::Broken(_) => (Status::Broken, 0, 0),
+        AppendError::Full => (Status::Full, 0, 0),
+        AppendError::Lost => (Status::Lost, 0, 0),
         AppendError::Job(job) => (jobs::code(job), 0, 0),
     };
     let message = match e {
@@ -144,7 +133,7 @@ fn failed(e: AppendError) -> UploadAnswer {
         e => e.to_string(),
     };
     UploadAnswer {
-        status,
+        status: status.into(),
         message,
         received,
         length,
@@ -154,24 +143,24 @@ fn failed(e: AppendError) -> UploadAnswer {
 }
 
 fn error_of(a: UploadAnswer) -> AppendError {
-    match a.status {
-        append::OFFSET => AppendError::Offset {
+    match Status::of(a.status) {
+        Status::Offset => AppendError::Offset {
             at: a.received,
             asked: a.length,
         },
-        append::TOO_LONG => AppendError::TooLong(a.length),
-        append::BUSY => AppendError::Busy,
-        append::CHECKSUM => AppendError::Checksum,
-        append::BROKEN => AppendError::Broken(a.message),
-        append::FULL => AppendError::Full,
-        append::LOST => AppendError::Lost,
-        status => AppendError::Job(jobs::error(status, a.message)),
+        Status::TooLong => AppendError::TooLong(a.length),
+        Status::Busy => AppendError::Busy,
+        Status::Checksum => AppendError::Checksum,
+        Status::Broken => AppendError::Broken(a.message),
+        Status::Full => AppendError::Full,
+        Status::Lost => AppendError::Lost,
+        _ => AppendError::Job(jobs::error(a.status, a.message)),
     }
 }
 
 fn written(w: Written, done: bool) -> UploadAnswer {
     UploadAnswer {
-        status: jobs::status::OK,
+        status: Status::Ok.into(),
         received: w.received,
         expires_ms: w.expires_ms,
         job_id: w.job.map(|j| j.to_string()),
@@ -208,7 +197,7 @@ async fn answer_inner(config: Arc<Config>, r: UploadRequest) -> UploadAnswer {
     match r.kind {
         kind::HEAD => match upload_call(|reply| UploadCall::State { id, who, reply }).await {
             Ok(s) => UploadAnswer {
-                status: jobs::status::OK,
+                status: Status::Ok.into(),
                 received: s.received,
                 length: s.length,
                 expires_ms: s.expires_ms,
@@ -340,7 +329,7 @@ impl Forward {
                 ..self.base.clone()
             })
             .await?;
-        if a.status != jobs::status::OK {
+        if Status::of(a.status) != Status::Ok {
             return Ok(Err(error_of(a)));
         }
         Ok(Ok(UploadState {
@@ -360,7 +349,7 @@ impl Forward {
                 ..self.base.clone()
             })
             .await?;
-        Ok(if a.status == jobs::status::OK {
+        Ok(if Status::of(a.status) == Status::Ok {
             Ok(())
         } else {
             Err(error_of(a))
@@ -451,7 +440,7 @@ impl Patch {
             return Ok(Sent::More);
         }
         self.ended = true;
-        if a.status != jobs::status::OK {
+        if Status::of(a.status) != Status::Ok {
             return Ok(Sent::Done(Err(error_of(a))));
         }
         Ok(Sent::Done(Ok(Written {

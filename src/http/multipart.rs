@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, AppState, ErrorCode};
+use crate::actors::request::room_for;
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::store::{Files, StagedInput};
@@ -25,28 +26,8 @@ pub(super) fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Refuses new files (`507`) while the data volume, less `incoming` bytes, would be under
-/// its reserve.
-pub(super) async fn room_for(config: &Config, incoming: u64) -> Result<(), ApiError> {
-    let files = Files::at(&config.data_dir);
-    let free = tokio::task::spawn_blocking(move || files.free_bytes())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    if free < config.min_free_bytes.saturating_add(incoming) {
-        tracing::warn!(
-            free,
-            incoming,
-            reserve = config.min_free_bytes,
-            "refusing a new file: short of disk space"
-        );
-        return Err(ApiError::insufficient_storage());
-    }
-    Ok(())
-}
-
 /// The request's one file, on disk, and its text fields.
-pub(super) struct Upload {
+pub(super) struct MultipartForm {
     /// The staged file (deleted unless a job adopts it).
     pub input: StagedInput,
     /// The client's file name.
@@ -64,7 +45,7 @@ pub(super) struct Upload {
 ///
 /// A refused body of moderate size is read and discarded first: a client still sending
 /// would otherwise meet a reset connection instead of the `413`.
-pub(super) async fn multipart(
+pub(super) async fn open(
     request: Request,
     state: &AppState,
     who: &Principal,
@@ -107,7 +88,11 @@ async fn drain(mut field: Field<'_>) {
 
 /// Reads the multipart body: exactly one file part (any field name), optional `bitrate`,
 /// `vbr` and `webhook_url` text fields. `one_file` is the error for zero or several files.
-pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file: ApiError) -> Result<Upload, ApiError> {
+pub(super) async fn receive(
+    mut multipart: Multipart,
+    config: &Config,
+    one_file: ApiError,
+) -> Result<MultipartForm, ApiError> {
     let files = Files::new(&config.data_dir).map_err(ApiError::internal)?;
     let bad = |e: axum::extract::multipart::MultipartError| ApiError::new(ErrorCode::InvalidMultipart, e.body_text());
     let mut staged: Option<StagedInput> = None;
@@ -164,7 +149,7 @@ pub(super) async fn receive(mut multipart: Multipart, config: &Config, one_file:
         }
     }
     match (staged, file_name) {
-        (Some(input), Some(file_name)) => Ok(Upload {
+        (Some(input), Some(file_name)) => Ok(MultipartForm {
             input,
             file_name,
             bitrate,
