@@ -386,16 +386,16 @@ impl JobsClient {
                     let stream = tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10);
                     Ok((file.file_name, total, stream.boxed()))
                 }
-                At::Node(owner) => {
-                    let q = query(id, Some(who), 0);
-                    let first = jobs::call(&owner, |reply| JobsMsg::Chunk(q.clone(), reply)).await?;
-                    if Status::of(first.status) != Status::Ok {
-                        return Err(jobs::error(first.status, first.message).into());
-                    }
-                    let total = first.total;
-                    let stream = remote_chunks(owner, q, first.data, 0, total);
-                    Ok((first.file_name, total, stream.boxed()))
-                }
+                At::Node(owner) => match remote_mp3(&owner, id, Some(who), None).await? {
+                    Mp3::Streamed {
+                        bytes,
+                        file_name,
+                        total,
+                        ..
+                    } => Ok((file_name, total, bytes)),
+                    // (Only a range can be unsatisfiable.)
+                    _ => Err(JobsError::Internal("no MP3 stream from the owner".into())),
+                },
             }
         })
         .await
@@ -416,20 +416,30 @@ async fn remote_mp3(
         return Err(jobs::error(first.status, first.message).into());
     }
     let total = first.total;
-    let end = range
-        .and_then(|(_, e)| e)
-        .unwrap_or(total.saturating_sub(1))
-        .min(total.saturating_sub(1));
-    if range.is_some() && (start >= total || start > end) {
+    let Some((start, end, stop)) = span(range, total) else {
         return Ok(Mp3::Unsatisfiable { total });
-    }
+    };
     Ok(Mp3::Streamed {
-        bytes: remote_chunks(owner.to_string(), q, first.data, start, end + 1).boxed(),
+        bytes: remote_chunks(owner.to_string(), q, first.data, start, stop).boxed(),
         file_name: first.file_name,
         total,
         start,
         end,
     })
+}
+
+/// For bytes `range` of `total` (`None`: all): the first and last byte sent and the end
+/// (exclusive) to stream to; `None` when the range starts past the end.
+fn span(range: Option<(u64, Option<u64>)>, total: u64) -> Option<(u64, u64, u64)> {
+    let start = range.map_or(0, |(s, _)| s);
+    let last = total.saturating_sub(1);
+    let end = range.and_then(|(_, e)| e).unwrap_or(last).min(last);
+    if range.is_some() && (start >= total || start > end) {
+        return None;
+    }
+    // (An empty MP3 has no last byte: nothing is streamed.)
+    let stop = if total == 0 { 0 } else { end + 1 };
+    Some((start, end, stop))
 }
 
 /// Bytes `start..end` of a job's MP3 on `owner`, a chunk at a time (`first`: the piece
@@ -473,4 +483,46 @@ fn remote_chunks(
             Some((Ok(bytes::Bytes::from(data)), (None, next, q, owner)))
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::{JobQuery, remote_chunks, span};
+
+    #[test]
+    fn spans_of_whole_files_ranges_and_empty_files() {
+        assert_eq!(span(None, 10), Some((0, 9, 10)));
+        assert_eq!(span(None, 0), Some((0, 0, 0)), "an empty MP3 streams nothing");
+        assert_eq!(span(Some((2, Some(100))), 10), Some((2, 9, 10)));
+        assert_eq!(span(Some((2, Some(4))), 10), Some((2, 4, 5)));
+        assert_eq!(span(Some((9, None)), 10), Some((9, 9, 10)));
+        assert_eq!(span(Some((10, None)), 10), None);
+        assert_eq!(span(Some((0, None)), 0), None);
+        assert_eq!(span(Some((5, Some(3))), 10), None);
+    }
+
+    async fn collect(first: &[u8], start: u64, end: u64) -> Vec<std::io::Result<bytes::Bytes>> {
+        // No node is asked while the first piece covers the range (`nobody` is not a node).
+        remote_chunks("nobody".into(), JobQuery::default(), first.to_vec(), start, end)
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_empty_range_streams_nothing_and_a_piece_is_cut_at_the_range_end() {
+        assert!(collect(b"", 0, 0).await.is_empty());
+        let got = collect(b"abcdef", 2, 6).await;
+        let bytes: Vec<u8> = got.into_iter().flat_map(|b| b.unwrap().to_vec()).collect();
+        assert_eq!(bytes, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_missing_next_piece_ends_the_stream_with_an_error() {
+        let got = collect(b"ab", 0, 4).await;
+        assert_eq!(got.len(), 2, "the first piece, then the error");
+        assert_eq!(got[0].as_ref().unwrap().as_ref(), b"ab");
+        assert!(got[1].is_err());
+    }
 }
