@@ -21,9 +21,9 @@ use crate::actors::request::resumable::client::ResumableError;
 use crate::auth::jwt::TokenError;
 use crate::fetch::FetchError;
 
-/// Every error code of the API, serialized in snake_case (`not_found`), with the HTTP
-/// status it answers with ([`ErrorCode::status`]; a few answers pick another, e.g. an
-/// `invalid_request` that is well-formed but not acceptable is 422).
+/// Every error code of the API, in snake_case (`not_found`). Each has the HTTP status it
+/// usually answers with (`ErrorCode::status` in the code); a few answers pick another, e.g.
+/// an `invalid_request` that is well-formed but not acceptable is 422.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
