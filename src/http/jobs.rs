@@ -305,10 +305,10 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         let who = header_who.ok_or_else(ApiError::missing_credentials)?;
         // A retry's body is read (and checked for its form) but needs no room or quota.
         let earlier = earlier_job(&state, &who, key.as_deref()).await?;
-        let (multipart, _place) =
+        let (multipart, mut place) =
             multipart::open(Request::from_parts(parts, body), &state, &who, earlier.is_none()).await?;
         let one_file = ApiError::new(ErrorCode::InvalidRequest, "exactly 1 file required");
-        let upload = multipart::receive(multipart, &state.config, one_file).await?;
+        let upload = multipart::receive(multipart, &state.config, one_file, &mut place).await?;
         submit_upload(&state, who, upload, key, earlier).await
     } else if content_type.starts_with("application/json") {
         // The seed's download request may carry the token in the body; a header is checked

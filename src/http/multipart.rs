@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, AppState, ErrorCode};
+use crate::actors::request::quota::Place;
 use crate::actors::request::room_for;
 use crate::auth::Principal;
 use crate::config::Config;
@@ -50,7 +51,7 @@ pub(super) async fn open(
     state: &AppState,
     who: &Principal,
     new: bool,
-) -> Result<(Multipart, crate::actors::request::quota::Place), ApiError> {
+) -> Result<(Multipart, Place), ApiError> {
     let declared = declared_length(request.headers());
     let cap = state.config.max_upload_bytes;
     if let Some(n) = declared.filter(|n| *n > cap + MULTIPART_SLACK) {
@@ -65,7 +66,7 @@ pub(super) async fn open(
         room_for(&state.config, declared.unwrap_or(0)).await?;
         super::quota::within_quota(state, who, declared.unwrap_or(0)).await?
     } else {
-        crate::actors::request::quota::Place::none()
+        Place::none()
     };
     let (config, request) = (&state.config, request);
     let request = request.map(|body| super::serve::min_rate(body, config.min_upload_rate, config.slow_upload_window));
@@ -88,10 +89,12 @@ async fn drain(mut field: Field<'_>) {
 
 /// Reads the multipart body: exactly one file part (any field name), optional `bitrate`,
 /// `vbr` and `webhook_url` text fields. `one_file` is the error for zero or several files.
+/// The file's bytes count against the caller's quota as they arrive (`place`).
 pub(super) async fn receive(
     mut multipart: Multipart,
     config: &Config,
     one_file: ApiError,
+    place: &mut Place,
 ) -> Result<MultipartForm, ApiError> {
     let files = Files::new(&config.data_dir).map_err(ApiError::internal)?;
     let bad = |e: axum::extract::multipart::MultipartError| ApiError::new(ErrorCode::InvalidMultipart, e.body_text());
@@ -118,6 +121,10 @@ pub(super) async fn receive(
                 if size > config.max_upload_bytes {
                     drain(field).await;
                     return Err(ApiError::too_large(config.max_upload_bytes));
+                }
+                if let Err(e) = place.grow(size) {
+                    drain(field).await;
+                    return Err(e.into());
                 }
                 // A body without a length (or a lying one) is checked as it grows.
                 if size - checked >= SPACE_CHECK_EVERY {

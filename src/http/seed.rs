@@ -83,7 +83,7 @@ async fn seed_principal(headers: &HeaderMap) -> Result<crate::auth::Principal, A
     ))]
 async fn upload_file(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let who = seed_principal(request.headers()).await?;
-    let (multipart, _place) = multipart::open(request, &state, &who, true).await.map_err(|e| {
+    let (multipart, mut place) = multipart::open(request, &state, &who, true).await.map_err(|e| {
         if e.code == ErrorCode::InvalidMultipart {
             ApiError::new(ErrorCode::InvalidRequest, "exactly 1 file required").plain()
         } else {
@@ -92,7 +92,7 @@ async fn upload_file(State(state): State<AppState>, request: Request) -> Result<
         }
     })?;
     let one_file = ApiError::new(ErrorCode::InvalidRequest, "exactly 1 file required").plain();
-    let mut upload = multipart::receive(multipart, &state.config, one_file)
+    let mut upload = multipart::receive(multipart, &state.config, one_file, &mut place)
         .await
         .map_err(ApiError::plain)?;
     // The original route knows no webhooks (its answers stay as they were).

@@ -310,3 +310,102 @@ async fn concurrent_uploads_do_not_overshoot_max_active() {
     assert_eq!((accepted, refused), (2, 18), "{statuses:?}");
     assert_eq!(quota(&api, &bob, BOB.0).await["usage"]["active"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_uploads_count_their_bytes_as_they_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = crate::common::service::Node::start(&dir.path().join("a"), &["--converter-slots", "0"]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    api.create_user(&admin, BOB.0, BOB.1).await;
+    let bytes = std::fs::read(crate::common::tone(
+        "quota_bytes_440.m4a",
+        440,
+        44100,
+        1.0,
+        1,
+        &["-c:a", "aac"],
+    ))
+    .unwrap();
+    let size = bytes.len() as i64;
+    // Room for two and a half files; no limit on jobs at once.
+    let limit = size * 5 / 2;
+    let r = api
+        .http
+        .put(api.url(&format!("/v1/users/{}/quota", BOB.0)))
+        .bearer_auth(&admin)
+        .json(&json!({"max_stored_bytes": limit}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let bob = api.login(BOB.0, BOB.1).await;
+    // Six chunked uploads at once (no Content-Length: nothing is known of their size up
+    // front), each body arriving in two halves a second apart.
+    let sends = (0..6).map(|_| {
+        let (http, url, bob, bytes) = (api.http.clone(), api.url("/v1/jobs"), bob.clone(), bytes.clone());
+        async move {
+            let half = bytes.len() / 2;
+            let pieces = vec![bytes[..half].to_vec(), bytes[half..].to_vec()];
+            let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(|(i, piece)| async move {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok::<_, std::io::Error>(piece)
+            });
+            let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("a.m4a");
+            let r = http
+                .post(url)
+                .bearer_auth(bob)
+                .multipart(reqwest::multipart::Form::new().part("file", part))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    });
+    use futures_util::StreamExt;
+    let answers = futures_util::future::join_all(sends).await;
+    let accepted = answers.iter().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
+    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::ACCEPTED) {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("max_stored_bytes"), "{message}");
+    }
+    assert!(
+        accepted <= 2,
+        "{accepted} files of {size} bytes accepted under {limit}: {answers:?}"
+    );
+    let usage = quota(&api, &bob, BOB.0).await["usage"].clone();
+    assert!(usage["stored_bytes"].as_i64().unwrap() <= limit, "{usage}");
+    // What the refusals gave back is free again: the next files fit up to the limit.
+    for _ in accepted..2 {
+        let r = api
+            .upload_as(
+                "/v1/jobs",
+                &bob,
+                &crate::common::tone("quota_bytes_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let (status, code, message, _) = refusal(
+        api.upload_as(
+            "/v1/jobs",
+            &bob,
+            &crate::common::tone("quota_bytes_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+        "{message}"
+    );
+}

@@ -119,12 +119,19 @@ fn in_flight(email: &str) -> (i64, i64) {
 #[derive(Debug)]
 pub struct Place {
     held: Option<(String, i64)>,
+    /// `max_stored_bytes`, what the user stored (cluster-wide, less this node's requests in
+    /// flight) when the place was taken, and when room frees: a body of unknown length is
+    /// held to it as it arrives ([`Place::grow`]).
+    stored_limit: Option<(i64, i64, Duration)>,
 }
 
 impl Place {
     /// A place that counts nothing (a request that makes no job).
     pub fn none() -> Place {
-        Place { held: None }
+        Place {
+            held: None,
+            stored_limit: None,
+        }
     }
 
     fn take(email: &str, bytes: i64) -> Place {
@@ -135,6 +142,39 @@ impl Place {
         counts.1 += bytes;
         Place {
             held: Some((key, bytes)),
+            stored_limit: None,
+        }
+    }
+
+    /// The request's body has reached `received` bytes: what passes the bytes counted when
+    /// the place was taken (a chunked body counts 0 then) counts from now on, and a body
+    /// that would take the user past `max_stored_bytes`, with what this user's other
+    /// requests on this node are sending, is refused.
+    pub fn grow(&mut self, received: u64) -> Result<(), QuotaError> {
+        let Some((key, held)) = self.held.as_mut() else {
+            return Ok(());
+        };
+        let received = i64::try_from(received).unwrap_or(i64::MAX);
+        if received <= *held {
+            return Ok(());
+        }
+        let in_flight = {
+            let mut all = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = all.entry(key.clone()).or_insert((0, 0));
+            counts.1 += received - *held;
+            counts.1
+        };
+        *held = received;
+        match self.stored_limit {
+            Some((max, stored, retry_after)) if stored.saturating_add(in_flight) > max => Err(QuotaError::Exceeded {
+                limit: "max_stored_bytes",
+                message: format!(
+                    "max_stored_bytes: you store {stored} bytes and your uploads in progress add {in_flight}, \
+                         the most allowed is {max}; delete jobs you no longer need, or wait until old ones expire"
+                ),
+                retry_after,
+            }),
+            _ => Ok(()),
         }
     }
 }
@@ -228,7 +268,7 @@ fn retry_at(at_ms: i64) -> Duration {
 /// Refuses a new job (or upload) of `incoming` bytes that would take `who` past a limit;
 /// else its [`Place`], to hold until the job is submitted (or the request ends).
 pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<Place, QuotaError> {
-    let free = Place { held: None };
+    let free = Place::none();
     if who.admin {
         return Ok(free);
     }
@@ -251,7 +291,21 @@ pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<Pl
     if let Some(e) = exceeded(config.retention, &limits, &u, incoming) {
         return Err(e);
     }
-    Ok(Place::take(&who.email, i64::try_from(incoming).unwrap_or(i64::MAX)))
+    let (_, here) = in_flight(&who.email);
+    let mut place = Place::take(&who.email, i64::try_from(incoming).unwrap_or(i64::MAX));
+    place.stored_limit = limits
+        .max_stored_bytes
+        .map(|max| (max, u.stored_bytes - here, stored_retry(config.retention, &u)));
+    Ok(place)
+}
+
+/// When stored bytes free: when the first ended job expires (else in an hour).
+fn stored_retry(retention: Duration, u: &Usage) -> Duration {
+    let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    match u.first_end_ms {
+        Some(ended) => retry_at(ended.saturating_add(retention)),
+        None => Duration::from_secs(3600),
+    }
 }
 
 /// The first limit that one more job of `incoming` bytes would pass.
@@ -288,11 +342,7 @@ fn exceeded(retention: Duration, limits: &Quota, u: &Usage, incoming: u64) -> Op
     if let Some(max) = limits.max_stored_bytes
         && u.stored_bytes.saturating_add(incoming) > max
     {
-        let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let retry_after = match u.first_end_ms {
-            Some(ended) => retry_at(ended.saturating_add(retention)),
-            None => Duration::from_secs(3600),
-        };
+        let retry_after = stored_retry(retention, u);
         return Some(QuotaError::Exceeded {
             limit: "max_stored_bytes",
             message: format!(
