@@ -661,3 +661,55 @@ async fn a_used_idempotency_key_answers_its_job_first_on_every_route() {
     let jobs = api.get_json(&token, "/v1/jobs").await;
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_whose_upload_is_deleted_meanwhile_answers_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let node = Node::start(&data, &[]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let r = tus(&api, reqwest::Method::POST, &api.url("/v1/uploads"), &token)
+        .header("upload-length", "100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let url = api.url(r.headers()["location"].to_str().unwrap());
+    let id = url.rsplit('/').next().unwrap().to_string();
+    // A PATCH sends 10 bytes, then waits until the upload is deleted, then sends 10 more.
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let body = futures_util::stream::unfold((0u8, Some(wait)), |(i, wait)| async move {
+        match (i, wait) {
+            (0, wait) => Some((Ok::<_, std::io::Error>(vec![1u8; 10]), (1, wait))),
+            (1, Some(wait)) => {
+                let _ = wait.await;
+                Some((Ok(vec![2u8; 10]), (2, None)))
+            }
+            _ => None,
+        }
+    });
+    let patch = tus(&api, reqwest::Method::PATCH, &url, &token)
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let patch = tokio::spawn(patch);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = tus(&api, reqwest::Method::DELETE, &url, &token).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "the upload is deleted while a PATCH writes it"
+    );
+    let _ = go.send(());
+    let r = patch.await.unwrap().unwrap();
+    assert_eq!(
+        Api::error_code(r).await,
+        (StatusCode::NOT_FOUND, "not_found".to_string()),
+        "the PATCH answers that its upload is gone"
+    );
+    let r = tus(&api, reqwest::Method::HEAD, &url, &token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!data.join("uploads").join(&id).exists(), "its file is gone");
+}
