@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod http;
 pub mod mail;
 pub mod memory;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod store;

@@ -1,0 +1,444 @@
+//! The metadata group's storage on one node: one SQLite file (`DATA/meta.db`) holds the
+//! Raft log, the vote, the committed id and the state machine, written with
+//! `synchronous=FULL` (a write openraft is told about is on disk).
+//!
+//! - Log: `raft_log(idx, entry)`, each entry as JSON; `purge` records the last purged id.
+//! - State machine: its tables (today `claims`) and, in the same transactions, the last
+//!   applied log id and membership, so a restart resumes exactly where it stopped.
+//! - Snapshots: built from the tables ([`State`] as JSON), kept in the file until the next
+//!   one; installing one replaces the tables in one transaction.
+//!
+//! Every SQLite call runs on a blocking thread, never on the async runtime.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Command, Outcome, TypeConfig};
+
+type NodeId = u64;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// The replicated state as a snapshot carries it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// `(email, key, job)` Idempotency-Key claims.
+    claims: Vec<(String, String, String)>,
+}
+
+/// One node's metadata file, shared by its log store and its state machine.
+#[derive(Clone)]
+pub struct MetaDb(Arc<Mutex<Connection>>);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS raft_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    email TEXT NOT NULL, key TEXT NOT NULL, job TEXT NOT NULL, PRIMARY KEY (email, key)
+);
+";
+
+impl MetaDb {
+    /// Opens (or creates) the file at `path`.
+    pub fn open(path: &Path) -> rusqlite::Result<MetaDb> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(MetaDb(Arc::new(Mutex::new(conn))))
+    }
+
+    /// The log store and the state machine over this file.
+    pub fn stores(&self) -> (LogStore, StateMachine) {
+        (LogStore(self.clone()), StateMachine(self.clone()))
+    }
+
+    /// Runs `f` on a blocking thread with the connection.
+    async fn run<T, F>(&self, f: F) -> Result<T, anyhow::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let db = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await?
+    }
+}
+
+fn get_kv<T: for<'a> Deserialize<'a>>(conn: &Connection, key: &str) -> anyhow::Result<Option<T>> {
+    let raw: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM raft_kv WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    Ok(raw.map(|v| serde_json::from_slice(&v)).transpose()?)
+}
+
+fn set_kv<T: Serialize>(conn: &Connection, key: &str, value: &T) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT INTO raft_kv (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, serde_json::to_vec(value)?],
+    )?;
+    Ok(())
+}
+
+/// Keeps `meta` and `data` as the current snapshot.
+fn keep_snapshot(conn: &Connection, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> anyhow::Result<()> {
+    set_kv(conn, "snapshot_meta", meta)?;
+    conn.execute(
+        "INSERT INTO raft_kv (key, value) VALUES ('snapshot_data', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [data],
+    )?;
+    Ok(())
+}
+
+fn io(e: anyhow::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// `e` as openraft's error, about `what`.
+fn failed(what: fn(&std::io::Error) -> StorageIOError<NodeId>, e: anyhow::Error) -> StorageError<NodeId> {
+    what(&io(e)).into()
+}
+
+/// The Raft log and the vote.
+#[derive(Clone)]
+pub struct LogStore(MetaDb);
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i as i64,
+            Bound::Excluded(i) => *i as i64 + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => (*i as i64).saturating_add(1),
+            Bound::Excluded(i) => *i as i64,
+            Bound::Unbounded => i64::MAX,
+        };
+        self.0
+            .run(move |conn| {
+                let mut q = conn.prepare_cached("SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
+                let rows = q.query_map(params![start, end], |r| r.get::<_, Vec<u8>>(0))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(serde_json::from_slice(&row?)?);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::read_logs(e), e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        self.0
+            .run(|conn| {
+                let purged: Option<LogId<NodeId>> = get_kv(conn, "purged")?;
+                let last: Option<Vec<u8>> = conn
+                    .query_row("SELECT entry FROM raft_log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+                    .optional()?;
+                let last = match last {
+                    Some(raw) => Some(serde_json::from_slice::<Entry<TypeConfig>>(&raw)?.log_id),
+                    None => purged,
+                };
+                Ok(LogState {
+                    last_purged_log_id: purged,
+                    last_log_id: last,
+                })
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::read_logs(e), e))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let vote = *vote;
+        self.0
+            .run(move |conn| set_kv(conn, "vote", &vote))
+            .await
+            .map_err(|e| failed(|e| StorageIOError::write_vote(e), e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.0
+            .run(|conn| get_kv(conn, "vote"))
+            .await
+            .map_err(|e| failed(|e| StorageIOError::read_vote(e), e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        self.0
+            .run(move |conn| set_kv(conn, "committed", &committed))
+            .await
+            .map_err(|e| failed(|e| StorageIOError::write_logs(e), e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        self.0
+            .run(|conn| Ok(get_kv::<Option<LogId<NodeId>>>(conn, "committed")?.flatten()))
+            .await
+            .map_err(|e| failed(|e| StorageIOError::read_logs(e), e))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index as i64, serde_json::to_vec(&e)?)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| failed(|e| StorageIOError::write_logs(e), e))?;
+        let written = self
+            .0
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut q = tx.prepare_cached("INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?1, ?2)")?;
+                    for (idx, entry) in &rows {
+                        q.execute(params![idx, entry])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                // Committed with synchronous=FULL: on disk.
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(io(anyhow::anyhow!("{e}"))));
+                Err(failed(|e| StorageIOError::write_logs(e), e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let from = log_id.index as i64;
+        self.0
+            .run(move |conn| {
+                conn.execute("DELETE FROM raft_log WHERE idx >= ?1", [from])?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::write_logs(e), e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.0
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                set_kv(&tx, "purged", &Some(log_id))?;
+                tx.execute("DELETE FROM raft_log WHERE idx <= ?1", [log_id.index as i64])?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::write_logs(e), e))
+    }
+}
+
+/// The state machine: the replicated tables.
+#[derive(Clone)]
+pub struct StateMachine(MetaDb);
+
+/// Applies one command inside the caller's transaction.
+fn apply_command(tx: &rusqlite::Transaction<'_>, command: &Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::ClaimKey { email, key, job } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO claims (email, key, job) VALUES (?1, ?2, ?3)",
+                params![email, key, job],
+            )?;
+            let job: String = tx.query_row(
+                "SELECT job FROM claims WHERE email = ?1 AND key = ?2",
+                params![email, key],
+                |r| r.get(0),
+            )?;
+            Ok(Outcome::Claimed { job })
+        }
+    }
+}
+
+fn read_state(conn: &Connection) -> anyhow::Result<State> {
+    let mut q = conn.prepare("SELECT email, key, job FROM claims ORDER BY email, key")?;
+    let claims = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(State { claims })
+}
+
+fn write_state(tx: &rusqlite::Transaction<'_>, state: &State) -> anyhow::Result<()> {
+    tx.execute("DELETE FROM claims", [])?;
+    let mut q = tx.prepare_cached("INSERT INTO claims (email, key, job) VALUES (?1, ?2, ?3)")?;
+    for (email, key, job) in &state.claims {
+        q.execute(params![email, key, job])?;
+    }
+    Ok(())
+}
+
+impl StateMachine {
+    /// The job holding Idempotency-Key `key` of `email` here (this node's replica).
+    pub async fn claim(&self, email: &str, key: &str) -> anyhow::Result<Option<String>> {
+        let (email, key) = (email.to_string(), key.to_string());
+        self.0
+            .run(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT job FROM claims WHERE email = ?1 AND key = ?2",
+                        params![email, key],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+            })
+            .await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        self.0
+            .run(|conn| {
+                let tx = conn.transaction()?;
+                let applied: Option<LogId<NodeId>> = get_kv::<Option<LogId<NodeId>>>(&tx, "applied")?.flatten();
+                let membership: Membership = get_kv(&tx, "membership")?.unwrap_or_default();
+                let data = serde_json::to_vec(&read_state(&tx)?)?;
+                let id = match applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, crate::store::now_ms()),
+                    None => format!("0-0-{}", crate::store::now_ms()),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                    snapshot_id: id,
+                };
+                keep_snapshot(&tx, &meta, &data)?;
+                tx.commit()?;
+                Ok(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                })
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::write_snapshot(None, e), e))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        self.0
+            .run(|conn| {
+                let applied = get_kv::<Option<LogId<NodeId>>>(conn, "applied")?.flatten();
+                let membership: Membership = get_kv(conn, "membership")?.unwrap_or_default();
+                Ok((applied, membership))
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::read_state_machine(e), e))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        self.0
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                let mut out = Vec::with_capacity(entries.len());
+                for entry in &entries {
+                    set_kv(&tx, "applied", &Some(entry.log_id))?;
+                    out.push(match &entry.payload {
+                        EntryPayload::Blank => Outcome::None,
+                        EntryPayload::Normal(command) => apply_command(&tx, command)?,
+                        EntryPayload::Membership(m) => {
+                            set_kv(&tx, "membership", &Membership::new(Some(entry.log_id), m.clone()))?;
+                            Outcome::None
+                        }
+                    });
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::write_state_machine(e), e))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let (meta, data) = (meta.clone(), snapshot.into_inner());
+        self.0
+            .run(move |conn| {
+                let state: State = serde_json::from_slice(&data)?;
+                let tx = conn.transaction()?;
+                write_state(&tx, &state)?;
+                set_kv(&tx, "applied", &meta.last_log_id)?;
+                set_kv(&tx, "membership", &meta.last_membership)?;
+                keep_snapshot(&tx, &meta, &data)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::write_snapshot(None, e), e))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        self.0
+            .run(|conn| {
+                let Some(meta) = get_kv(conn, "snapshot_meta")? else {
+                    return Ok(None);
+                };
+                let data: Vec<u8> = conn.query_row("SELECT value FROM raft_kv WHERE key = 'snapshot_data'", [], |r| r.get(0))?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                }))
+            })
+            .await
+            .map_err(|e| failed(|e| StorageIOError::read_snapshot(None, e), e))
+    }
+}
+
+#[cfg(test)]
+mod tests;
