@@ -2,15 +2,29 @@
 //! (`openraft`), so that it survives any one pod and reads the same everywhere.
 //!
 //! - [`store`]: the Raft log, the vote and the state machine in one SQLite file per node
-//!   (`DATA/meta.db`, `synchronous=FULL`), snapshots built from its tables.
+//!   (`DATA/meta.db`, `synchronous=FULL`), snapshots built from its tables;
+//! - [`network`]: Raft's messages over the mesh (a `meta.v1` actor per node);
+//! - [`Meta`]: a node's handle: start, write a command (sent to the leader from any node),
+//!   read this node's replica.
 //!
 //! What the state machine holds grows command by command ([`Command`]); today:
 //! Idempotency-Key claims (user + key → job id, the first claim wins).
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
+use self::network::{MetaActor, MetaMsg, MetaNetwork, node_id};
+use self::store::{MetaDb, StateMachine};
+
+pub mod network;
 pub mod store;
 
 openraft::declare_raft_types!(
@@ -50,3 +64,100 @@ pub enum Outcome {
         job: String,
     },
 }
+
+/// Why the metadata could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// No leader is known or reachable now (an election, or this node is on a minority
+    /// side): retry later.
+    #[error("the cluster's metadata has no reachable leader right now: {0}")]
+    NoLeader(String),
+    /// The metadata file failed.
+    #[error("the metadata store failed: {0}")]
+    Store(String),
+}
+
+/// How long a write forwarded to the leader may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's member of the metadata group.
+#[derive(Clone)]
+pub struct Meta {
+    raft: Raft<TypeConfig>,
+    state: StateMachine,
+    actor: ActorRef<MetaMsg>,
+}
+
+impl Meta {
+    /// Starts node `name`'s member, its files in `dir`, in a group whose voters are
+    /// `voters` (stable node names; every node must be given the same list).
+    pub async fn start(name: &str, dir: &Path, voters: &[String]) -> Result<Meta, MetaError> {
+        let db = MetaDb::open(&dir.join("meta.db")).map_err(|e| MetaError::Store(e.to_string()))?;
+        let (log, state) = db.stores();
+        let config = openraft::Config {
+            cluster_name: "mp4tomp3".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| MetaError::Store(e.to_string()))?);
+        let raft = Raft::new(node_id(name), config, MetaNetwork, log, state.clone())
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))?;
+        let (actor, _) = ractor::Actor::spawn(None, MetaActor, (name.to_string(), raft.clone()))
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))?;
+        // Every node proposes the same first membership: whoever's log is still empty
+        // writes it (identical entries), the others already have it.
+        let members: BTreeMap<u64, BasicNode> = voters.iter().map(|v| (node_id(v), BasicNode::new(v))).collect();
+        if raft
+            .is_initialized()
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))?
+        {
+            tracing::debug!("metadata group already initialized");
+        } else if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(error = %e, "metadata group not initialized here");
+        }
+        Ok(Meta { raft, state, actor })
+    }
+
+    /// Commits `command` through the log (at the leader, wherever it is) and answers what
+    /// applying it gave.
+    pub async fn write(&self, command: Command) -> Result<Outcome, MetaError> {
+        match self.raft.client_write(command.clone()).await {
+            Ok(done) => Ok(done.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                let leader = to
+                    .leader_node
+                    .map(|n| n.addr)
+                    .ok_or_else(|| MetaError::NoLeader("no leader elected".into()))?;
+                network::forward_write(&leader, &command, FORWARD_TIMEOUT).await
+            }
+            Err(e) => Err(MetaError::NoLeader(e.to_string())),
+        }
+    }
+
+    /// The job holding Idempotency-Key `key` of `email`, as this node's replica has it.
+    pub async fn claim(&self, email: &str, key: &str) -> Result<Option<String>, MetaError> {
+        self.state
+            .claim(email, key)
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// This node's Raft (metrics, waits).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Stops this member (its Raft and its actor).
+    pub async fn stop(&self) {
+        let _ = self.raft.shutdown().await;
+        self.actor.stop(None);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -95,7 +95,11 @@ fn set_kv<T: Serialize>(conn: &Connection, key: &str, value: &T) -> anyhow::Resu
 }
 
 /// Keeps `meta` and `data` as the current snapshot.
-fn keep_snapshot(conn: &Connection, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> anyhow::Result<()> {
+fn keep_snapshot(
+    conn: &Connection,
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: &[u8],
+) -> anyhow::Result<()> {
     set_kv(conn, "snapshot_meta", meta)?;
     conn.execute(
         "INSERT INTO raft_kv (key, value) VALUES ('snapshot_data', ?1)
@@ -135,7 +139,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         self.0
             .run(move |conn| {
-                let mut q = conn.prepare_cached("SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
+                let mut q =
+                    conn.prepare_cached("SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
                 let rows = q.query_map(params![start, end], |r| r.get::<_, Vec<u8>>(0))?;
                 let mut out = Vec::new();
                 for row in rows {
@@ -429,7 +434,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let Some(meta) = get_kv(conn, "snapshot_meta")? else {
                     return Ok(None);
                 };
-                let data: Vec<u8> = conn.query_row("SELECT value FROM raft_kv WHERE key = 'snapshot_data'", [], |r| r.get(0))?;
+                let data: Vec<u8> =
+                    conn.query_row("SELECT value FROM raft_kv WHERE key = 'snapshot_data'", [], |r| {
+                        r.get(0)
+                    })?;
                 Ok(Some(Snapshot {
                     meta,
                     snapshot: Box::new(Cursor::new(data)),

@@ -50,7 +50,10 @@ async fn the_first_claim_of_a_key_wins_survives_a_reopen_and_travels_in_a_snapsh
     // Reopened: the claims and the applied id are where they were.
     drop(sm);
     let (_, mut sm) = MetaDb::open(&path).unwrap().stores();
-    assert_eq!(sm.claim("bob@example.com", "k1").await.unwrap().as_deref(), Some("job-a"));
+    assert_eq!(
+        sm.claim("bob@example.com", "k1").await.unwrap().as_deref(),
+        Some("job-a")
+    );
     assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(3));
 
     // A snapshot installed on another node gives it the same claims.
@@ -59,8 +62,15 @@ async fn the_first_claim_of_a_key_wins_survives_a_reopen_and_travels_in_a_snapsh
     let (_, mut there) = MetaDb::open(&other.path().join("meta.db")).unwrap().stores();
     there.apply([claim(1, "eve@example.com", "x", "stale")]).await.unwrap();
     there.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-    assert_eq!(there.claim("ann@example.com", "k1").await.unwrap().as_deref(), Some("job-c"));
-    assert_eq!(there.claim("eve@example.com", "x").await.unwrap(), None, "replaced, not merged");
+    assert_eq!(
+        there.claim("ann@example.com", "k1").await.unwrap().as_deref(),
+        Some("job-c")
+    );
+    assert_eq!(
+        there.claim("eve@example.com", "x").await.unwrap(),
+        None,
+        "replaced, not merged"
+    );
     let current = there.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
 }

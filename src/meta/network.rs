@@ -1,0 +1,262 @@
+//! Raft messages between nodes, over the mesh: every node runs a metadata actor in the
+//! process group `meta.v1:{node}`, and openraft's network ([`MetaNetwork`]) calls the
+//! target's actor with the request as JSON in a prost envelope ([`Wire`]). The actor hands
+//! it to its local Raft and answers the result (or openraft's error) the same way.
+//!
+//! Node ids are derived from the stable node names ([`node_id`]); the member's
+//! `BasicNode::addr` holds the name, which is what the mesh knows a node by.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Command, MetaError, Outcome, TypeConfig};
+
+/// The process group prefix of the metadata actors (versioned, as every face).
+pub const GROUP: &str = "meta.v1";
+
+/// The process group of `node`'s metadata actor.
+pub fn group(node: &str) -> String {
+    format!("{GROUP}:{node}")
+}
+
+/// A node's Raft id: the first 8 bytes of the SHA-256 of its stable name (the same on
+/// every node, with no table to keep).
+pub fn node_id(name: &str) -> u64 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(id)
+}
+
+/// A Raft request or answer, as JSON.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Wire {
+    /// The JSON.
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: Vec<u8>,
+}
+
+ractor_cluster::derive_serialization_for_prost_type! {Wire}
+
+/// The metadata actor's messages (from other nodes' Raft).
+#[derive(RactorClusterMessage)]
+pub enum MetaMsg {
+    /// `AppendEntries` (also the heartbeat).
+    #[rpc]
+    Append(Wire, RpcReplyPort<Wire>),
+    /// `RequestVote`.
+    #[rpc]
+    Vote(Wire, RpcReplyPort<Wire>),
+    /// A snapshot chunk.
+    #[rpc]
+    Snapshot(Wire, RpcReplyPort<Wire>),
+    /// A command written at another node, for this one (the leader) to commit.
+    #[rpc]
+    Write(Wire, RpcReplyPort<Wire>),
+}
+
+fn encode<T: Serialize>(value: &T) -> Wire {
+    Wire {
+        body: serde_json::to_vec(value).unwrap_or_default(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(wire: &Wire) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(&wire.body)
+}
+
+/// Answers other nodes' Raft requests with this node's Raft.
+pub struct MetaActor;
+
+impl Actor for MetaActor {
+    type Msg = MetaMsg;
+    type State = Raft<TypeConfig>;
+    type Arguments = (String, Raft<TypeConfig>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (node, raft): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ractor::pg::join(group(&node), vec![myself.get_cell()]);
+        Ok(raft)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        raft: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Each request runs on its own task: a slow one (a snapshot being installed) never
+        // holds up heartbeats.
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            match message {
+                MetaMsg::Append(wire, reply) => {
+                    let answer = match decode::<AppendEntriesRequest<TypeConfig>>(&wire) {
+                        Ok(request) => encode(&raft.append_entries(request).await),
+                        Err(e) => encode(&Err::<(), String>(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                }
+                MetaMsg::Vote(wire, reply) => {
+                    let answer = match decode::<VoteRequest<u64>>(&wire) {
+                        Ok(request) => encode(&raft.vote(request).await),
+                        Err(e) => encode(&Err::<(), String>(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                }
+                MetaMsg::Write(wire, reply) => {
+                    let answer = match decode::<Command>(&wire) {
+                        Ok(command) => match raft.client_write(command).await {
+                            Ok(done) => encode(&Ok::<Outcome, String>(done.data)),
+                            Err(e) => encode(&Err::<Outcome, String>(e.to_string())),
+                        },
+                        Err(e) => encode(&Err::<Outcome, String>(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                }
+                MetaMsg::Snapshot(wire, reply) => {
+                    let answer = match decode::<InstallSnapshotRequest<TypeConfig>>(&wire) {
+                        Ok(request) => encode(&raft.install_snapshot(request).await),
+                        Err(e) => encode(&Err::<(), String>(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// openraft's network: a connection per target node, through the mesh.
+#[derive(Clone, Default)]
+pub struct MetaNetwork;
+
+impl RaftNetworkFactory<TypeConfig> for MetaNetwork {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Conn {
+        Conn {
+            target,
+            name: node.addr.clone(),
+        }
+    }
+}
+
+/// Requests to one node.
+pub struct Conn {
+    target: u64,
+    name: String,
+}
+
+/// Why a call got no answer.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("node {0} is not reachable")]
+    Unreachable(String),
+    #[error("node {0} did not answer in {1:?}")]
+    Timeout(String, Duration),
+    #[error("a bad answer from node {0}: {1}")]
+    Garbled(String, serde_json::Error),
+}
+
+impl Conn {
+    fn actor(&self) -> Option<ActorCell> {
+        ractor::pg::get_members(&group(&self.name)).into_iter().next()
+    }
+
+    /// Sends `request` with `make` and reads the answer as `Result<T, E>`.
+    async fn call<T, E>(
+        &self,
+        request: Wire,
+        make: fn(Wire, RpcReplyPort<Wire>) -> MetaMsg,
+        timeout: Duration,
+    ) -> Result<Result<T, E>, CallError>
+    where
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let cell = self.actor().ok_or_else(|| CallError::Unreachable(self.name.clone()))?;
+        let answer = ractor::rpc::call::<MetaMsg, Wire, _>(&cell, |reply| make(request, reply), Some(timeout)).await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(wire)) => {
+                decode(&wire).map_err(|e| CallError::Garbled(self.name.clone(), e))
+            }
+            Ok(ractor::rpc::CallResult::Timeout) => Err(CallError::Timeout(self.name.clone(), timeout)),
+            _ => Err(CallError::Unreachable(self.name.clone())),
+        }
+    }
+
+    fn failed<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, BasicNode, E> {
+        match e {
+            CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            _ => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<u64, BasicNode, E> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            BasicNode::new(self.name.clone()),
+            e,
+        ))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let answer = self.call(encode(&rpc), MetaMsg::Append, option.hard_ttl()).await;
+        answer.map_err(|e| self.failed(e))?.map_err(|e| self.remote(e))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+        let answer = self.call(encode(&rpc), MetaMsg::Snapshot, option.hard_ttl()).await;
+        answer.map_err(|e| self.failed(e))?.map_err(|e| self.remote(e))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let answer = self.call(encode(&rpc), MetaMsg::Vote, option.hard_ttl()).await;
+        answer.map_err(|e| self.failed(e))?.map_err(|e| self.remote(e))
+    }
+}
+
+/// Sends `command` to `leader` (a node name) to commit; what applying it gave.
+pub async fn forward_write(leader: &str, command: &Command, timeout: Duration) -> Result<Outcome, MetaError> {
+    let conn = Conn {
+        target: node_id(leader),
+        name: leader.to_string(),
+    };
+    match conn
+        .call::<Outcome, String>(encode(command), MetaMsg::Write, timeout)
+        .await
+    {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(MetaError::NoLeader(format!("at {leader}: {e}"))),
+        Err(e) => Err(MetaError::NoLeader(e.to_string())),
+    }
+}
