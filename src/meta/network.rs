@@ -76,6 +76,20 @@ fn decode<T: DeserializeOwned>(wire: &Wire) -> Result<T, serde_json::Error> {
     serde_json::from_slice(&wire.body)
 }
 
+/// Decodes a request, runs `op` on it and encodes what it answers (a request that does not
+/// decode answers an error the caller reads as a bad answer).
+async fn serve<Q, A, Fut>(wire: &Wire, op: impl FnOnce(Q) -> Fut) -> Wire
+where
+    Q: DeserializeOwned,
+    A: Serialize,
+    Fut: std::future::Future<Output = A>,
+{
+    match decode::<Q>(wire) {
+        Ok(request) => encode(&op(request).await),
+        Err(e) => encode(&Err::<(), String>(e.to_string())),
+    }
+}
+
 /// Answers other nodes' Raft requests with this node's Raft.
 pub struct MetaActor;
 
@@ -105,34 +119,23 @@ impl Actor for MetaActor {
         tokio::spawn(async move {
             match message {
                 MetaMsg::Append(wire, reply) => {
-                    let answer = match decode::<AppendEntriesRequest<TypeConfig>>(&wire) {
-                        Ok(request) => encode(&raft.append_entries(request).await),
-                        Err(e) => encode(&Err::<(), String>(e.to_string())),
-                    };
+                    let answer = serve(&wire, |r: AppendEntriesRequest<TypeConfig>| raft.append_entries(r)).await;
                     let _ = reply.send(answer);
                 }
                 MetaMsg::Vote(wire, reply) => {
-                    let answer = match decode::<VoteRequest<u64>>(&wire) {
-                        Ok(request) => encode(&raft.vote(request).await),
-                        Err(e) => encode(&Err::<(), String>(e.to_string())),
-                    };
-                    let _ = reply.send(answer);
+                    let _ = reply.send(serve(&wire, |r: VoteRequest<u64>| raft.vote(r)).await);
                 }
                 MetaMsg::Write(wire, reply) => {
-                    let answer = match decode::<Command>(&wire) {
-                        Ok(command) => match raft.client_write(command).await {
-                            Ok(done) => encode(&Ok::<Outcome, String>(done.data)),
-                            Err(e) => encode(&Err::<Outcome, String>(e.to_string())),
-                        },
-                        Err(e) => encode(&Err::<Outcome, String>(e.to_string())),
+                    let write = |command: Command| async {
+                        raft.client_write(command)
+                            .await
+                            .map(|done| done.data)
+                            .map_err(|e| e.to_string())
                     };
-                    let _ = reply.send(answer);
+                    let _ = reply.send(serve(&wire, write).await);
                 }
                 MetaMsg::Snapshot(wire, reply) => {
-                    let answer = match decode::<InstallSnapshotRequest<TypeConfig>>(&wire) {
-                        Ok(request) => encode(&raft.install_snapshot(request).await),
-                        Err(e) => encode(&Err::<(), String>(e.to_string())),
-                    };
+                    let answer = serve(&wire, |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r)).await;
                     let _ = reply.send(answer);
                 }
             }

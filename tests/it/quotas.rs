@@ -253,6 +253,26 @@ async fn deleting_jobs_gives_none_of_the_days_count_back() {
     assert_eq!(quota(&api, &bob, BOB.0).await["usage"]["jobs_today"], 3);
 }
 
+/// A multipart upload of `bytes` without a length (chunked), its two halves a second apart.
+async fn chunked_upload(http: &reqwest::Client, url: &str, token: &str, bytes: &[u8]) -> reqwest::Response {
+    use futures_util::StreamExt;
+    let half = bytes.len() / 2;
+    let pieces = vec![bytes[..half].to_vec(), bytes[half..].to_vec()];
+    let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(|(i, piece)| async move {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok::<_, std::io::Error>(piece)
+    });
+    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("a.m4a");
+    http.post(url)
+        .bearer_auth(token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_uploads_do_not_overshoot_max_active() {
     let dir = tempfile::tempdir().unwrap();
@@ -283,27 +303,8 @@ async fn concurrent_uploads_do_not_overshoot_max_active() {
     // Twenty chunked uploads at once, each body arriving over a second.
     let sends = (0..20).map(|_| {
         let (http, url, bob, bytes) = (api.http.clone(), api.url("/v1/jobs"), bob.clone(), bytes.clone());
-        async move {
-            let half = bytes.len() / 2;
-            let pieces = vec![bytes[..half].to_vec(), bytes[half..].to_vec()];
-            let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(|(i, piece)| async move {
-                if i > 0 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Ok::<_, std::io::Error>(piece)
-            });
-            let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("a.m4a");
-            let r = http
-                .post(url)
-                .bearer_auth(bob)
-                .multipart(reqwest::multipart::Form::new().part("file", part))
-                .send()
-                .await
-                .unwrap();
-            r.status()
-        }
+        async move { chunked_upload(&http, &url, &bob, &bytes).await.status() }
     });
-    use futures_util::StreamExt;
     let statuses = futures_util::future::join_all(sends).await;
     let accepted = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
     let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
@@ -318,15 +319,8 @@ async fn chunked_uploads_count_their_bytes_as_they_arrive() {
     let api = Api::new(&node);
     let admin = api.login(ADMIN.0, ADMIN.1).await;
     api.create_user(&admin, BOB.0, BOB.1).await;
-    let bytes = std::fs::read(crate::common::tone(
-        "quota_bytes_440.m4a",
-        440,
-        44100,
-        1.0,
-        1,
-        &["-c:a", "aac"],
-    ))
-    .unwrap();
+    let file = crate::common::tone("quota_bytes_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]);
+    let bytes = std::fs::read(&file).unwrap();
     let size = bytes.len() as i64;
     // Room for two and a half files; no limit on jobs at once.
     let limit = size * 5 / 2;
@@ -345,28 +339,12 @@ async fn chunked_uploads_count_their_bytes_as_they_arrive() {
     let sends = (0..6).map(|_| {
         let (http, url, bob, bytes) = (api.http.clone(), api.url("/v1/jobs"), bob.clone(), bytes.clone());
         async move {
-            let half = bytes.len() / 2;
-            let pieces = vec![bytes[..half].to_vec(), bytes[half..].to_vec()];
-            let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(|(i, piece)| async move {
-                if i > 0 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Ok::<_, std::io::Error>(piece)
-            });
-            let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("a.m4a");
-            let r = http
-                .post(url)
-                .bearer_auth(bob)
-                .multipart(reqwest::multipart::Form::new().part("file", part))
-                .send()
-                .await
-                .unwrap();
+            let r = chunked_upload(&http, &url, &bob, &bytes).await;
             let status = r.status();
             let body: Value = r.json().await.unwrap_or(Value::Null);
             (status, body)
         }
     });
-    use futures_util::StreamExt;
     let answers = futures_util::future::join_all(sends).await;
     let accepted = answers.iter().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
     for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::ACCEPTED) {
@@ -383,26 +361,10 @@ async fn chunked_uploads_count_their_bytes_as_they_arrive() {
     assert!(usage["stored_bytes"].as_i64().unwrap() <= limit, "{usage}");
     // What the refusals gave back is free again: the next files fit up to the limit.
     for _ in accepted..2 {
-        let r = api
-            .upload_as(
-                "/v1/jobs",
-                &bob,
-                &crate::common::tone("quota_bytes_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]),
-                None,
-            )
-            .await;
+        let r = api.upload_as("/v1/jobs", &bob, &file, None).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
-    let (status, code, message, _) = refusal(
-        api.upload_as(
-            "/v1/jobs",
-            &bob,
-            &crate::common::tone("quota_bytes_440.m4a", 440, 44100, 1.0, 1, &["-c:a", "aac"]),
-            None,
-        )
-        .await,
-    )
-    .await;
+    let (status, code, message, _) = refusal(api.upload_as("/v1/jobs", &bob, &file, None).await).await;
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
