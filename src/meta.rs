@@ -4,13 +4,15 @@
 //! - [`store`]: the Raft log, the vote and the state machine in one SQLite file per node
 //!   (`DATA/meta.db`, `synchronous=FULL`), snapshots built from its tables;
 //! - [`network`]: Raft's messages over the mesh (a `meta.v1` actor per node);
+//! - [`membership`]: who votes (the first three ordinals), who learns, decided alike on
+//!   every node;
 //! - [`Meta`]: a node's handle: start, write a command (sent to the leader from any node),
 //!   read this node's replica.
 //!
 //! What the state machine holds grows command by command ([`Command`]); today:
 //! Idempotency-Key claims (user + key → job id, the first claim wins).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use self::network::{MetaActor, MetaMsg, MetaNetwork, node_id};
 use self::store::{MetaDb, StateMachine};
 
+pub mod membership;
 pub mod network;
 pub mod store;
 
@@ -76,6 +79,9 @@ pub enum MetaError {
     #[error("the metadata store failed: {0}")]
     Store(String),
 }
+
+/// A learner this close to the leader's last log index counts as caught up.
+const CAUGHT_UP_WITHIN: u64 = 16;
 
 /// How long a write forwarded to the leader may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,6 +151,54 @@ impl Meta {
             .claim(email, key)
             .await
             .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// At the leader (elsewhere it does nothing): one step towards the membership that
+    /// [`membership::plan`] wants for the nodes `wanted` (discovery, less the pods that are
+    /// leaving). Called again until it answers `false` (nothing left to change).
+    pub async fn reconcile(&self, wanted: &[String]) -> Result<bool, MetaError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return Ok(false);
+        }
+        let config = metrics.membership_config.membership().clone();
+        let name = |id: u64| config.get_node(&id).map(|n| n.addr.clone());
+        let voters: BTreeSet<String> = config.voter_ids().filter_map(name).collect();
+        let learners: BTreeSet<String> = config.learner_ids().filter_map(name).collect();
+        // A learner is caught up when it lags the leader's log by at most a few entries.
+        let last = metrics.last_log_index.unwrap_or(0);
+        let caught_up: BTreeSet<String> = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(_, matched)| matched.is_some_and(|m| m.index + CAUGHT_UP_WITHIN >= last))
+            .filter_map(|(id, _)| name(*id))
+            .collect();
+        let plan = membership::plan(&voters, &learners, wanted, &caught_up, membership::VOTERS);
+        let failed = |e: RaftError<u64, ClientWriteError<u64, BasicNode>>| MetaError::NoLeader(e.to_string());
+        for learner in &plan.add_learners {
+            tracing::info!(node = %learner, "metadata group: adding a learner");
+            self.raft
+                .add_learner(node_id(learner), BasicNode::new(learner), false)
+                .await
+                .map_err(failed)?;
+        }
+        if let Some(next) = &plan.set_voters {
+            tracing::info!(voters = ?next, "metadata group: changing the voters");
+            let ids: BTreeSet<u64> = next.iter().map(|n| node_id(n)).collect();
+            self.raft.change_membership(ids, false).await.map_err(failed)?;
+        }
+        Ok(!plan.add_learners.is_empty() || plan.set_voters.is_some())
+    }
+
+    /// This node's voters, by name (as this node's log has them).
+    pub fn voters(&self) -> BTreeSet<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let config = metrics.membership_config.membership().clone();
+        config
+            .voter_ids()
+            .filter_map(|id| config.get_node(&id).map(|n| n.addr.clone()))
+            .collect()
     }
 
     /// This node's Raft (metrics, waits).

@@ -84,3 +84,51 @@ async fn three_members_elect_commit_from_anywhere_and_survive_the_leaders_loss()
         m.stop().await;
     }
 }
+
+/// A one-node group grows to three voters as nodes appear (learners first, promoted once
+/// caught up), and then survives the loss of the first node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_voter_group_grows_to_three_voters_and_then_loses_its_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, voters: &[&str]| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        let (name, voters) = (
+            name.to_string(),
+            voters.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        );
+        async move { Meta::start(&name, &path, &voters).await.unwrap() }
+    };
+    let first = start("grow-0", &["grow-0"]).await;
+    wait_for_leader(&[&first], None).await;
+    first.write(claim("bob@example.com", "before", "job-0")).await.unwrap();
+    // Two more nodes start with an empty log; they are not voters of the first
+    // membership, so they wait to be added.
+    let second = start("grow-1", &["grow-0"]).await;
+    let third = start("grow-2", &["grow-0"]).await;
+    let wanted: Vec<String> = ["grow-0", "grow-1", "grow-2"].map(String::from).to_vec();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while first.voters().len() < 3 {
+        first.reconcile(&wanted).await.unwrap();
+        assert!(tokio::time::Instant::now() < deadline, "voters: {:?}", first.voters());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!first.reconcile(&wanted).await.unwrap(), "nothing left to change");
+    // The first node goes: the two others elect a leader and have every claim.
+    let leader = first.raft().metrics().borrow().id;
+    first.stop().await;
+    let rest = [&second, &third];
+    wait_for_leader(&rest, Some(leader)).await;
+    let won = |job: &str| Outcome::Claimed { job: job.into() };
+    assert_eq!(
+        third.write(claim("bob@example.com", "before", "job-x")).await.unwrap(),
+        won("job-0")
+    );
+    assert_eq!(
+        second.write(claim("bob@example.com", "after", "job-1")).await.unwrap(),
+        won("job-1")
+    );
+    for m in rest {
+        m.stop().await;
+    }
+}
