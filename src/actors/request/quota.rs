@@ -88,13 +88,19 @@ ractor_cluster::derive_serialization_for_prost_type! {UsageQuery}
 ractor_cluster::derive_serialization_for_prost_type! {UsageAnswer}
 
 async fn local(email: String, since_ms: i64) -> Result<Usage, JobError> {
+    Ok(local_counting(email, since_ms).await?.0)
+}
+
+/// This node's usage for `email`, and the bytes of its requests in flight counted in it.
+async fn local_counting(email: String, since_ms: i64) -> Result<(Usage, i64), JobError> {
     let (requests, bytes) = in_flight(&email);
     let stored = jobs::request(|reply| RequestMsg::Usage { email, since_ms, reply }).await?;
-    Ok(Usage {
+    let usage = Usage {
         active: stored.active + requests,
         stored_bytes: stored.stored_bytes + bytes,
         ..stored
-    })
+    };
+    Ok((usage, bytes))
 }
 
 /// Requests on this node that passed the quota check and are not jobs yet, per user:
@@ -214,10 +220,15 @@ pub async fn answer(q: UsageQuery) -> UsageAnswer {
 
 /// What `email` uses on this node and every connected one.
 pub async fn usage(config: &Config, email: &str) -> Result<Usage, JobError> {
+    Ok(usage_counting(config, email).await?.0)
+}
+
+/// [`usage`], and the bytes of this node's requests in flight counted in it.
+async fn usage_counting(config: &Config, email: &str) -> Result<(Usage, i64), JobError> {
     let since_ms = now_ms() - DAY_MS;
-    let mut total = local(email.to_string(), since_ms).await?;
+    let (mut total, here) = local_counting(email.to_string(), since_ms).await?;
     if config.cluster.is_none() {
-        return Ok(total);
+        return Ok((total, here));
     }
     let owners = jobs::other_owners(&config.node_name);
     let asks = owners.iter().map(|owner| {
@@ -241,7 +252,7 @@ pub async fn usage(config: &Config, email: &str) -> Result<Usage, JobError> {
             _ => tracing::warn!(node = %owner, "could not count a user's usage on that node"),
         }
     }
-    Ok(total)
+    Ok((total, here))
 }
 
 /// A user's limits: their own (unset: the defaults), and whether they are an admin.
@@ -285,13 +296,14 @@ pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<Pl
         .or_default()
         .clone();
     let _turn = turn.lock().await;
-    let u = usage(config, &who.email)
+    // (`here`: the in-flight bytes counted in `u`, read once, so the stored base below is
+    // exact even while other requests' bodies grow.)
+    let (u, here) = usage_counting(config, &who.email)
         .await
         .map_err(|e| QuotaError::Failed(e.to_string()))?;
     if let Some(e) = exceeded(config.retention, &limits, &u, incoming) {
         return Err(e);
     }
-    let (_, here) = in_flight(&who.email);
     let mut place = Place::take(&who.email, i64::try_from(incoming).unwrap_or(i64::MAX));
     place.stored_limit = limits
         .max_stored_bytes
