@@ -163,8 +163,8 @@ impl Meta {
         }
         let config = metrics.membership_config.membership().clone();
         let name = |id: u64| config.get_node(&id).map(|n| n.addr.clone());
-        let voters: BTreeSet<String> = config.voter_ids().filter_map(name).collect();
-        let learners: BTreeSet<String> = config.learner_ids().filter_map(name).collect();
+        let voters = named(&config, config.voter_ids());
+        let learners = named(&config, config.learner_ids());
         // A learner is caught up when it lags the leader's log by at most a few entries.
         let last = metrics.last_log_index.unwrap_or(0);
         let caught_up: BTreeSet<String> = metrics
@@ -194,11 +194,8 @@ impl Meta {
     /// This node's voters, by name (as this node's log has them).
     pub fn voters(&self) -> BTreeSet<String> {
         let metrics = self.raft.metrics().borrow().clone();
-        let config = metrics.membership_config.membership().clone();
-        config
-            .voter_ids()
-            .filter_map(|id| config.get_node(&id).map(|n| n.addr.clone()))
-            .collect()
+        let config = metrics.membership_config.membership();
+        named(config, config.voter_ids())
     }
 
     /// This node's Raft (metrics, waits).
@@ -211,6 +208,12 @@ impl Meta {
         let _ = self.raft.shutdown().await;
         self.actor.stop(None);
     }
+}
+
+/// The names of members `ids` of `config`.
+fn named(config: &openraft::Membership<u64, BasicNode>, ids: impl Iterator<Item = u64>) -> BTreeSet<String> {
+    ids.filter_map(|id| config.get_node(&id).map(|n| n.addr.clone()))
+        .collect()
 }
 
 #[cfg(test)]
