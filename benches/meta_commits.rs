@@ -61,6 +61,7 @@ async fn main() {
                         email: format!("user{t}@example.com"),
                         key: format!("key-{i}"),
                         job: format!("job-{t}-{i}"),
+                        stale: None,
                     };
                     let at = Instant::now();
                     leader.write(command).await.unwrap();

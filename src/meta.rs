@@ -10,7 +10,9 @@
 //!   read this node's replica.
 //!
 //! What the state machine holds grows command by command ([`Command`]); today:
-//! Idempotency-Key claims (user + key → job id, the first claim wins).
+//! Idempotency-Key claims (user + key → job id, the first claim wins) and the job
+//! directory (every job: which node has it, and its record as that node last published
+//! it), so that any node can answer for a job whose node is away.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -53,7 +55,65 @@ pub enum Command {
         key: String,
         /// The job the caller would create.
         job: String,
+        /// A job the caller found gone (no job, no upload): a claim this job holds is taken
+        /// over (compare-and-set), any other claim stands.
+        #[serde(default)]
+        stale: Option<String>,
     },
+    /// Releases a claim that job `job` holds (a submission that failed after its claim):
+    /// compare-and-delete, so a claim of another job stays.
+    ReleaseKey {
+        /// The user (lower case).
+        email: String,
+        /// The key.
+        key: String,
+        /// The job whose claim it must be.
+        job: String,
+    },
+    /// Node `node` publishes its jobs: `put` as they are now, `gone` no longer there (only
+    /// entries that name `node` are removed).
+    Publish {
+        /// The publishing node.
+        node: String,
+        /// Jobs added or changed.
+        put: Vec<Listed>,
+        /// Jobs removed from that node.
+        gone: Vec<String>,
+    },
+    /// Node `node` holds a copy of done job `id`'s MP3 (recorded only while the job is in
+    /// the directory; removing the job removes its copies).
+    Copied {
+        /// The job.
+        id: String,
+        /// The node with the copy.
+        node: String,
+    },
+}
+
+/// One job in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The job's id.
+    pub id: String,
+    /// The node that has it (set from the publishing node when applied).
+    #[serde(default)]
+    pub node: String,
+    /// Its user.
+    pub owner_email: String,
+    /// When it was accepted (ms since the epoch; lists are newest first).
+    pub created_at_ms: i64,
+    /// Its Idempotency-Key: applying the entry claims it for the job if it is free (how
+    /// keys of jobs made before the directory existed become claims).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The job as its node describes it (opaque here).
+    pub record: String,
+    /// Its state's name (`done`: its MP3 can be copied).
+    #[serde(default)]
+    pub state: String,
+    /// The log index that last changed it (set when applied).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// What applying a [`Command`] answers.
@@ -80,8 +140,30 @@ pub enum MetaError {
     Store(String),
 }
 
+/// What a member knows of its group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MetaStatus {
+    /// The leader's name, if one is known.
+    pub leader: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// The voters' names.
+    pub voters: Vec<String>,
+    /// The learners' names.
+    pub learners: Vec<String>,
+    /// The last log index applied here.
+    pub applied: u64,
+    /// The last log index here.
+    pub last_log: u64,
+    /// This member belongs to a group.
+    pub group: bool,
+}
+
 /// A learner this close to the leader's last log index counts as caught up.
 const CAUGHT_UP_WITHIN: u64 = 16;
+
+/// How long a write keeps trying while no leader can be reached.
+pub const WRITE_PATIENCE: Duration = Duration::from_secs(8);
 
 /// How long a write forwarded to the leader may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,8 +177,9 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Starts node `name`'s member, its files in `dir`, in a group whose voters are
-    /// `voters` (stable node names; every node must be given the same list).
+    /// Starts node `name`'s member, its files in `dir`. With `voters` (stable node names;
+    /// every node that initializes must be given the same list), a group that does not
+    /// exist yet is created with them; with none, the member waits to be added.
     pub async fn start(name: &str, dir: &Path, voters: &[String]) -> Result<Meta, MetaError> {
         let db = MetaDb::open(&dir.join("meta.db")).map_err(|e| MetaError::Store(e.to_string()))?;
         let (log, state) = db.stores();
@@ -114,24 +197,54 @@ impl Meta {
         let (actor, _) = ractor::Actor::spawn(None, MetaActor, (name.to_string(), raft.clone()))
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
-        // Every node proposes the same first membership: whoever's log is still empty
-        // writes it (identical entries), the others already have it.
-        let members: BTreeMap<u64, BasicNode> = voters.iter().map(|v| (node_id(v), BasicNode::new(v))).collect();
-        if raft
+        let meta = Meta { raft, state, actor };
+        if !voters.is_empty() {
+            meta.initialize(voters).await?;
+        }
+        Ok(meta)
+    }
+
+    /// Whether this member belongs to a group (it created one, or a leader reached it).
+    pub async fn initialized(&self) -> Result<bool, MetaError> {
+        self.raft
             .is_initialized()
             .await
-            .map_err(|e| MetaError::Store(e.to_string()))?
-        {
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// Creates the group with `voters` if this member has none. Every node that may do it
+    /// proposes the same list: whoever's log is still empty writes it (identical
+    /// entries), the others already have it.
+    pub async fn initialize(&self, voters: &[String]) -> Result<(), MetaError> {
+        let members: BTreeMap<u64, BasicNode> = voters.iter().map(|v| (node_id(v), BasicNode::new(v))).collect();
+        if self.initialized().await? {
             tracing::debug!("metadata group already initialized");
-        } else if let Err(e) = raft.initialize(members).await {
+        } else if let Err(e) = self.raft.initialize(members).await {
             tracing::debug!(error = %e, "metadata group not initialized here");
+        } else {
+            tracing::info!(?voters, "metadata group created");
         }
-        Ok(Meta { raft, state, actor })
+        Ok(())
     }
 
     /// Commits `command` through the log (at the leader, wherever it is) and answers what
-    /// applying it gave.
+    /// applying it gave. While no leader can be reached (an election, a leader that just
+    /// stopped) it tries again for up to [`WRITE_PATIENCE`]: every command is idempotent,
+    /// so a write that did commit before its answer was lost commits to the same outcome.
     pub async fn write(&self, command: Command) -> Result<Outcome, MetaError> {
+        let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+        loop {
+            match self.write_once(&command).await {
+                Err(MetaError::NoLeader(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%why, "metadata write: no leader yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                answered => return answered,
+            }
+        }
+    }
+
+    async fn write_once(&self, command: &Command) -> Result<Outcome, MetaError> {
         match self.raft.client_write(command.clone()).await {
             Ok(done) => Ok(done.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
@@ -139,7 +252,7 @@ impl Meta {
                     .leader_node
                     .map(|n| n.addr)
                     .ok_or_else(|| MetaError::NoLeader("no leader elected".into()))?;
-                network::forward_write(&leader, &command, FORWARD_TIMEOUT).await
+                network::forward_write(&leader, command, FORWARD_TIMEOUT).await
             }
             Err(e) => Err(MetaError::NoLeader(e.to_string())),
         }
@@ -151,6 +264,81 @@ impl Meta {
             .claim(email, key)
             .await
             .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// Job `id` as this node's replica of the directory has it.
+    pub async fn listed(&self, id: &str) -> Result<Option<Listed>, MetaError> {
+        self.state.listed(id).await.map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// Up to `limit` jobs of `email` (everyone's with `None`), newest first, from this
+    /// node's replica of the directory.
+    pub async fn list(&self, email: Option<&str>, limit: u32) -> Result<Vec<Listed>, MetaError> {
+        self.state
+            .list(email, limit)
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// Waits until this node's replica has applied everything the leader had committed
+    /// when asked (Raft's read index): a read after it sees every write acknowledged
+    /// before it.
+    pub async fn fresh(&self) -> Result<(), MetaError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to))) => {
+                let leader = to
+                    .leader_node
+                    .map(|n| n.addr)
+                    .ok_or_else(|| MetaError::NoLeader("no leader elected".into()))?;
+                let index = network::read_index(&leader, FORWARD_TIMEOUT).await?;
+                self.raft
+                    .wait(Some(FORWARD_TIMEOUT))
+                    .applied_index_at_least(Some(index), "read index")
+                    .await
+                    .map_err(|e| MetaError::NoLeader(e.to_string()))?;
+                Ok(())
+            }
+            Err(e) => Err(MetaError::NoLeader(e.to_string())),
+        }
+    }
+
+    /// Up to `limit` done jobs changed after log index `seq`, from this node's replica.
+    pub async fn done_since(&self, seq: u64, limit: u32) -> Result<Vec<Listed>, MetaError> {
+        self.state
+            .done_since(seq, limit)
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// How many done jobs of `node` have fewer than `want` MP3 copies, from this node's
+    /// replica.
+    pub async fn uncopied(&self, node: &str, want: u32) -> Result<u64, MetaError> {
+        self.state
+            .uncopied(node, want)
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// The nodes that hold a copy of job `id`'s MP3, from this node's replica.
+    pub async fn copies(&self, id: &str) -> Result<Vec<String>, MetaError> {
+        self.state.copies(id).await.map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// What this member knows of the group, for `/v1/cluster` and `/metrics`.
+    pub fn status(&self) -> MetaStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let config = m.membership_config.membership();
+        let name = |id: u64| config.get_node(&id).map(|n| n.addr.clone());
+        MetaStatus {
+            leader: m.current_leader.and_then(name),
+            term: m.current_term,
+            voters: named(config, config.voter_ids()).into_iter().collect(),
+            learners: named(config, config.learner_ids()).into_iter().collect(),
+            applied: m.last_applied.map_or(0, |l| l.index),
+            last_log: m.last_log_index.unwrap_or(0),
+            group: m.membership_config.log_id().is_some(),
+        }
     }
 
     /// At the leader (elsewhere it does nothing): one step towards the membership that

@@ -64,6 +64,10 @@ pub enum MetaMsg {
     /// A command written at another node, for this one (the leader) to commit.
     #[rpc]
     Write(Wire, RpcReplyPort<Wire>),
+    /// Asks this node (the leader) for a read index: the log index a follower must have
+    /// applied before a read of its replica sees every acknowledged write.
+    #[rpc]
+    ReadIndex(Wire, RpcReplyPort<Wire>),
 }
 
 fn encode<T: Serialize>(value: &T) -> Wire {
@@ -133,6 +137,15 @@ impl Actor for MetaActor {
                             .map_err(|e| e.to_string())
                     };
                     let _ = reply.send(serve(&wire, write).await);
+                }
+                MetaMsg::ReadIndex(wire, reply) => {
+                    let read = |(): ()| async {
+                        match raft.ensure_linearizable().await {
+                            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    };
+                    let _ = reply.send(serve(&wire, read).await);
                 }
                 MetaMsg::Snapshot(wire, reply) => {
                     let answer = serve(&wire, |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r)).await;
@@ -259,6 +272,19 @@ pub async fn forward_write(leader: &str, command: &Command, timeout: Duration) -
         .await
     {
         Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(MetaError::NoLeader(format!("at {leader}: {e}"))),
+        Err(e) => Err(MetaError::NoLeader(e.to_string())),
+    }
+}
+
+/// Asks `leader` (a node name) for its read index.
+pub async fn read_index(leader: &str, timeout: Duration) -> Result<u64, MetaError> {
+    let conn = Conn {
+        target: node_id(leader),
+        name: leader.to_string(),
+    };
+    match conn.call::<u64, String>(encode(&()), MetaMsg::ReadIndex, timeout).await {
+        Ok(Ok(index)) => Ok(index),
         Ok(Err(e)) => Err(MetaError::NoLeader(format!("at {leader}: {e}"))),
         Err(e) => Err(MetaError::NoLeader(e.to_string())),
     }

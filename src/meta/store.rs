@@ -3,8 +3,9 @@
 //! `synchronous=FULL` (a write openraft is told about is on disk).
 //!
 //! - Log: `raft_log(idx, entry)`, each entry as JSON; `purge` records the last purged id.
-//! - State machine: its tables (today `claims`) and, in the same transactions, the last
-//!   applied log id and membership, so a restart resumes exactly where it stopped.
+//! - State machine: its tables (`claims`: Idempotency-Key claims; `directory`: every job,
+//!   which node has it and its record) and, in the same transactions, the last applied log
+//!   id and membership, so a restart resumes exactly where it stopped.
 //! - Snapshots: built from the tables ([`State`] as JSON), kept in the file until the next
 //!   one; installing one replaces the tables in one transaction.
 //!
@@ -24,7 +25,7 @@ use openraft::{
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Command, Outcome, TypeConfig};
+use super::{Command, Listed, Outcome, TypeConfig};
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -34,6 +35,12 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 struct State {
     /// `(email, key, job)` Idempotency-Key claims.
     claims: Vec<(String, String, String)>,
+    /// The job directory.
+    #[serde(default)]
+    directory: Vec<Listed>,
+    /// `(job, node)`: the nodes that hold a copy of a done job's MP3.
+    #[serde(default)]
+    copies: Vec<(String, String)>,
 }
 
 /// One node's metadata file, shared by its log store and its state machine.
@@ -46,6 +53,15 @@ CREATE TABLE IF NOT EXISTS raft_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS claims (
     email TEXT NOT NULL, key TEXT NOT NULL, job TEXT NOT NULL, PRIMARY KEY (email, key)
 );
+CREATE INDEX IF NOT EXISTS claims_by_job ON claims (job);
+CREATE TABLE IF NOT EXISTS directory (
+    id TEXT PRIMARY KEY, node TEXT NOT NULL, owner_email TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL, record TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS directory_by_owner ON directory (owner_email, created_at_ms);
+CREATE INDEX IF NOT EXISTS directory_by_seq ON directory (seq);
+CREATE TABLE IF NOT EXISTS copies (id TEXT NOT NULL, node TEXT NOT NULL, PRIMARY KEY (id, node));
 ";
 
 impl MetaDb {
@@ -276,9 +292,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct StateMachine(MetaDb);
 
 /// Applies one command inside the caller's transaction.
-fn apply_command(tx: &rusqlite::Transaction<'_>, command: &Command) -> anyhow::Result<Outcome> {
+fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::ClaimKey { email, key, job } => {
+        Command::ClaimKey { email, key, job, stale } => {
+            if let Some(stale) = stale {
+                tx.execute(
+                    "UPDATE claims SET job = ?3 WHERE email = ?1 AND key = ?2 AND job = ?4",
+                    params![email, key, job, stale],
+                )?;
+            }
             tx.execute(
                 "INSERT OR IGNORE INTO claims (email, key, job) VALUES (?1, ?2, ?3)",
                 params![email, key, job],
@@ -290,6 +312,58 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, command: &Command) -> anyhow::R
             )?;
             Ok(Outcome::Claimed { job })
         }
+        Command::ReleaseKey { email, key, job } => {
+            tx.execute(
+                "DELETE FROM claims WHERE email = ?1 AND key = ?2 AND job = ?3",
+                params![email, key, job],
+            )?;
+            Ok(Outcome::None)
+        }
+        Command::Publish { node, put, gone } => {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO directory (id, node, owner_email, created_at_ms, record, state, seq)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET node = excluded.node, owner_email = excluded.owner_email,
+                    created_at_ms = excluded.created_at_ms, record = excluded.record, state = excluded.state,
+                    seq = excluded.seq",
+            )?;
+            let mut claim = tx.prepare_cached("INSERT OR IGNORE INTO claims (email, key, job) VALUES (?1, ?2, ?3)")?;
+            for job in put {
+                insert.execute(params![
+                    job.id,
+                    node,
+                    job.owner_email,
+                    job.created_at_ms,
+                    job.record,
+                    job.state,
+                    index as i64
+                ])?;
+                if let Some(key) = &job.key {
+                    claim.execute(params![job.owner_email, key, job.id])?;
+                }
+            }
+            // Only the node that has a job removes it: a job handed over is published by its
+            // new node, and the old node's removal must not erase that. A removed job frees
+            // the key it held (a deleted job's key may be used again).
+            let mut remove = tx.prepare_cached("DELETE FROM directory WHERE id = ?1 AND node = ?2")?;
+            let mut free = tx.prepare_cached("DELETE FROM claims WHERE job = ?1")?;
+            let mut uncopy = tx.prepare_cached("DELETE FROM copies WHERE id = ?1")?;
+            for id in gone {
+                if remove.execute(params![id, node])? > 0 {
+                    free.execute([id])?;
+                    uncopy.execute([id])?;
+                }
+            }
+            Ok(Outcome::None)
+        }
+        Command::Copied { id, node } => {
+            // Only a copy of a job still in the directory is recorded.
+            tx.execute(
+                "INSERT OR IGNORE INTO copies (id, node) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM directory WHERE id = ?1)",
+                params![id, node],
+            )?;
+            Ok(Outcome::None)
+        }
     }
 }
 
@@ -298,14 +372,60 @@ fn read_state(conn: &Connection) -> anyhow::Result<State> {
     let claims = q
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(State { claims })
+    let mut q = conn.prepare(&format!("SELECT {LISTED} FROM directory ORDER BY id"))?;
+    let directory = q.query_map([], listed)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut q = conn.prepare("SELECT id, node FROM copies ORDER BY id, node")?;
+    let copies = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(State {
+        claims,
+        directory,
+        copies,
+    })
+}
+
+/// The directory's columns as [`listed`] reads them.
+const LISTED: &str = "id, node, owner_email, created_at_ms, record, state, seq";
+
+fn listed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
+    Ok(Listed {
+        id: r.get(0)?,
+        node: r.get(1)?,
+        owner_email: r.get(2)?,
+        created_at_ms: r.get(3)?,
+        key: None,
+        record: r.get(4)?,
+        state: r.get(5)?,
+        seq: r.get::<_, i64>(6)? as u64,
+    })
 }
 
 fn write_state(tx: &rusqlite::Transaction<'_>, state: &State) -> anyhow::Result<()> {
     tx.execute("DELETE FROM claims", [])?;
+    tx.execute("DELETE FROM directory", [])?;
+    tx.execute("DELETE FROM copies", [])?;
     let mut q = tx.prepare_cached("INSERT INTO claims (email, key, job) VALUES (?1, ?2, ?3)")?;
     for (email, key, job) in &state.claims {
         q.execute(params![email, key, job])?;
+    }
+    let mut q = tx.prepare_cached(&format!(
+        "INSERT INTO directory ({LISTED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?;
+    for j in &state.directory {
+        q.execute(params![
+            j.id,
+            j.node,
+            j.owner_email,
+            j.created_at_ms,
+            j.record,
+            j.state,
+            j.seq as i64
+        ])?;
+    }
+    let mut q = tx.prepare_cached("INSERT INTO copies (id, node) VALUES (?1, ?2)")?;
+    for (id, node) in &state.copies {
+        q.execute(params![id, node])?;
     }
     Ok(())
 }
@@ -323,6 +443,75 @@ impl StateMachine {
                         |r| r.get(0),
                     )
                     .optional()?)
+            })
+            .await
+    }
+
+    /// Job `id` as this node's replica of the directory has it.
+    pub async fn listed(&self, id: &str) -> anyhow::Result<Option<Listed>> {
+        let id = id.to_string();
+        self.0
+            .run(move |conn| {
+                Ok(conn
+                    .query_row(&format!("SELECT {LISTED} FROM directory WHERE id = ?1"), [id], listed)
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// Up to `limit` done jobs changed after `seq` (oldest change first).
+    pub async fn done_since(&self, seq: u64, limit: u32) -> anyhow::Result<Vec<Listed>> {
+        self.0
+            .run(move |conn| {
+                let mut q = conn.prepare_cached(&format!(
+                    "SELECT {LISTED} FROM directory WHERE seq > ?1 AND state = 'done' ORDER BY seq LIMIT ?2"
+                ))?;
+                let rows = q.query_map(params![seq as i64, limit], listed)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await
+    }
+
+    /// How many done jobs of `node` have fewer than `want` copies.
+    pub async fn uncopied(&self, node: &str, want: u32) -> anyhow::Result<u64> {
+        let node = node.to_string();
+        self.0
+            .run(move |conn| {
+                let n: i64 = conn.query_row(
+                    "SELECT count(*) FROM directory d WHERE d.node = ?1 AND d.state = 'done'
+                       AND (SELECT count(*) FROM copies c WHERE c.id = d.id) < ?2",
+                    params![node, want],
+                    |r| r.get(0),
+                )?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
+    /// The nodes that hold a copy of job `id`'s MP3.
+    pub async fn copies(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        let id = id.to_string();
+        self.0
+            .run(move |conn| {
+                let mut q = conn.prepare_cached("SELECT node FROM copies WHERE id = ?1 ORDER BY node")?;
+                let rows = q.query_map([id], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+            })
+            .await
+    }
+
+    /// Up to `limit` jobs of `email` (everyone's with `None`), newest first, from this
+    /// node's replica.
+    pub async fn list(&self, email: Option<&str>, limit: u32) -> anyhow::Result<Vec<Listed>> {
+        let email = email.map(str::to_string);
+        self.0
+            .run(move |conn| {
+                let mut q = conn.prepare_cached(&format!(
+                    "SELECT {LISTED} FROM directory
+                     WHERE ?1 IS NULL OR owner_email = ?1 ORDER BY created_at_ms DESC, id DESC LIMIT ?2"
+                ))?;
+                let rows = q.query_map(params![email, limit], listed)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await
     }
@@ -385,7 +574,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     set_kv(&tx, "applied", &Some(entry.log_id))?;
                     out.push(match &entry.payload {
                         EntryPayload::Blank => Outcome::None,
-                        EntryPayload::Normal(command) => apply_command(&tx, command)?,
+                        EntryPayload::Normal(command) => apply_command(&tx, entry.log_id.index, command)?,
                         EntryPayload::Membership(m) => {
                             set_kv(&tx, "membership", &Membership::new(Some(entry.log_id), m.clone()))?;
                             Outcome::None

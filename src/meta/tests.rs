@@ -26,6 +26,7 @@ fn claim(email: &str, key: &str, job: &str) -> Command {
         email: email.into(),
         key: key.into(),
         job: job.into(),
+        stale: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn claim(index: u64, email: &str, key: &str, job: &str) -> Entry<TypeConfig> {
             email: email.into(),
             key: key.into(),
             job: job.into(),
+            stale: None,
         }),
     }
 }
