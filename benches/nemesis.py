@@ -32,7 +32,7 @@ ended `done` (good input) or `failed` with a media code (bad input), the same on
 node; each MP3 byte-identical from every node, decoding with ffmpeg with an empty stderr and
 the input's duration +-50 ms; one email per ended job per Message-ID (repeats counted),
 none for canceled jobs; canceled and deleted jobs have no MP3; no 5xx but `503
-owner_unavailable` with Retry-After; every node lists the same jobs and users; SQLite
+owner_unavailable` or `503 unavailable` (no metadata leader) with Retry-After; every node lists the same jobs and users; SQLite
 `integrity_check` ok on every node. Exit status 1 when anything is violated.
 """
 
@@ -337,7 +337,7 @@ class Client:
                     code = json.loads(data)["error"]["code"]
                 except Exception:
                     pass
-                if not (r.status == 503 and code == "owner_unavailable" and "retry-after" in hdrs):
+                if not (r.status == 503 and code in ("owner_unavailable", "unavailable") and "retry-after" in hdrs):
                     self.bad_5xx.append(f"{method} {path} on {node.name}: {r.status} {data[:200]!r}")
             else:
                 self.answers["ok"] += 1

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Conversions run at once on this node. Default: the number of CPU cores.
     #[arg(long, env = "MP4TOMP3_CONVERTER_SLOTS")]
     pub converter_slots: Option<usize>,
+    /// Nodes that hold each done job's MP3 (its own node and copies on the next nodes), so
+    /// that a download works while a pod restarts. Default: 2 in a cluster, 1 alone.
+    #[arg(long, env = "MP4TOMP3_MP3_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub mp3_replicas: Option<u8>,
     /// Largest accepted upload or download, in bytes.
     #[arg(long, env = "MP4TOMP3_MAX_UPLOAD_BYTES", default_value_t = 2 << 30)]
     pub max_upload_bytes: u64,
@@ -300,6 +304,8 @@ pub struct Config {
     pub node_name: String,
     /// Concurrent conversions on this node.
     pub converter_slots: usize,
+    /// Nodes holding each done job's MP3 (1: only its own).
+    pub mp3_replicas: usize,
     /// Upload/download size cap in bytes.
     pub max_upload_bytes: u64,
     /// The HTTP server's bounds.
@@ -471,6 +477,7 @@ impl Config {
         let Some(keys) = keys else {
             return Err(invalid("jwt-secret", "must be at least 32 bytes"));
         };
+        let mp3_replicas = usize::from(args.mp3_replicas.unwrap_or(if cluster.is_some() { 2 } else { 1 }));
         Ok(Config {
             cluster,
             data_dir: args.data_dir,
@@ -479,6 +486,7 @@ impl Config {
             public_url_explicit,
             node_name,
             converter_slots,
+            mp3_replicas,
             max_upload_bytes: args.max_upload_bytes,
             http_limits: HttpLimits {
                 header_timeout: args.header_timeout,

@@ -44,6 +44,7 @@ use crate::auth::Principal;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::Fetcher;
+use crate::meta::Meta;
 
 /// The largest JSON body any route reads (uploads have their own limit).
 pub const MAX_JSON_BYTES: usize = 64 * 1024;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub events: Events,
     /// Cancelled when the server stops: long-lived responses (event streams) end.
     pub shutdown: CancellationToken,
+    /// This node's member of the metadata group (keys, the job directory).
+    pub meta: Meta,
 }
 
 impl AppState {
@@ -77,9 +80,10 @@ impl AppState {
         shutdown: CancellationToken,
         facts: Facts,
         events: Events,
+        meta: Meta,
     ) -> Self {
         let fetcher = Fetcher::from_config(&config);
-        let jobs = JobsClient::new(&config.node_name, config.cluster.is_some());
+        let jobs = JobsClient::new(&config, meta.clone());
         let resumable = ResumableClient::new(config.clone());
         AppState {
             config,
@@ -90,6 +94,7 @@ impl AppState {
             facts,
             events,
             shutdown,
+            meta,
         }
     }
 }

@@ -56,6 +56,10 @@ struct Metrics {
     low_storage: Gauge,
     stored_bytes: Family<KindLabels, Gauge>,
     adopted: Counter,
+    meta_leader: Gauge,
+    meta_term: Gauge,
+    meta_voters: Gauge,
+    meta_applied: Gauge,
 }
 
 static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
@@ -120,6 +124,26 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         "1 while the data volume is under its reserve (uploads refused with 507)",
         low_storage.clone(),
     );
+    let meta_leader = Gauge::default();
+    registry.register(
+        "metadata_is_leader",
+        "1 while this node leads the replicated metadata group",
+        meta_leader.clone(),
+    );
+    let meta_term = Gauge::default();
+    registry.register("metadata_term", "The metadata group's Raft term", meta_term.clone());
+    let meta_voters = Gauge::default();
+    registry.register(
+        "metadata_voters",
+        "Voters of the metadata group (as this node's log has them)",
+        meta_voters.clone(),
+    );
+    let meta_applied = Gauge::default();
+    registry.register(
+        "metadata_applied_index",
+        "The last metadata log index this node applied",
+        meta_applied.clone(),
+    );
     let adopted = Counter::default();
     registry.register(
         "jobs_adopted",
@@ -141,6 +165,10 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         free_bytes,
         low_storage,
         stored_bytes,
+        meta_leader,
+        meta_term,
+        meta_voters,
+        meta_applied,
     })
 });
 
@@ -207,6 +235,8 @@ pub struct Snapshot {
     pub members: usize,
     /// The data volume.
     pub storage: crate::cluster::probe::Storage,
+    /// The metadata group as this node sees it, and whether this node leads it.
+    pub meta: (crate::meta::MetaStatus, bool),
 }
 
 /// The text exposition, with the gauges set from `snapshot`.
@@ -226,6 +256,11 @@ pub fn render(snapshot: &Snapshot) -> String {
         m.members.set(gauge(snapshot.members as u64));
         m.free_bytes.set(gauge(snapshot.storage.free_bytes));
         m.low_storage.set(i64::from(snapshot.storage.low));
+        let (meta, leads) = &snapshot.meta;
+        m.meta_leader.set(i64::from(*leads));
+        m.meta_term.set(gauge(meta.term));
+        m.meta_voters.set(gauge(meta.voters.len() as u64));
+        m.meta_applied.set(gauge(meta.applied));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &m.registry);
         out

@@ -15,15 +15,18 @@ use futures_util::future::BoxFuture;
 use ractor::Actor;
 
 use crate::actors::converter::host::{self, HostMsg};
-use crate::actors::request::{RequestMsg, handoff};
+use crate::actors::request::{RequestMsg, copies, directory, handoff};
 use crate::actors::{Role, ask};
 use crate::auth::{normalize_email, password};
+use crate::cluster::probe::Facts;
 use crate::config::Config;
-use crate::store::{Files, Store};
+use crate::meta::Meta;
+use crate::store::{Db, Files, Store};
 use gateway::GatewayMsg;
 use supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 
 pub mod gateway;
+pub mod metadata;
 pub mod supervisor;
 
 /// Runs a node until `shutdown` completes (or the supervision tree gives up).
@@ -49,12 +52,27 @@ async fn run_node(
     let prepared = config.clone();
     tokio::task::spawn_blocking(move || prepare(&prepared)).await??;
     let address = listener.local_addr()?;
+    // The replicated metadata outlives the roles' restarts: started here, beside the tree.
+    let meta = Meta::start(&config.node_name, &config.data_dir, &[])
+        .await
+        .context("cannot open the metadata store")?;
+    let facts = Facts::new(Role::ALL.map(Role::name));
+    let keeper = tokio::spawn(metadata::keep(meta.clone(), config.clone(), facts.clone()));
+    let jobs_db = Db::open(&config.db_path()).context("cannot open the database")?;
+    let publisher = tokio::spawn(directory::publish(
+        meta.clone(),
+        jobs_db.clone(),
+        config.node_name.clone(),
+    ));
+    let copier = tokio::spawn(copies::keep(meta.clone(), config.clone()));
     let (supervisor, mut tree) = Actor::spawn(
         Some(format!("node:{}", config.node_name)),
         NodeSupervisor,
         SupervisorArgs {
             config: config.clone(),
             listener,
+            facts,
+            meta: meta.clone(),
         },
     )
     .await
@@ -78,6 +96,9 @@ async fn run_node(
         tracing::warn!(error = %e, "HTTP server did not stop cleanly");
     }
     if let Some(replicas) = handoff::leaving(&config).await {
+        // The leader removes a leaving pod from the voters (it reads the same replicas);
+        // wait for that before the jobs move, so the group never counts on this pod.
+        metadata::left_voters(&meta, &config.node_name).await;
         let summary = handoff::hand_over(config.clone(), replicas).await;
         tracing::info!(moved = summary.moved, kept = summary.kept, "handoff finished");
     } else {
@@ -86,8 +107,21 @@ async fn run_node(
             Err(_) => tracing::warn!(grace = ?config.grace, "conversions still running; they resume at the next start"),
         }
     }
+    // What changed while stopping (finished conversions, handed-over jobs) reaches the
+    // directory before the metadata member stops.
+    if !directory::settled(&jobs_db, Duration::from_secs(5)).await {
+        tracing::warn!("some job changes are not in the directory yet; they are published at the next start");
+    }
+    // Done jobs' MP3s have their copies on other nodes before this one goes.
+    if !copies::settled(&meta, &config, Duration::from_secs(10)).await {
+        tracing::warn!("some MP3s have no copy on another node yet; they are readable when this node is back");
+    }
     supervisor.stop(Some("shutdown".into()));
     let _ = tokio::time::timeout(Duration::from_secs(10), tree).await;
+    keeper.abort();
+    publisher.abort();
+    copier.abort();
+    meta.stop().await;
     Ok(())
 }
 

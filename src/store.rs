@@ -191,6 +191,22 @@ const MIGRATIONS: &[&str] = &[
     // v9: sessions signed out before their token expires (`[[sid, expires_at_ms], ...]`),
     // replicated with the user: a signed-out token is refused like an old generation.
     "ALTER TABLE users ADD COLUMN revoked_sessions TEXT;",
+    // v10: a feed of job changes for the replicated job directory (`meta/`): every insert,
+    // delete and change of what the directory shows (not progress) records the job's id;
+    // the node publishes the jobs named and clears the feed. Every existing job starts in
+    // it, so a node's jobs reach the directory on the first start of this version.
+    "CREATE TABLE job_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL);
+     CREATE TRIGGER job_inserted AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_changes (id) VALUES (new.id);
+     END;
+     CREATE TRIGGER job_deleted AFTER DELETE ON jobs BEGIN
+        INSERT INTO job_changes (id) VALUES (old.id);
+     END;
+     CREATE TRIGGER job_changed AFTER UPDATE OF state, error_code, error_message, attempt, finished_at_ms,
+        mp3_bytes, duration_ms, warnings, owner_email, file_name ON jobs BEGIN
+        INSERT INTO job_changes (id) VALUES (new.id);
+     END;
+     INSERT INTO job_changes (id) SELECT id FROM jobs ORDER BY created_at_ms;",
 ];
 
 /// One node's database.

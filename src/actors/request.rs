@@ -30,6 +30,8 @@ use crate::store::{
 };
 
 pub mod client;
+pub mod copies;
+pub mod directory;
 pub mod events;
 pub mod handoff;
 pub mod jobs;

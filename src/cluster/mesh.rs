@@ -38,7 +38,7 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Missed heartbeats in a row that fence a peer.
 pub const MAX_MISSES: u32 = 3;
 /// Longest wait between dials of an unreachable peer.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// What a connection to the cluster port may cost before it authenticates (our patch of
 /// ractor_cluster, `vendor/README.md`): TLS and the cookie challenge within 5 s, frames of
 /// at most 64 KiB until then (the handshake's are a few hundred bytes), and at most 256 such

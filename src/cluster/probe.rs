@@ -28,6 +28,8 @@ pub struct Storage {
 pub struct Facts {
     slots: Arc<watch::Sender<Slots>>,
     storage: Arc<watch::Sender<Storage>>,
+    /// This node belongs to a metadata group (it must never create another).
+    meta_group: Arc<watch::Sender<bool>>,
     roles: Arc<[&'static str]>,
 }
 
@@ -37,6 +39,7 @@ impl Facts {
         Facts {
             slots: Arc::new(watch::Sender::new((0, 0))),
             storage: Arc::new(watch::Sender::new(Storage::default())),
+            meta_group: Arc::new(watch::Sender::new(false)),
             roles: roles.into_iter().collect(),
         }
     }
@@ -49,6 +52,11 @@ impl Facts {
     /// The data volume's free space (published by the request role).
     pub fn publish_storage(&self, storage: Storage) {
         self.storage.send_replace(storage);
+    }
+
+    /// Whether this node belongs to a metadata group (published by the node's keeper).
+    pub fn publish_meta_group(&self, group: bool) {
+        self.meta_group.send_replace(group);
     }
 
     /// The data volume as last published.
@@ -74,6 +82,7 @@ impl Facts {
                 .collect(),
             free_bytes: storage.free_bytes,
             low_storage: storage.low,
+            meta_group: *self.meta_group.borrow(),
         }
     }
 }
@@ -106,6 +115,9 @@ pub struct NodeStatus {
     /// Under its reserve: place no conversion there (absent from older nodes: false).
     #[prost(bool, tag = "8")]
     pub low_storage: bool,
+    /// It belongs to a metadata group (absent from older nodes: false).
+    #[prost(bool, tag = "9")]
+    pub meta_group: bool,
 }
 
 ractor_cluster::derive_serialization_for_prost_type! {NodeStatus}

@@ -1,5 +1,6 @@
 //! `GET /v1/cluster` (admins): this node and every member it sees, their roles, state,
-//! converter slots, version, and the round-trip time of the last heartbeat to it.
+//! converter slots, version, and the round-trip time of the last heartbeat to it; and the
+//! replicated metadata's leader, term, voters and applied index.
 
 use axum::Json;
 use axum::extract::State;
@@ -25,6 +26,25 @@ struct ClusterView {
     this: NodeView,
     /// The other members this node knows (empty without a cluster).
     members: Vec<NodeView>,
+    /// The replicated metadata (Raft) as this node's member sees it.
+    metadata: MetadataView,
+}
+
+/// The metadata group as one member sees it.
+#[derive(Serialize, ToSchema)]
+struct MetadataView {
+    /// The leader's node name, if one is known.
+    leader: Option<String>,
+    /// The Raft term.
+    term: u64,
+    /// The voters' node names.
+    voters: Vec<String>,
+    /// The learners' node names (they receive the log, they do not vote).
+    learners: Vec<String>,
+    /// The last log index this member applied.
+    applied_index: u64,
+    /// The last log index this member holds.
+    last_log_index: u64,
 }
 
 /// One node: what its last heartbeat said (absent fields: no heartbeat answered yet).
@@ -141,5 +161,16 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
             storage: Some(Storage::of(&me)),
         },
         members,
+        metadata: {
+            let m = state.meta.status();
+            MetadataView {
+                leader: m.leader,
+                term: m.term,
+                voters: m.voters,
+                learners: m.learners,
+                applied_index: m.applied,
+                last_log_index: m.last_log,
+            }
+        },
     }))
 }

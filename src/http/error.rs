@@ -389,8 +389,8 @@ impl From<JobsError> for ApiError {
         match e {
             JobsError::Job(e) => e.into(),
             JobsError::OwnerUnreachable(e) => e.into(),
-            JobsError::KeyUncertain(_) => {
-                ApiError::new(ErrorCode::OwnerUnavailable, e.to_string()).retry_after(Duration::from_secs(2))
+            JobsError::Meta(_) => {
+                ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(Duration::from_secs(2))
             }
             JobsError::Local(e) => e.into(),
             JobsError::Internal(m) => ApiError::internal(m),

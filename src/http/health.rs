@@ -1,6 +1,9 @@
-//! `/healthz` (the process serves) and `/readyz` (every actor runs, not shutting down).
+//! `/healthz` (the process serves) and `/readyz` (every actor runs, not shutting down, and
+//! a node that just started has reached its peers).
 
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -11,9 +14,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::actors::Role;
+use crate::actors::{CALL_TIMEOUT, Role, ask};
+use crate::cluster::mesh::ClusterMsg;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
+    started();
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
@@ -45,8 +50,20 @@ struct Readiness {
     node: String,
 }
 
-/// Readiness: every role runs and the node is not shutting down (a full data volume does not
-/// make a node unready: downloads and deletes still work there).
+/// When this process started (the first readiness check forces it: the gateway's start).
+static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// How long a starting node waits for its peers before it is ready anyway.
+const JOINING: Duration = Duration::from_secs(15);
+
+/// Forces [`STARTED`] (called when the routes are built).
+fn started() {
+    LazyLock::force(&STARTED);
+}
+
+/// Readiness: every role runs, the node is not shutting down, and (for its first seconds
+/// in a cluster) it has reached its peers. A full data volume does not make a node unready:
+/// downloads and deletes still work there.
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -59,7 +76,15 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         .map(|r| r.name())
         .collect();
     let stopping = state.stopping.load(Ordering::Relaxed);
-    let ready = missing.is_empty() && !stopping;
+    // Just started in a cluster: not ready until it has a session with every wanted peer
+    // (a node that cannot reach the others cannot answer for their jobs), for at most
+    // JOINING; after that a missing peer is the peer's problem, not this node's.
+    let joining = state.config.cluster.is_some()
+        && STARTED.elapsed() < JOINING
+        && ask(Role::Cluster, |reply| ClusterMsg::Unreached { reply }, CALL_TIMEOUT)
+            .await
+            .map_or(true, |away| !away.is_empty());
+    let ready = missing.is_empty() && !stopping && !joining;
     let status = if ready {
         StatusCode::OK
     } else {

@@ -17,7 +17,12 @@ use super::responses::{
     Unprocessable, UnsupportedMediaType,
 };
 use super::{ApiError, AppState, Authed, ErrorCode};
-use crate::actors::request::RequestMsg;
+use std::time::Duration;
+
+use crate::actors::request::client::JobsError;
+use crate::actors::request::resumable::appender::AppendError;
+use crate::actors::request::resumable::client::ResumableError;
+use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::convert::Quality;
@@ -90,7 +95,9 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 /// One rule for every route that creates a job (multipart, JSON import, tus creation): a
 /// request is first checked for its form (what the document's schema says: settings, the
 /// syntax of URLs), then its key is looked up, and a retry answers the earlier job (`200`)
-/// before anything about the world is checked (where a URL leads, room, quota).
+/// before anything about the world is checked (where a URL leads, room, quota). This look
+/// reads this node's replica of the claims (it may be a moment behind); the claim
+/// committed at submission ([`claim`]) decides.
 pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&str>) -> Result<Option<Job>, ApiError> {
     let Some(key) = key else {
         return Ok(None);
@@ -102,9 +109,67 @@ pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&
         CALL_TIMEOUT,
     )
     .await??;
-    match here {
-        Some(job) => Ok(Some(job)),
-        None => Ok(state.jobs.keyed(&who.email, key).await?),
+    if here.is_some() {
+        return Ok(here);
+    }
+    let Some(held) = state.jobs.claimed(&who.email, key).await? else {
+        return Ok(None);
+    };
+    match state.jobs.get(held, who.clone()).await {
+        Ok(job) => Ok(Some(job)),
+        // Not a job (yet): an upload in progress, or a claim about to be taken over.
+        Err(_) => Ok(None),
+    }
+}
+
+/// How long a claim's job may take to appear before the claim counts as left behind.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
+
+/// What holds an Idempotency-Key.
+pub(super) enum Holder {
+    /// The caller's own job or upload `id`: go on.
+    Mine,
+    /// An earlier job.
+    Job(Box<Job>),
+    /// A resumable upload not finished yet.
+    Upload(JobId),
+}
+
+/// Claims `key` of `who` for job (or upload) `id` through the metadata log before anything
+/// is accepted: a claim that loses answers what holds the key. A holder that is neither a
+/// job nor an upload once [`CLAIM_PATIENCE`] has passed (deleted, expired, a submission
+/// that failed before its release) is taken over.
+pub(super) async fn claim(state: &AppState, who: &Principal, key: &str, id: &JobId) -> Result<Holder, ApiError> {
+    let mut stale: Option<JobId> = None;
+    loop {
+        let held = state.jobs.claim(&who.email, key, id, stale.as_ref()).await?;
+        if held == *id {
+            return Ok(Holder::Mine);
+        }
+        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        loop {
+            match state.jobs.get(held.clone(), who.clone()).await {
+                Ok(job) => return Ok(Holder::Job(Box::new(job))),
+                Err(JobsError::Job(JobError::NotFound)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match state.resumable.state(held.clone(), who.clone()).await {
+                Ok(_) => return Ok(Holder::Upload(held)),
+                Err(ResumableError::Append(AppendError::Job(JobError::NotFound))) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if stale.as_ref() == Some(&held) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this Idempotency-Key is held by a submission that cannot be found; use another key",
+            ));
+        }
+        stale = Some(held);
     }
 }
 
@@ -122,19 +187,39 @@ pub(super) fn retry_answer(job: &Job) -> Response {
 /// for an idempotent retry (whichever node holds the earlier job).
 pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedInput>) -> Result<Response, ApiError> {
     // What is not accepted is not kept: `staged` deletes its file unless a job adopts it.
-    let earlier = match &job.idempotency_key {
-        Some(key) => state.jobs.keyed(&job.owner_email, key).await?,
-        None => None,
+    let owner = Principal {
+        email: job.owner_email.clone(),
+        admin: false,
     };
-    let (job, new) = match earlier {
-        Some(earlier) => (earlier, false),
-        None => {
-            ask(
-                Role::Request,
-                |reply| RequestMsg::Submit { job, staged, reply },
-                CALL_TIMEOUT,
-            )
-            .await??
+    let key = job.idempotency_key.clone();
+    if let Some(key) = &key {
+        match claim(state, &owner, key, &job.id).await? {
+            Holder::Mine => {}
+            Holder::Job(earlier) => return Ok(retry_answer(&earlier)),
+            Holder::Upload(id) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("this Idempotency-Key belongs to upload {id}, not finished yet"),
+                ));
+            }
+        }
+    }
+    let id = job.id.clone();
+    let submitted = ask(
+        Role::Request,
+        |reply| RequestMsg::Submit { job, staged, reply },
+        CALL_TIMEOUT,
+    )
+    .await
+    .map_err(ApiError::from)
+    .and_then(|answer| answer.map_err(ApiError::from));
+    let (job, new) = match submitted {
+        Ok(answer) => answer,
+        Err(e) => {
+            if let Some(key) = &key {
+                state.jobs.release(&owner.email, key, &id).await;
+            }
+            return Err(e);
         }
     };
     let status = if new { StatusCode::ACCEPTED } else { StatusCode::OK };

@@ -29,8 +29,11 @@ const SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
     responses((status = 200, description = "OpenMetrics text", body = String,
         content_type = "application/openmetrics-text")))]
 async fn scrape(State(state): State<AppState>) -> Response {
+    let meta = state.meta.status();
+    let leads = meta.leader.as_deref() == Some(state.config.node_name.as_str());
     let mut snapshot = Snapshot {
         storage: state.facts.storage(),
+        meta: (meta, leads),
         ..Snapshot::default()
     };
     if let Ok(Ok((jobs, queued))) = ask(Role::Request, |reply| RequestMsg::Stats { reply }, SCRAPE_WAIT).await {

@@ -17,6 +17,7 @@ use base64::Engine;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::jobs::Holder;
 use super::responses::{
     BadRequest, Conflict, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
     Unprocessable, UnsupportedMediaType,
@@ -231,8 +232,33 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     crate::actors::request::room_for(&state.config, length).await?;
     // Held until the upload is stored (it counts as unfinished itself then).
     let _place = super::quota::within_quota(state, who, length).await?;
+    let id = JobId::new(&state.config.node_name);
+    if let Some(key) = &key {
+        // The key is claimed for this upload (its id is its job's) through the metadata
+        // log before anything is stored.
+        match super::jobs::claim(state, who, key, &id).await? {
+            Holder::Mine => {}
+            Holder::Job(job) => {
+                let done = Written {
+                    received: length,
+                    expires_ms: 0,
+                    job: Some(job.id.clone()),
+                };
+                return Ok(created_answer(&job.id, &done));
+            }
+            Holder::Upload(earlier) => {
+                let at = state.resumable.state(earlier.clone(), who.clone()).await?;
+                let w = Written {
+                    received: at.received,
+                    expires_ms: at.expires_ms,
+                    job: at.job,
+                };
+                return Ok(created_answer(&earlier, &w));
+            }
+        }
+    }
     let upload = NewUpload {
-        id: JobId::new(&state.config.node_name),
+        id: id.clone(),
         owner_email: who.email.clone(),
         length,
         metadata: raw,
@@ -240,10 +266,18 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         bitrate_kbps: s.bitrate,
         vbr_quality: s.vbr,
         webhook_url: s.webhook_url,
-        idempotency_key: key,
+        idempotency_key: key.clone(),
         expires_at_ms: now_ms() + state.config.upload_expiry.as_millis() as i64,
     };
-    let (stored, new) = state.resumable.create(upload).await?;
+    let (stored, new) = match state.resumable.create(upload).await {
+        Ok(created) => created,
+        Err(e) => {
+            if let Some(key) = &key {
+                state.jobs.release(&who.email, key, &id).await;
+            }
+            return Err(e.into());
+        }
+    };
     let with_data = header(headers, "content-type").is_some_and(|t| t.starts_with(OFFSET_STREAM));
     let id = stored.new.id.clone();
     let w = if new && with_data {

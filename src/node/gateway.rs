@@ -15,6 +15,7 @@ use crate::actors::request::events::Events;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::meta::Meta;
 
 /// How long in-flight requests may run after the server stops accepting.
 const REQUEST_DRAIN: Duration = Duration::from_secs(10);
@@ -40,6 +41,8 @@ pub struct GatewayArgs {
     pub facts: Facts,
     /// This node's ring of job events (for `/v1/events`).
     pub events: Events,
+    /// This node's member of the metadata group.
+    pub meta: Meta,
 }
 
 /// The gateway actor.
@@ -73,6 +76,7 @@ impl Actor for GatewayActor {
             shutdown.clone(),
             args.facts,
             args.events,
+            args.meta,
         ));
         let server = tokio::spawn(http::serve::serve(listener, app, shutdown.clone(), limits));
         Ok(GatewayState {

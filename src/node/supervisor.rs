@@ -32,6 +32,7 @@ use crate::actors::request::jobs::JobsActor;
 use crate::cluster::mesh::{ClusterActor, Face, MeshArgs};
 use crate::cluster::probe::Facts;
 use crate::config::Config;
+use crate::meta::Meta;
 
 /// Restarts allowed within [`RESTART_WINDOW`].
 pub const MAX_RESTARTS: usize = 20;
@@ -61,6 +62,10 @@ pub struct SupervisorArgs {
     pub config: Arc<Config>,
     /// The HTTP listener the gateway serves (cloned for each gateway incarnation).
     pub listener: std::net::TcpListener,
+    /// What the roles publish for the mesh (outlives their restarts).
+    pub facts: Facts,
+    /// This node's member of the metadata group.
+    pub meta: Meta,
 }
 
 /// The supervisor's state.
@@ -76,6 +81,8 @@ pub struct SupervisorState {
     events: Events,
     /// The roles' faces to other nodes, started under the cluster actor.
     faces: Arc<[Face]>,
+    /// This node's member of the metadata group.
+    meta: Meta,
 }
 
 impl NodeSupervisor {
@@ -122,6 +129,7 @@ impl NodeSupervisor {
                     listener: state.listener.try_clone()?,
                     facts: state.facts.clone(),
                     events: state.events.clone(),
+                    meta: state.meta.clone(),
                 };
                 Actor::spawn_linked(name, GatewayActor, args, cell)
                     .await
@@ -155,18 +163,20 @@ impl Actor for NodeSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let events = Events::new();
         let ring = events.clone();
+        let meta = args.meta.clone();
         let mut state = SupervisorState {
             config: args.config,
             listener: args.listener,
             children: HashMap::new(),
             restarts: VecDeque::new(),
             stopping: false,
-            facts: Facts::new(Role::ALL.map(Role::name)),
+            facts: args.facts,
             events,
+            meta: args.meta,
             // Each role that other nodes call: request (jobs.v1, events.v1), auth (users.v1),
             // converter (placement.v1).
             faces: Arc::new([
-                Face::of(|| JobsActor),
+                Face::of(move || JobsActor(meta.clone())),
                 Face::of(move || EventsActor(ring.clone())),
                 Face::of(|| UsersActor),
                 Face::of(|| HostActor),

@@ -78,6 +78,16 @@ impl Files {
         self.root.join("uploads").join(id.as_str())
     }
 
+    /// Where copies of other nodes' MP3s are kept (`actors/request/copies.rs`).
+    pub fn copies_dir(&self) -> PathBuf {
+        self.root.join("copies")
+    }
+
+    /// This node's copy of another node's job `id`'s MP3.
+    pub fn copy(&self, id: &JobId) -> PathBuf {
+        self.copies_dir().join(format!("{}.mp3", id.as_str()))
+    }
+
     /// A job's directory.
     pub fn job_dir(&self, id: &JobId) -> PathBuf {
         self.root.join("jobs").join(id.as_str())

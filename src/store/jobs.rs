@@ -137,6 +137,50 @@ impl Store {
             .transpose()
     }
 
+    /// Up to `limit` entries of the job change feed (oldest first): the last sequence number
+    /// and each changed job as it is now with its Idempotency-Key (`None`: deleted), each id
+    /// once.
+    #[allow(clippy::type_complexity)]
+    pub fn job_changes(&self, limit: u32) -> Result<Option<(i64, Vec<(JobId, Option<(Job, Option<String>)>)>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, id FROM job_changes ORDER BY seq LIMIT ?1")?;
+        let rows: Vec<(i64, String)> = stmt
+            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(last) = rows.last().map(|(seq, _)| *seq) else {
+            return Ok(None);
+        };
+        let mut ids: Vec<String> = rows.into_iter().map(|(_, id)| id).collect();
+        ids.sort();
+        ids.dedup();
+        let mut changed = Vec::with_capacity(ids.len());
+        for id in ids {
+            // An id that is not a job id (never written by us) is skipped, not published.
+            if let Some(id) = JobId::parse(&id) {
+                let job = match self.job(&id)? {
+                    Some(job) => {
+                        let key: Option<String> = self.conn.query_row(
+                            "SELECT idempotency_key FROM jobs WHERE id = ?1",
+                            [id.as_str()],
+                            |r| r.get(0),
+                        )?;
+                        Some((job, key))
+                    }
+                    None => None,
+                };
+                changed.push((id, job));
+            }
+        }
+        Ok(Some((last, changed)))
+    }
+
+    /// Clears the change feed up to `seq` (those changes are published).
+    pub fn forget_changes(&mut self, seq: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM job_changes WHERE seq <= ?1", [seq])?;
+        Ok(())
+    }
+
     /// A user's jobs (or everyone's, with `None`), newest first, `limit` from `offset`.
     pub fn list_jobs(&self, owner_email: Option<&str>, limit: u32, offset: u32) -> Result<Vec<Job>> {
         let mut stmt = self.conn.prepare(&format!(

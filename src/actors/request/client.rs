@@ -19,7 +19,8 @@ use super::jobs::{self, JobAnswer, JobQuery, JobsMsg, ListQuery, RemoteError, St
 use super::{JobError, Mp3File, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, CallError, Role, ask};
 use crate::auth::Principal;
-use crate::cluster::mesh::ClusterMsg;
+use crate::config::Config;
+use crate::meta::{Command, Meta, MetaError, Outcome};
 use crate::store::{Job, JobId};
 
 /// Why a call about a job got no answer from it.
@@ -31,9 +32,10 @@ pub enum JobsError {
     /// The node that owns (or may own) the job cannot be asked now.
     #[error(transparent)]
     OwnerUnreachable(#[from] RemoteError),
-    /// These nodes may hold a job with the Idempotency-Key and cannot be asked now.
-    #[error("{0} may hold a job with this Idempotency-Key and cannot be asked now; retry with the same key")]
-    KeyUncertain(String),
+    /// The cluster's metadata (Idempotency-Key claims) cannot be written now: no leader
+    /// is reachable (an election, or this node is on a minority side).
+    #[error("{0}; retry with the same Idempotency-Key")]
+    Meta(#[from] MetaError),
     /// This node's request actor did not answer.
     #[error(transparent)]
     Local(#[from] CallError),
@@ -47,7 +49,7 @@ impl JobsError {
     fn missed(&self) -> bool {
         matches!(
             self,
-            JobsError::Job(JobError::NotFound) | JobsError::OwnerUnreachable(_) | JobsError::KeyUncertain(_)
+            JobsError::Job(JobError::NotFound) | JobsError::OwnerUnreachable(_)
         )
     }
 }
@@ -117,8 +119,10 @@ pub enum Mp3 {
 #[derive(Clone)]
 pub struct JobsClient {
     node_name: String,
+    data_dir: std::path::PathBuf,
     clustered: bool,
     moved: Moved,
+    meta: Meta,
 }
 
 /// An admin's look: whether a job exists, whoever it belongs to (the real caller's rights
@@ -171,12 +175,15 @@ async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
 }
 
 impl JobsClient {
-    /// The client of node `node_name` (`clustered`: it has peers to ask).
-    pub fn new(node_name: &str, clustered: bool) -> Self {
+    /// The client of the node `config` describes, with its member of the metadata group
+    /// (keys, the job directory, MP3 copies).
+    pub fn new(config: &Config, meta: Meta) -> Self {
         JobsClient {
-            node_name: node_name.to_string(),
-            clustered,
+            node_name: config.node_name.clone(),
+            data_dir: config.data_dir.clone(),
+            clustered: config.cluster.is_some(),
             moved: Moved::default(),
+            meta,
         }
     }
 
@@ -241,16 +248,33 @@ impl JobsClient {
         .await
     }
 
-    /// A job's status.
+    /// A job's status: from the node that has it (with its progress), or while that node
+    /// cannot be asked, from this node's replica of the job directory (the job as its node
+    /// last published it).
     pub async fn get(&self, id: JobId, who: Principal) -> Result<Job, JobsError> {
-        self.on_job(
-            &id,
-            &who,
-            JobsMsg::Get,
-            |id, who, reply| RequestMsg::Get { id, who, reply },
-            |job| job.ok_or(JobsError::Job(JobError::NotFound)),
-        )
-        .await
+        let asked = self
+            .on_job(
+                &id,
+                &who,
+                JobsMsg::Get,
+                |id, who, reply| RequestMsg::Get { id, who, reply },
+                |job| job.ok_or(JobsError::Job(JobError::NotFound)),
+            )
+            .await;
+        match asked {
+            Err(JobsError::OwnerUnreachable(e)) => match self.listed(&id, &who).await {
+                Some(job) => Ok(job),
+                None => Err(JobsError::OwnerUnreachable(e)),
+            },
+            answered => answered,
+        }
+    }
+
+    /// Job `id` as this node's replica of the directory has it, if `who` may see it.
+    async fn listed(&self, id: &JobId, who: &Principal) -> Option<Job> {
+        let listed = self.meta.listed(id.as_str()).await.ok()??;
+        let job = super::directory::job(&listed)?;
+        (who.admin || job.owner_email == who.email).then_some(job)
     }
 
     /// Cancels or deletes a job: the canceled job, or `None` once deleted.
@@ -265,42 +289,44 @@ impl JobsClient {
         .await
     }
 
-    /// The job `email` submitted with Idempotency-Key `key` on another node, if one has
-    /// it: a retry that the load balancer sends to another pod (or that follows a job
-    /// handed over on scale-down) gets the same job. Every wanted peer must answer: while
-    /// one cannot be asked (down, partitioned, paused), it may hold the key, and accepting
-    /// a new job could make two ([`JobsError::KeyUncertain`]: retry with the same key). Two
-    /// retries racing on two nodes at the same moment may still both be accepted.
-    pub async fn keyed(&self, email: &str, key: &str) -> Result<Option<Job>, JobsError> {
-        // A standalone node has nobody to ask.
-        if !self.clustered {
-            return Ok(None);
-        }
-        let away = ask(Role::Cluster, |reply| ClusterMsg::Unreached { reply }, CALL_TIMEOUT).await?;
-        if !away.is_empty() {
-            return Err(JobsError::KeyUncertain(away.join(", ")));
-        }
-        let owners = jobs::other_owners(&self.node_name);
-        let asks = owners.iter().map(|owner| {
-            let q = jobs::KeyQuery {
-                email: email.to_string(),
-                key: key.to_string(),
-            };
-            jobs::call(owner, |reply| JobsMsg::Keyed(q, reply))
-        });
-        let answers = futures_util::future::join_all(asks).await;
-        let mut found = None;
-        for (owner, answer) in owners.iter().zip(answers) {
-            match answer.map_err(JobsError::from).and_then(remote_job) {
-                Ok(job) => found = found.or(job),
-                Err(JobsError::Job(JobError::NotFound)) => {}
-                Err(e) => {
-                    tracing::debug!(node = %owner, error = %e, "could not ask that node for an idempotency key");
-                    return Err(JobsError::KeyUncertain(owner.clone()));
-                }
+    /// The job (or resumable upload: they share ids) holding Idempotency-Key `key` of
+    /// `email`, as this node's replica of the claims has it. A replica can be a moment
+    /// behind: the claim committed at submission ([`JobsClient::claim`]) decides.
+    pub async fn claimed(&self, email: &str, key: &str) -> Result<Option<JobId>, JobsError> {
+        let held = self.meta.claim(email, key).await?;
+        Ok(held.as_deref().and_then(JobId::parse))
+    }
+
+    /// Claims Idempotency-Key `key` of `email` for job `id` through the metadata log:
+    /// answers the job that holds it, `id` itself if this claim won. With `stale`, a claim
+    /// held by that job (found gone) is taken over. While no leader can be reached the
+    /// answer is [`JobsError::Meta`] (`503`, retry with the same key): never a second job.
+    pub async fn claim(&self, email: &str, key: &str, id: &JobId, stale: Option<&JobId>) -> Result<JobId, JobsError> {
+        let command = Command::ClaimKey {
+            email: email.to_string(),
+            key: key.to_string(),
+            job: id.to_string(),
+            stale: stale.map(JobId::to_string),
+        };
+        match self.meta.write(command).await? {
+            Outcome::Claimed { job } => {
+                JobId::parse(&job).ok_or_else(|| JobsError::Internal(format!("unreadable claim {job:?}")))
             }
+            Outcome::None => Err(JobsError::Internal("a claim answered nothing".into())),
         }
-        Ok(found)
+    }
+
+    /// Releases the claim job `id` holds on `key` (its submission failed). Best effort: a
+    /// claim left behind is taken over once its job is found gone.
+    pub async fn release(&self, email: &str, key: &str, id: &JobId) {
+        let command = Command::ReleaseKey {
+            email: email.to_string(),
+            key: key.to_string(),
+            job: id.to_string(),
+        };
+        if let Err(e) = self.meta.write(command).await {
+            tracing::warn!(job = %id, error = %e, "could not release an Idempotency-Key claim");
+        }
     }
 
     /// The caller's jobs from every reachable node, newest first.
@@ -354,18 +380,47 @@ impl JobsClient {
         who: Option<&Principal>,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<Mp3, JobsError> {
-        self.at_owner(id, |at| async move {
-            match at {
-                At::Here => {
-                    let (id, who) = (id.clone(), who.cloned());
-                    Ok(Mp3::Here(
-                        ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??,
-                    ))
+        let asked = self
+            .at_owner(id, |at| async move {
+                match at {
+                    At::Here => {
+                        let (id, who) = (id.clone(), who.cloned());
+                        Ok(Mp3::Here(
+                            ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??,
+                        ))
+                    }
+                    At::Node(owner) => remote_mp3(&owner, id, who, range).await,
                 }
-                At::Node(owner) => remote_mp3(&owner, id, who, range).await,
+            })
+            .await;
+        match asked {
+            Err(JobsError::OwnerUnreachable(e)) => match self.copied_mp3(id, who, range).await {
+                Some(mp3) => Ok(mp3),
+                None => Err(JobsError::OwnerUnreachable(e)),
+            },
+            answered => answered,
+        }
+    }
+
+    /// A done job's MP3 from a node that holds a copy (`copies.rs`), while its own node
+    /// cannot be asked.
+    async fn copied_mp3(&self, id: &JobId, who: Option<&Principal>, range: Option<(u64, Option<u64>)>) -> Option<Mp3> {
+        let holders = self.meta.copies(id.as_str()).await.ok()?;
+        for holder in holders {
+            let found = if holder == self.node_name {
+                super::copies::copy_file(&self.meta, &self.data_dir, id, who)
+                    .await
+                    .map(Mp3::Here)
+                    .map_err(JobsError::from)
+            } else {
+                remote_mp3(&holder, id, who, range).await
+            };
+            match found {
+                Ok(mp3) => return Some(mp3),
+                Err(e) => tracing::debug!(job = %id, node = %holder, error = %e, "no MP3 copy there"),
             }
-        })
-        .await
+        }
+        None
     }
 
     /// A done job's MP3 as a stream of bytes, from wherever it lives: its user's file
@@ -375,35 +430,28 @@ impl JobsClient {
         id: &JobId,
         who: &Principal,
     ) -> Result<(String, u64, BoxStream<'static, std::io::Result<bytes::Bytes>>), JobsError> {
-        let internal = |e: std::io::Error| JobsError::Internal(e.to_string());
-        self.at_owner(id, |at| async move {
-            match at {
-                At::Here => {
-                    let (id, who) = (id.clone(), Some(who.clone()));
-                    let file = ask(Role::Request, |reply| RequestMsg::Mp3 { id, who, reply }, CALL_TIMEOUT).await??;
-                    let opened = tokio::fs::File::open(&file.path).await.map_err(internal)?;
-                    let total = opened.metadata().await.map_err(internal)?.len();
-                    let stream = tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10);
-                    Ok((file.file_name, total, stream.boxed()))
-                }
-                At::Node(owner) => match remote_mp3(&owner, id, Some(who), None).await? {
-                    Mp3::Streamed {
-                        bytes,
-                        file_name,
-                        total,
-                        ..
-                    } => Ok((file_name, total, bytes)),
-                    // (Only a range can be unsatisfiable.)
-                    _ => Err(JobsError::Internal("no MP3 stream from the owner".into())),
-                },
+        match self.mp3(id, Some(who), None).await? {
+            Mp3::Here(file) => {
+                let internal = |e: std::io::Error| JobsError::Internal(e.to_string());
+                let opened = tokio::fs::File::open(&file.path).await.map_err(internal)?;
+                let total = opened.metadata().await.map_err(internal)?.len();
+                let stream = tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10);
+                Ok((file.file_name, total, stream.boxed()))
             }
-        })
-        .await
+            Mp3::Streamed {
+                bytes,
+                file_name,
+                total,
+                ..
+            } => Ok((file_name, total, bytes)),
+            // (Only a range can be unsatisfiable.)
+            Mp3::Unsatisfiable { .. } => Err(JobsError::Internal("no MP3 stream from the owner".into())),
+        }
     }
 }
 
 /// Another node's MP3, bytes `range` of it.
-async fn remote_mp3(
+pub(super) async fn remote_mp3(
     owner: &str,
     id: &JobId,
     who: Option<&Principal>,

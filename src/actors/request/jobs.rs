@@ -16,6 +16,7 @@ use crate::auth::Principal;
 pub use crate::cluster::RemoteError;
 use crate::cluster::pieces::CHUNK;
 use crate::config::Config;
+use crate::meta::Meta;
 use crate::store::{Delivery, DeliveryState, Job, JobId, JobState, Produced, Source};
 
 /// The group of `node`'s jobs actor.
@@ -419,7 +420,7 @@ fn job_answer(result: Result<Option<Job>, JobError>) -> JobAnswer {
     }
 }
 
-async fn answer(config: Arc<Config>, message: JobsMsg) {
+async fn answer(config: Arc<Config>, meta: Meta, message: JobsMsg) {
     match message {
         JobsMsg::Progress(p) => {
             if let Some(id) = JobId::parse(&p.job_id) {
@@ -495,7 +496,12 @@ async fn answer(config: Arc<Config>, message: JobsMsg) {
                 return;
             };
             let who = principal(&q);
-            let file = request(|reply| RequestMsg::Mp3 { id, who, reply }).await;
+            let asked = id.clone();
+            let mut file = request(|reply| RequestMsg::Mp3 { id, who, reply }).await;
+            if matches!(file, Err(JobError::NotFound)) {
+                // Not a job of this node: a copy of another node's MP3, if this node holds one.
+                file = super::copies::copy_file(&meta, &config.data_dir, &asked, principal(&q).as_ref()).await;
+            }
             let answer = match file {
                 Ok(file) => {
                     let offset = q.offset;
@@ -548,8 +554,9 @@ fn chunk_error(e: JobError) -> ChunkAnswer {
     }
 }
 
-/// The jobs actor: answers other nodes about this node's jobs.
-pub struct JobsActor;
+/// The jobs actor: answers other nodes about this node's jobs (and the MP3 copies it
+/// holds), with the node's member of the metadata group.
+pub struct JobsActor(pub Meta);
 
 impl Actor for JobsActor {
     type Msg = JobsMsg;
@@ -572,7 +579,7 @@ impl Actor for JobsActor {
         config: &mut Arc<Config>,
     ) -> Result<(), ActorProcessingErr> {
         // Each request runs on its own task: one slow download never holds up a status call.
-        tokio::spawn(answer(config.clone(), message));
+        tokio::spawn(answer(config.clone(), self.0.clone(), message));
         Ok(())
     }
 }
