@@ -311,6 +311,7 @@ class Client:
         self.lock = threading.Lock()
         self.answers = collections.Counter()  # "ok" / "5xx" / "timeout" / "refused"
         self.bad_5xx = []
+        self.history = []  # (time sent, request class, node name, answered without 5xx/timeout)
 
     def call(self, node, method, path, body=None, headers=None, timeout=10.0, token=None):
         """(status, headers dict, body bytes); raises OSError on connection errors/timeouts."""
@@ -318,6 +319,8 @@ class Client:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         conn = http.client.HTTPConnection(node.ip, HTTP_PORT, timeout=timeout)
+        sent = time.time()
+        cls = request_class(method, path, headers)
         try:
             conn.request(method, path, body=body, headers=headers)
             r = conn.getresponse()
@@ -325,11 +328,13 @@ class Client:
         except (OSError, http.client.HTTPException) as e:
             with self.lock:
                 self.answers["timeout" if isinstance(e, TimeoutError) else "refused"] += 1
+                self.history.append((sent, cls, node.name, False))
             raise OSError(str(e)) from e
         finally:
             conn.close()
         hdrs = {k.lower(): v for k, v in r.getheaders()}
         with self.lock:
+            self.history.append((sent, cls, node.name, r.status < 500))
             if r.status >= 500:
                 self.answers["5xx"] += 1
                 code = None
@@ -364,6 +369,20 @@ class Client:
             pause = hdrs.get("retry-after", "1")
             time.sleep(min(float(pause) if pause.isdigit() else 1.0, 5.0) * (0.5 + rng.random() / 2))
         return None
+
+
+def request_class(method, path, headers):
+    """What kind of request this is, for availability per class."""
+    path = path.split("?")[0]
+    if method == "POST" and path in ("/v1/jobs", "/v1/uploads"):
+        return "keyed submit" if "Idempotency-Key" in headers else "submit"
+    if method == "GET" and path.startswith("/v1/jobs/") and path.endswith("/mp3"):
+        return "download"
+    if method == "GET" and path.startswith("/v1/jobs/"):
+        return "status"
+    if method == "GET" and path == "/v1/jobs":
+        return "list"
+    return "other"
 
 
 def multipart(field_name, file_name, data, fields=None):
@@ -513,6 +532,7 @@ class Nemesis:
             kinds += batch
         self.kinds = kinds[:count]
         self.log = []  # (kind, detail, start, end)
+        self.faulty = []  # (start, end, names of the nodes the fault is on)
         self.active = False
 
     def span(self):
@@ -590,6 +610,11 @@ class Nemesis:
                 self.heal()
             self.active = False
             self.log.append((kind, detail, start, time.time()))
+            if kind == "split":
+                on = {n.name for n in min(groups, key=len)}
+            else:
+                on = {node.name}
+            self.faulty.append((start, time.time(), on))
             print(f"  fault {len(self.log)}/{len(self.kinds)}: {kind} {detail} ({time.time() - start:.1f} s)",
                   flush=True)
 
@@ -913,6 +938,24 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
         f"({len(durations['calm'])} jobs); during faults p50 {pct(durations['faults'], 0.5)} "
         f"p99 {pct(durations['faults'], 0.99)} ({len(durations['faults'])} jobs)",
     ]
+    # Per class of request, leaving out requests sent to the node a fault was on (the killed,
+    # frozen, isolated or cut-off node; a split's smaller side) while it was on.
+    def on_faulty(t, name):
+        return any(a <= t <= b + 1.0 and name in on for a, b, on in nemesis.faulty)
+
+    per = collections.defaultdict(lambda: [0, 0, 0, 0])  # all ok, all, elsewhere ok, elsewhere
+    for t, cls, name, ok in client.history:
+        row = per[cls]
+        row[0] += ok
+        row[1] += 1
+        if not on_faulty(t, name):
+            row[2] += ok
+            row[3] += 1
+    for cls in ["keyed submit", "submit", "status", "download", "list", "other"]:
+        if cls in per:
+            a, b, c, d = per[cls]
+            lines.append(f"availability {cls}: {a / b:.1%} of {b}; not sent to the faulty node "
+                         f"{c / d if d else 1:.2%} of {d}")
     for line in lines:
         print("  " + line)
     if plan.get("report"):

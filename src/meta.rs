@@ -79,6 +79,10 @@ pub enum Command {
         put: Vec<Listed>,
         /// Jobs removed from that node.
         gone: Vec<String>,
+        /// Only add jobs the directory does not have (a new job announced at once, which
+        /// must never overwrite a later state the change feed published first).
+        #[serde(default)]
+        only_new: bool,
     },
     /// Node `node` holds a copy of done job `id`'s MP3 (recorded only while the job is in
     /// the directory; removing the job removes its copies).
@@ -232,7 +236,12 @@ impl Meta {
     /// stopped) it tries again for up to [`WRITE_PATIENCE`]: every command is idempotent,
     /// so a write that did commit before its answer was lost commits to the same outcome.
     pub async fn write(&self, command: Command) -> Result<Outcome, MetaError> {
-        let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+        self.write_within(command, WRITE_PATIENCE).await
+    }
+
+    /// [`Meta::write`], trying for at most `patience` while no leader can be reached.
+    pub async fn write_within(&self, command: Command, patience: Duration) -> Result<Outcome, MetaError> {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             match self.write_once(&command).await {
                 Err(MetaError::NoLeader(why)) if tokio::time::Instant::now() < deadline => {

@@ -25,6 +25,7 @@ use crate::auth::Principal;
 use crate::cluster::probe::Facts;
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher};
+use crate::meta::Meta;
 use crate::store::{
     Db, Files, Handover, Job, JobId, JobState, NewJob, Produced, Source, StagedInput, StoreError, Usage,
 };
@@ -158,6 +159,24 @@ pub enum RequestMsg {
         who: Option<Principal>,
         /// The file.
         reply: RpcReplyPort<Result<Mp3File, JobError>>,
+    },
+    /// A job's converted MP3 on this node, whatever its state (for a copy on another node,
+    /// taken before the job is `done`).
+    Output {
+        /// The job.
+        id: JobId,
+        /// The file.
+        reply: RpcReplyPort<Result<Mp3File, JobError>>,
+    },
+    /// A conversion ended and its MP3's copies were asked for (`copies::push`): now the
+    /// job ends.
+    Copied {
+        /// The job.
+        id: JobId,
+        /// The attempt reporting.
+        attempt: i64,
+        /// How it ended.
+        outcome: Outcome,
     },
     /// A URL import ended (sent by its task).
     Fetched {
@@ -297,6 +316,8 @@ pub struct RequestState {
     facts: Facts,
     /// Where changes of this node's jobs are published (for `/v1/events`, cluster-wide).
     events: Events,
+    /// This node's member of the metadata group (MP3 copies).
+    meta: Meta,
     /// Ticks so far (some bookkeeping runs every so many).
     ticks: u64,
     /// Jobs deleted (`true`) or canceled (`false`) whose files are gone but whose row
@@ -307,12 +328,12 @@ pub struct RequestState {
 impl Actor for RequestActor {
     type Msg = RequestMsg;
     type State = RequestState;
-    type Arguments = (Arc<Config>, Facts, Events);
+    type Arguments = (Arc<Config>, Facts, Events, Meta);
 
     async fn pre_start(
         &self,
         myself: ActorRef<RequestMsg>,
-        (config, facts, events): (Arc<Config>, Facts, Events),
+        (config, facts, events, meta): (Arc<Config>, Facts, Events, Meta),
     ) -> Result<RequestState, ActorProcessingErr> {
         let db = Db::open(&config.db_path())?;
         let files = Files::new(&config.data_dir)?;
@@ -331,6 +352,7 @@ impl Actor for RequestActor {
             released: false,
             facts,
             events,
+            meta,
             ticks: 0,
             undeleted: HashMap::new(),
         };
@@ -404,6 +426,19 @@ impl Actor for RequestActor {
             RequestMsg::Delete { id, who, reply } => {
                 let _ = reply.send(state.delete(id, who).await);
             }
+            RequestMsg::Output { id, reply } => {
+                let path = state.files.output(&id);
+                let answer = match state.load(&id, None).await {
+                    Ok(job) if tokio::fs::try_exists(&path).await.unwrap_or(false) => Ok(Mp3File {
+                        path,
+                        file_name: job.file_name,
+                        id,
+                    }),
+                    Ok(_) => Err(JobError::NotFound),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+            }
             RequestMsg::Mp3 { id, who, reply } => {
                 let answer = match state.load(&id, who.as_ref()).await {
                     Ok(job) if job.state == JobState::Done => Ok(Mp3File {
@@ -458,8 +493,25 @@ impl Actor for RequestActor {
                     Err(Failure::NoSpace(message)) => {
                         state.no_space(&myself, id, attempt, &message);
                     }
+                    Ok(produced) if state.current(&id, attempt) && state.config.mp3_replicas > 1 => {
+                        // Its MP3 is copied to the next nodes before the job is done: a
+                        // download never finds a done job whose only MP3 is on a lost pod.
+                        let (meta, config, me) = (state.meta.clone(), state.config.clone(), myself.clone());
+                        tokio::spawn(async move {
+                            copies::push(&meta, &config, &id).await;
+                            let _ = me.send_message(RequestMsg::Copied {
+                                id,
+                                attempt,
+                                outcome: Ok(produced),
+                            });
+                        });
+                    }
                     outcome => state.converted(id, attempt, outcome).await?,
                 }
+                state.dispatch(&myself).await?;
+            }
+            RequestMsg::Copied { id, attempt, outcome } => {
+                state.converted(id, attempt, outcome).await?;
                 state.dispatch(&myself).await?;
             }
             RequestMsg::Requeue { id } => {

@@ -122,6 +122,10 @@ pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&
     }
 }
 
+/// How long a new job's submission waits to put it in the directory while no leader can be
+/// reached (the change feed publishes it later anyway).
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(1);
+
 /// How long a claim's job may take to appear before the claim counts as left behind.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -222,6 +226,21 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
             return Err(e);
         }
     };
+    if new {
+        // In the directory before the client hears of it: any node answers for the job even
+        // if this one is lost a moment later (the change feed publishes it too; no leader
+        // now only means that publication comes later).
+        let listed = crate::actors::request::directory::listed(&job, key);
+        let publish = crate::meta::Command::Publish {
+            node: state.config.node_name.clone(),
+            put: vec![listed],
+            gone: Vec::new(),
+            only_new: true,
+        };
+        if let Err(e) = state.meta.write_within(publish, PUBLISH_PATIENCE).await {
+            tracing::warn!(job = %job.id, error = %e, "the new job is not in the directory yet");
+        }
+    }
     let status = if new { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((
         status,

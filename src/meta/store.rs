@@ -319,14 +319,22 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             )?;
             Ok(Outcome::None)
         }
-        Command::Publish { node, put, gone } => {
-            let mut insert = tx.prepare_cached(
+        Command::Publish {
+            node,
+            put,
+            gone,
+            only_new,
+        } => {
+            let mut insert = tx.prepare_cached(if *only_new {
+                "INSERT OR IGNORE INTO directory (id, node, owner_email, created_at_ms, record, state, seq)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            } else {
                 "INSERT INTO directory (id, node, owner_email, created_at_ms, record, state, seq)
                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (id) DO UPDATE SET node = excluded.node, owner_email = excluded.owner_email,
                     created_at_ms = excluded.created_at_ms, record = excluded.record, state = excluded.state,
-                    seq = excluded.seq",
-            )?;
+                    seq = excluded.seq"
+            })?;
             let mut claim = tx.prepare_cached("INSERT OR IGNORE INTO claims (email, key, job) VALUES (?1, ?2, ?3)")?;
             for job in put {
                 insert.execute(params![

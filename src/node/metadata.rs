@@ -9,9 +9,9 @@
 //!   voters. Every other node waits for the leader to add it.
 //! - **Membership.** At the leader, every tick applies one step of [`Meta::reconcile`] for
 //!   the wanted nodes: with kube discovery the StatefulSet's ordinals below its declared
-//!   replicas; with static peers this node and the names its configured peers gave when
-//!   their sessions opened (until every peer has been seen once, nothing is changed: a
-//!   voter never seen since this node started is not removed).
+//!   replicas; with static peers this node, the names its configured peers gave when their
+//!   sessions opened (until every peer has been seen once, nothing is changed: a voter never
+//!   seen since this node started is not removed) and any other node while it is connected.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -122,11 +122,18 @@ async fn reconcile(
             wanted = (0..n).map(|i| format!("{set}-{i}")).collect();
         }
         _ => {
-            // Static peers: every configured address must have given its name once.
+            // Static peers: every configured address must have given its name once. The
+            // configured peers stay wanted while away (a restart is not a removal); a node
+            // that joined without being configured here is wanted while connected.
             if cluster.peers.iter().any(|p| !seen.contains_key(p)) {
                 return Ok(());
             }
-            wanted.retain(|name| *name == me || seen.iter().any(|(a, n)| n == name && cluster.peers.contains(a)));
+            let connected: BTreeSet<&String> = members.iter().map(|m| &m.node).collect();
+            wanted.retain(|name| {
+                *name == me
+                    || connected.contains(name)
+                    || seen.iter().any(|(a, n)| n == name && cluster.peers.contains(a))
+            });
         }
     }
     let wanted: Vec<String> = wanted.into_iter().collect();

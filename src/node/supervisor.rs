@@ -102,7 +102,7 @@ impl NodeSupervisor {
             Role::Request => Actor::spawn_linked(
                 name,
                 RequestActor,
-                (config, state.facts.clone(), state.events.clone()),
+                (config, state.facts.clone(), state.events.clone(), state.meta.clone()),
                 cell,
             )
             .await

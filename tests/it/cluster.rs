@@ -279,6 +279,12 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
         (login(&c).await.ok()?.status() == 200).then_some(())
     })
     .await;
+    // The late node joins the metadata group: a learner first, a voter once caught up.
+    poll(Duration::from_secs(20), "c to vote in the metadata group", || async {
+        let view = api_b.get_json(&token, "/v1/cluster").await;
+        (view["metadata"]["voters"] == serde_json::json!(["node-a", "node-b", "node-c"])).then_some(())
+    })
+    .await;
 
     // The owner goes away. b answers for its job from the replicated job directory, serves
     // its MP3 from the copy b holds (the next node after a), and a keyed retry gets the
@@ -304,12 +310,16 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
     assert_eq!(copy.status(), reqwest::StatusCode::OK);
     assert_eq!(copy.bytes().await.unwrap(), local, "the copy is the owner's MP3");
     let part = get(&c, Some("bytes=1000-2999")).await.unwrap();
+    let status = part.status();
+    let part = part.bytes().await.unwrap();
     assert_eq!(
-        part.status(),
+        status,
         reqwest::StatusCode::PARTIAL_CONTENT,
-        "c streams it from b's copy"
+        "c streams it from b's copy: {} {}",
+        String::from_utf8_lossy(&part),
+        c.log_text()
     );
-    assert_eq!(part.bytes().await.unwrap(), local[1000..3000]);
+    assert_eq!(part, local[1000..3000]);
     // Another user's job is not shown from the directory either.
     let r = http
         .get(b.url(&format!("/v1/jobs/{id}")))

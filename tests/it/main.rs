@@ -16,6 +16,7 @@ mod nemesis;
 mod placement;
 mod push;
 mod quotas;
+mod rolling;
 mod scaling;
 mod service;
 mod storage;

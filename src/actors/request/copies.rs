@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::client::{Mp3, remote_mp3};
+use super::client::{Mp3, remote_output};
+use super::jobs::{self, JobQuery, JobsMsg, Status};
 use super::{JobError, Mp3File};
 use crate::auth::Principal;
 use crate::config::Config;
@@ -79,23 +80,26 @@ pub async fn keep(meta: Meta, config: Arc<Config>) {
                     }
                     let Some(id) = JobId::parse(&listed.id) else { continue };
                     let path = files.copy(&id);
-                    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                        continue;
-                    }
-                    match pull(&listed.node, &id, &path).await {
-                        Ok(bytes) => {
-                            tracing::info!(job = %id, from = %listed.node, bytes, "MP3 copied");
-                            let command = crate::meta::Command::Copied {
-                                id: id.to_string(),
-                                node: me.clone(),
-                            };
-                            if let Err(e) = meta.write(command).await {
-                                tracing::debug!(job = %id, error = %e, "copy not recorded yet");
+                    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                        match pull(&listed.node, &id, &path).await {
+                            Ok(bytes) => tracing::info!(job = %id, from = %listed.node, bytes, "MP3 copied"),
+                            Err(e) => {
+                                tracing::debug!(job = %id, error = %e, "cannot copy this MP3 now");
                                 behind = true;
+                                continue;
                             }
                         }
-                        Err(e) => {
-                            tracing::debug!(job = %id, error = %e, "cannot copy this MP3 now");
+                    }
+                    // Recorded here too: a copy taken before its job reached the directory
+                    // (`take`) could not be recorded then.
+                    let recorded = meta.copies(&listed.id).await.unwrap_or_default();
+                    if !recorded.contains(&me) {
+                        let command = crate::meta::Command::Copied {
+                            id: id.to_string(),
+                            node: me.clone(),
+                        };
+                        if let Err(e) = meta.write(command).await {
+                            tracing::debug!(job = %id, error = %e, "copy not recorded yet");
                             behind = true;
                         }
                     }
@@ -143,8 +147,7 @@ pub async fn settled(meta: &Meta, config: &Config, patience: Duration) -> bool {
 
 /// Pulls job `id`'s MP3 from `node` into `path` (through a temporary file).
 async fn pull(node: &str, id: &JobId, path: &std::path::Path) -> Result<u64, String> {
-    let Mp3::Streamed { mut bytes, total, .. } = remote_mp3(node, id, None, None).await.map_err(|e| e.to_string())?
-    else {
+    let Mp3::Streamed { mut bytes, total, .. } = remote_output(node, id).await.map_err(|e| e.to_string())? else {
         return Err("no MP3 stream".into());
     };
     let tmp = path.with_extension("part");
@@ -165,6 +168,60 @@ async fn pull(node: &str, id: &JobId, path: &std::path::Path) -> Result<u64, Str
     Ok(written)
 }
 
+/// At a holder, asked by job `id`'s node before the job is `done`: takes the copy now
+/// (nothing to do if it is here) and records it.
+pub async fn take(meta: &Meta, config: &Config, id: &JobId) -> Result<(), String> {
+    let files = Files::at(&config.data_dir);
+    tokio::fs::create_dir_all(files.copies_dir())
+        .await
+        .map_err(|e| e.to_string())?;
+    let path = files.copy(id);
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        let bytes = pull(id.owner(), id, &path).await?;
+        tracing::info!(job = %id, from = %id.owner(), bytes, "MP3 copied before its job is done");
+    }
+    let command = crate::meta::Command::Copied {
+        id: id.to_string(),
+        node: config.node_name.clone(),
+    };
+    meta.write(command).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// At job `id`'s node, before the job is `done`: asks its holders to take their copies and
+/// waits for them (each call bounded by the mesh's call timeout). `false` if a holder did
+/// not confirm; the holders' followers take it later then (the directory feed).
+pub async fn push(meta: &Meta, config: &Config, id: &JobId) -> bool {
+    if config.mp3_replicas < 2 || config.cluster.is_none() {
+        return true;
+    }
+    let status = meta.status();
+    let members: BTreeSet<String> = status.voters.into_iter().chain(status.learners).collect();
+    let holders = holders(&config.node_name, &members, config.mp3_replicas);
+    let asks = holders.iter().map(|holder| {
+        let q = JobQuery {
+            job_id: id.to_string(),
+            ..JobQuery::default()
+        };
+        jobs::call(holder, |reply| JobsMsg::Replicate(q, reply))
+    });
+    let mut all = true;
+    for (holder, answer) in holders.iter().zip(futures_util::future::join_all(asks).await) {
+        match answer {
+            Ok(a) if Status::of(a.status) == Status::Ok => {}
+            Ok(a) => {
+                tracing::warn!(job = %id, node = %holder, error = %a.message, "no MP3 copy there yet");
+                all = false;
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, node = %holder, error = %e, "no MP3 copy there yet");
+                all = false;
+            }
+        }
+    }
+    all
+}
+
 /// Drops copies of jobs the directory no longer has (and unfinished pulls).
 async fn sweep(meta: &Meta, files: &Files) {
     let Ok(mut entries) = tokio::fs::read_dir(files.copies_dir()).await else {
@@ -174,8 +231,9 @@ async fn sweep(meta: &Meta, files: &Files) {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
         let keep = match name.strip_suffix(".mp3").and_then(JobId::parse) {
+            // A copy of a job that failed or was canceled meanwhile goes too.
             Some(id) => match meta.listed(id.as_str()).await {
-                Ok(Some(_)) => true,
+                Ok(Some(l)) => !matches!(l.state.as_str(), "failed" | "canceled"),
                 Ok(None) => false,
                 Err(_) => true,
             },

@@ -66,6 +66,7 @@ pub async fn publish(meta: Meta, db: Db, node: String) {
                     node: node.clone(),
                     put,
                     gone,
+                    only_new: false,
                 };
                 match meta.write(command).await {
                     Ok(_) => match db.run(move |s| s.forget_changes(seq)).await {

@@ -85,6 +85,9 @@ pub struct JobQuery {
     /// First byte (chunks only).
     #[prost(uint64, tag = "5")]
     pub offset: u64,
+    /// A chunk for a copy (`copies.rs`): the converted MP3 before its job is `done`.
+    #[prost(bool, tag = "6")]
+    pub copy: bool,
 }
 
 /// A job on the wire.
@@ -308,6 +311,10 @@ pub enum JobsMsg {
         resumable::forwarded::UploadRequest,
         RpcReplyPort<resumable::forwarded::UploadAnswer>,
     ),
+    /// Take a copy of this job's MP3 now, from its node (which waits for it before the job
+    /// is `done`).
+    #[rpc]
+    Replicate(JobQuery, RpcReplyPort<JobAnswer>),
 }
 
 impl From<&Job> for JobView {
@@ -441,6 +448,16 @@ async fn answer(config: Arc<Config>, meta: Meta, message: JobsMsg) {
         JobsMsg::Upload(request, reply) => {
             let _ = reply.send(resumable::forwarded::answer(config, request).await);
         }
+        JobsMsg::Replicate(q, reply) => {
+            let result = match JobId::parse(&q.job_id) {
+                Some(id) => super::copies::take(&meta, &config, &id)
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| JobError::Io(std::io::Error::other(e))),
+                None => Err(JobError::NotFound),
+            };
+            let _ = reply.send(job_answer(result));
+        }
         JobsMsg::Get(q, reply) => {
             let (id, who) = (JobId::parse(&q.job_id), principal(&q));
             let result = match (id, who) {
@@ -497,8 +514,12 @@ async fn answer(config: Arc<Config>, meta: Meta, message: JobsMsg) {
             };
             let who = principal(&q);
             let asked = id.clone();
-            let mut file = request(|reply| RequestMsg::Mp3 { id, who, reply }).await;
-            if matches!(file, Err(JobError::NotFound)) {
+            let mut file = if q.copy {
+                request(|reply| RequestMsg::Output { id, reply }).await
+            } else {
+                request(|reply| RequestMsg::Mp3 { id, who, reply }).await
+            };
+            if !q.copy && matches!(file, Err(JobError::NotFound)) {
                 // Not a job of this node: a copy of another node's MP3, if this node holds one.
                 file = super::copies::copy_file(&meta, &config.data_dir, &asked, principal(&q).as_ref()).await;
             }
