@@ -20,6 +20,14 @@ and rejoins the ready set once `/readyz` answers 200; the next node goes five se
 `kill`: one node gets `kill -9` and stays away `--absent` seconds (default 15); requests
 in flight to it when it dies are counted apart (they hit the faulty node itself).
 
+`split` (root, nftables): the last node is cut off from the others (a table of its own
+dropping its cluster port's traffic, both ways) for `--absent` seconds (default 15), every
+node staying in the ready set. The majority side must accept everything; on the
+minority side a keyed upload may only be accepted or refused with `503 unavailable` and
+`Retry-After` (never a second job for a key), an upload without a key is accepted, and reads
+of jobs it cannot know about may be `503` (counted apart, as requests that hit the cut-off
+node).
+
 Checked at the end (exit status 1 when violated): no submission refused (keyed or not), no
 failed status read, at least 99.9 % of downloads of done jobs served; every keyed retry got
 its key's first job; every accepted job ends `done`; no key has two jobs.
@@ -58,6 +66,7 @@ class Node:
         self.name = f"roll-{i}"
         self.ip = f"127.0.0.{30 + i}"
         self.http = f"http://{self.ip}:{http_port}"
+        self.cluster_port = cluster_port
         self.data = os.path.join(args.work, self.name)
         self.log = self.data + ".log"
         others = ",".join(p for j, p in enumerate(peers) if j != i)
@@ -115,6 +124,7 @@ class Run:
         self.lock = threading.Lock()
         self.ready = set(range(len(nodes)))
         self.dead = None  # (node index, time) of a kill -9
+        self.cut = None  # node index cut off (split mode), while it is
         self.stop = threading.Event()
         self.counts = {c: collections.Counter() for c in CLASSES}
         self.failures = []
@@ -129,8 +139,19 @@ class Run:
             ready = sorted(self.ready)
         return self.nodes[rng.choice(ready)] if ready else None
 
-    def record(self, cls, node, started, ok, what):
+    def record(self, cls, node, started, ok, what, allowed_on_cut=False):
         with self.lock:
+            if self.cut is not None and node.i == self.cut:
+                # Sent to the cut-off node: keyed writes may be refused there (503 unavailable),
+                # reads of what it cannot know may fail; counted apart.
+                if ok:
+                    self.counts[cls]["ok"] += 1
+                elif allowed_on_cut:
+                    self.counts[cls]["refused by the cut-off node"] += 1
+                else:
+                    self.counts[cls]["failed on the cut-off node"] += 1
+                    self.failures.append(f"{cls} on {node.name} (cut off) at {started - self.t0:.1f} s: {what}")
+                return
             dead = self.dead
             if not ok and dead is not None and node.i == dead[0] and started <= dead[1]:
                 # In flight to the node when it was killed: the faulty node itself.
@@ -168,7 +189,8 @@ class Run:
                 self.record(cls, node, started, False, str(e))
                 return
             ok = status in (200, 202)
-            self.record(cls, node, started, ok, f"{status} {out[:200]!r}")
+            refused = (cls == "keyed" and status == 503 and b'"unavailable"' in out)
+            self.record(cls, node, started, ok, f"{status} {out[:200]!r}", allowed_on_cut=refused)
             if ok:
                 jid = json.loads(out)["id"]
                 with self.lock:
@@ -188,7 +210,7 @@ class Run:
             except OSError as e:
                 self.record(cls, node, started, False, str(e))
                 return
-            self.record(cls, node, started, status == 200, f"{status} {out[:200]!r}")
+            self.record(cls, node, started, status == 200, f"{status} {out[:200]!r}", allowed_on_cut=status == 503)
             if status == 200 and json.loads(out)["state"] == "done":
                 with self.lock:
                     self.done.add(jid)
@@ -202,7 +224,7 @@ class Run:
                 self.record(cls, node, started, False, str(e))
                 return
             ok = status == 200 and len(out) > 1000
-            self.record(cls, node, started, ok, f"{status} {out[:200]!r}")
+            self.record(cls, node, started, ok, f"{status} {out[:200]!r}", allowed_on_cut=status == 503)
 
     def client(self, seed):
         rng = random.Random(seed)
@@ -212,6 +234,10 @@ class Run:
     def faults(self):
         args = self.args
         time.sleep(args.warmup)
+        if args.mode == "split":
+            self.split()
+            time.sleep(args.tail)
+            return
         order = range(len(self.nodes)) if args.mode == "term" else [1 % len(self.nodes)]
         for i in order:
             node = self.nodes[i]
@@ -244,6 +270,30 @@ class Run:
         time.sleep(args.tail)
 
 
+    def split(self):
+        """Cuts the last node off from the others for `--absent` seconds (nftables, loopback)."""
+        # On loopback every node's connections leave from 127.0.0.1, so the cut is by port:
+        # the last node's cluster port, which carries all its sessions (a node dials only
+        # peers whose address sorts after its own: the last node dials nobody).
+        cut = self.nodes[-1]
+        rules = (f"table inet rolling {{\n chain input {{ type filter hook input priority 0; policy accept;\n"
+                 f"  tcp dport {cut.cluster_port} drop\n"
+                 f"  tcp sport {cut.cluster_port} drop\n }}\n}}\n")
+        with self.lock:
+            self.cut = cut.i
+        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+        print(f"  {time.monotonic() - self.t0:6.1f} s  {cut.name} cut off", flush=True)
+        try:
+            time.sleep(self.args.absent)
+        finally:
+            subprocess.run(["nft", "delete", "table", "inet", "rolling"], check=False)
+        print(f"  {time.monotonic() - self.t0:6.1f} s  healed", flush=True)
+        # Requests to it after healing count normally again once it has caught up.
+        time.sleep(3.0)
+        with self.lock:
+            self.cut = None
+
+
 def wait_until(what, limit, check):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -262,7 +312,7 @@ def main():
     p.add_argument("--bin", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--mode", choices=["term", "kill"], default="term")
+    p.add_argument("--mode", choices=["term", "kill", "split"], default="term")
     p.add_argument("--absent", type=float)
     p.add_argument("--warmup", type=float, default=8.0)
     p.add_argument("--tail", type=float, default=5.0)
@@ -271,6 +321,8 @@ def main():
     args = p.parse_args()
     if args.absent is None:
         args.absent = 5.0 if args.mode == "term" else 15.0
+    if args.mode == "split":
+        subprocess.run(["nft", "delete", "table", "inet", "rolling"], check=False, capture_output=True)
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
     clips = []
@@ -346,6 +398,11 @@ def main():
             total = c["ok"] + c["failed"]
             pct = 100.0 * c["ok"] / total if total else 100.0
             extra = f", {c['hit the killed node']} in flight to the killed node" if c["hit the killed node"] else ""
+            if c["refused by the cut-off node"]:
+                extra += f", {c['refused by the cut-off node']} refused by the cut-off node (503, allowed)"
+            if c["failed on the cut-off node"]:
+                extra += f", {c['failed on the cut-off node']} FAILED on the cut-off node"
+                violations.append(f"{c['failed on the cut-off node']} {cls} requests failed on the cut-off node")
             lines.append(f"{cls}: {c['ok']} of {total} answered ({pct:.2f} %), {c['failed']} failed{extra}")
             if cls == "download":
                 if pct < 99.9:

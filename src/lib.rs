@@ -8,7 +8,7 @@
 //! | HTTP | [`http`] | one module per resource (jobs, multipart uploads, resumable uploads (tus), downloads, archive, auth, session, webhooks, quota, events, cluster, seed routes); errors and their codes in `http/error.rs`; the OpenAPI document |
 //! | roles | [`actors`] | `auth` (users, tokens), `request` (jobs: intake, lifecycle, placement, handoff, resumable uploads, events, quotas; `request::client` reaches any job, `request::resumable::client` any resumable upload), `converter` (conversion slots, other nodes' conversions), `notifier` (mail, webhooks) |
 //! | shared types | [`view`], [`store`], [`auth`], [`mail`], [`metrics`] | a job as the API shows it; SQLite and files; passwords and JWT; emails; metrics |
-//! | underneath | [`cluster`], [`meta`], [`fetch`], [`config`], [`convert`], [`memory`] | the mesh (sessions, heartbeats, fencing, TLS, kube discovery); replicated metadata (Raft, not yet started by `serve`); URL imports behind the address guard; settings; the conversion engine (`crates/convert`, no actors, no I/O policy) |
+//! | underneath | [`cluster`], [`meta`], [`fetch`], [`config`], [`convert`], [`memory`] | the mesh (sessions, heartbeats, fencing, TLS, kube discovery); replicated metadata (Raft: key claims, the job directory, MP3 copies); URL imports behind the address guard; settings; the conversion engine (`crates/convert`, no actors, no I/O policy) |
 
 pub mod actors;
 pub mod auth;

@@ -227,19 +227,7 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
         }
     };
     if new {
-        // In the directory before the client hears of it: any node answers for the job even
-        // if this one is lost a moment later (the change feed publishes it too; no leader
-        // now only means that publication comes later).
-        let listed = crate::actors::request::directory::listed(&job, key);
-        let publish = crate::meta::Command::Publish {
-            node: state.config.node_name.clone(),
-            put: vec![listed],
-            gone: Vec::new(),
-            only_new: true,
-        };
-        if let Err(e) = state.meta.write_within(publish, PUBLISH_PATIENCE).await {
-            tracing::warn!(job = %job.id, error = %e, "the new job is not in the directory yet");
-        }
+        announce(state, &job, key).await;
     }
     let status = if new { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((
@@ -248,6 +236,22 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
         Json(JobJson::from(&job)),
     )
         .into_response())
+}
+
+/// Puts a new job in the directory before the client hears of it: any node answers for
+/// the job (and lists it) even if its node is lost a moment later. The change feed
+/// publishes it too; with no leader now, that publication only comes later.
+pub(super) async fn announce(state: &AppState, job: &Job, key: Option<String>) {
+    let listed = crate::actors::request::directory::listed(job, key);
+    let publish = crate::meta::Command::Publish {
+        node: job.id.owner().to_string(),
+        put: vec![listed],
+        gone: Vec::new(),
+        only_new: true,
+    };
+    if let Err(e) = state.meta.write_within(publish, PUBLISH_PATIENCE).await {
+        tracing::warn!(job = %job.id, error = %e, "the new job is not in the directory yet");
+    }
 }
 
 /// Submits an uploaded file for `who`.

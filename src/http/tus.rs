@@ -283,11 +283,13 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     let w = if new && with_data {
         let at = append_at(0, headers)?;
         let body = body_stream(state, body);
-        state
+        let w = state
             .resumable
             .write_here(stored, at, body)
             .await
-            .map_err(upload_error)?
+            .map_err(upload_error)?;
+        became_a_job(state, who, &w, key).await;
+        w
     } else {
         Written {
             received: stored.received,
@@ -296,6 +298,16 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
         }
     };
     Ok(created_answer(&id, &w))
+}
+
+/// An upload that just became a job goes in the directory before the client hears of it
+/// (as a job submitted any other way).
+async fn became_a_job(state: &AppState, who: &Principal, w: &Written, key: Option<String>) {
+    if let Some(id) = &w.job
+        && let Ok(job) = state.jobs.get(id.clone(), who.clone()).await
+    {
+        super::jobs::announce(state, &job, key).await;
+    }
 }
 
 /// `201` for upload `id`: its `Location` and progress.
@@ -442,6 +454,7 @@ async fn patched(
         .append(id, who.clone(), at, body)
         .await
         .map_err(upload_error)?;
+    became_a_job(state, who, &w, None).await;
     let mut r = StatusCode::NO_CONTENT.into_response();
     progress_headers(r.headers_mut(), &w);
     Ok(r)

@@ -1,9 +1,11 @@
 //! Availability through a rolling restart and through a lost pod: three nodes under a
 //! steady client (keyed and unkeyed uploads, status reads, downloads of done jobs), sent
 //! only to nodes that are up and ready, while `benches/rolling.py` restarts each node in
-//! turn (SIGTERM, away 5 s) or kills one (`kill -9`, away 15 s). The script judges: no
-//! submission refused, no status read failed, ≥ 99.9 % of downloads served, every keyed
-//! retry answered with its key's job, every accepted job done and listed.
+//! turn (SIGTERM, away 5 s), kills one (`kill -9`, away 15 s) or cuts one off from the two
+//! others for 15 s (nftables on its cluster port; needs root, as in CI). The script judges:
+//! no submission refused, no status read failed, ≥ 99.9 % of downloads served, every keyed
+//! retry answered with its key's job, every accepted job done and listed; on the cut-off
+//! node, a keyed upload is accepted or refused with `503 unavailable`, never a second job.
 
 use std::process::Command;
 
@@ -37,6 +39,7 @@ fn rolling(mode: &str) {
         assert!(answered >= 50, "too few {class} requests to judge: {figures}");
     }
     assert!(figures.contains(", lost 0;"), "{figures}");
+    assert!(figures.contains("answered another job 0"), "{figures}");
 }
 
 #[test]
@@ -47,4 +50,9 @@ fn a_rolling_restart_refuses_nothing() {
 #[test]
 fn a_pod_killed_for_15_s_refuses_nothing() {
     rolling("kill");
+}
+
+#[test]
+fn a_pod_cut_off_for_15_s_never_makes_a_second_job_and_the_others_refuse_nothing() {
+    rolling("split");
 }
