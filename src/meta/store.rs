@@ -45,7 +45,13 @@ struct State {
 
 /// One node's metadata file, shared by its log store and its state machine.
 #[derive(Clone)]
-pub struct MetaDb(Arc<Mutex<Connection>>);
+pub struct MetaDb {
+    /// The connection that writes (the log, the vote, applied commands, snapshots).
+    conn: Arc<Mutex<Connection>>,
+    /// A second connection for the state machine's reads (claims, the directory): they
+    /// see what was committed and never wait behind a log append.
+    reader: Arc<Mutex<Connection>>,
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
@@ -71,7 +77,11 @@ impl MetaDb {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(MetaDb(Arc::new(Mutex::new(conn))))
+        let reader = Connection::open(path)?;
+        Ok(MetaDb {
+            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     /// The log store and the state machine over this file.
@@ -79,13 +89,29 @@ impl MetaDb {
         (LogStore(self.clone()), StateMachine(self.clone()))
     }
 
-    /// Runs `f` on a blocking thread with the connection.
+    /// Runs `f` on a blocking thread with the writing connection.
     async fn run<T, F>(&self, f: F) -> Result<T, anyhow::Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
     {
-        let db = self.0.clone();
+        Self::on(self.conn.clone(), f).await
+    }
+
+    /// Runs `f` on a blocking thread with the reading connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, anyhow::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        Self::on(self.reader.clone(), f).await
+    }
+
+    async fn on<T, F>(db: Arc<Mutex<Connection>>, f: F) -> Result<T, anyhow::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    {
         tokio::task::spawn_blocking(move || {
             let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn)
@@ -443,7 +469,7 @@ impl StateMachine {
     pub async fn claim(&self, email: &str, key: &str) -> anyhow::Result<Option<String>> {
         let (email, key) = (email.to_string(), key.to_string());
         self.0
-            .run(move |conn| {
+            .read(move |conn| {
                 Ok(conn
                     .query_row(
                         "SELECT job FROM claims WHERE email = ?1 AND key = ?2",
@@ -459,7 +485,7 @@ impl StateMachine {
     pub async fn listed(&self, id: &str) -> anyhow::Result<Option<Listed>> {
         let id = id.to_string();
         self.0
-            .run(move |conn| {
+            .read(move |conn| {
                 Ok(conn
                     .query_row(&format!("SELECT {LISTED} FROM directory WHERE id = ?1"), [id], listed)
                     .optional()?)
@@ -470,7 +496,7 @@ impl StateMachine {
     /// Up to `limit` done jobs changed after `seq` (oldest change first).
     pub async fn done_since(&self, seq: u64, limit: u32) -> anyhow::Result<Vec<Listed>> {
         self.0
-            .run(move |conn| {
+            .read(move |conn| {
                 let mut q = conn.prepare_cached(&format!(
                     "SELECT {LISTED} FROM directory WHERE seq > ?1 AND state = 'done' ORDER BY seq LIMIT ?2"
                 ))?;
@@ -484,7 +510,7 @@ impl StateMachine {
     pub async fn uncopied(&self, node: &str, want: u32) -> anyhow::Result<u64> {
         let node = node.to_string();
         self.0
-            .run(move |conn| {
+            .read(move |conn| {
                 let n: i64 = conn.query_row(
                     "SELECT count(*) FROM directory d WHERE d.node = ?1 AND d.state = 'done'
                        AND (SELECT count(*) FROM copies c WHERE c.id = d.id) < ?2",
@@ -500,7 +526,7 @@ impl StateMachine {
     pub async fn copies(&self, id: &str) -> anyhow::Result<Vec<String>> {
         let id = id.to_string();
         self.0
-            .run(move |conn| {
+            .read(move |conn| {
                 let mut q = conn.prepare_cached("SELECT node FROM copies WHERE id = ?1 ORDER BY node")?;
                 let rows = q.query_map([id], |r| r.get(0))?;
                 Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
@@ -513,7 +539,7 @@ impl StateMachine {
     pub async fn list(&self, email: Option<&str>, limit: u32) -> anyhow::Result<Vec<Listed>> {
         let email = email.map(str::to_string);
         self.0
-            .run(move |conn| {
+            .read(move |conn| {
                 let mut q = conn.prepare_cached(&format!(
                     "SELECT {LISTED} FROM directory
                      WHERE ?1 IS NULL OR owner_email = ?1 ORDER BY created_at_ms DESC, id DESC LIMIT ?2"
