@@ -150,12 +150,28 @@ impl Files {
         Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
     }
 
-    /// Empties `tmp/`: whatever is there was in flight when the node stopped.
+    /// Empties `tmp/` and removes the `*.part` files in job and copy directories: whatever
+    /// is there was in flight when the node stopped.
     pub fn clear_tmp(&self) -> io::Result<()> {
         for entry in fs::read_dir(self.tmp_dir())? {
             let path = entry?.path();
             if path.is_file() {
                 fs::remove_file(path)?;
+            }
+        }
+        // A conversion's output while it is written (`*.part` beside the MP3) and a copy's
+        // pull: what a kill -9 left (nothing converts or pulls yet at start).
+        let copies = self.copies_dir();
+        let dirs = fs::read_dir(self.root.join("jobs"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .chain(copies.is_dir().then_some(copies));
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "part") && path.is_file() {
+                    fs::remove_file(path)?;
+                }
             }
         }
         Ok(())
@@ -184,6 +200,32 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_clears_what_a_kill_left_in_flight_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::new(dir.path()).unwrap();
+        let id = JobId::new("n-0");
+        fs::create_dir_all(files.job_dir(&id)).unwrap();
+        fs::create_dir_all(files.copies_dir()).unwrap();
+        fs::write(files.output(&id), b"mp3").unwrap();
+        fs::write(files.job_dir(&id).join(".tmpAbC123.part"), b"half").unwrap();
+        fs::write(files.copies_dir().join("x.part"), b"half").unwrap();
+        fs::write(files.copy(&id), b"copy").unwrap();
+        fs::write(files.tmp_dir().join("staged"), b"x").unwrap();
+        files.clear_tmp().unwrap();
+        let left = |d: PathBuf| -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(left(files.job_dir(&id)), ["output.mp3"]);
+        assert_eq!(left(files.copies_dir()), [format!("{id}.mp3")]);
+        assert!(left(files.tmp_dir()).is_empty());
+    }
 
     #[test]
     fn a_staged_input_is_deleted_on_every_path_but_adoption() {
