@@ -163,6 +163,13 @@ pub struct MetaStatus {
     pub group: bool,
 }
 
+impl MetaStatus {
+    /// Every member's name, voters and learners.
+    pub fn members(&self) -> BTreeSet<String> {
+        self.voters.iter().chain(&self.learners).cloned().collect()
+    }
+}
+
 /// A learner this close to the leader's last log index counts as caught up.
 const CAUGHT_UP_WITHIN: u64 = 16;
 

@@ -415,8 +415,7 @@ impl JobsClient {
         // And the nodes that should hold one: a copy taken just before its job reached the
         // directory is on disk before it is recorded.
         if let Some(listed) = self.meta.listed(id.as_str()).await.ok().flatten() {
-            let status = self.meta.status();
-            let members = status.voters.into_iter().chain(status.learners).collect();
+            let members = self.meta.status().members();
             for holder in super::copies::holders(&listed.node, &members, self.replicas) {
                 if !holders.contains(&holder) {
                     holders.push(holder);

@@ -69,8 +69,7 @@ pub async fn keep(meta: Meta, config: Arc<Config>) {
     let mut behind = false;
     let mut swept = Instant::now() - SWEEP_EVERY;
     loop {
-        let status = meta.status();
-        let members: BTreeSet<String> = status.voters.into_iter().chain(status.learners).collect();
+        let members = meta.status().members();
         match meta.done_since(seen, BATCH).await {
             Ok(done) => {
                 for listed in &done {
@@ -129,11 +128,10 @@ pub async fn settled(meta: &Meta, config: &Config, patience: Duration) -> bool {
     }
     let deadline = Instant::now() + patience;
     loop {
-        let status = meta.status();
-        let others = status
-            .voters
+        let others = meta
+            .status()
+            .members()
             .iter()
-            .chain(&status.learners)
             .filter(|n| **n != config.node_name)
             .count();
         let want = others.min(config.mp3_replicas - 1) as u32;
@@ -195,8 +193,7 @@ pub async fn push(meta: &Meta, config: &Config, id: &JobId) -> bool {
     if config.mp3_replicas < 2 || config.cluster.is_none() {
         return true;
     }
-    let status = meta.status();
-    let members: BTreeSet<String> = status.voters.into_iter().chain(status.learners).collect();
+    let members = meta.status().members();
     let holders = holders(&config.node_name, &members, config.mp3_replicas);
     let asks = holders.iter().map(|holder| {
         let q = JobQuery {
