@@ -23,10 +23,10 @@ in flight to it when it dies are counted apart (they hit the faulty node itself)
 `split` (root, nftables): the last node is cut off from the others (a table of its own
 dropping its cluster port's traffic, both ways) for `--absent` seconds (default 15), every
 node staying in the ready set. The majority side must accept everything; on the
-minority side a keyed upload may only be accepted or refused with `503 unavailable` and
-`Retry-After` (never a second job for a key), an upload without a key is accepted, and reads
-of jobs it cannot know about may be `503` (counted apart, as requests that hit the cut-off
-node).
+minority side an upload (keyed or not) may only be accepted or refused with
+`503 unavailable` and `Retry-After` (never a second job for a key, never a job the majority
+cannot read), and reads of jobs it cannot know about may be `503` (counted apart, as
+requests that hit the cut-off node).
 
 Checked at the end (exit status 1 when violated): no submission refused (keyed or not), no
 failed status read, at least 99.9 % of downloads of done jobs served; every keyed retry got
@@ -125,6 +125,10 @@ class Run:
         self.ready = set(range(len(nodes)))
         self.dead = None  # (node index, time) of a kill -9
         self.cut = None  # node index cut off (split mode), while it is
+        self.cut_node = None  # the node cut off, its cut's start and end (time.monotonic)
+        self.cut_started = None
+        self.cut_ended = None
+        self.admin = None  # an admin's token (the split watches the group's state)
         self.stop = threading.Event()
         self.counts = {c: collections.Counter() for c in CLASSES}
         self.failures = []
@@ -141,7 +145,11 @@ class Run:
 
     def record(self, cls, node, started, ok, what, allowed_on_cut=False):
         with self.lock:
-            if self.cut is not None and node.i == self.cut:
+            # In flight to the node while it was cut off (or had not rejoined yet).
+            was_cut = (self.cut_node == node.i and self.cut_started is not None
+                       and time.monotonic() >= self.cut_started
+                       and (self.cut is not None or started < self.cut_ended))
+            if was_cut:
                 # Sent to the cut-off node: keyed writes may be refused there (503 unavailable),
                 # reads of what it cannot know may fail; counted apart.
                 if ok:
@@ -189,7 +197,7 @@ class Run:
                 self.record(cls, node, started, False, str(e))
                 return
             ok = status in (200, 202)
-            refused = (cls == "keyed" and status == 503 and b'"unavailable"' in out)
+            refused = status == 503 and b'"unavailable"' in out
             self.record(cls, node, started, ok, f"{status} {out[:200]!r}", allowed_on_cut=refused)
             if ok:
                 jid = json.loads(out)["id"]
@@ -281,6 +289,8 @@ class Run:
                  f"  tcp sport {cut.cluster_port} drop\n }}\n}}\n")
         with self.lock:
             self.cut = cut.i
+            self.cut_node = cut.i
+            self.cut_started = time.monotonic()
         subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
         print(f"  {time.monotonic() - self.t0:6.1f} s  {cut.name} cut off", flush=True)
         try:
@@ -288,10 +298,26 @@ class Run:
         finally:
             subprocess.run(["nft", "delete", "table", "inet", "rolling"], check=False)
         print(f"  {time.monotonic() - self.t0:6.1f} s  healed", flush=True)
-        # Requests to it after healing count normally again once it has caught up.
-        time.sleep(3.0)
+        # It stays the faulty node until it has rejoined: its sessions are back and it
+        # follows the group's leader again (how long that takes is printed). Requests to
+        # it from then on count normally.
+        healed = time.monotonic()
+
+        def rejoined():
+            terms = []
+            for n in (self.nodes[0], cut):
+                s, _, out = call(n.http + "/v1/cluster", token=self.admin, timeout=2)
+                meta = json.loads(out)["metadata"] if s == 200 else {}
+                if not meta.get("leader"):
+                    return False
+                terms.append((meta.get("leader"), meta.get("term")))
+            return terms[0] == terms[1]
+        wait_until(f"{cut.name} to rejoin the group", 60, rejoined)
         with self.lock:
             self.cut = None
+            self.cut_ended = time.monotonic()
+        print(f"  {time.monotonic() - self.t0:6.1f} s  {cut.name} follows the leader again "
+              f"({time.monotonic() - healed:.1f} s after healing)", flush=True)
 
 
 def wait_until(what, limit, check):
@@ -362,6 +388,7 @@ def main():
             return out.decode()
         token = wait_until("the user on every node", 30, user_token)
         run = Run(args, nodes, token, clips)
+        run.admin = admin
         run.t0 = time.monotonic()
         print(f"rolling: {args.nodes} nodes, mode {args.mode}, absent {args.absent:.0f} s", flush=True)
         threads = [threading.Thread(target=run.client, args=(args.seed * 100 + k,)) for k in range(4)]

@@ -26,7 +26,7 @@ use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::convert::Quality;
-use crate::store::{Job, JobId, NewJob, Source, StagedInput};
+use crate::store::{Job, JobId, NewJob, Source, StagedInput, now_ms};
 use crate::view::JobJson;
 
 /// Longest accepted `Idempotency-Key`.
@@ -123,8 +123,8 @@ pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&
 }
 
 /// How long a new job's submission waits to put it in the directory while no leader can be
-/// reached (the change feed publishes it later anyway).
-const PUBLISH_PATIENCE: Duration = Duration::from_secs(1);
+/// reached (an election takes one or two seconds); past it the submission is refused.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(3);
 
 /// How long a claim's job may take to appear before the claim counts as left behind.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
@@ -208,7 +208,15 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
             }
         }
     }
+    // In the directory before it exists: once the client hears `202`, every node answers
+    // for the job even if this one is lost a moment later. With no quorum (this node is
+    // cut off, or the group has lost its majority) nothing is created: `503`, and the
+    // client retries (through the Service, likely elsewhere), as it would for a key.
     let id = job.id.clone();
+    if let Err(e) = announce(state, &job.queued(now_ms()), key.clone()).await {
+        state.jobs.forget(id, owner.email, key);
+        return Err(ApiError::from(JobsError::Meta(e)));
+    }
     let submitted = ask(
         Role::Request,
         |reply| RequestMsg::Submit { job, staged, reply },
@@ -218,17 +226,17 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
     .map_err(ApiError::from)
     .and_then(|answer| answer.map_err(ApiError::from));
     let (job, new) = match submitted {
+        // An earlier job of the key, found here: the entry announced for `id` goes.
+        Ok((job, new)) if job.id != id => {
+            state.jobs.forget(id, owner.email, None);
+            (job, new)
+        }
         Ok(answer) => answer,
         Err(e) => {
-            if let Some(key) = &key {
-                state.jobs.release(&owner.email, key, &id).await;
-            }
+            state.jobs.forget(id, owner.email, key);
             return Err(e);
         }
     };
-    if new {
-        announce(state, &job, key).await;
-    }
     let status = if new { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((
         status,
@@ -241,7 +249,7 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
 /// Puts a new job in the directory before the client hears of it: any node answers for
 /// the job (and lists it) even if its node is lost a moment later. The change feed
 /// publishes it too; with no leader now, that publication only comes later.
-pub(super) async fn announce(state: &AppState, job: &Job, key: Option<String>) {
+pub(super) async fn announce(state: &AppState, job: &Job, key: Option<String>) -> Result<(), crate::meta::MetaError> {
     let listed = crate::actors::request::directory::listed(job, key);
     let publish = crate::meta::Command::Publish {
         node: job.id.owner().to_string(),
@@ -249,8 +257,12 @@ pub(super) async fn announce(state: &AppState, job: &Job, key: Option<String>) {
         gone: Vec::new(),
         only_new: true,
     };
-    if let Err(e) = state.meta.write_within(publish, PUBLISH_PATIENCE).await {
-        tracing::warn!(job = %job.id, error = %e, "the new job is not in the directory yet");
+    match state.meta.write_within(publish, PUBLISH_PATIENCE).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "the new job is not in the directory yet");
+            Err(e)
+        }
     }
 }
 

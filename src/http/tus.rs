@@ -306,7 +306,9 @@ async fn became_a_job(state: &AppState, who: &Principal, w: &Written, key: Optio
     if let Some(id) = &w.job
         && let Ok(job) = state.jobs.get(id.clone(), who.clone()).await
     {
-        super::jobs::announce(state, &job, key).await;
+        // The upload was accepted at its creation: its job stays, and the feed publishes it
+        // once a leader is back.
+        let _ = super::jobs::announce(state, &job, key).await;
     }
 }
 

@@ -145,6 +145,31 @@ pub struct NewJob {
     pub webhook_url: Option<String>,
 }
 
+impl NewJob {
+    /// The job as it is stored at `at_ms`, before it is (`queued`, nothing produced).
+    pub fn queued(&self, at_ms: i64) -> Job {
+        Job {
+            id: self.id.clone(),
+            owner_email: self.owner_email.clone(),
+            state: JobState::Queued,
+            progress: 0.0,
+            error_code: None,
+            error_message: None,
+            source: self.source.clone(),
+            file_name: self.file_name.clone(),
+            bitrate_kbps: self.bitrate_kbps,
+            vbr_quality: self.vbr_quality,
+            attempt: 0,
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            finished_at_ms: None,
+            webhook_url: self.webhook_url.clone(),
+            webhook: None,
+            produced: None,
+        }
+    }
+}
+
 /// A stored job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {

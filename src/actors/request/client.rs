@@ -34,7 +34,7 @@ pub enum JobsError {
     OwnerUnreachable(#[from] RemoteError),
     /// The cluster's metadata (Idempotency-Key claims) cannot be written now: no leader
     /// is reachable (an election, or this node is on a minority side).
-    #[error("{0}; retry with the same Idempotency-Key")]
+    #[error("{0}; try again (with the same Idempotency-Key, if one was sent)")]
     Meta(#[from] MetaError),
     /// This node's request actor did not answer.
     #[error(transparent)]
@@ -318,6 +318,34 @@ impl JobsClient {
             }
             Outcome::None => Err(JobsError::Internal("a claim answered nothing".into())),
         }
+    }
+
+    /// Takes back what a refused submission of job `id` wrote to the metadata (its
+    /// directory entry, its key's claim), in the background: the refusal is answered now,
+    /// the writes wait for a leader as long as any write does.
+    pub fn forget(&self, id: JobId, email: String, key: Option<String>) {
+        let meta = self.meta.clone();
+        tokio::spawn(async move {
+            let gone = Command::Publish {
+                node: id.owner().to_string(),
+                put: Vec::new(),
+                gone: vec![id.to_string()],
+                only_new: false,
+            };
+            if let Err(e) = meta.write(gone).await {
+                tracing::warn!(job = %id, error = %e, "a refused job's directory entry could not be removed");
+            }
+            if let Some(key) = key {
+                let release = Command::ReleaseKey {
+                    email,
+                    key,
+                    job: id.to_string(),
+                };
+                if let Err(e) = meta.write(release).await {
+                    tracing::warn!(job = %id, error = %e, "could not release an Idempotency-Key claim");
+                }
+            }
+        });
     }
 
     /// Releases the claim job `id` holds on `key` (its submission failed). Best effort: a
