@@ -3,6 +3,7 @@
 //! `main.rs` only parses and calls [`run`]; everything a command does lives here or below,
 //! so it can be tested without spawning the binary.
 
+use crate::meta::users::UserOp;
 use std::fs::File;
 use std::io::{self, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -266,14 +267,42 @@ fn run_user_add(args: &UserAddArgs) -> Result<(), CliError> {
     let hash = password::hash(password).map_err(|e| CliError::Usage(e.to_string()))?;
     std::fs::create_dir_all(&args.data_dir)?;
     let mut store = Store::open(&args.data_dir.join("node.db")).map_err(|e| CliError::Service(e.into()))?;
+    // Here at once (a login on this node works now), and queued for the replicated
+    // metadata, which a running node commits within moments (the next start otherwise).
     let created = store
         .put_user(&email, &hash, args.admin)
         .map_err(|e| CliError::Service(e.into()))?;
+    let op = UserOp::Put {
+        password_hash: hash,
+        admin: args.admin,
+    };
+    let when = queue(&mut store, &args.data_dir, &email, &op)?;
     let verb = if created { "created" } else { "updated" };
     let role = if args.admin { "admin" } else { "user" };
     tracing::info!(%email, "user {verb}");
-    writeln!(io::stderr(), "mp4tomp3: {role} {email} {verb}")?;
+    writeln!(io::stderr(), "mp4tomp3: {role} {email} {verb}{when}")?;
     Ok(())
+}
+
+/// Queues `op` of user `email` for the replicated metadata (done here already); with a
+/// node serving the data dir, waits (up to 15 s) for it to be committed. Answers what to add
+/// to the report if it is still waiting.
+fn queue(store: &mut Store, data_dir: &std::path::Path, email: &str, op: &UserOp) -> Result<&'static str, CliError> {
+    let op = serde_json::to_string(op).map_err(|e| CliError::Service(e.into()))?;
+    let queued = store
+        .queue_user_op(email, Some(&op))
+        .map_err(|e| CliError::Service(e.into()))?;
+    if !crate::node::serving(data_dir) {
+        return Ok("");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while store.user_op_waiting(queued).map_err(|e| CliError::Service(e.into()))? {
+        if std::time::Instant::now() > deadline {
+            return Ok(" (the running service commits it once its metadata group has a leader)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok("")
 }
 
 /// The normalized email and the database of an existing data dir.
@@ -293,8 +322,9 @@ fn run_user_remove(args: &UserRemoveArgs) -> Result<(), CliError> {
     if !store.remove_user(&email).map_err(|e| CliError::Service(e.into()))? {
         return Err(CliError::Usage(format!("no user {email}")));
     }
+    let when = queue(&mut store, &args.data_dir, &email, &UserOp::Remove)?;
     tracing::info!(%email, "user removed");
-    writeln!(io::stderr(), "mp4tomp3: user {email} removed")?;
+    writeln!(io::stderr(), "mp4tomp3: user {email} removed{when}")?;
     Ok(())
 }
 
@@ -317,11 +347,12 @@ fn run_user_set(args: &UserSetArgs) -> Result<(), CliError> {
     store
         .set_quota(&email, &quota)
         .map_err(|e| CliError::Service(e.into()))?;
+    let when = queue(&mut store, &args.data_dir, &email, &UserOp::SetQuota(quota))?;
     let show = |n: Option<i64>| n.map_or_else(|| "default".to_string(), |n| n.to_string());
     tracing::info!(%email, "user limits set");
     writeln!(
         io::stderr(),
-        "mp4tomp3: {email}: max_active {}, max_jobs_per_day {}, max_stored_bytes {}",
+        "mp4tomp3: {email}: max_active {}, max_jobs_per_day {}, max_stored_bytes {}{when}",
         show(quota.max_active),
         show(quota.max_jobs_per_day),
         show(quota.max_stored_bytes)

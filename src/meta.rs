@@ -31,6 +31,7 @@ use self::store::{MetaDb, StateMachine};
 pub mod membership;
 pub mod network;
 pub mod store;
+pub mod users;
 
 openraft::declare_raft_types!(
     /// The metadata group's types: node ids are `u64`, entries carry [`Command`]s.
@@ -84,6 +85,16 @@ pub enum Command {
         #[serde(default)]
         only_new: bool,
     },
+    /// A change to user `email` (lower case), proposed at `at_ms` by the proposer's clock
+    /// (which only stamps the record).
+    User {
+        /// The user.
+        email: String,
+        /// The change.
+        op: users::UserOp,
+        /// When it was proposed.
+        at_ms: i64,
+    },
     /// Node `node` holds a copy of done job `id`'s MP3 (recorded only while the job is in
     /// the directory; removing the job removes its copies).
     Copied {
@@ -130,6 +141,8 @@ pub enum Outcome {
         /// The winning job.
         job: String,
     },
+    /// The user after the change, or why it was not made.
+    User(Result<crate::store::User, users::Refusal>),
 }
 
 /// Why the metadata could not be written or read.
@@ -272,6 +285,37 @@ impl Meta {
             }
             Err(e) => Err(MetaError::NoLeader(e.to_string())),
         }
+    }
+
+    /// Changes user `email` (lower case) through the log: the user after it, or why not.
+    pub async fn change_user(
+        &self,
+        email: &str,
+        op: users::UserOp,
+    ) -> Result<Result<crate::store::User, users::Refusal>, MetaError> {
+        let command = Command::User {
+            email: email.to_string(),
+            op,
+            at_ms: crate::store::now_ms(),
+        };
+        match self.write(command).await? {
+            Outcome::User(changed) => Ok(changed),
+            other => Err(MetaError::Store(format!("a user change answered {other:?}"))),
+        }
+    }
+
+    /// The users as this node's replica has applied them, in memory (tombstones included).
+    pub fn users(&self) -> users::UsersView {
+        self.state.users()
+    }
+
+    /// Up to `limit` users changed after log index `seq`, oldest change first, with the
+    /// index of each one's change (this node's replica).
+    pub async fn users_since(&self, seq: u64, limit: u32) -> Result<Vec<(crate::store::User, u64)>, MetaError> {
+        self.state
+            .users_since(seq, limit)
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))
     }
 
     /// The job holding Idempotency-Key `key` of `email`, as this node's replica has it.

@@ -28,6 +28,7 @@ use supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 pub mod gateway;
 pub mod metadata;
 pub mod supervisor;
+pub mod users;
 
 /// Runs a node until `shutdown` completes (or the supervision tree gives up).
 ///
@@ -51,6 +52,9 @@ async fn run_node(
     let config = Arc::new(config.bound_to(listener.local_addr()?));
     let prepared = config.clone();
     tokio::task::spawn_blocking(move || prepare(&prepared)).await??;
+    // Held while serving: `mp4tomp3 user add` waits for its change to be committed when
+    // it finds the lock held (`serving`).
+    let _serving = serving_lock(&config.data_dir);
     let address = listener.local_addr()?;
     // The replicated metadata outlives the roles' restarts: started here, beside the tree.
     let meta = Meta::start(&config.node_name, &config.data_dir, &[])
@@ -65,6 +69,8 @@ async fn run_node(
         config.node_name.clone(),
     ));
     let copier = tokio::spawn(copies::keep(meta.clone(), config.clone()));
+    let mirror = tokio::spawn(users::mirror(meta.clone(), jobs_db.clone()));
+    let queue = tokio::spawn(users::commit_queued(meta.clone(), jobs_db.clone()));
     let (supervisor, mut tree) = Actor::spawn(
         Some(format!("node:{}", config.node_name)),
         NodeSupervisor,
@@ -121,8 +127,40 @@ async fn run_node(
     keeper.abort();
     publisher.abort();
     copier.abort();
+    mirror.abort();
+    queue.abort();
     meta.stop().await;
     Ok(())
+}
+
+/// The lock file a serving node holds in `data_dir`.
+fn lock_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("serve.lock")
+}
+
+/// Takes the serving lock (advisory: a node that cannot take it serves anyway).
+fn serving_lock(data_dir: &std::path::Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path(data_dir))
+        .ok()?;
+    match file.try_lock() {
+        Ok(()) => Some(file),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take the data dir's serve.lock; another node may be serving it");
+            None
+        }
+    }
+}
+
+/// Whether a node is serving `data_dir` now (it holds the lock).
+pub fn serving(data_dir: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(lock_path(data_dir)) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Migrates the database, clears interrupted uploads, creates the first admin.
@@ -140,7 +178,7 @@ fn prepare(config: &Config) -> anyhow::Result<()> {
                     Some(p) => (p.clone(), false),
                     None => (random_password(), true),
                 };
-                store.add_user(&email, &password::hash(&password)?, true)?;
+                add_admin(&mut store, &email, &password)?;
                 if generated {
                     tracing::warn!(%email, %password, "created the admin account with this generated password (shown once)");
                 } else {
@@ -151,11 +189,25 @@ fn prepare(config: &Config) -> anyhow::Result<()> {
         None if store.user_count()? == 0 => {
             let email = "admin@localhost";
             let password = random_password();
-            store.add_user(email, &password::hash(&password)?, true)?;
+            add_admin(&mut store, email, &password)?;
             tracing::warn!(%email, %password, "no users yet: created an admin with this generated password (shown once)");
         }
         None => {}
     }
+    Ok(())
+}
+
+/// Creates admin `email` here (so it can log in at once) and queues its creation for the
+/// replicated metadata (`node/users.rs`: if every node of a new cluster makes one, the
+/// first committed stands and the others mirror it).
+fn add_admin(store: &mut Store, email: &str, password: &str) -> anyhow::Result<()> {
+    let password_hash = password::hash(password)?;
+    store.add_user(email, &password_hash, true)?;
+    let op = crate::meta::users::UserOp::Add {
+        password_hash,
+        admin: true,
+    };
+    store.queue_user_op(email, Some(&serde_json::to_string(&op)?))?;
     Ok(())
 }
 

@@ -207,6 +207,13 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO job_changes (id) VALUES (new.id);
      END;
      INSERT INTO job_changes (id) SELECT id FROM jobs ORDER BY created_at_ms;",
+    // v11: users live in the replicated metadata (`meta/users.rs`); this table mirrors
+    // them. Changes made beside a running node (`mp4tomp3 user add`, the first admin) wait
+    // here as operations (JSON) until the node has committed them; an operation `NULL`
+    // imports the user as this table has it. Every existing user starts in it, so this
+    // node's users reach the metadata on the first start of this version.
+    "CREATE TABLE user_ops (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL, op TEXT);
+     INSERT INTO user_ops (email, op) SELECT email, NULL FROM users ORDER BY updated_at_ms;",
 ];
 
 /// One node's database.

@@ -4,6 +4,12 @@
 //! argon2 runs on a blocking thread; its verdict comes back as [`AuthMsg::Checked`], so the
 //! actor keeps answering (and token checks never wait behind a slow hash). The throttle's
 //! counters live in this actor's state.
+//!
+//! Users live in the replicated metadata (`meta/users.rs`): every change is committed
+//! through its log (refused with [`AuthError::Unavailable`] while no leader can be
+//! reached), then written to this node's mirror of the users, which logins, quotas and
+//! webhooks read. Token checks read the metadata's in-memory view (`http/auth.rs`); this
+//! actor's [`AuthMsg::Verify`] is the path for users the view does not know yet.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,9 +21,9 @@ use crate::auth::jwt::TokenError;
 use crate::auth::limiter::LoginLimiter;
 use crate::auth::{Principal, normalize_email, password};
 use crate::config::Config;
-use crate::store::{Db, Quota, StoreError, WebhookSettings};
-
-pub mod replication;
+use crate::meta::users::{Refusal, UserOp};
+use crate::meta::{Meta, MetaError};
+use crate::store::{Db, Quota, StoreError, User, WebhookSettings};
 
 /// Why an auth request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,27 @@ pub enum AuthError {
     /// The store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The replicated metadata cannot be written now (no leader reachable): retry.
+    #[error("{0}")]
+    Unavailable(#[from] MetaError),
+}
+
+impl From<Refusal> for AuthError {
+    fn from(r: Refusal) -> AuthError {
+        match r {
+            Refusal::Exists => AuthError::Exists,
+            Refusal::NoSuchUser => AuthError::NoSuchUser,
+        }
+    }
+}
+
+/// Commits `op` on user `email` through the metadata log, then writes the user as it is
+/// now into this node's mirror (so this node reads its own change at once).
+async fn commit(meta: &Meta, db: &Db, email: &str, op: UserOp) -> Result<User, AuthError> {
+    let user = meta.change_user(email, op).await??;
+    let mirrored = user.clone();
+    db.run(move |s| s.mirror_user(&mirrored)).await?;
+    Ok(user)
 }
 
 /// A freshly issued access token.
@@ -191,22 +218,24 @@ pub struct AuthState {
     config: Arc<Config>,
     db: Db,
     limiter: LoginLimiter,
+    meta: Meta,
 }
 
 impl Actor for AuthActor {
     type Msg = AuthMsg;
     type State = AuthState;
-    type Arguments = Arc<Config>;
+    type Arguments = (Arc<Config>, Meta);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<AuthMsg>,
-        config: Arc<Config>,
+        (config, meta): (Arc<Config>, Meta),
     ) -> Result<AuthState, ActorProcessingErr> {
         Ok(AuthState {
             db: Db::open(&config.db_path())?,
             limiter: LoginLimiter::new(config.login_per_minute, config.lockout_after, config.lockout_for),
             config,
+            meta,
         })
     }
 
@@ -281,8 +310,20 @@ impl Actor for AuthActor {
                     }
                 };
                 // The signature is not enough: the user must still exist, under the token
-                // generation the token was issued with, its session not signed out
-                // (answered off the actor).
+                // generation the token was issued with, its session not signed out. The
+                // metadata's in-memory view answers for every user it has (no task, no
+                // database read).
+                if let Some(user) = state.meta.users().get(&verified.who.email) {
+                    let current =
+                        !user.removed && user.token_gen == verified.generation && !user.signed_out(&verified.sid);
+                    let _ = reply.send(match current {
+                        true => Ok(verified.who),
+                        false => Err(AuthError::Token(TokenError::Revoked)),
+                    });
+                    return Ok(());
+                }
+                // A user the metadata does not have yet (made here before the group had a
+                // leader): this node's database answers (off the actor).
                 let db = state.db.clone();
                 tokio::spawn(async move {
                     let email = verified.who.email.clone();
@@ -301,13 +342,15 @@ impl Actor for AuthActor {
                     // A token from before sessions had ids is left to expire.
                     Ok(v) if v.sid.is_empty() => Ok(()),
                     Ok(v) => {
-                        let (email, sid, until) = (v.who.email, v.sid, v.expires_at_ms);
-                        state
-                            .db
-                            .run(move |s| s.revoke_session(&email, &sid, until))
-                            .await
-                            .map(|_| ())
-                            .map_err(AuthError::from)
+                        let op = UserOp::SignOut {
+                            sid: v.sid,
+                            until_ms: v.expires_at_ms,
+                        };
+                        match commit(&state.meta, &state.db, &v.who.email, op).await {
+                            // Removed meanwhile: its tokens stopped anyway.
+                            Ok(_) | Err(AuthError::NoSuchUser) => Ok(()),
+                            Err(e) => Err(e),
+                        }
                     }
                     // Expired or not ours: nothing to revoke.
                     Err(_) => Ok(()),
@@ -316,33 +359,25 @@ impl Actor for AuthActor {
             }
             AuthMsg::RemoveUser { email, reply } => {
                 let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());
-                let removed = state.db.run(move |s| s.remove_user(&key)).await;
-                let answer = match removed {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(AuthError::NoSuchUser),
-                    Err(e) => Err(e.into()),
-                };
-                let _ = reply.send(answer);
+                let (meta, db) = (state.meta.clone(), state.db.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(commit(&meta, &db, &key, UserOp::Remove).await.map(|_| ()));
+                });
             }
             AuthMsg::SetPassword { email, password, reply } => {
-                let (db, config) = (state.db.clone(), state.config.clone());
+                let (db, config, meta) = (state.db.clone(), state.config.clone(), state.meta.clone());
                 tokio::spawn(async move {
                     let hashed = tokio::task::spawn_blocking(move || password::hash(&password)).await;
                     let answer = match hashed {
-                        Ok(Ok(hash)) => {
-                            let key = email.clone();
-                            match db.run(move |s| Ok((s.set_password(&key, &hash)?, s.user(&key)?))).await {
-                                Ok((Some(generation), Some(user))) => {
-                                    let who = Principal {
-                                        email: user.email,
-                                        admin: user.is_admin,
-                                    };
-                                    Ok(issue(&config, &who, generation))
-                                }
-                                Ok(_) => Err(AuthError::NoSuchUser),
-                                Err(e) => Err(e.into()),
-                            }
-                        }
+                        Ok(Ok(password_hash)) => commit(&meta, &db, &email, UserOp::SetPassword { password_hash })
+                            .await
+                            .map(|user| {
+                                let who = Principal {
+                                    email: user.email,
+                                    admin: user.is_admin,
+                                };
+                                issue(&config, &who, user.token_gen)
+                            }),
                         Ok(Err(e)) => Err(AuthError::Invalid(e.to_string())),
                         Err(e) => Err(AuthError::Invalid(e.to_string())),
                     };
@@ -358,34 +393,33 @@ impl Actor for AuthActor {
             }
             AuthMsg::SetAdmin { email, admin, reply } => {
                 let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());
-                let answer = match state.db.run(move |s| s.set_admin(&key, admin)).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(AuthError::NoSuchUser),
-                    Err(e) => Err(e.into()),
-                };
-                let _ = reply.send(answer);
+                let (meta, db) = (state.meta.clone(), state.db.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(commit(&meta, &db, &key, UserOp::SetAdmin(admin)).await.map(|_| ()));
+                });
             }
             AuthMsg::Quota { email, set, reply } => {
                 let key = normalize_email(&email).unwrap_or_else(|| email.trim().to_ascii_lowercase());
-                let answer = state
-                    .db
-                    .run(move |s| {
-                        if let Some(quota) = set
-                            && !s.set_quota(&key, &quota)?
-                        {
-                            return Ok(None);
-                        }
-                        Ok(s.user(&key)?.map(|u| (u.quota, u.is_admin)))
-                    })
-                    .await;
-                let _ = reply.send(match answer {
-                    Ok(Some(found)) => Ok(found),
-                    Ok(None) => Err(AuthError::NoSuchUser),
-                    Err(e) => Err(e.into()),
+                let (meta, db) = (state.meta.clone(), state.db.clone());
+                tokio::spawn(async move {
+                    let answer = match set {
+                        Some(quota) => commit(&meta, &db, &key, UserOp::SetQuota(quota))
+                            .await
+                            .map(|u| (u.quota, u.is_admin)),
+                        None => match db.run(move |s| s.user(&key)).await {
+                            Ok(Some(u)) => Ok((u.quota, u.is_admin)),
+                            Ok(None) => Err(AuthError::NoSuchUser),
+                            Err(e) => Err(e.into()),
+                        },
+                    };
+                    let _ = reply.send(answer);
                 });
             }
             AuthMsg::Webhook { email, change, reply } => {
-                let _ = reply.send(webhook(&state.db, email, change).await);
+                let (meta, db) = (state.meta.clone(), state.db.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(webhook(&meta, &db, email, change).await);
+                });
             }
             AuthMsg::CreateUser {
                 email,
@@ -397,18 +431,14 @@ impl Actor for AuthActor {
                     let _ = reply.send(Err(AuthError::Invalid("not an email address".into())));
                     return Ok(());
                 };
-                let db = state.db.clone();
+                let (meta, db) = (state.meta.clone(), state.db.clone());
                 // Hash and store off the actor: hashing takes a while, storing is independent.
                 tokio::spawn(async move {
                     let hashed = tokio::task::spawn_blocking(move || password::hash(&password)).await;
                     let answer = match hashed {
-                        Ok(Ok(hash)) => {
-                            let key = email.clone();
-                            match db.run(move |s| s.add_user(&key, &hash, admin)).await {
-                                Ok(true) => Ok(email),
-                                Ok(false) => Err(AuthError::Exists),
-                                Err(e) => Err(e.into()),
-                            }
+                        Ok(Ok(password_hash)) => {
+                            let op = UserOp::Add { password_hash, admin };
+                            commit(&meta, &db, &email, op).await.map(|u| u.email)
                         }
                         Ok(Err(e)) => Err(AuthError::Invalid(e.to_string())),
                         Err(e) => Err(AuthError::Invalid(e.to_string())),
@@ -423,6 +453,7 @@ impl Actor for AuthActor {
 
 /// Reads or changes `email`'s webhook settings; a secret made here is returned once.
 async fn webhook(
+    meta: &Meta,
     db: &Db,
     email: String,
     change: WebhookChange,
@@ -434,17 +465,25 @@ async fn webhook(
         ),
         WebhookChange::Get | WebhookChange::Remove => None,
     };
-    let made = fresh.clone();
+    let op = match change {
+        WebhookChange::Get => None,
+        WebhookChange::Set { url, events } => Some(UserOp::SetWebhook {
+            url: Some(url),
+            events,
+            secret_if_none: fresh.clone(),
+        }),
+        WebhookChange::Remove => Some(UserOp::SetWebhook {
+            url: None,
+            events: Vec::new(),
+            secret_if_none: None,
+        }),
+        WebhookChange::RotateSecret => Some(UserOp::SetSecret(fresh.clone().unwrap_or_default())),
+    };
+    if let Some(op) = op {
+        commit(meta, db, &email, op).await?;
+    }
     let settings = db
-        .run(move |s| match change {
-            WebhookChange::Get => s.webhook_settings(&email),
-            WebhookChange::Set { url, events } => s.set_webhook(&email, Some(&url), &events, made.as_deref()),
-            WebhookChange::Remove => s.set_webhook(&email, None, &[], None),
-            WebhookChange::RotateSecret => match s.set_webhook_secret(&email, made.as_deref().unwrap_or_default())? {
-                true => s.webhook_settings(&email),
-                false => Ok(None),
-            },
-        })
+        .run(move |s| s.webhook_settings(&email))
         .await?
         .ok_or(AuthError::NoSuchUser)?;
     // Shown only if it is the one stored now (a `Set` keeps an existing secret).

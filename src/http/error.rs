@@ -308,6 +308,9 @@ impl From<AuthError> for ApiError {
             AuthError::Exists => ApiError::new(ErrorCode::Exists, e.to_string()),
             AuthError::NoSuchUser => ApiError::new(ErrorCode::NotFound, e.to_string()),
             AuthError::Store(e) => ApiError::internal(e),
+            AuthError::Unavailable(_) => {
+                ApiError::new(ErrorCode::Unavailable, e.to_string()).retry_after(Duration::from_secs(2))
+            }
         }
     }
 }

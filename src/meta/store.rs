@@ -25,7 +25,9 @@ use openraft::{
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::users::{UsersView, change};
 use super::{Command, Listed, Outcome, TypeConfig};
+use crate::store::User;
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -41,6 +43,9 @@ struct State {
     /// `(job, node)`: the nodes that hold a copy of a done job's MP3.
     #[serde(default)]
     copies: Vec<(String, String)>,
+    /// `(user, log index of its last change)`, tombstones included.
+    #[serde(default)]
+    users: Vec<(User, u64)>,
 }
 
 /// One node's metadata file, shared by its log store and its state machine.
@@ -51,6 +56,8 @@ pub struct MetaDb {
     /// A second connection for the state machine's reads (claims, the directory): they
     /// see what was committed and never wait behind a log append.
     reader: Arc<Mutex<Connection>>,
+    /// The users as applied, in memory (token checks read them).
+    users: UsersView,
 }
 
 const SCHEMA: &str = "
@@ -68,6 +75,8 @@ CREATE TABLE IF NOT EXISTS directory (
 CREATE INDEX IF NOT EXISTS directory_by_owner ON directory (owner_email, created_at_ms);
 CREATE INDEX IF NOT EXISTS directory_by_seq ON directory (seq);
 CREATE TABLE IF NOT EXISTS copies (id TEXT NOT NULL, node TEXT NOT NULL, PRIMARY KEY (id, node));
+CREATE TABLE IF NOT EXISTS users (email TEXT PRIMARY KEY, record TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS users_by_seq ON users (seq);
 ";
 
 impl MetaDb {
@@ -78,10 +87,18 @@ impl MetaDb {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         let reader = Connection::open(path)?;
+        let users = UsersView::default();
+        users.replace(all_users(&conn).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?);
         Ok(MetaDb {
             conn: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
+            users,
         })
+    }
+
+    /// The users as this replica has applied them, in memory.
+    pub fn users(&self) -> UsersView {
+        self.users.clone()
     }
 
     /// The log store and the state machine over this file.
@@ -390,6 +407,26 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             }
             Ok(Outcome::None)
         }
+        Command::User { email, op, at_ms } => {
+            let old: Option<User> = tx
+                .query_row("SELECT record FROM users WHERE email = ?1", [email], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+                .map(|raw| serde_json::from_str(&raw))
+                .transpose()?;
+            let changed = change(email, old.as_ref(), op, *at_ms);
+            if let Ok(user) = &changed
+                && old.as_ref() != Some(user)
+            {
+                tx.execute(
+                    "INSERT INTO users (email, record, seq) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (email) DO UPDATE SET record = excluded.record, seq = excluded.seq",
+                    params![email, serde_json::to_string(user)?, index as i64],
+                )?;
+            }
+            Ok(Outcome::User(changed))
+        }
         Command::Copied { id, node } => {
             // Only a copy of a job still in the directory is recorded.
             tx.execute(
@@ -412,11 +449,27 @@ fn read_state(conn: &Connection) -> anyhow::Result<State> {
     let copies = q
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut q = conn.prepare("SELECT record, seq FROM users ORDER BY email")?;
+    let users = q
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .map(|row| {
+            let (raw, seq) = row?;
+            Ok((serde_json::from_str(&raw)?, seq as u64))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(State {
         claims,
         directory,
         copies,
+        users,
     })
+}
+
+/// Every user in the table, tombstones included.
+fn all_users(conn: &Connection) -> anyhow::Result<Vec<User>> {
+    let mut q = conn.prepare("SELECT record FROM users")?;
+    let rows = q.query_map([], |r| r.get::<_, String>(0))?;
+    rows.map(|raw| Ok(serde_json::from_str(&raw?)?)).collect()
 }
 
 /// The directory's columns as [`listed`] reads them.
@@ -460,6 +513,11 @@ fn write_state(tx: &rusqlite::Transaction<'_>, state: &State) -> anyhow::Result<
     let mut q = tx.prepare_cached("INSERT INTO copies (id, node) VALUES (?1, ?2)")?;
     for (id, node) in &state.copies {
         q.execute(params![id, node])?;
+    }
+    tx.execute("DELETE FROM users", [])?;
+    let mut q = tx.prepare_cached("INSERT INTO users (email, record, seq) VALUES (?1, ?2, ?3)")?;
+    for (user, seq) in &state.users {
+        q.execute(params![user.email, serde_json::to_string(user)?, *seq as i64])?;
     }
     Ok(())
 }
@@ -534,6 +592,30 @@ impl StateMachine {
             .await
     }
 
+    /// Up to `limit` users changed after log index `seq` (oldest change first), with the
+    /// index of each one's change.
+    pub async fn users_since(&self, seq: u64, limit: u32) -> anyhow::Result<Vec<(User, u64)>> {
+        self.0
+            .read(move |conn| {
+                let mut q =
+                    conn.prepare_cached("SELECT record, seq FROM users WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+                let rows = q.query_map(params![seq as i64, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                rows.map(|row| {
+                    let (raw, seq) = row?;
+                    Ok((serde_json::from_str(&raw)?, seq as u64))
+                })
+                .collect()
+            })
+            .await
+    }
+
+    /// The users as applied, in memory.
+    pub fn users(&self) -> UsersView {
+        self.0.users()
+    }
+
     /// Up to `limit` jobs of `email` (everyone's with `None`), newest first, from this
     /// node's replica.
     pub async fn list(&self, email: Option<&str>, limit: u32) -> anyhow::Result<Vec<Listed>> {
@@ -600,6 +682,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let view = self.0.users.clone();
         self.0
             .run(move |conn| {
                 let tx = conn.transaction()?;
@@ -616,6 +699,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     });
                 }
                 tx.commit()?;
+                // Users changed: in memory once on disk, before anyone hears of the change.
+                view.set(out.iter().filter_map(|o| match o {
+                    Outcome::User(Ok(user)) => Some(user.clone()),
+                    _ => None,
+                }));
                 Ok(out)
             })
             .await
@@ -636,6 +724,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let (meta, data) = (meta.clone(), snapshot.into_inner());
+        let view = self.0.users.clone();
         self.0
             .run(move |conn| {
                 let state: State = serde_json::from_slice(&data)?;
@@ -645,6 +734,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 set_kv(&tx, "membership", &meta.last_membership)?;
                 keep_snapshot(&tx, &meta, &data)?;
                 tx.commit()?;
+                view.replace(state.users.into_iter().map(|(user, _)| user));
                 Ok(())
             })
             .await

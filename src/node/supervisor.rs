@@ -4,8 +4,7 @@
 //! node supervisor
 //! ├── auth  ├── request  ├── converter  ├── notifier  └── gateway
 //! └── cluster (with --cluster-listen; cluster/mesh.rs)
-//!     └── the roles' faces: jobs.v1 and events.v1 (request), users.v1 (auth), placement.v1
-//!         (converter)
+//!     └── the roles' faces: jobs.v1 and events.v1 (request), placement.v1 (converter)
 //! ```
 //!
 //! A child that dies is restarted under the same registry name (retrying while the old
@@ -22,7 +21,6 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::gateway::{GatewayActor, GatewayArgs};
 use crate::actors::Role;
 use crate::actors::auth::AuthActor;
-use crate::actors::auth::replication::UsersActor;
 use crate::actors::converter::ConverterActor;
 use crate::actors::converter::host::HostActor;
 use crate::actors::notifier::NotifierActor;
@@ -96,7 +94,7 @@ impl NodeSupervisor {
         let cell = myself.get_cell();
         let config = state.config.clone();
         let spawned = match role {
-            Role::Auth => Actor::spawn_linked(name, AuthActor, config, cell)
+            Role::Auth => Actor::spawn_linked(name, AuthActor, (config, state.meta.clone()), cell)
                 .await
                 .map(|(r, _)| r.get_cell()),
             Role::Request => Actor::spawn_linked(
@@ -173,12 +171,11 @@ impl Actor for NodeSupervisor {
             facts: args.facts,
             events,
             meta: args.meta,
-            // Each role that other nodes call: request (jobs.v1, events.v1), auth (users.v1),
-            // converter (placement.v1).
+            // Each role that other nodes call: request (jobs.v1, events.v1), converter
+            // (placement.v1). Users travel in the metadata's log (meta.v1).
             faces: Arc::new([
                 Face::of(move || JobsActor(meta.clone())),
                 Face::of(move || EventsActor(ring.clone())),
-                Face::of(|| UsersActor),
                 Face::of(|| HostActor),
             ]),
         };

@@ -1,12 +1,17 @@
 //! Users: email, argon2id hash, admin flag, token generation; removed users stay as
-//! tombstones (`removed`, no password) so their removal replicates like any change.
+//! tombstones (`removed`, no password).
+//!
+//! This table mirrors the users of the replicated metadata (`meta/users.rs`, which decides
+//! every change; [`Store::mirror_user`]). The few changes made here directly (`mp4tomp3
+//! user add|remove|set`, the first admin) are queued for the metadata in the same breath
+//! ([`Store::queue_user_op`]) and replaced by its answer once committed.
 
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Quota, Result, Store, now_ms};
 
 /// A stored user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Lower-case email, the key.
     pub email: String,
@@ -14,7 +19,8 @@ pub struct User {
     pub password_hash: String,
     /// May create users and see all jobs.
     pub is_admin: bool,
-    /// Last change (ms since the epoch): newer wins when replicas merge.
+    /// Last change (ms since the epoch, by the proposer's clock): only an import from the
+    /// version before compares it.
     pub updated_at_ms: i64,
     /// Tokens carry the generation they were issued under; a password change or removal
     /// bumps it, and older tokens stop working.
@@ -63,6 +69,42 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
+/// Writes `user` into the mirror table (see [`Store::mirror_user`]).
+fn mirror(tx: &rusqlite::Transaction<'_>, user: &User) -> Result<bool> {
+    let changed = tx.execute(
+        "INSERT INTO users (email, password_hash, is_admin, updated_at_ms, token_gen, removed, \
+         webhook_url, webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes, \
+         revoked_sessions) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+         ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4, \
+         token_gen = ?5, removed = ?6, webhook_url = ?7, webhook_events = ?8, \
+         webhook_secret = ?9, max_active = ?10, max_jobs_per_day = ?11, max_stored_bytes = ?12, \
+         revoked_sessions = ?13 \
+         WHERE (users.password_hash, users.is_admin, users.token_gen, users.removed, \
+           coalesce(users.webhook_url, ''), coalesce(users.webhook_events, ''), coalesce(users.webhook_secret, ''), \
+           coalesce(users.max_active, -1), coalesce(users.max_jobs_per_day, -1), coalesce(users.max_stored_bytes, -1), \
+           coalesce(users.revoked_sessions, '')) IS NOT \
+           (?2, ?3, ?5, ?6, coalesce(?7, ''), coalesce(?8, ''), coalesce(?9, ''), coalesce(?10, -1), \
+           coalesce(?11, -1), coalesce(?12, -1), coalesce(?13, ''))",
+        params![
+            user.email,
+            user.password_hash,
+            user.is_admin,
+            user.updated_at_ms,
+            user.token_gen,
+            user.removed,
+            user.webhook[0],
+            user.webhook[1],
+            user.webhook[2],
+            user.quota.max_active,
+            user.quota.max_jobs_per_day,
+            user.quota.max_stored_bytes,
+            (!user.revoked_sessions.is_empty()).then_some(user.revoked_sessions.as_str())
+        ],
+    )?;
+    Ok(changed == 1)
+}
+
 impl Store {
     /// Creates or replaces a user (a replaced password revokes the user's tokens). Returns
     /// `true` if it was new (or removed before).
@@ -101,22 +143,6 @@ impl Store {
         })
     }
 
-    /// Replaces a live user's password and revokes their tokens. Returns the new token
-    /// generation, or `None` if there is no such (live) user.
-    pub fn set_password(&mut self, email: &str, password_hash: &str) -> Result<Option<i64>> {
-        let now = now_ms();
-        self.write(|tx| {
-            Ok(tx
-                .query_row(
-                    "UPDATE users SET password_hash = ?2, token_gen = token_gen + 1, \
-                     updated_at_ms = max(?3, updated_at_ms + 1) WHERE email = ?1 AND removed = 0 RETURNING token_gen",
-                    params![email, password_hash, now],
-                    |r| r.get(0),
-                )
-                .optional()?)
-        })
-    }
-
     /// Removes a user: a tombstone without password, its token generation bumped. Returns
     /// `false` if there was no such (live) user.
     pub fn remove_user(&mut self, email: &str) -> Result<bool> {
@@ -128,34 +154,6 @@ impl Store {
                 params![email, now],
             )?;
             Ok(removed == 1)
-        })
-    }
-
-    /// Signs out session `sid` of `email`, whose tokens expire at `expires_at_ms` at the
-    /// latest: they are refused until then (sessions past their expiry are forgotten).
-    /// Returns `false` if there is no such (live) user.
-    pub fn revoke_session(&mut self, email: &str, sid: &str, expires_at_ms: i64) -> Result<bool> {
-        let now = now_ms();
-        self.write(|tx| {
-            let current: Option<Option<String>> = tx
-                .query_row(
-                    "SELECT revoked_sessions FROM users WHERE email = ?1 AND removed = 0",
-                    [email],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(current) = current else {
-                return Ok(false);
-            };
-            let mut sessions: Vec<(String, i64)> = revoked(current.as_deref().unwrap_or_default());
-            sessions.retain(|(s, until)| *until > now && s != sid);
-            sessions.push((sid.to_string(), expires_at_ms));
-            let json = serde_json::to_string(&sessions).unwrap_or_default();
-            tx.execute(
-                "UPDATE users SET revoked_sessions = ?2, updated_at_ms = max(?3, updated_at_ms + 1) WHERE email = ?1",
-                params![email, json, now],
-            )?;
-            Ok(true)
         })
     }
 
@@ -174,20 +172,6 @@ impl Store {
                     quota.max_stored_bytes,
                     now
                 ],
-            )?;
-            Ok(changed == 1)
-        })
-    }
-
-    /// Makes a live user an admin or not; their tokens (which carry the flag) stop working.
-    /// Returns `false` if there is no such (live) user.
-    pub fn set_admin(&mut self, email: &str, admin: bool) -> Result<bool> {
-        let now = now_ms();
-        self.write(|tx| {
-            let changed = tx.execute(
-                "UPDATE users SET is_admin = ?2, token_gen = token_gen + 1, \
-                 updated_at_ms = max(?3, updated_at_ms + 1) WHERE email = ?1 AND removed = 0",
-                params![email, admin, now],
             )?;
             Ok(changed == 1)
         })
@@ -214,47 +198,61 @@ impl Store {
             .optional()?)
     }
 
-    /// Applies a user from another node if it is newer than ours (last writer wins).
-    /// Returns `true` if it changed anything.
-    pub fn merge_user(&mut self, user: &User) -> Result<bool> {
+    /// Writes `user` as the replicated metadata has it (tombstones included): this table
+    /// mirrors it. Returns `true` if it changed anything.
+    pub fn mirror_user(&mut self, user: &User) -> Result<bool> {
+        self.write(|tx| mirror(tx, user))
+    }
+
+    /// Queues change `op` (JSON; `None`: import the user as this table has it) of user
+    /// `email` for the replicated metadata: the running node (or the next start) commits it.
+    pub fn queue_user_op(&mut self, email: &str, op: Option<&str>) -> Result<i64> {
         self.write(|tx| {
-            let changed = tx.execute(
-                "INSERT INTO users (email, password_hash, is_admin, updated_at_ms, token_gen, removed, \
-                 webhook_url, webhook_events, webhook_secret, max_active, max_jobs_per_day, max_stored_bytes, \
-                 revoked_sessions) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-                 ON CONFLICT (email) DO UPDATE SET password_hash = ?2, is_admin = ?3, updated_at_ms = ?4, \
-                 token_gen = max(?5, users.token_gen), removed = ?6, webhook_url = ?7, webhook_events = ?8, \
-                 webhook_secret = ?9, max_active = ?10, max_jobs_per_day = ?11, max_stored_bytes = ?12, \
-                 revoked_sessions = ?13 \
-                 WHERE excluded.updated_at_ms > users.updated_at_ms",
-                params![
-                    user.email,
-                    user.password_hash,
-                    user.is_admin,
-                    user.updated_at_ms,
-                    user.token_gen,
-                    user.removed,
-                    user.webhook[0],
-                    user.webhook[1],
-                    user.webhook[2],
-                    user.quota.max_active,
-                    user.quota.max_jobs_per_day,
-                    user.quota.max_stored_bytes,
-                    (!user.revoked_sessions.is_empty()).then_some(user.revoked_sessions.as_str())
-                ],
-            )?;
-            Ok(changed == 1)
+            tx.execute("INSERT INTO user_ops (email, op) VALUES (?1, ?2)", params![email, op])?;
+            Ok(tx.last_insert_rowid())
         })
     }
 
-    /// Users changed after `since_ms` (all with 0), tombstones included, oldest change first.
-    pub fn users_changed_since(&self, since_ms: i64) -> Result<Vec<User>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM users WHERE updated_at_ms > ?1 ORDER BY updated_at_ms"
-        ))?;
-        let rows = stmt.query_map([since_ms], user_row)?;
+    /// Up to `limit` queued user changes, oldest first: `(id, email, op)`.
+    pub fn user_ops(&self, limit: u32) -> Result<Vec<(i64, String, Option<String>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, email, op FROM user_ops ORDER BY id LIMIT ?1")?;
+        let rows = stmt.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Whether queued user change `id` is still waiting.
+    pub fn user_op_waiting(&self, id: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM user_ops WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Queued user change `id` is committed: the user as it is now mirrored, the change
+    /// dropped from the queue, in one transaction.
+    pub fn user_op_done(&mut self, id: i64, now: Option<&User>) -> Result<()> {
+        self.write(|tx| {
+            if let Some(user) = now {
+                mirror(tx, user)?;
+            }
+            tx.execute("DELETE FROM user_ops WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    /// The user with this email as stored here, tombstone or not.
+    pub fn stored_user(&self, email: &str) -> Result<Option<User>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM users WHERE email = ?1"),
+                [email],
+                user_row,
+            )
+            .optional()?)
     }
 
     /// How many (live) users exist.
@@ -302,51 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn merging_keeps_the_newest_version_of_a_user() {
-        let mut store = Store::open_in_memory().unwrap();
-        store.add_user("ann@example.com", "h1", false).unwrap();
-        let ours = store.user("ann@example.com").unwrap().unwrap();
-        let older = User {
-            password_hash: "old".into(),
-            updated_at_ms: ours.updated_at_ms - 1,
-            ..ours.clone()
-        };
-        assert!(!store.merge_user(&older).unwrap());
-        let newer = User {
-            password_hash: "new".into(),
-            is_admin: true,
-            updated_at_ms: ours.updated_at_ms + 1,
-            ..ours.clone()
-        };
-        assert!(store.merge_user(&newer).unwrap());
-        assert_eq!(store.user("ann@example.com").unwrap().unwrap(), newer);
-        let bob = User {
-            email: "bob@example.com".into(),
-            password_hash: "b".into(),
-            is_admin: false,
-            updated_at_ms: 5,
-            token_gen: 0,
-            removed: false,
-            webhook: [Some("https://hooks.example.org/b".into()), None, Some("whsec_b".into())],
-            quota: Quota {
-                max_active: Some(3),
-                max_jobs_per_day: None,
-                max_stored_bytes: Some(1 << 30),
-            },
-            revoked_sessions: r#"[["s1",9999999999999]]"#.into(),
-        };
-        assert!(store.merge_user(&bob).unwrap(), "unknown users are added");
-        assert_eq!(
-            store.user("bob@example.com").unwrap().as_ref(),
-            Some(&bob),
-            "with their webhook settings and limits"
-        );
-        assert_eq!(store.users_changed_since(ours.updated_at_ms).unwrap(), vec![newer]);
-        assert_eq!(store.users_changed_since(0).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn password_changes_and_removal_bump_the_token_generation_and_removal_replicates() {
+    fn a_replaced_password_and_removal_bump_the_token_generation_and_leave_a_tombstone() {
         let mut store = Store::open_in_memory().unwrap();
         store.add_user("ann@example.com", "h1", false).unwrap();
         let first = store.user("ann@example.com").unwrap().unwrap();
@@ -358,64 +312,57 @@ mod tests {
         assert!(!store.remove_user("ann@example.com").unwrap(), "removed once");
         assert_eq!(store.user("ann@example.com").unwrap(), None);
         assert_eq!(store.user_count().unwrap(), 0);
-        let tombstone = store.users_changed_since(changed.updated_at_ms).unwrap();
-        assert_eq!(tombstone.len(), 1);
-        assert!(tombstone[0].removed && tombstone[0].password_hash.is_empty());
-        assert!(tombstone[0].token_gen > changed.token_gen);
-        // The tombstone replicates over the live copy another node still has.
-        let mut other = Store::open_in_memory().unwrap();
-        assert!(other.merge_user(&changed).unwrap());
-        assert!(other.merge_user(&tombstone[0]).unwrap());
-        assert_eq!(other.user("ann@example.com").unwrap(), None);
+        let tombstone = store.stored_user("ann@example.com").unwrap().unwrap();
+        assert!(tombstone.removed && tombstone.password_hash.is_empty());
+        assert!(tombstone.token_gen > changed.token_gen);
         // The email is free again, with a newer generation than any old token.
         assert!(store.add_user("ann@example.com", "h3", false).unwrap());
         let again = store.user("ann@example.com").unwrap().unwrap();
-        assert!(again.token_gen > tombstone[0].token_gen);
+        assert!(again.token_gen > tombstone.token_gen);
     }
 
     #[test]
-    fn a_signed_out_session_is_refused_until_it_expires_and_replicates() {
-        let mut store = Store::open_in_memory().unwrap();
-        store.add_user("ann@example.com", "h", false).unwrap();
-        let before = store.user("ann@example.com").unwrap().unwrap();
-        assert!(!before.signed_out("s1"));
-        assert!(
-            store
-                .revoke_session("ann@example.com", "s1", now_ms() + 60_000)
-                .unwrap()
-        );
-        // One already past its expiry is forgotten at the next sign-out.
-        assert!(store.revoke_session("ann@example.com", "old", now_ms() - 1).unwrap());
-        assert!(
-            store
-                .revoke_session("ann@example.com", "s2", now_ms() + 60_000)
-                .unwrap()
-        );
-        let after = store.user("ann@example.com").unwrap().unwrap();
-        assert!(after.signed_out("s1") && after.signed_out("s2"));
-        assert!(!after.signed_out("old") && !after.signed_out("s3") && !after.signed_out(""));
-        assert!(after.updated_at_ms > before.updated_at_ms, "a change that replicates");
-        assert_eq!(after.token_gen, before.token_gen, "other sessions go on");
-        assert!(!store.revoke_session("nobody@example.com", "s1", now_ms()).unwrap());
-        let mut other = Store::open_in_memory().unwrap();
-        assert!(other.merge_user(&after).unwrap());
-        assert!(other.user("ann@example.com").unwrap().unwrap().signed_out("s1"));
-    }
-
-    #[test]
-    fn the_admin_flag_changes_with_a_new_token_generation_and_users_are_listed_live_only() {
+    fn users_are_listed_live_only() {
         let mut store = Store::open_in_memory().unwrap();
         store.add_user("bob@example.com", "h", false).unwrap();
         store.add_user("ann@example.com", "h", false).unwrap();
         store.add_user("gone@example.com", "h", false).unwrap();
         store.remove_user("gone@example.com").unwrap();
-        let before = store.user("bob@example.com").unwrap().unwrap();
-        assert!(store.set_admin("bob@example.com", true).unwrap());
-        let after = store.user("bob@example.com").unwrap().unwrap();
-        assert!(after.is_admin && after.token_gen == before.token_gen + 1);
-        assert!(after.updated_at_ms > before.updated_at_ms, "it replicates");
-        assert!(!store.set_admin("gone@example.com", true).unwrap());
         let emails: Vec<String> = store.users().unwrap().into_iter().map(|u| u.email).collect();
         assert_eq!(emails, ["ann@example.com", "bob@example.com"]);
+    }
+
+    #[test]
+    fn the_mirror_takes_the_metadatas_user_says_when_it_changed_and_queues_ops_in_order() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.add_user("ann@example.com", "h1", false).unwrap();
+        let mut ann = store.stored_user("ann@example.com").unwrap().unwrap();
+        ann.token_gen = 7;
+        ann.quota.max_active = Some(2);
+        assert!(store.mirror_user(&ann).unwrap(), "changed");
+        assert!(!store.mirror_user(&ann).unwrap(), "the same again changes nothing");
+        assert_eq!(store.user("ann@example.com").unwrap().unwrap(), ann);
+        let gone = User {
+            removed: true,
+            password_hash: String::new(),
+            token_gen: 8,
+            ..ann.clone()
+        };
+        assert!(store.mirror_user(&gone).unwrap());
+        assert!(store.user("ann@example.com").unwrap().is_none(), "a tombstone");
+        assert_eq!(store.stored_user("ann@example.com").unwrap().unwrap(), gone);
+        let a = store.queue_user_op("ann@example.com", Some("{}")).unwrap();
+        let b = store.queue_user_op("bob@example.com", None).unwrap();
+        let ops = store.user_ops(10).unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                (a, "ann@example.com".into(), Some("{}".into())),
+                (b, "bob@example.com".into(), None)
+            ]
+        );
+        store.user_op_done(a, Some(&ann)).unwrap();
+        assert!(!store.user_op_waiting(a).unwrap() && store.user_op_waiting(b).unwrap());
+        assert_eq!(store.user("ann@example.com").unwrap().unwrap(), ann, "mirrored with it");
     }
 }

@@ -274,18 +274,6 @@ impl Store {
         })
     }
 
-    /// Replaces a live user's signing secret. Returns `false` for no such user.
-    pub fn set_webhook_secret(&mut self, email: &str, secret: &str) -> Result<bool> {
-        let now = now_ms();
-        self.write(|tx| {
-            Ok(tx.execute(
-                "UPDATE users SET webhook_secret = ?2, updated_at_ms = max(?3, updated_at_ms + 1) \
-                 WHERE email = ?1 AND removed = 0",
-                params![email, secret, now],
-            )? == 1)
-        })
-    }
-
     /// Deliveries due now, oldest first.
     pub fn due_webhooks(&self, limit: u32) -> Result<Vec<DueDelivery>> {
         let columns = DELIVERY_COLUMNS

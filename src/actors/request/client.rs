@@ -316,7 +316,7 @@ impl JobsClient {
             Outcome::Claimed { job } => {
                 JobId::parse(&job).ok_or_else(|| JobsError::Internal(format!("unreadable claim {job:?}")))
             }
-            Outcome::None => Err(JobsError::Internal("a claim answered nothing".into())),
+            other => Err(JobsError::Internal(format!("a claim answered {other:?}"))),
         }
     }
 

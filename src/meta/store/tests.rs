@@ -194,3 +194,76 @@ async fn the_directory_claims_and_copies_follow_their_rules() {
         vec![won("a"), won("a"), Outcome::None, won("c"), Outcome::None, won("d")]
     );
 }
+
+#[tokio::test]
+async fn users_change_in_log_order_reach_the_memory_view_at_once_and_travel_in_a_snapshot() {
+    use crate::meta::users::{Refusal, UserOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    let db = MetaDb::open(&path).unwrap();
+    let (_, mut sm) = db.stores();
+    let view = sm.users();
+    let user = |email: &str, op: UserOp, at_ms: i64| Command::User {
+        email: email.into(),
+        op,
+        at_ms,
+    };
+    let add = |hash: &str| UserOp::Add {
+        password_hash: hash.into(),
+        admin: false,
+    };
+    let out = sm
+        .apply([
+            entry(1, user("ann@x.test", add("h1"), 1_000)),
+            entry(2, user("ann@x.test", add("h2"), 2_000)),
+            // Proposed by a node whose clock is an hour behind: still applied in log order.
+            entry(
+                3,
+                user(
+                    "ann@x.test",
+                    UserOp::SetPassword {
+                        password_hash: "h3".into(),
+                    },
+                    1_000 - 3_600_000,
+                ),
+            ),
+            entry(4, user("bob@x.test", UserOp::Remove, 4_000)),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], Outcome::User(Ok(u)) if u.token_gen == 0));
+    assert_eq!(out[1], Outcome::User(Err(Refusal::Exists)));
+    assert!(matches!(&out[2], Outcome::User(Ok(u)) if u.token_gen == 1 && u.password_hash == "h3"));
+    assert_eq!(out[3], Outcome::User(Err(Refusal::NoSuchUser)));
+    let ann = view.get("ann@x.test").expect("in memory once applied");
+    assert_eq!((ann.token_gen, ann.password_hash.as_str()), (1, "h3"));
+    assert!(view.get("bob@x.test").is_none());
+    let since = sm.users_since(0, 10).await.unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(since[0].1, 3, "the index of its last change");
+    assert!(sm.users_since(3, 10).await.unwrap().is_empty());
+
+    // Reopened: the view is loaded from the file.
+    drop((sm, db));
+    let (_, mut sm) = MetaDb::open(&path).unwrap().stores();
+    assert_eq!(sm.users().get("ann@x.test").unwrap().token_gen, 1);
+    sm.apply([entry(5, user("ann@x.test", UserOp::Remove, 5_000))])
+        .await
+        .unwrap();
+
+    // Another member installs a snapshot: its view is replaced (a user it had that the
+    // snapshot does not is gone, the tombstone is there).
+    let other = tempfile::tempdir().unwrap();
+    let (_, mut there) = MetaDb::open(&other.path().join("meta.db")).unwrap().stores();
+    there
+        .apply([entry(1, user("cid@x.test", add("h"), 1_000))])
+        .await
+        .unwrap();
+    let snapshot = sm.build_snapshot().await.unwrap();
+    there.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let view = there.users();
+    assert!(view.get("cid@x.test").is_none());
+    let ann = view.get("ann@x.test").unwrap();
+    assert!(ann.removed && ann.token_gen == 2);
+    assert_eq!(there.users_since(0, 10).await.unwrap()[0].1, 5);
+}
