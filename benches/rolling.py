@@ -26,7 +26,10 @@ node staying in the ready set. The majority side must accept everything; on the
 minority side an upload (keyed or not) may only be accepted or refused with
 `503 unavailable` and `Retry-After` (never a second job for a key, never a job the majority
 cannot read), and reads of jobs it cannot know about may be `503` (counted apart, as
-requests that hit the cut-off node).
+requests that hit the cut-off node). User changes during the cut: a password change on
+the cut-off node must be refused (`503`) and one on the majority accepted; once healed, every
+node (the cut-off one too) refuses the changed user's old password and old token and takes
+the new ones, and the refused change left nothing behind.
 
 Checked at the end (exit status 1 when violated): no submission refused (keyed or not), no
 failed status read, at least 99.9 % of downloads of done jobs served; every keyed retry got
@@ -129,6 +132,8 @@ class Run:
         self.cut_started = None
         self.cut_ended = None
         self.admin = None  # an admin's token (the split watches the group's state)
+        self.user_tokens = {}  # split: tokens of the users whose passwords change
+        self.user_changes = None  # split: the statuses of the two password changes
         self.stop = threading.Event()
         self.counts = {c: collections.Counter() for c in CLASSES}
         self.failures = []
@@ -294,7 +299,15 @@ class Run:
         subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
         print(f"  {time.monotonic() - self.t0:6.1f} s  {cut.name} cut off", flush=True)
         try:
-            time.sleep(self.args.absent)
+            t_cut = time.monotonic()
+            time.sleep(min(3.0, self.args.absent / 3))
+            # One change on each side (the cut-off one waits out the metadata's patience).
+            minority = change_password(cut, self.user_tokens["u1"], "u1-password-1", "u1-password-2")
+            majority = change_password(self.nodes[0], self.user_tokens["u2"], "u2-password-1", "u2-password-2")
+            self.user_changes = (minority, majority)
+            print(f"  {time.monotonic() - self.t0:6.1f} s  password change on {cut.name}: {minority}, "
+                  f"on {self.nodes[0].name}: {majority}", flush=True)
+            time.sleep(max(0.0, self.args.absent - (time.monotonic() - t_cut)))
         finally:
             subprocess.run(["nft", "delete", "table", "inet", "rolling"], check=False)
         print(f"  {time.monotonic() - self.t0:6.1f} s  healed", flush=True)
@@ -318,6 +331,20 @@ class Run:
             self.cut_ended = time.monotonic()
         print(f"  {time.monotonic() - self.t0:6.1f} s  {cut.name} follows the leader again "
               f"({time.monotonic() - healed:.1f} s after healing)", flush=True)
+
+
+def login(node, email, password):
+    """A token for `email` from `node` (None if refused)."""
+    auth = __import__("base64").b64encode(f"{email}:{password}".encode()).decode()
+    s, _, out = call(node.http + "/login", "POST", b"", {"Authorization": "Basic " + auth}, timeout=5)
+    return out.decode() if s == 200 else None
+
+
+def change_password(node, token, current, new):
+    """`POST /v1/me/password` on `node`: its status."""
+    body = json.dumps({"current_password": current, "new_password": new}).encode()
+    s, _, _ = call(node.http + "/v1/me/password", "POST", body, {"Content-Type": "application/json"}, token, timeout=30)
+    return s
 
 
 def wait_until(what, limit, check):
@@ -389,6 +416,14 @@ def main():
         token = wait_until("the user on every node", 30, user_token)
         run = Run(args, nodes, token, clips)
         run.admin = admin
+        if args.mode == "split":
+            for u in ("u1", "u2"):
+                s, _, out = call(nodes[0].http + "/v1/users", "POST",
+                                 json.dumps({"email": f"{u}@rolling.test", "password": f"{u}-password-1"}).encode(),
+                                 {"Content-Type": "application/json"}, admin)
+                assert s == 201, (s, out)
+                run.user_tokens[u] = wait_until(f"{u} on the last node", 30,
+                                                lambda u=u: login(nodes[-1], f"{u}@rolling.test", f"{u}-password-1"))
         run.t0 = time.monotonic()
         print(f"rolling: {args.nodes} nodes, mode {args.mode}, absent {args.absent:.0f} s", flush=True)
         threads = [threading.Thread(target=run.client, args=(args.seed * 100 + k,)) for k in range(4)]
@@ -445,6 +480,24 @@ def main():
             violations.append(f"{len(run.jobs) - done} jobs did not end done")
         if bad_retries:
             violations.append(f"keys with two jobs: {bad_retries[:5]}")
+        if args.mode == "split":
+            minority, majority = run.user_changes or (None, None)
+            lines.append(f"user changes: on the cut-off node {minority} (503 wanted), on the majority {majority}")
+            if minority != 503:
+                violations.append(f"a password change on the cut-off node answered {minority}, not 503")
+            if majority != 200:
+                violations.append(f"a password change on the majority answered {majority}, not 200")
+            for n in nodes:
+                checks = {
+                    "u2's old password refused": login(n, "u2@rolling.test", "u2-password-1") is None,
+                    "u2's new password taken": login(n, "u2@rolling.test", "u2-password-2") is not None,
+                    "u2's old token refused": call(n.http + "/v1/jobs", token=run.user_tokens["u2"])[0] == 401,
+                    "u1 unchanged": login(n, "u1@rolling.test", "u1-password-1") is not None,
+                    "u1's token still works": call(n.http + "/v1/jobs", token=run.user_tokens["u1"])[0] == 200,
+                }
+                for what, ok in checks.items():
+                    if not ok:
+                        violations.append(f"after healing, on {n.name}: not {what}")
         for line in lines:
             print("  " + line)
         for f in run.failures[:20]:

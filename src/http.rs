@@ -175,6 +175,21 @@ async fn close_after_refusal(
     response
 }
 
+/// Verifies a request's token in the request's own task when the metadata's in-memory
+/// view knows its user (the signature, then the user's generation and signed-out
+/// sessions: no message, no database read); otherwise the auth actor answers ([`verify`]).
+pub async fn verify_in(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    if let Ok(v) = state.config.keys.verify_gen(token)
+        && let Some(user) = state.meta.users().get(&v.who.email)
+    {
+        return match crate::meta::users::token_current(&user, v.generation, &v.sid) {
+            true => Ok(v.who),
+            false => Err(crate::auth::jwt::TokenError::Revoked.into()),
+        };
+    }
+    verify(token).await
+}
+
 /// Verifies a bearer token with the auth actor.
 pub async fn verify(token: &str) -> Result<Principal, ApiError> {
     let token = token.to_string();

@@ -314,8 +314,7 @@ impl Actor for AuthActor {
                 // metadata's in-memory view answers for every user it has (no task, no
                 // database read).
                 if let Some(user) = state.meta.users().get(&verified.who.email) {
-                    let current =
-                        !user.removed && user.token_gen == verified.generation && !user.signed_out(&verified.sid);
+                    let current = crate::meta::users::token_current(&user, verified.generation, &verified.sid);
                     let _ = reply.send(match current {
                         true => Ok(verified.who),
                         false => Err(AuthError::Token(TokenError::Revoked)),

@@ -398,7 +398,11 @@ impl Actor for RequestActor {
             }
             RequestMsg::Upload(call) => state.upload_call(&myself, call).await?,
             RequestMsg::Get { id, who, reply } => {
-                let _ = reply.send(state.load(&id, Some(&who)).await);
+                // Off the actor: reads answer in parallel and never wait behind its work.
+                let (db, retention) = (state.db.clone(), state.config.retention);
+                tokio::spawn(async move {
+                    let _ = reply.send(lifecycle::load(&db, retention, &id, Some(&who)).await);
+                });
             }
             RequestMsg::Usage { email, since_ms, reply } => {
                 let files = state.files.clone();

@@ -112,7 +112,7 @@ fn same_origin(state: &AppState, headers: &HeaderMap, origin: &str) -> bool {
 /// our origin and the CSRF token).
 pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
     if let Some(token) = bearer(&parts.headers) {
-        return verify(token).await;
+        return super::verify_in(state, token).await;
     }
     let token = session_token(state, &parts.headers)?.ok_or_else(ApiError::missing_credentials)?;
     if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -128,7 +128,7 @@ pub(super) async fn caller(state: &AppState, parts: &Parts) -> Result<Principal,
             ));
         }
     }
-    verify(&token).await
+    super::verify_in(state, &token).await
 }
 
 fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

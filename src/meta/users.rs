@@ -191,6 +191,13 @@ pub fn change(email: &str, old: Option<&User>, op: &UserOp, at_ms: i64) -> Resul
     Ok(user)
 }
 
+/// Whether a token issued to `user` under token generation `generation` for session `sid`
+/// still works: the user is not removed, the generation is current, the session is not
+/// signed out.
+pub fn token_current(user: &User, generation: i64, sid: &str) -> bool {
+    !user.removed && user.token_gen == generation && !user.signed_out(sid)
+}
+
 /// Every user as this node's replica has applied them (tombstones included), in memory.
 #[derive(Clone, Default)]
 pub struct UsersView {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -21,7 +21,7 @@ use crate::actors::{CALL_TIMEOUT, CallError, Role, ask};
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::meta::{Command, Meta, MetaError, Outcome};
-use crate::store::{Job, JobId};
+use crate::store::{Db, Job, JobId};
 
 /// Why a call about a job got no answer from it.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,12 @@ pub struct JobsClient {
     clustered: bool,
     moved: Moved,
     meta: Meta,
+    /// Status reads of this node's jobs read its database directly (a connection of
+    /// their own, opened at the first read): they never queue behind the request actor's
+    /// work. `None`: it could not be opened; the actor answers instead.
+    reads: Arc<OnceLock<Option<Db>>>,
+    db_path: std::path::PathBuf,
+    retention: std::time::Duration,
 }
 
 /// An admin's look: whether a job exists, whoever it belongs to (the real caller's rights
@@ -187,7 +193,23 @@ impl JobsClient {
             clustered: config.cluster.is_some(),
             moved: Moved::default(),
             meta,
+            reads: Arc::default(),
+            db_path: config.db_path(),
+            retention: config.retention,
         }
+    }
+
+    /// This node's database, for reads.
+    fn reads(&self) -> Option<&Db> {
+        self.reads
+            .get_or_init(|| match Db::open(&self.db_path) {
+                Ok(db) => Some(db),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the database for reads; the request actor answers them");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// Runs `op` where job `id` lives: on the node its id names (or where it was last
@@ -255,15 +277,31 @@ impl JobsClient {
     /// cannot be asked, from this node's replica of the job directory (the job as its node
     /// last published it).
     pub async fn get(&self, id: JobId, who: Principal) -> Result<Job, JobsError> {
-        let asked = self
-            .on_job(
-                &id,
-                &who,
-                JobsMsg::Get,
-                |id, who, reply| RequestMsg::Get { id, who, reply },
-                |job| job.ok_or(JobsError::Job(JobError::NotFound)),
-            )
-            .await;
+        let asked = match self.reads() {
+            Some(db) => {
+                self.at_owner(&id, |at| async {
+                    match at {
+                        At::Here => Ok(super::lifecycle::load(db, self.retention, &id, Some(&who)).await?),
+                        At::Node(owner) => {
+                            let q = query(&id, Some(&who), 0);
+                            let answer = jobs::call(&owner, |reply| JobsMsg::Get(q, reply)).await?;
+                            remote_job(answer)?.ok_or(JobsError::Job(JobError::NotFound))
+                        }
+                    }
+                })
+                .await
+            }
+            None => {
+                self.on_job(
+                    &id,
+                    &who,
+                    JobsMsg::Get,
+                    |id, who, reply| RequestMsg::Get { id, who, reply },
+                    |job| job.ok_or(JobsError::Job(JobError::NotFound)),
+                )
+                .await
+            }
+        };
         match asked {
             Err(JobsError::OwnerUnreachable(e)) => match self.listed(&id).await {
                 Some(job) if who.admin || job.owner_email == who.email => Ok(job),

@@ -12,36 +12,43 @@ pub(super) enum Input {
     Upload(PathBuf),
 }
 
+/// Job `id` from `db`, if `who` may see it (`None`: anyone); an expired job's id answers
+/// [`JobError::Expired`] (to its owner). Reads only the database: callers run it off the
+/// actor (a status read never waits behind another).
+pub(super) async fn load(db: &Db, retention: Duration, id: &JobId, who: Option<&Principal>) -> Result<Job, JobError> {
+    let key = id.clone();
+    let (job, gone) = db
+        .run(move |s| match s.job(&key)? {
+            Some(job) => Ok((Some(job), None)),
+            None => Ok((None, s.expired_job(&key)?)),
+        })
+        .await?;
+    let Some(job) = job else {
+        // An expired job's id stays recognisable (to its owner).
+        return match (gone, who) {
+            (Some(owner), Some(who)) if who.admin || owner.eq_ignore_ascii_case(&who.email) => Err(expired(retention)),
+            (Some(_), None) => Err(expired(retention)),
+            _ => Err(JobError::NotFound),
+        };
+    };
+    match who {
+        Some(who) if !RequestState::visible(&job, who) => Err(JobError::NotFound),
+        _ => Ok(job),
+    }
+}
+
+/// What an expired job's id answers.
+fn expired(retention: Duration) -> JobError {
+    JobError::Expired(humantime::format_duration(retention).to_string())
+}
+
 impl RequestState {
     pub(super) fn visible(job: &Job, who: &Principal) -> bool {
         who.admin || job.owner_email.eq_ignore_ascii_case(&who.email)
     }
 
     pub(super) async fn load(&self, id: &JobId, who: Option<&Principal>) -> Result<Job, JobError> {
-        let key = id.clone();
-        let (job, expired) = self
-            .db
-            .run(move |s| match s.job(&key)? {
-                Some(job) => Ok((Some(job), None)),
-                None => Ok((None, s.expired_job(&key)?)),
-            })
-            .await?;
-        let Some(job) = job else {
-            // An expired job's id stays recognisable (to its owner).
-            return match (expired, who) {
-                (Some(owner), Some(who)) if who.admin || owner.eq_ignore_ascii_case(&who.email) => Err(self.expired()),
-                (Some(_), None) => Err(self.expired()),
-                _ => Err(JobError::NotFound),
-            };
-        };
-        match who {
-            Some(who) if !Self::visible(&job, who) => Err(JobError::NotFound),
-            _ => Ok(job),
-        }
-    }
-
-    pub(super) fn expired(&self) -> JobError {
-        JobError::Expired(humantime::format_duration(self.config.retention).to_string())
+        load(&self.db, self.config.retention, id, who).await
     }
 
     /// Tells subscribers (on every node) how one of this node's jobs changed.
