@@ -21,22 +21,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 
+from rolling import free_port, wait_until as until  # benches/ is on the path when run
+
 ADMIN = ("admin@bench.test", "bench-admin-password")
 USER = ("reader@bench.test", "bench-reader-password")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url, method="GET", body=None, headers=None, token=None):
@@ -54,19 +48,6 @@ def login(http, email, password):
     auth = base64.b64encode(f"{email}:{password}".encode()).decode()
     s, out = call(http + "/login", "POST", b"", {"Authorization": "Basic " + auth})
     return out.decode() if s == 200 else None
-
-
-def until(what, limit, check):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-            if got:
-                return got
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit(f"auth_read: gave up waiting for {what}")
 
 
 def wrk(url, token, seconds, connections):
