@@ -226,17 +226,18 @@ pub struct Store {
 /// Room kept for the database: a file of [`RESERVE_BYTES`] beside it, given up when a write
 /// finds the volume full (so users, keys and job states can still be written while uploads
 /// or something else filled it), and made again once there is room.
-struct Reserve {
+pub(crate) struct Reserve {
     path: PathBuf,
     /// When it was last found missing and not remade (remade at most once a minute).
     missing_since: Option<std::time::Instant>,
 }
 
 /// The size of the database's reserve.
-const RESERVE_BYTES: u64 = 8 << 20;
+pub(crate) const RESERVE_BYTES: u64 = 8 << 20;
 
 impl Reserve {
-    fn at(db: &Path) -> Reserve {
+    /// The reserve of the database at `db` (made now if there is room).
+    pub(crate) fn at(db: &Path) -> Reserve {
         let mut reserve = Reserve {
             path: db.with_extension("reserve"),
             missing_since: None,
@@ -274,14 +275,14 @@ impl Reserve {
     }
 
     /// Gives the room up; `true` if there was any to give.
-    fn release(&mut self) -> bool {
+    pub(crate) fn release(&mut self) -> bool {
         let released = std::fs::remove_file(&self.path).is_ok();
         self.missing_since = Some(std::time::Instant::now());
         released
     }
 
     /// Remakes a missing reserve, at most once a minute.
-    fn tend(&mut self) {
+    pub(crate) fn tend(&mut self) {
         if self
             .missing_since
             .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))

@@ -66,6 +66,11 @@ impl From<Refusal> for AuthError {
 /// Commits `op` on user `email` through the metadata log, then writes the user as it is
 /// now into this node's mirror (so this node reads its own change at once).
 async fn commit(meta: &Meta, db: &Db, email: &str, op: UserOp) -> Result<User, AuthError> {
+    if meta.users().get(email).is_none() {
+        // Made here but still queued for the log (the first admin, `mp4tomp3 user add`
+        // moments ago): committed first, so this change finds it.
+        crate::meta::users::commit_queued(meta, db, Some(email)).await;
+    }
     let user = meta.change_user(email, op).await??;
     let mirrored = user.clone();
     db.run(move |s| s.mirror_user(&mirrored)).await?;

@@ -58,6 +58,10 @@ pub struct MetaDb {
     reader: Arc<Mutex<Connection>>,
     /// The users as applied, in memory (token checks read them).
     users: UsersView,
+    /// Room kept beside the file, given up when the volume is nearly full: openraft stops
+    /// at a failed write, so the log must never meet a full disk (something else filling
+    /// the volume must not stop the metadata).
+    reserve: Arc<Mutex<crate::store::Reserve>>,
 }
 
 const SCHEMA: &str = "
@@ -93,6 +97,7 @@ impl MetaDb {
             conn: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
             users,
+            reserve: Arc::new(Mutex::new(crate::store::Reserve::at(path))),
         })
     }
 
@@ -106,13 +111,29 @@ impl MetaDb {
         (LogStore(self.clone()), StateMachine(self.clone()))
     }
 
-    /// Runs `f` on a blocking thread with the writing connection.
+    /// Runs `f` on a blocking thread with the writing connection (after giving up the
+    /// reserve if the volume is nearly full).
     async fn run<T, F>(&self, f: F) -> Result<T, anyhow::Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
     {
-        Self::on(self.conn.clone(), f).await
+        let reserve = self.reserve.clone();
+        Self::on(self.conn.clone(), move |conn| {
+            let mut reserve = reserve.lock().unwrap_or_else(|p| p.into_inner());
+            reserve.tend();
+            let dir = conn.path().and_then(|p| Path::new(p).parent().map(Path::to_path_buf));
+            let room = dir.map_or(u64::MAX, |d| {
+                rustix::fs::statvfs(&d).map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize))
+            });
+            // Under 128 KiB: the next writes (log entries of a few KiB, WAL pages) could fail.
+            if room < (128 << 10) && reserve.release() {
+                tracing::warn!(room, "the metadata database's reserve was given up: the volume is full");
+            }
+            drop(reserve);
+            f(conn)
+        })
+        .await
     }
 
     /// Runs `f` on a blocking thread with the reading connection.

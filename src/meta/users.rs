@@ -13,7 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Quota, User};
+use super::Meta;
+use crate::store::{Db, Quota, User};
 
 /// How long a signed-out session is remembered past its tokens' expiry: a proposer's clock
 /// that runs ahead (by up to this) does not forget a session whose tokens still work.
@@ -240,6 +241,74 @@ impl UsersView {
     /// Completes at the next change after this call (not after its first poll).
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
+    }
+}
+
+/// Commits the user changes queued in `db` (`mp4tomp3 user …`, the first admin, users of a
+/// data dir from the version before; `only`: those of one user), oldest first, mirroring
+/// each user as the log then has it. Stops at the first that must wait (no leader).
+pub async fn commit_queued(meta: &Meta, db: &Db, only: Option<&str>) {
+    let queued = match db.run(|s| s.user_ops(256)).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the queued user changes");
+            return;
+        }
+    };
+    for (id, email, op) in queued {
+        if only.is_some_and(|o| o != email) {
+            continue;
+        }
+        if !commit_one(meta, db, id, &email, op).await {
+            break;
+        }
+    }
+}
+
+/// Commits queued change `id`; `false` if it must wait (no leader, a store error).
+async fn commit_one(meta: &Meta, db: &Db, id: i64, email: &str, op: Option<String>) -> bool {
+    let op = match op {
+        Some(raw) => match serde_json::from_str::<UserOp>(&raw) {
+            Ok(op) => op,
+            Err(e) => {
+                tracing::error!(%email, error = %e, "dropping an unreadable queued user change");
+                return db.run(move |s| s.user_op_done(id, None)).await.is_ok();
+            }
+        },
+        None => {
+            let key = email.to_string();
+            match db.run(move |s| s.stored_user(&key)).await {
+                Ok(Some(user)) => UserOp::Import(user),
+                Ok(None) => return db.run(move |s| s.user_op_done(id, None)).await.is_ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a user to import");
+                    return false;
+                }
+            }
+        }
+    };
+    match meta.change_user(email, op).await {
+        Ok(changed) => {
+            let now = match changed {
+                Ok(user) => Some(user),
+                Err(refused) => {
+                    // Refused (an admin made at start on every node: the first one stands).
+                    tracing::info!(%email, %refused, "a queued user change was refused by the metadata");
+                    meta.users().get(email).map(|u| (*u).clone())
+                }
+            };
+            match db.run(move |s| s.user_op_done(id, now.as_ref())).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record a committed user change");
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "queued user changes wait for the metadata");
+            false
+        }
     }
 }
 

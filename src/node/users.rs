@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use crate::meta::Meta;
-use crate::meta::users::UserOp;
 use crate::store::Db;
 
 /// Users written per step.
@@ -67,67 +66,8 @@ pub async fn mirror(meta: Meta, db: Db) {
 pub async fn commit_queued(meta: Meta, db: Db) {
     loop {
         tokio::time::sleep(QUEUE_EVERY).await;
-        if meta.status().leader.is_none() {
-            continue;
-        }
-        let queued = match db.run(|s| s.user_ops(BATCH)).await {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the queued user changes");
-                continue;
-            }
-        };
-        for (id, email, op) in queued {
-            if !commit_one(&meta, &db, id, &email, op).await {
-                break;
-            }
-        }
-    }
-}
-
-/// Commits queued change `id`; `false` if it must wait (no leader, a store error).
-async fn commit_one(meta: &Meta, db: &Db, id: i64, email: &str, op: Option<String>) -> bool {
-    let op = match op {
-        Some(raw) => match serde_json::from_str::<UserOp>(&raw) {
-            Ok(op) => op,
-            Err(e) => {
-                tracing::error!(%email, error = %e, "dropping an unreadable queued user change");
-                return db.run(move |s| s.user_op_done(id, None)).await.is_ok();
-            }
-        },
-        None => {
-            let key = email.to_string();
-            match db.run(move |s| s.stored_user(&key)).await {
-                Ok(Some(user)) => UserOp::Import(user),
-                Ok(None) => return db.run(move |s| s.user_op_done(id, None)).await.is_ok(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a user to import");
-                    return false;
-                }
-            }
-        }
-    };
-    match meta.change_user(email, op).await {
-        Ok(changed) => {
-            let now = match changed {
-                Ok(user) => Some(user),
-                Err(refused) => {
-                    // Refused (an admin made at start on every node: the first one stands).
-                    tracing::info!(%email, %refused, "a queued user change was refused by the metadata");
-                    meta.users().get(email).map(|u| (*u).clone())
-                }
-            };
-            match db.run(move |s| s.user_op_done(id, now.as_ref())).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot record a committed user change");
-                    false
-                }
-            }
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "queued user changes wait for the metadata");
-            false
+        if meta.status().leader.is_some() {
+            crate::meta::users::commit_queued(&meta, &db, None).await;
         }
     }
 }
