@@ -122,10 +122,6 @@ pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&
     }
 }
 
-/// How long a new job's submission waits to put it in the directory while no leader can be
-/// reached (an election takes one or two seconds); past it the submission is refused.
-const PUBLISH_PATIENCE: Duration = Duration::from_secs(3);
-
 /// How long a claim's job may take to appear before the claim counts as left behind.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -257,7 +253,10 @@ pub(super) async fn announce(state: &AppState, job: &Job, key: Option<String>) -
         gone: Vec::new(),
         only_new: true,
     };
-    match state.meta.write_within(publish, PUBLISH_PATIENCE).await {
+    // As patient as a keyed claim (`WRITE_PATIENCE`): a lost leader is replaced only after
+    // its lease and an election (1.8–2.4 s, more with a split vote on a loaded machine;
+    // CI saw 3 s pass), and an unkeyed upload should not be refused where a keyed one waits.
+    match state.meta.write(publish).await {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "the new job is not in the directory yet");
