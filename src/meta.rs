@@ -304,6 +304,33 @@ impl Meta {
         }
     }
 
+    /// Waits until every member this node can reach has applied what this node has
+    /// committed or seen committed (Raft's read index, then each member's applied index;
+    /// at most ~2 s): after it, no reachable member answers from an older state. Answers the
+    /// members that did not confirm (away, cut off, or slower than the wait).
+    pub async fn applied_everywhere(&self) -> Vec<String> {
+        if let Err(e) = self.fresh().await {
+            tracing::debug!(error = %e, "no read index; members are not waited for");
+        }
+        let status = self.status();
+        let me = self.actor_name();
+        let others: Vec<String> = status.members().into_iter().filter(|m| *m != me).collect();
+        let waits = others.iter().map(|m| network::applied(m, status.applied));
+        let answers = futures_util::future::join_all(waits).await;
+        others
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(m, a)| a.err().map(|_| m))
+            .collect()
+    }
+
+    /// This member's node name.
+    fn actor_name(&self) -> String {
+        let metrics = self.raft.metrics().borrow().clone();
+        let config = metrics.membership_config.membership();
+        config.get_node(&metrics.id).map(|n| n.addr.clone()).unwrap_or_default()
+    }
+
     /// The users as this node's replica has applied them, in memory (tombstones included).
     pub fn users(&self) -> users::UsersView {
         self.state.users()

@@ -63,8 +63,9 @@ impl From<Refusal> for AuthError {
     }
 }
 
-/// Commits `op` on user `email` through the metadata log, then writes the user as it is
-/// now into this node's mirror (so this node reads its own change at once).
+/// Commits `op` on user `email` through the metadata log, writes the user as it is now
+/// into this node's mirror (so this node reads its own change at once), and waits for the
+/// other members to apply it ([`Meta::applied_everywhere`]).
 async fn commit(meta: &Meta, db: &Db, email: &str, op: UserOp) -> Result<User, AuthError> {
     if meta.users().get(email).is_none() {
         // Made here but still queued for the log (the first admin, `mp4tomp3 user add`
@@ -74,6 +75,12 @@ async fn commit(meta: &Meta, db: &Db, email: &str, op: UserOp) -> Result<User, A
     let user = meta.change_user(email, op).await??;
     let mirrored = user.clone();
     db.run(move |s| s.mirror_user(&mirrored)).await?;
+    // Acknowledged once every reachable member has applied it: a revoked token is then
+    // refused by every pod that can be reached.
+    let behind = meta.applied_everywhere().await;
+    if !behind.is_empty() {
+        tracing::info!(%email, ?behind, "a user change is acknowledged before these members applied it");
+    }
     Ok(user)
 }
 

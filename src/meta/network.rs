@@ -68,6 +68,10 @@ pub enum MetaMsg {
     /// applied before a read of its replica sees every acknowledged write.
     #[rpc]
     ReadIndex(Wire, RpcReplyPort<Wire>),
+    /// Answers once this member has applied the log up to the index asked (or its wait ran
+    /// out): a change's writer waits for every member before acknowledging it.
+    #[rpc]
+    Applied(Wire, RpcReplyPort<Wire>),
 }
 
 fn encode<T: Serialize>(value: &T) -> Wire {
@@ -146,6 +150,16 @@ impl Actor for MetaActor {
                         }
                     };
                     let _ = reply.send(serve(&wire, read).await);
+                }
+                MetaMsg::Applied(wire, reply) => {
+                    let applied = |index: u64| async move {
+                        raft.wait(Some(APPLIED_WAIT))
+                            .applied_index_at_least(Some(index), "a change's writer waits")
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    };
+                    let _ = reply.send(serve(&wire, applied).await);
                 }
                 MetaMsg::Snapshot(wire, reply) => {
                     let answer = serve(&wire, |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r)).await;
@@ -261,31 +275,38 @@ impl RaftNetwork<TypeConfig> for Conn {
     }
 }
 
-/// Sends `command` to `leader` (a node name) to commit; what applying it gave.
-pub async fn forward_write(leader: &str, command: &Command, timeout: Duration) -> Result<Outcome, MetaError> {
+/// How long a member waits to have applied an index a writer asks about.
+pub const APPLIED_WAIT: Duration = Duration::from_millis(1500);
+
+/// Asks member `name` (a node name) `request` with `message`; its answer, or why not.
+async fn ask_member<Q: Serialize, A: DeserializeOwned>(
+    name: &str,
+    message: fn(Wire, RpcReplyPort<Wire>) -> MetaMsg,
+    request: &Q,
+    timeout: Duration,
+) -> Result<A, MetaError> {
     let conn = Conn {
-        target: node_id(leader),
-        name: leader.to_string(),
+        target: node_id(name),
+        name: name.to_string(),
     };
-    match conn
-        .call::<Outcome, String>(encode(command), MetaMsg::Write, timeout)
-        .await
-    {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(e)) => Err(MetaError::NoLeader(format!("at {leader}: {e}"))),
+    match conn.call::<A, String>(encode(request), message, timeout).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(MetaError::NoLeader(format!("at {name}: {e}"))),
         Err(e) => Err(MetaError::NoLeader(e.to_string())),
     }
 }
 
+/// Sends `command` to `leader` (a node name) to commit; what applying it gave.
+pub async fn forward_write(leader: &str, command: &Command, timeout: Duration) -> Result<Outcome, MetaError> {
+    ask_member(leader, MetaMsg::Write, command, timeout).await
+}
+
 /// Asks `leader` (a node name) for its read index.
 pub async fn read_index(leader: &str, timeout: Duration) -> Result<u64, MetaError> {
-    let conn = Conn {
-        target: node_id(leader),
-        name: leader.to_string(),
-    };
-    match conn.call::<u64, String>(encode(&()), MetaMsg::ReadIndex, timeout).await {
-        Ok(Ok(index)) => Ok(index),
-        Ok(Err(e)) => Err(MetaError::NoLeader(format!("at {leader}: {e}"))),
-        Err(e) => Err(MetaError::NoLeader(e.to_string())),
-    }
+    ask_member(leader, MetaMsg::ReadIndex, &(), timeout).await
+}
+
+/// Waits (at most [`APPLIED_WAIT`]) until member `name` has applied the log up to `index`.
+pub async fn applied(name: &str, index: u64) -> Result<(), MetaError> {
+    ask_member(name, MetaMsg::Applied, &index, APPLIED_WAIT + Duration::from_millis(500)).await
 }
