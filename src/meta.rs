@@ -30,6 +30,7 @@ use self::store::{MetaDb, StateMachine};
 
 pub mod membership;
 pub mod network;
+pub mod quota;
 pub mod store;
 pub mod users;
 
@@ -95,6 +96,25 @@ pub enum Command {
         /// When it was proposed.
         at_ms: i64,
     },
+    /// Admits a new job or resumable upload `id` of user `email` (lower case) bringing
+    /// `bytes`, if `limits` allow it with what the user has now (`None`: no limits); a job
+    /// admitted goes into the directory as `entry` (published by `node`) in the same step.
+    Admit {
+        /// The job's (or upload's) id.
+        id: String,
+        /// Its user.
+        email: String,
+        /// Its node.
+        node: String,
+        /// The job's first directory entry (`None`: an upload, listed once it is a job).
+        entry: Option<Listed>,
+        /// The bytes it brings (its upload's length; 0 for a URL).
+        bytes: i64,
+        /// The user's limits as the proposer read them.
+        limits: Option<crate::store::Quota>,
+        /// When it was proposed (the proposer's clock: the day counted ends here).
+        at_ms: i64,
+    },
     /// Node `node` holds a copy of done job `id`'s MP3 (recorded only while the job is in
     /// the directory; removing the job removes its copies).
     Copied {
@@ -129,6 +149,12 @@ pub struct Listed {
     /// The log index that last changed it (set when applied).
     #[serde(default)]
     pub seq: u64,
+    /// The bytes it holds once ended (its MP3), for the quota counters.
+    #[serde(default)]
+    pub bytes: i64,
+    /// When it ended, if it has.
+    #[serde(default)]
+    pub ended_at_ms: Option<i64>,
 }
 
 /// What applying a [`Command`] answers.
@@ -143,6 +169,8 @@ pub enum Outcome {
     },
     /// The user after the change, or why it was not made.
     User(Result<crate::store::User, users::Refusal>),
+    /// Admitted, or the limit that refused it.
+    Admitted(Result<(), quota::Over>),
 }
 
 /// Why the metadata could not be written or read.
@@ -341,6 +369,24 @@ impl Meta {
     pub async fn users_since(&self, seq: u64, limit: u32) -> Result<Vec<(crate::store::User, u64)>, MetaError> {
         self.state
             .users_since(seq, limit)
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    /// Admits job (or upload) `id` of `email` through the log (see [`Command::Admit`]):
+    /// `Ok(Err(over))` when a limit refuses it.
+    pub async fn admit(&self, command: Command) -> Result<Result<(), quota::Over>, MetaError> {
+        match self.write(command).await? {
+            Outcome::Admitted(admitted) => Ok(admitted),
+            other => Err(MetaError::Store(format!("an admission answered {other:?}"))),
+        }
+    }
+
+    /// What `email` uses now, as this node's replica counts it (what the log has admitted
+    /// and the owners have published).
+    pub async fn used(&self, email: &str) -> Result<quota::Used, MetaError> {
+        self.state
+            .used(&email.to_ascii_lowercase(), crate::store::now_ms())
             .await
             .map_err(|e| MetaError::Store(e.to_string()))
     }

@@ -214,6 +214,12 @@ const MIGRATIONS: &[&str] = &[
     // node's users reach the metadata on the first start of this version.
     "CREATE TABLE user_ops (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL, op TEXT);
      INSERT INTO user_ops (email, op) SELECT email, NULL FROM users ORDER BY updated_at_ms;",
+    // v12: an upload deleted (finished as a job, terminated, expired, its user removed)
+    // goes through the job feed too: published as gone unless it became a job, which gives
+    // its quota admission back (`meta/quota.rs`).
+    "CREATE TRIGGER upload_deleted AFTER DELETE ON uploads BEGIN
+        INSERT INTO job_changes (id) VALUES (old.id);
+     END;",
 ];
 
 /// One node's database.

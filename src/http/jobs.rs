@@ -204,14 +204,23 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
             }
         }
     }
-    // In the directory before it exists: once the client hears `202`, every node answers
-    // for the job even if this one is lost a moment later. With no quorum (this node is
-    // cut off, or the group has lost its majority) nothing is created: `503`, and the
-    // client retries (through the Service, likely elsewhere), as it would for a key.
+    // Admitted and in the directory before it exists, in one log entry: the quota is
+    // checked against the committed counters (`429`), and once the client hears `202`
+    // every node answers for the job even if this one is lost a moment later. With no
+    // quorum (this node is cut off, or the group has lost its majority) nothing is
+    // created: `503`, and the client retries (through the Service, likely elsewhere), as it
+    // would for a key.
     let id = job.id.clone();
-    if let Err(e) = announce(state, &job.queued(now_ms()), key.clone()).await {
+    let bytes = match &staged {
+        Some(staged) => tokio::fs::metadata(staged.path())
+            .await
+            .map_or(0, |m| i64::try_from(m.len()).unwrap_or(i64::MAX)),
+        None => 0,
+    };
+    let entry = crate::actors::request::directory::listed(&job.queued(now_ms()), key.clone());
+    if let Err(e) = super::quota::admit(state, &id, &owner.email, Some(entry), bytes).await {
         state.jobs.forget(id, owner.email, key);
-        return Err(ApiError::from(JobsError::Meta(e)));
+        return Err(e);
     }
     let submitted = ask(
         Role::Request,

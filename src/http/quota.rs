@@ -11,10 +11,12 @@ use utoipa_axum::routes;
 use super::responses::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable};
 use super::{ApiError, AppState, Authed, ErrorCode};
 use crate::actors::auth::AuthMsg;
+use crate::actors::request::client::JobsError;
 use crate::actors::request::quota;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
-use crate::store::{Quota, Usage};
+use crate::meta::{Command, Listed};
+use crate::store::{JobId, Quota, Usage, now_ms};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(show, set))
@@ -58,7 +60,7 @@ async fn answer(state: &AppState, email: String, set: Option<Quota>) -> Result<Q
         CALL_TIMEOUT,
     )
     .await??;
-    let usage = quota::usage(&state.config, &email).await?;
+    let usage = quota::usage(&state.meta, &email).await?;
     Ok(QuotaJson {
         email: email.trim().to_ascii_lowercase(),
         admin,
@@ -144,5 +146,36 @@ async fn set(
 /// the request's place among the caller's unfinished jobs, to hold until it is submitted. A
 /// retry under a used Idempotency-Key never gets here ([`earlier_job`](super::jobs::earlier_job) answers it first).
 pub(super) async fn within_quota(state: &AppState, who: &Principal, incoming: u64) -> Result<quota::Place, ApiError> {
-    Ok(quota::check(&state.config, who, incoming).await?)
+    Ok(quota::check(&state.config, &state.meta, who, incoming).await?)
+}
+
+/// Admits job (or upload) `id` of `email` bringing `bytes` through the metadata log, with
+/// `entry` (a job's first directory entry) in the same step: the quota is checked there
+/// against the committed counters, so no node's request overshoots another's (`429`). No
+/// leader within `WRITE_PATIENCE`: `503` with `Retry-After`, nothing admitted.
+pub(super) async fn admit(
+    state: &AppState,
+    id: &JobId,
+    email: &str,
+    entry: Option<Listed>,
+    bytes: i64,
+) -> Result<(), ApiError> {
+    let limits = quota::admission_limits(&state.config, email).await?;
+    let command = Command::Admit {
+        id: id.to_string(),
+        email: email.to_ascii_lowercase(),
+        node: id.owner().to_string(),
+        entry,
+        bytes,
+        limits,
+        at_ms: now_ms(),
+    };
+    match state.meta.admit(command).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(over)) => Err(quota::refusal(&state.config, &limits.unwrap_or_default(), &over, bytes).into()),
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "a new job or upload could not be admitted");
+            Err(JobsError::Meta(e).into())
+        }
+    }
 }

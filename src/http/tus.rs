@@ -257,6 +257,13 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
             }
         }
     }
+    // Admitted through the log (the quota against the committed counters), then made.
+    if let Err(e) = super::quota::admit(state, &id, &who.email, None, i64::try_from(length).unwrap_or(i64::MAX)).await {
+        if let Some(key) = &key {
+            state.jobs.release(&who.email, key, &id).await;
+        }
+        return Err(e);
+    }
     let upload = NewUpload {
         id: id.clone(),
         owner_email: who.email.clone(),
@@ -272,9 +279,8 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     let (stored, new) = match state.resumable.create(upload).await {
         Ok(created) => created,
         Err(e) => {
-            if let Some(key) = &key {
-                state.jobs.release(&who.email, key, &id).await;
-            }
+            // Its admission (and claim) given back: nothing was made.
+            state.jobs.forget(id, who.email.clone(), key);
             return Err(e.into());
         }
     };

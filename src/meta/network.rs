@@ -308,5 +308,11 @@ pub async fn read_index(leader: &str, timeout: Duration) -> Result<u64, MetaErro
 
 /// Waits (at most [`APPLIED_WAIT`]) until member `name` has applied the log up to `index`.
 pub async fn applied(name: &str, index: u64) -> Result<(), MetaError> {
-    ask_member(name, MetaMsg::Applied, &index, APPLIED_WAIT + Duration::from_millis(500)).await
+    ask_member(
+        name,
+        MetaMsg::Applied,
+        &index,
+        APPLIED_WAIT + Duration::from_millis(500),
+    )
+    .await
 }

@@ -46,6 +46,9 @@ struct State {
     /// `(user, log index of its last change)`, tombstones included.
     #[serde(default)]
     users: Vec<(User, u64)>,
+    /// The quota counters' rows.
+    #[serde(default)]
+    usage: Vec<super::quota::Counted>,
 }
 
 /// One node's metadata file, shared by its log store and its state machine.
@@ -90,6 +93,8 @@ impl MetaDb {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::quota::SCHEMA)?;
+        conn.execute_batch(super::quota::SEED)?;
         let reader = Connection::open(path)?;
         let users = UsersView::default();
         users.replace(all_users(&conn).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?);
@@ -389,43 +394,7 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             gone,
             only_new,
         } => {
-            let mut insert = tx.prepare_cached(if *only_new {
-                "INSERT OR IGNORE INTO directory (id, node, owner_email, created_at_ms, record, state, seq)
-                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            } else {
-                "INSERT INTO directory (id, node, owner_email, created_at_ms, record, state, seq)
-                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (id) DO UPDATE SET node = excluded.node, owner_email = excluded.owner_email,
-                    created_at_ms = excluded.created_at_ms, record = excluded.record, state = excluded.state,
-                    seq = excluded.seq"
-            })?;
-            let mut claim = tx.prepare_cached("INSERT OR IGNORE INTO claims (email, key, job) VALUES (?1, ?2, ?3)")?;
-            for job in put {
-                insert.execute(params![
-                    job.id,
-                    node,
-                    job.owner_email,
-                    job.created_at_ms,
-                    job.record,
-                    job.state,
-                    index as i64
-                ])?;
-                if let Some(key) = &job.key {
-                    claim.execute(params![job.owner_email, key, job.id])?;
-                }
-            }
-            // Only the node that has a job removes it: a job handed over is published by its
-            // new node, and the old node's removal must not erase that. A removed job frees
-            // the key it held (a deleted job's key may be used again).
-            let mut remove = tx.prepare_cached("DELETE FROM directory WHERE id = ?1 AND node = ?2")?;
-            let mut free = tx.prepare_cached("DELETE FROM claims WHERE job = ?1")?;
-            let mut uncopy = tx.prepare_cached("DELETE FROM copies WHERE id = ?1")?;
-            for id in gone {
-                if remove.execute(params![id, node])? > 0 {
-                    free.execute([id])?;
-                    uncopy.execute([id])?;
-                }
-            }
+            publish(tx, index, node, put, gone, *only_new)?;
             Ok(Outcome::None)
         }
         Command::User { email, op, at_ms } => {
@@ -445,8 +414,26 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
                      ON CONFLICT (email) DO UPDATE SET record = excluded.record, seq = excluded.seq",
                     params![email, serde_json::to_string(user)?, index as i64],
                 )?;
+                if matches!(op, super::users::UserOp::Remove) {
+                    super::quota::forget_user(tx, email)?;
+                }
             }
             Ok(Outcome::User(changed))
+        }
+        Command::Admit {
+            id,
+            email,
+            node,
+            entry,
+            bytes,
+            limits,
+            at_ms,
+        } => {
+            let admitted = super::quota::admit(tx, id, email, *bytes, limits.as_ref(), *at_ms)?;
+            if let (Ok(()), Some(entry)) = (&admitted, entry) {
+                publish(tx, index, node, std::slice::from_ref(entry), &[], true)?;
+            }
+            Ok(Outcome::Admitted(admitted))
         }
         Command::Copied { id, node } => {
             // Only a copy of a job still in the directory is recorded.
@@ -457,6 +444,57 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             Ok(Outcome::None)
         }
     }
+}
+
+/// Applies node `node`'s publication of `put` and `gone` (see [`Command::Publish`]).
+fn publish(
+    tx: &rusqlite::Transaction<'_>,
+    index: u64,
+    node: &str,
+    put: &[Listed],
+    gone: &[String],
+    only_new: bool,
+) -> anyhow::Result<()> {
+    let mut insert = tx.prepare_cached(if only_new {
+        "INSERT OR IGNORE INTO directory (id, node, owner_email, created_at_ms, record, state, seq)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    } else {
+        "INSERT INTO directory (id, node, owner_email, created_at_ms, record, state, seq)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET node = excluded.node, owner_email = excluded.owner_email,
+                    created_at_ms = excluded.created_at_ms, record = excluded.record, state = excluded.state,
+                    seq = excluded.seq"
+    })?;
+    let mut claim = tx.prepare_cached("INSERT OR IGNORE INTO claims (email, key, job) VALUES (?1, ?2, ?3)")?;
+    for job in put {
+        insert.execute(params![
+            job.id,
+            node,
+            job.owner_email,
+            job.created_at_ms,
+            job.record,
+            job.state,
+            index as i64
+        ])?;
+        if let Some(key) = &job.key {
+            claim.execute(params![job.owner_email, key, job.id])?;
+        }
+        super::quota::put(tx, job, only_new)?;
+    }
+    // Only the node that has a job removes it: a job handed over is published by its
+    // new node, and the old node's removal must not erase that. A removed job frees
+    // the key it held (a deleted job's key may be used again).
+    let mut remove = tx.prepare_cached("DELETE FROM directory WHERE id = ?1 AND node = ?2")?;
+    let mut free = tx.prepare_cached("DELETE FROM claims WHERE job = ?1")?;
+    let mut uncopy = tx.prepare_cached("DELETE FROM copies WHERE id = ?1")?;
+    for id in gone {
+        if remove.execute(params![id, node])? > 0 {
+            free.execute([id])?;
+            uncopy.execute([id])?;
+        }
+        super::quota::gone(tx, id)?;
+    }
+    Ok(())
 }
 
 fn read_state(conn: &Connection) -> anyhow::Result<State> {
@@ -478,11 +516,13 @@ fn read_state(conn: &Connection) -> anyhow::Result<State> {
             Ok((serde_json::from_str(&raw)?, seq as u64))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let usage = super::quota::rows(conn)?;
     Ok(State {
         claims,
         directory,
         copies,
         users,
+        usage,
     })
 }
 
@@ -506,6 +546,8 @@ fn listed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
         record: r.get(4)?,
         state: r.get(5)?,
         seq: r.get::<_, i64>(6)? as u64,
+        bytes: 0,
+        ended_at_ms: None,
     })
 }
 
@@ -540,10 +582,19 @@ fn write_state(tx: &rusqlite::Transaction<'_>, state: &State) -> anyhow::Result<
     for (user, seq) in &state.users {
         q.execute(params![user.email, serde_json::to_string(user)?, *seq as i64])?;
     }
+    super::quota::write_rows(tx, &state.usage)?;
     Ok(())
 }
 
 impl StateMachine {
+    /// What `email` uses at `now_ms`, as this replica counts it.
+    pub async fn used(&self, email: &str, now_ms: i64) -> anyhow::Result<super::quota::Used> {
+        let email = email.to_string();
+        self.0
+            .read(move |conn| Ok(super::quota::used(conn, &email, now_ms)?))
+            .await
+    }
+
     /// The job holding Idempotency-Key `key` of `email` here (this node's replica).
     pub async fn claim(&self, email: &str, key: &str) -> anyhow::Result<Option<String>> {
         let (email, key) = (email.to_string(), key.to_string());

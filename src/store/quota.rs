@@ -27,6 +27,22 @@ impl Quota {
             max_stored_bytes: self.max_stored_bytes.or(defaults.max_stored_bytes),
         }
     }
+
+    /// The first limit one more job of `incoming` bytes would pass, given usage `u`.
+    pub fn first_over(&self, u: &Usage, incoming: i64) -> Option<&'static str> {
+        if self.max_active.is_some_and(|max| u.active >= max) {
+            Some("max_active")
+        } else if self.max_jobs_per_day.is_some_and(|max| u.jobs_today >= max) {
+            Some("max_jobs_per_day")
+        } else if self
+            .max_stored_bytes
+            .is_some_and(|max| u.stored_bytes.saturating_add(incoming) > max)
+        {
+            Some("max_stored_bytes")
+        } else {
+            None
+        }
+    }
 }
 
 /// What a user uses (on one node, or summed over the cluster).

@@ -371,3 +371,72 @@ async fn chunked_uploads_count_their_bytes_as_they_arrive() {
         "{message}"
     );
 }
+
+/// The counters are in the replicated log: a burst of uploads spread over three nodes at
+/// once is admitted one after another against the same counts, so the cluster takes
+/// exactly the limit (before, each node summed what it could see and a burst passed the
+/// limit by up to one job per other node); a resumable upload counts the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_over_three_nodes_never_passes_max_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = crate::common::service::cluster_with(dir.path(), &[0, 0, 0], &[]).await;
+    let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
+    let admin = apis[0].login(ADMIN.0, ADMIN.1).await;
+    apis[0].create_user(&admin, BOB.0, BOB.1).await;
+    let r = apis[0]
+        .http
+        .put(apis[0].url(&format!("/v1/users/{}/quota", BOB.0)))
+        .bearer_auth(&admin)
+        .json(&json!({"max_active": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut tokens = Vec::new();
+    for api in &apis {
+        tokens.push(api.login_soon(BOB.0, BOB.1).await);
+    }
+    let bytes = std::fs::read(crate::common::tone(
+        "quota_burst_440.m4a",
+        440,
+        44100,
+        1.0,
+        1,
+        &["-c:a", "aac"],
+    ))
+    .unwrap();
+    // Five chunked uploads at once on each node, each body arriving over a second.
+    let sends = (0..15).map(|i| {
+        let api = &apis[i % 3];
+        let (http, url, bob, bytes) = (
+            api.http.clone(),
+            api.url("/v1/jobs"),
+            tokens[i % 3].clone(),
+            bytes.clone(),
+        );
+        async move { chunked_upload(&http, &url, &bob, &bytes).await.status() }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((accepted, refused), (2, 13), "{statuses:?}");
+    for (api, token) in apis.iter().zip(&tokens) {
+        let usage = quota(api, token, BOB.0).await;
+        assert_eq!(usage["usage"]["active"], 2, "{usage}");
+        let r = api
+            .http
+            .post(api.url("/v1/uploads"))
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", "1000")
+            .send()
+            .await
+            .unwrap();
+        let (status, code, message, _) = refusal(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+        );
+        assert!(message.starts_with("max_active"), "{message}");
+    }
+}

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -182,6 +183,9 @@ async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
     }
 }
 
+/// How long a cancel or delete waits for the directory to show it.
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
+
 impl JobsClient {
     /// The client of the node `config` describes, with its member of the metadata group
     /// (keys, the job directory, MP3 copies).
@@ -321,14 +325,37 @@ impl JobsClient {
 
     /// Cancels or deletes a job: the canceled job, or `None` once deleted.
     pub async fn delete(&self, id: JobId, who: Principal) -> Result<Option<Job>, JobsError> {
-        self.on_job(
-            &id,
-            &who,
-            JobsMsg::Delete,
-            |id, who, reply| RequestMsg::Delete { id, who, reply },
-            Ok,
-        )
-        .await
+        let answer = self
+            .on_job(
+                &id,
+                &who,
+                JobsMsg::Delete,
+                |id, who, reply| RequestMsg::Delete { id, who, reply },
+                Ok,
+            )
+            .await?;
+        self.settled(&id, answer.as_ref().map(|job| job.state.as_str())).await;
+        Ok(answer)
+    }
+
+    /// Waits (at most [`SETTLE_WAIT`]) until this node's replica of the directory shows job
+    /// `id` in `state` (`None`: gone), as its owner's change feed publishes it: a cancel or
+    /// a delete is answered once the directory, lists and quota counters everywhere agree
+    /// (a place freed is free for the user's next upload on any node).
+    async fn settled(&self, id: &JobId, state: Option<&str>) {
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            match self.meta.listed(id.as_str()).await {
+                Ok(entry) if entry.as_ref().map(|e| e.state.as_str()) == state => return,
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::info!(job = %id, "answered before the directory showed the change");
+                    return;
+                }
+            }
+        }
     }
 
     /// The job (or resumable upload: they share ids) holding Idempotency-Key `key` of

@@ -39,6 +39,9 @@ pub fn listed(job: &Job, key: Option<String>) -> Listed {
         record: STANDARD_NO_PAD.encode(JobView::from(job).encode_to_vec()),
         state: job.state.to_string(),
         seq: 0,
+        // What an ended job keeps: its MP3 (its input goes when it ends).
+        bytes: job.produced.as_ref().map_or(0, |p| p.mp3_bytes),
+        ended_at_ms: job.finished_at_ms,
     }
 }
 

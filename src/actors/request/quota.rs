@@ -1,31 +1,33 @@
 //! Per-user quotas, cluster-wide: unfinished jobs at once, jobs per 24 hours, bytes stored.
 //!
 //! A user's limits are replicated with the user (`auth`), defaults come from the config,
-//! and admins have none. Before a job (or an upload) is accepted, the node it reached adds
-//! up the user's usage on itself and on every connected node (`JobsMsg::Usage`, asked in
-//! parallel) and refuses what would pass a limit: `429 quota_exceeded`, naming the limit,
-//! with `Retry-After` for when it frees.
+//! and admins have none. The counters are in the replicated metadata (`meta::quota`): a
+//! new job or resumable upload is admitted by a log entry that checks them, so requests
+//! on every node are checked one after another against the same counts (no overshoot by
+//! the number of nodes, a pod that is away still counted). What passes a limit gets
+//! `429 quota_exceeded`, naming the limit, with `Retry-After` for when it frees.
 //!
-//! How exact: each check sees every reachable node's usage at that moment, so a user
-//! spreading requests over pods meets the same limit. On one node a user's checks run one
-//! at a time, and a request that passed holds a [`Place`] (counted as unfinished, with the
-//! bytes it announced) until it has become a job or ended, so concurrent requests to one
-//! node cannot overshoot; other nodes see those places too when they ask. Requests that
-//! reach several nodes at the same moment may still each pass once (at most one per node).
-//! A node that cannot be reached is not counted (its jobs are unavailable then anyway).
+//! Before that, a request is checked early against this node's replica of the counters
+//! and this node's requests in flight (so a body is not received only to be refused): a
+//! request that passed holds a [`Place`] (counted as unfinished, with the bytes it
+//! announced, and held to `max_stored_bytes` as a body of unknown length arrives) until it
+//! has become a job or ended; one user's early checks on a node run one at a time. A
+//! request admitted and not yet answered counts twice in that early check for a moment
+//! (its place and its committed row): the admission decides, the early check only spares
+//! uploads that cannot fit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use ractor::RpcReplyPort;
-
-use super::jobs::{self, JobsMsg, Status};
+use super::jobs::{self, Status};
 use super::{JobError, RequestMsg};
 use crate::actors::auth::{AuthError, AuthMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::config::Config;
+use crate::meta::Meta;
+use crate::meta::quota::Over;
 use crate::store::{Quota, Usage, now_ms};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -218,41 +220,49 @@ pub async fn answer(q: UsageQuery) -> UsageAnswer {
     }
 }
 
-/// What `email` uses on this node and every connected one.
-pub async fn usage(config: &Config, email: &str) -> Result<Usage, JobError> {
-    Ok(usage_counting(config, email).await?.0)
+/// What `email` uses: the committed counters as this node's replica has them, and this
+/// node's requests in flight.
+pub async fn usage(meta: &Meta, email: &str) -> Result<Usage, QuotaError> {
+    Ok(usage_counting(meta, email).await?.0)
 }
 
 /// [`usage`], and the bytes of this node's requests in flight counted in it.
-async fn usage_counting(config: &Config, email: &str) -> Result<(Usage, i64), JobError> {
-    let since_ms = now_ms() - DAY_MS;
-    let (mut total, here) = local_counting(email.to_string(), since_ms).await?;
-    if config.cluster.is_none() {
-        return Ok((total, here));
-    }
-    let owners = jobs::other_owners(&config.node_name);
-    let asks = owners.iter().map(|owner| {
-        let q = UsageQuery {
-            email: email.to_string(),
-            since_ms,
-        };
-        jobs::call(owner, |reply: RpcReplyPort<UsageAnswer>| JobsMsg::Usage(q, reply))
-    });
-    for (owner, answer) in owners.iter().zip(futures_util::future::join_all(asks).await) {
-        match answer {
-            Ok(a) if Status::of(a.status) == Status::Ok => {
-                total = total.plus(Usage {
-                    active: a.active,
-                    jobs_today: a.jobs_today,
-                    oldest_today_ms: a.oldest_today_ms,
-                    stored_bytes: a.stored_bytes,
-                    first_end_ms: a.first_end_ms,
-                })
-            }
-            _ => tracing::warn!(node = %owner, "could not count a user's usage on that node"),
-        }
-    }
-    Ok((total, here))
+async fn usage_counting(meta: &Meta, email: &str) -> Result<(Usage, i64), QuotaError> {
+    let used: Usage = meta
+        .used(email)
+        .await
+        .map_err(|e| QuotaError::Failed(e.to_string()))?
+        .into();
+    let (requests, bytes) = in_flight(email);
+    let usage = Usage {
+        active: used.active + requests,
+        stored_bytes: used.stored_bytes + bytes,
+        ..used
+    };
+    Ok((usage, bytes))
+}
+
+/// The limits a new job or upload of `email` is admitted under: `None` for an admin or a
+/// user without limits.
+pub async fn admission_limits(config: &Config, email: &str) -> Result<Option<Quota>, QuotaError> {
+    let (_, limits, admin) = limits(config, email)
+        .await
+        .map_err(|e| QuotaError::Failed(e.to_string()))?;
+    Ok((!admin && limits != Quota::default()).then_some(limits))
+}
+
+/// The refusal the log's admission gave ([`Over`]), in words, for `incoming` bytes.
+pub fn refusal(config: &Config, limits: &Quota, over: &Over, incoming: i64) -> QuotaError {
+    let incoming = u64::try_from(incoming).unwrap_or(0);
+    exceeded(config.retention, limits, &over.used.into(), incoming).unwrap_or_else(|| QuotaError::Exceeded {
+        limit: match over.limit.as_str() {
+            "max_jobs_per_day" => "max_jobs_per_day",
+            "max_stored_bytes" => "max_stored_bytes",
+            _ => "max_active",
+        },
+        message: format!("{}: over your limit", over.limit),
+        retry_after: ACTIVE_RETRY,
+    })
 }
 
 /// A user's limits: their own (unset: the defaults), and whether they are an admin.
@@ -278,7 +288,7 @@ fn retry_at(at_ms: i64) -> Duration {
 
 /// Refuses a new job (or upload) of `incoming` bytes that would take `who` past a limit;
 /// else its [`Place`], to hold until the job is submitted (or the request ends).
-pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<Place, QuotaError> {
+pub async fn check(config: &Config, meta: &Meta, who: &Principal, incoming: u64) -> Result<Place, QuotaError> {
     let free = Place::none();
     if who.admin {
         return Ok(free);
@@ -298,9 +308,7 @@ pub async fn check(config: &Config, who: &Principal, incoming: u64) -> Result<Pl
     let _turn = turn.lock().await;
     // (`here`: the in-flight bytes counted in `u`, read once, so the stored base below is
     // exact even while other requests' bodies grow.)
-    let (u, here) = usage_counting(config, &who.email)
-        .await
-        .map_err(|e| QuotaError::Failed(e.to_string()))?;
+    let (u, here) = usage_counting(meta, &who.email).await?;
     if let Some(e) = exceeded(config.retention, &limits, &u, incoming) {
         return Err(e);
     }
@@ -322,9 +330,9 @@ fn stored_retry(retention: Duration, u: &Usage) -> Duration {
 
 /// The first limit that one more job of `incoming` bytes would pass.
 fn exceeded(retention: Duration, limits: &Quota, u: &Usage, incoming: u64) -> Option<QuotaError> {
-    if let Some(max) = limits.max_active
-        && u.active >= max
-    {
+    let incoming = i64::try_from(incoming).unwrap_or(i64::MAX);
+    let over = limits.first_over(u, incoming)?;
+    if let (Some(max), "max_active") = (limits.max_active, over) {
         return Some(QuotaError::Exceeded {
             limit: "max_active",
             message: format!(
@@ -335,9 +343,7 @@ fn exceeded(retention: Duration, limits: &Quota, u: &Usage, incoming: u64) -> Op
             retry_after: ACTIVE_RETRY,
         });
     }
-    if let Some(max) = limits.max_jobs_per_day
-        && u.jobs_today >= max
-    {
+    if let (Some(max), "max_jobs_per_day") = (limits.max_jobs_per_day, over) {
         let retry_after = retry_at(u.oldest_today_ms.unwrap_or_else(now_ms) + DAY_MS);
         return Some(QuotaError::Exceeded {
             limit: "max_jobs_per_day",
@@ -350,10 +356,7 @@ fn exceeded(retention: Duration, limits: &Quota, u: &Usage, incoming: u64) -> Op
             retry_after,
         });
     }
-    let incoming = i64::try_from(incoming).unwrap_or(i64::MAX);
-    if let Some(max) = limits.max_stored_bytes
-        && u.stored_bytes.saturating_add(incoming) > max
-    {
+    if let (Some(max), "max_stored_bytes") = (limits.max_stored_bytes, over) {
         let retry_after = stored_retry(retention, u);
         return Some(QuotaError::Exceeded {
             limit: "max_stored_bytes",

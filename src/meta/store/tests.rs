@@ -93,6 +93,8 @@ fn job(id: &str, state: &str, key: Option<&str>) -> Listed {
         record: format!("record of {id} {state}"),
         state: state.into(),
         seq: 0,
+        bytes: if state == "done" { 500 } else { 0 },
+        ended_at_ms: (state == "done").then_some(2),
     }
 }
 
@@ -266,4 +268,123 @@ async fn users_change_in_log_order_reach_the_memory_view_at_once_and_travel_in_a
     let ann = view.get("ann@x.test").unwrap();
     assert!(ann.removed && ann.token_gen == 2);
     assert_eq!(there.users_since(0, 10).await.unwrap()[0].1, 5);
+}
+
+fn admit(id: &str, bytes: i64, limits: crate::store::Quota, at_ms: i64) -> Command {
+    Command::Admit {
+        id: id.into(),
+        email: "bob@example.com".into(),
+        node: "n-0".into(),
+        entry: None,
+        bytes,
+        limits: Some(limits),
+        at_ms,
+    }
+}
+
+/// The quota counters: admissions are checked in log order against what is committed
+/// (unfinished jobs, the day's creations, bytes), a retried admission is admitted again, an
+/// ended job holds its MP3's bytes, a gone one nothing but still counts for its day, the
+/// counters travel in a snapshot, and a removed user's go with them.
+#[tokio::test]
+async fn admissions_count_in_log_order_and_free_as_jobs_end_or_go() {
+    use super::super::quota::Over;
+    use crate::store::Quota;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut sm) = MetaDb::open(&dir.path().join("meta.db")).unwrap().stores();
+    let hour = 3_600_000;
+    let t = 100 * 24 * hour;
+    let active = Quota {
+        max_active: Some(2),
+        ..Quota::default()
+    };
+    let refused = |o: &Outcome| match o {
+        Outcome::Admitted(Err(Over { limit, .. })) => limit.clone(),
+        other => format!("admitted: {other:?}"),
+    };
+    let out = sm
+        .apply([
+            entry(1, admit("a1", 1000, active, t)),
+            entry(2, admit("a2", 1000, active, t)),
+            entry(3, admit("a3", 1000, active, t)),
+            entry(4, admit("a1", 1000, active, t)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Outcome::Admitted(Ok(())));
+    assert_eq!(out[1], Outcome::Admitted(Ok(())));
+    assert_eq!(refused(&out[2]), "max_active", "the third of two at once");
+    assert_eq!(out[3], Outcome::Admitted(Ok(())), "a retried admission");
+    let used = sm.used("bob@example.com", t).await.unwrap();
+    assert_eq!((used.active, used.jobs_today, used.stored_bytes), (2, 2, 2000));
+
+    // a1 ends (its MP3: 500 bytes), a2 is deleted: one place and 1500 bytes free; both
+    // still count for the day.
+    let mut a1 = job("a1", "done", None);
+    a1.created_at_ms = t;
+    sm.apply([
+        entry(5, publish("n-0", vec![a1], &[], false)),
+        entry(6, publish("n-0", vec![], &["a2"], false)),
+    ])
+    .await
+    .unwrap();
+    let used = sm.used("bob@example.com", t).await.unwrap();
+    assert_eq!((used.active, used.jobs_today, used.stored_bytes), (0, 2, 500));
+    assert_eq!(used.first_end_ms, Some(2));
+
+    let day = Quota {
+        max_jobs_per_day: Some(3),
+        max_stored_bytes: Some(2000),
+        ..Quota::default()
+    };
+    let out = sm
+        .apply([
+            entry(7, admit("a4", 1500, day, t + hour)),
+            entry(8, admit("a5", 0, day, t + hour)),
+            entry(9, admit("a6", 0, day, t + 25 * hour)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Outcome::Admitted(Ok(())), "500 + 1500 fits 2000");
+    assert_eq!(refused(&out[1]), "max_jobs_per_day");
+    assert_eq!(
+        out[2],
+        Outcome::Admitted(Ok(())),
+        "a day later the first two no longer count"
+    );
+    let over_bytes = sm.apply([entry(10, admit("a7", 1, day, t + 25 * hour))]).await.unwrap();
+    assert_eq!(refused(&over_bytes[0]), "max_stored_bytes");
+
+    // A snapshot carries the counters.
+    let snapshot = sm.build_snapshot().await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (_, mut there) = MetaDb::open(&other.path().join("meta.db")).unwrap().stores();
+    there.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    assert_eq!(
+        there.used("bob@example.com", t + 25 * hour).await.unwrap(),
+        sm.used("bob@example.com", t + 25 * hour).await.unwrap()
+    );
+
+    // The user removed: nothing of theirs counts any more.
+    let user = |op| Command::User {
+        email: "bob@example.com".into(),
+        op,
+        at_ms: t,
+    };
+    let add = crate::meta::users::UserOp::Add {
+        password_hash: "$argon2id$x".into(),
+        admin: false,
+    };
+    sm.apply([
+        entry(11, user(add)),
+        entry(12, user(crate::meta::users::UserOp::Remove)),
+    ])
+    .await
+    .unwrap();
+    let used = sm.used("bob@example.com", t + 25 * hour).await.unwrap();
+    assert_eq!(
+        (used.active, used.jobs_today, used.stored_bytes),
+        (0, 0, 0),
+        "a removed user's counters: {used:?}"
+    );
 }
