@@ -64,6 +64,8 @@ async fn catch_up(jobs: usize) {
                 record: "x".repeat(280),
                 state: "done".into(),
                 seq: 0,
+                bytes: 200_000,
+                ended_at_ms: Some(1_700_000_000_000 + i as i64),
             })
             .collect();
         let command = Command::Publish {
