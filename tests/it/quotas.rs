@@ -24,6 +24,27 @@ async fn refusal(r: reqwest::Response) -> (StatusCode, String, String, Option<u6
     (status, code, message, retry)
 }
 
+/// Creates a resumable upload of `length` bytes, which must be refused by quota `limit`:
+/// its `Retry-After`.
+async fn upload_refused(api: &Api, token: &str, length: i64, limit: &str) -> Option<u64> {
+    let r = api
+        .http
+        .post(api.url("/v1/uploads"))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", length.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message, retry) = refusal(r).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
+    assert!(message.starts_with(limit), "{message}");
+    retry
+}
+
 async fn quota(api: &Api, token: &str, email: &str) -> Value {
     api.get_json(token, &format!("/v1/users/{email}/quota")).await
 }
@@ -190,22 +211,9 @@ async fn limits_hold_across_nodes_name_themselves_and_free_when_jobs_end() {
     );
     // A resumable upload that would take Bob past the bytes is refused at its creation;
     // they free when his first ended job expires (retention, 7 days after it ended).
-    let r = b
-        .http
-        .post(b.url("/v1/uploads"))
-        .bearer_auth(&bob_b)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", (2 * size + 1).to_string())
-        .send()
+    let retry = upload_refused(&b, &bob_b, 2 * size + 1, "max_stored_bytes")
         .await
         .unwrap();
-    let (status, code, message, retry) = refusal(r).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
-    );
-    assert!(message.starts_with("max_stored_bytes"), "{message}");
-    let retry = retry.unwrap();
     assert!((7 * 86_400 - 120..=7 * 86_400).contains(&retry), "{retry}");
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
         .args(["user", "set", BOB.0, "--max-active", "-3", "--data-dir"])
@@ -423,20 +431,6 @@ async fn a_burst_over_three_nodes_never_passes_max_active() {
     for (api, token) in apis.iter().zip(&tokens) {
         let usage = quota(api, token, BOB.0).await;
         assert_eq!(usage["usage"]["active"], 2, "{usage}");
-        let r = api
-            .http
-            .post(api.url("/v1/uploads"))
-            .bearer_auth(token)
-            .header("tus-resumable", "1.0.0")
-            .header("upload-length", "1000")
-            .send()
-            .await
-            .unwrap();
-        let (status, code, message, _) = refusal(r).await;
-        assert_eq!(
-            (status, code.as_str()),
-            (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
-        );
-        assert!(message.starts_with("max_active"), "{message}");
+        upload_refused(api, token, 1000, "max_active").await;
     }
 }

@@ -9,7 +9,11 @@
 //!   renamed), and recorded in the directory (`Copied`) once it is on disk. The copy is
 //!   recorded when it lands rather than before `done` is committed: a job's email and
 //!   webhook never wait for another pod, and a holder that is away takes its copy when it
-//!   is back. Between `done` and the copy (about a second) the MP3 is on its node only.
+//!   is back. Besides, a job's node asks its holders to take their copies ([`push`],
+//!   answered by [`take`]) before it marks the job done, so a client that saw `done` can
+//!   download it even if that node is lost before the directory shows `done` (a copy is
+//!   served for a job the directory still shows unfinished: only a finished conversion is
+//!   ever copied).
 //! - **Serving.** A download whose job's node cannot be asked goes to a holder
 //!   (`client.rs`); a holder answers a chunk read of a job it does not own from its copy
 //!   ([`copy_file`]).
@@ -261,7 +265,10 @@ pub async fn copy_file(
     if who.is_some_and(|w| !w.admin && w.email != job.owner_email) {
         return Err(JobError::NotFound);
     }
-    if job.state != JobState::Done {
+    // Not only `done`: a copy exists only once its node converted the MP3 and pushed it
+    // (before marking the job done), so a job whose `done` had not reached the directory
+    // when its node was lost is still served. A job canceled or failed meanwhile is not.
+    if matches!(job.state, JobState::Failed | JobState::Canceled) {
         return Err(JobError::NotFound);
     }
     let path: PathBuf = Files::at(data_dir).copy(id);
