@@ -316,6 +316,11 @@ impl Store {
         // journal_mode answers with a row, so it is read rather than executed.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // Plans never depend on bound values: otherwise SQLite marks a statement whose plan
+        // weighed a partial index against a parameter to be compiled again at every new
+        // binding, and the cached status read (`Store::job`) was re-prepared on every call
+        // (most of a status read's time, under `perf`).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         let mut store = Store { conn, reserve: None };
         store.migrate()?;
         Ok(store)

@@ -195,3 +195,21 @@ fn failures_keep_code_and_message_and_unfinished_jobs_are_found() {
         .unwrap();
     assert!(store.due_mail(10).unwrap().is_empty(), "retry waits for its time");
 }
+
+/// The status read's cached statement is compiled once: reading other jobs (new bindings)
+/// does not re-prepare it (it did on every call while plans could depend on bound values).
+#[test]
+fn the_status_read_is_not_prepared_again_for_each_job() {
+    let mut store = Store::open_in_memory().unwrap();
+    let ids: Vec<JobId> = (0..5).map(|_| store.insert_job(&new_job(None)).unwrap().0.id).collect();
+    for id in ids.iter().chain(&ids) {
+        assert!(store.job(id).unwrap().is_some());
+    }
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs_view WHERE id = ?1");
+    let reprepared = store
+        .conn
+        .prepare_cached(&sql)
+        .unwrap()
+        .get_status(rusqlite::StatementStatus::RePrepare);
+    assert_eq!(reprepared, 0, "the cached status statement was compiled again");
+}
