@@ -251,9 +251,11 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
         .into_response())
 }
 
-/// Puts a new job in the directory before the client hears of it: any node answers for
-/// the job (and lists it) even if its node is lost a moment later. The change feed
-/// publishes it too; with no leader now, that publication only comes later.
+/// Puts a job that a resumable upload just became in the directory before the client hears
+/// of it (jobs submitted otherwise are listed by their admission, [`super::quota::admit`]):
+/// any node answers for the job even if its node is lost a moment later. Best effort: the
+/// upload was admitted at its creation, so a failure here refuses nothing, and the change
+/// feed publishes the job once a leader is back.
 pub(super) async fn announce(state: &AppState, job: &Job, key: Option<String>) -> Result<(), crate::meta::MetaError> {
     let listed = crate::actors::request::directory::listed(job, key);
     let publish = crate::meta::Command::Publish {
@@ -262,9 +264,6 @@ pub(super) async fn announce(state: &AppState, job: &Job, key: Option<String>) -
         gone: Vec::new(),
         only_new: true,
     };
-    // As patient as a keyed claim (`WRITE_PATIENCE`): a lost leader is replaced only after
-    // its lease and an election (1.8–2.4 s, more with a split vote on a loaded machine;
-    // CI saw 3 s pass), and an unkeyed upload should not be refused where a keyed one waits.
     match state.meta.write(publish).await {
         Ok(_) => Ok(()),
         Err(e) => {
