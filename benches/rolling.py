@@ -399,7 +399,8 @@ def main():
         def group():
             s, _, out = call(nodes[0].http + "/v1/cluster", token=admin)
             meta = json.loads(out)["metadata"] if s == 200 else {}
-            return meta.get("leader") and len(meta.get("voters", [])) == min(3, args.nodes)
+            return (meta.get("leader") and len(meta.get("voters", [])) == min(3, args.nodes)
+                    and not meta.get("changing"))
         wait_until("the metadata group", 90, group)
         s, _, out = call(nodes[0].http + "/v1/users", "POST",
                          json.dumps({"email": USER[0], "password": USER[1]}).encode(),

@@ -196,6 +196,10 @@ pub struct MetaStatus {
     pub voters: Vec<String>,
     /// The learners' names.
     pub learners: Vec<String>,
+    /// A change of voters is under way (joint consensus: until it is done, a majority of
+    /// the old voters and one of the new must both agree, so losing an old voter can stall
+    /// the group).
+    pub changing: bool,
     /// The last log index applied here.
     pub applied: u64,
     /// The last log index here.
@@ -468,6 +472,7 @@ impl Meta {
             term: m.current_term,
             voters: named(config, config.voter_ids()).into_iter().collect(),
             learners: named(config, config.learner_ids()).into_iter().collect(),
+            changing: config.get_joint_config().len() > 1,
             applied: m.last_applied.map_or(0, |l| l.index),
             last_log: m.last_log_index.unwrap_or(0),
             group: m.membership_config.log_id().is_some(),

@@ -41,6 +41,9 @@ struct MetadataView {
     voters: Vec<String>,
     /// The learners' node names (they receive the log, they do not vote).
     learners: Vec<String>,
+    /// A change of voters is under way: until it ends, `voters` lists the old and the new
+    /// voters together, and a majority of each must agree (a lost old voter stalls writes).
+    changing: bool,
     /// The last log index this member applied.
     applied_index: u64,
     /// The last log index this member holds.
@@ -168,6 +171,7 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
                 term: m.term,
                 voters: m.voters,
                 learners: m.learners,
+                changing: m.changing,
                 applied_index: m.applied,
                 last_log_index: m.last_log,
             }

@@ -279,10 +279,14 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
         (login(&c).await.ok()?.status() == 200).then_some(())
     })
     .await;
-    // The late node joins the metadata group: a learner first, a voter once caught up.
+    // The late node joins the metadata group: a learner first, a voter once caught up, and
+    // the change is done once b holds the new voters alone (while the old and new voters
+    // both must agree, losing a, an old voter of two, would stall the group: Raft's rule).
     poll(Duration::from_secs(20), "c to vote in the metadata group", || async {
         let view = api_b.get_json(&token, "/v1/cluster").await;
-        (view["metadata"]["voters"] == serde_json::json!(["node-a", "node-b", "node-c"])).then_some(())
+        let voters = &view["metadata"]["voters"];
+        (*voters == serde_json::json!(["node-a", "node-b", "node-c"]) && view["metadata"]["changing"] == false)
+            .then_some(())
     })
     .await;
 
