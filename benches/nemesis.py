@@ -16,8 +16,9 @@ makes (it deletes them at the end).
 Nemesis. One fault at a time on a seeded schedule (the seed is printed; the same seed
 replays the same schedule): kill -9 and restart on the same data dir; SIGSTOP/SIGCONT
 (1-15 s); a node isolated from its peers; a split into two groups; a one-way cut (one node
-drops what one peer sends it); SIGTERM and restart. Partitions are nftables rules inside the
-nodes' namespaces, healed after 3-12 s.
+drops what one peer sends it); SIGTERM and restart; a jump of one node's wall clock by +-1 h
+for 3-12 s (libfaketime, read from a file the nemesis rewrites). Partitions are nftables
+rules inside the nodes' namespaces, healed after 3-12 s.
 
 Workload. Three users submit short clips (1-5 s AAC, a few bad files) spread over all nodes
 and over the run: multipart uploads, URL imports and tus uploads (creation-with-upload), each
@@ -26,14 +27,15 @@ with an Idempotency-Key, retried with the same key on connection errors, timeout
 status polls run throughout, and some done MP3s are downloaded while the faults go on
 (and must equal the MP3 every node serves at the end).
 
-Checker (after healing, restarting and waiting for every job to end): one job per key in
-the whole cluster (every node's list, matched to keys by file name); every accepted job
-ended `done` (good input) or `failed` with a media code (bad input), the same on every
-node; each MP3 byte-identical from every node, decoding with ffmpeg with an empty stderr and
-the input's duration +-50 ms; one email per ended job per Message-ID (repeats counted),
-none for canceled jobs; canceled and deleted jobs have no MP3; no 5xx but `503
-owner_unavailable` or `503 unavailable` (no metadata leader) with Retry-After; every node lists the same jobs and users; SQLite
-`integrity_check` ok on every node. Exit status 1 when anything is violated.
+Checker (after healing, restarting and waiting for every job to end): one job per key in the
+whole cluster (every node's list, matched to keys by file name); every accepted job ended
+`done` (good input) or `failed` with a media code (bad input), the same on every node; each
+MP3 byte-identical from every node, decoding with ffmpeg with an empty stderr and the
+input's duration +-50 ms; every job's times within the run; one email per ended job per
+Message-ID (repeats counted), none for canceled jobs; canceled and deleted jobs have no MP3;
+no 5xx but `503 owner_unavailable` or `503 unavailable` (no metadata leader) with
+Retry-After; every node lists the same jobs and users; SQLite `integrity_check` ok on every node.
+Exit status 1 when anything is violated.
 """
 
 import argparse
@@ -67,7 +69,9 @@ ADMIN = ("admin@nemesis.test", "nemesis-admin-password")
 USERS = [(f"user{i}@nemesis.test", f"nemesis-password-{i}") for i in range(3)]
 CLIPS = [1.0, 1.6, 2.3, 3.0, 4.2, 5.0]
 MEDIA_CODES = {"not_mp4", "no_audio_track", "unsupported_codec", "corrupt_media", "truncated_media"}
-KINDS = ["kill", "pause", "isolate", "split", "oneway", "term"]
+KINDS = ["kill", "pause", "isolate", "split", "oneway", "term", "clock"]
+# Debian's libfaketime: each node's wall clock can be moved inside its running process.
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
 
 def node_ip(i):
@@ -119,17 +123,20 @@ def make_certs(work, n):
     d = os.path.join(work, "tls")
     os.makedirs(d, exist_ok=True)
     ossl = ["openssl"]
+    # Made as of yesterday (libfaketime), so a node whose clock jumps back an hour still finds
+    # every certificate valid, as with certificates issued well before they are used.
+    yesterday = dict(os.environ, LD_PRELOAD=LIBFAKETIME, FAKETIME="-1d")
     sh(*ossl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-       "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem", "-days", "2", "-subj", "/CN=nemesis-ca")
+       "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem", "-days", "3", "-subj", "/CN=nemesis-ca", env=yesterday)
     ext = f"{d}/ext.cnf"
     with open(ext, "w") as f:
         f.write("subjectAltName=DNS:mp4tomp3-cluster\nextendedKeyUsage=serverAuth,clientAuth\n"
                 "basicConstraints=CA:FALSE\n")
     for i in range(n):
         sh(*ossl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-           "-keyout", f"{d}/n{i}.key", "-out", f"{d}/n{i}.csr", "-subj", f"/CN=node-{i}")
+           "-keyout", f"{d}/n{i}.key", "-out", f"{d}/n{i}.csr", "-subj", f"/CN=node-{i}", env=yesterday)
         sh(*ossl, "x509", "-req", "-in", f"{d}/n{i}.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
-           "-CAcreateserial", "-out", f"{d}/n{i}.pem", "-days", "2", "-extfile", ext)
+           "-CAcreateserial", "-out", f"{d}/n{i}.pem", "-days", "3", "-extfile", ext, env=yesterday)
     return d
 
 
@@ -166,6 +173,8 @@ def outside(args):
     for tool in ("ip", "nft", "openssl", "ffmpeg", "ffprobe"):
         if not shutil.which(tool):
             sys.exit(f"nemesis.py: `{tool}` is missing (apt-get install iproute2 nftables openssl ffmpeg)")
+    if not os.path.exists(LIBFAKETIME):
+        sys.exit(f"nemesis.py: {LIBFAKETIME} is missing (apt-get install libfaketime)")
     if not args.bin:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
         args.bin = os.path.join(ROOT, "target", "release", "mp4tomp3")
@@ -272,6 +281,11 @@ class Node:
                         MP4TOMP3_JWT_SECRET="nemesis-secret-nemesis-secret-nemesis-00",
                         MP4TOMP3_ADMIN_EMAIL=ADMIN[0], MP4TOMP3_ADMIN_PASSWORD=ADMIN[1])
         self.env.pop("RUST_LOG", None)
+        self.clock = self.data + ".clock"
+        with open(self.clock, "w") as f:
+            f.write("+0\n")
+        self.env.update(LD_PRELOAD=LIBFAKETIME, FAKETIME_TIMESTAMP_FILE=self.clock, FAKETIME_CACHE_DURATION="1",
+                        FAKETIME_DONT_FAKE_MONOTONIC="1")
         self.proc = None
         self.paused = False
         self.start()
@@ -292,6 +306,11 @@ class Node:
             return True
         except subprocess.TimeoutExpired:
             return False
+
+    def jump(self, offset):
+        """Moves this node's wall clock to `offset` from the real one (`+1h`, `-1h`, `+0`)."""
+        with open(self.clock, "w") as f:
+            f.write(offset + "\n")
 
     def nft(self, rules):
         """Replaces this namespace's nemesis rules (an empty list heals)."""
@@ -590,6 +609,14 @@ class Nemesis:
                 else:
                     detail = node.name
                 self.restart(node)
+            elif kind == "clock":
+                jump = rng.choice(["+1h", "-1h"])
+                secs = rng.uniform(3, 12)
+                node.jump(jump)
+                time.sleep(secs)
+                node.jump("+0")
+                time.sleep(1.5)  # libfaketime reads the file at most once a second
+                detail = f"{node.name} {jump} {secs:.1f}s"
             else:
                 if kind == "isolate":
                     groups = [[node], [n for n in self.nodes if n is not node]]
@@ -847,6 +874,10 @@ def check(plan, client, nodes, admin, work, mail, nemesis, started):
             violations += check_mp3(jid, next(iter(bodies)), plan["clips"][r["path"]], plan["work"])
         created = parse_time(j["created_at"])
         finished = parse_time(j["finished_at"])
+        # A node whose wall clock jumped must not stamp its jobs with the jump.
+        if not (started - 5 <= created <= finished <= time.time() + 5):
+            violations.append(f"job {jid}: created {j['created_at']}, finished {j['finished_at']}: "
+                              f"outside the run (a clock jump stamped it?)")
         during = any(s - 1 <= finished and created <= e + 1 for _, _, s, e in nemesis.log)
         durations["faults" if during else "calm"].append(finished - created)
     extra_mails = sum(c - 1 for c in mails.values() if c > 1)

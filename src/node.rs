@@ -55,6 +55,7 @@ async fn run_node(
     // Held while serving: `mp4tomp3 user add` waits for its change to be committed when
     // it finds the lock held (`serving`).
     let _serving = serving_lock(&config.data_dir);
+    let clock = tokio::spawn(crate::clock::watch());
     let address = listener.local_addr()?;
     // The replicated metadata outlives the roles' restarts: started here, beside the tree.
     let meta = Meta::start(&config.node_name, &config.data_dir, &[])
@@ -125,6 +126,7 @@ async fn run_node(
     supervisor.stop(Some("shutdown".into()));
     let _ = tokio::time::timeout(Duration::from_secs(10), tree).await;
     keeper.abort();
+    clock.abort();
     publisher.abort();
     copier.abort();
     mirror.abort();

@@ -438,12 +438,9 @@ impl From<Store> for Db {
     }
 }
 
-/// Milliseconds since the Unix epoch, the store's timestamp unit.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// Milliseconds since the Unix epoch, the store's timestamp unit (this node's kept time,
+/// which does not follow the wall clock's jumps: [`crate::clock`]).
+pub use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

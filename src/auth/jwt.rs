@@ -2,7 +2,8 @@
 //!
 //! Verification pins the algorithm (a token that says `alg: none` or RS256 is refused),
 //! requires `iss`, `aud`, `sub` and `exp`, checks `nbf` when present, and allows 5 s of
-//! clock skew. Access tokens and
+//! clock skew; times are compared with the node's kept time ([`crate::clock`]), so a jump of
+//! its wall clock neither expires good tokens nor revives old ones. Access tokens and
 //! download links have different audiences, so one can never stand in for the other.
 
 use std::fmt;
@@ -68,6 +69,8 @@ struct AccessClaims {
     /// The session: signing out revokes the tokens of this session alone.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 /// What a verified access token says.
@@ -89,6 +92,21 @@ struct LinkClaims {
     aud: String,
     sub: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+}
+
+/// Refuses a token past its `exp` or before its `nbf` (beyond the leeway), by this node's
+/// kept time (jsonwebtoken would read the wall clock).
+fn timely(exp: u64, nbf: Option<u64>) -> Result<(), TokenError> {
+    let now = now_secs();
+    if exp.saturating_add(LEEWAY_SECS) < now {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
+        return Err(TokenError::Invalid);
+    }
+    Ok(())
 }
 
 fn now_secs() -> u64 {
@@ -127,7 +145,9 @@ impl Keys {
         let mut v = Validation::new(Algorithm::HS256);
         v.algorithms = vec![Algorithm::HS256];
         v.leeway = LEEWAY_SECS;
-        v.validate_nbf = true;
+        // `exp` and `nbf` are checked by `timely`, against the kept time.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -156,6 +176,7 @@ impl Keys {
             adm: who.admin,
             generation,
             sid: new_sid(),
+            nbf: None,
         })
     }
 
@@ -169,6 +190,7 @@ impl Keys {
     pub fn verify_gen(&self, token: &str) -> Result<Verified, TokenError> {
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &Self::validation(ACCESS_AUDIENCE))
             .map_err(map_error)?;
+        timely(data.claims.exp, data.claims.nbf)?;
         Ok(Verified {
             who: Principal {
                 email: data.claims.sub,
@@ -187,6 +209,7 @@ impl Keys {
             aud: LINK_AUDIENCE.into(),
             sub: job_id.into(),
             exp: now_secs() + ttl.as_secs(),
+            nbf: None,
         })
     }
 
@@ -194,6 +217,7 @@ impl Keys {
     pub fn verify_link(&self, token: &str) -> Result<String, TokenError> {
         let data = jsonwebtoken::decode::<LinkClaims>(token, &self.decoding, &Self::validation(LINK_AUDIENCE))
             .map_err(map_error)?;
+        timely(data.claims.exp, data.claims.nbf)?;
         Ok(data.claims.sub)
     }
 }

@@ -101,6 +101,8 @@ pub struct MemberView {
     pub status: Option<NodeStatus>,
     /// How long that heartbeat (a small cross-node call) took.
     pub rtt: Option<Duration>,
+    /// Its time minus this node's, from that heartbeat (ms; absent from older nodes).
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// The cluster actor's messages.
@@ -141,6 +143,8 @@ pub enum ClusterMsg {
         status: Option<NodeStatus>,
         /// The call's round-trip time.
         rtt: Duration,
+        /// The peer's time minus this node's, if it said its time.
+        clock_offset: Option<i64>,
     },
     /// Discovery found these peers (kube discovery; replaces the list).
     Peers {
@@ -173,6 +177,7 @@ struct Member {
     since: Instant,
     status: Option<NodeStatus>,
     rtt: Option<Duration>,
+    clock_offset: Option<i64>,
 }
 
 struct Dialing {
@@ -308,6 +313,7 @@ impl ClusterState {
             let (me, name) = (myself.clone(), name.clone());
             tokio::spawn(async move {
                 let sent = Instant::now();
+                let before = crate::clock::read();
                 let answer =
                     ractor::rpc::call::<ProbeMsg, NodeStatus, _>(&probe, ProbeMsg::Status, Some(HEARTBEAT_TIMEOUT))
                         .await;
@@ -316,7 +322,16 @@ impl ClusterState {
                     _ => None,
                 };
                 let rtt = sent.elapsed();
-                let _ = me.send_message(ClusterMsg::Heartbeat { name, status, rtt });
+                let clock_offset = status
+                    .as_ref()
+                    .filter(|s| s.clock_ms != 0)
+                    .map(|s| crate::clock::peer_said(&name, before, crate::clock::read(), s.clock_ms));
+                let _ = me.send_message(ClusterMsg::Heartbeat {
+                    name,
+                    status,
+                    rtt,
+                    clock_offset,
+                });
             });
         }
         self.fence();
@@ -449,6 +464,7 @@ impl Actor for ClusterActor {
                         since: Instant::now(),
                         status: None,
                         rtt: None,
+                        clock_offset: None,
                     },
                 );
             }
@@ -473,7 +489,12 @@ impl Actor for ClusterActor {
                     }
                 }
             }
-            ClusterMsg::Heartbeat { name, status, rtt } => {
+            ClusterMsg::Heartbeat {
+                name,
+                status,
+                rtt,
+                clock_offset,
+            } => {
                 if let Some(member) = state.members.get_mut(&name) {
                     member.probing = false;
                     match status {
@@ -481,6 +502,7 @@ impl Actor for ClusterActor {
                             member.misses = 0;
                             member.status = Some(status);
                             member.rtt = Some(rtt);
+                            member.clock_offset = clock_offset;
                         }
                         None => {
                             member.misses += 1;
@@ -522,6 +544,7 @@ impl Actor for ClusterActor {
                         },
                         status: m.status.clone(),
                         rtt: m.rtt,
+                        clock_offset_ms: m.clock_offset,
                     })
                     .collect();
                 members.sort_by(|a, b| a.name.cmp(&b.name));

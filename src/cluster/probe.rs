@@ -83,6 +83,7 @@ impl Facts {
             free_bytes: storage.free_bytes,
             low_storage: storage.low,
             meta_group: *self.meta_group.borrow(),
+            clock_ms: crate::clock::now_ms(),
         }
     }
 }
@@ -118,6 +119,10 @@ pub struct NodeStatus {
     /// It belongs to a metadata group (absent from older nodes: false).
     #[prost(bool, tag = "9")]
     pub meta_group: bool,
+    /// Its time when it answered, ms since the epoch ([`crate::clock::now_ms`]; absent from
+    /// older nodes: 0).
+    #[prost(int64, tag = "10")]
+    pub clock_ms: i64,
 }
 
 ractor_cluster::derive_serialization_for_prost_type! {NodeStatus}

@@ -65,6 +65,11 @@ struct NodeView {
     /// Round-trip time of the last heartbeat, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_rtt_ms: Option<f64>,
+    /// Its clock minus this node's, in milliseconds, from the last heartbeat (each node
+    /// keeps its own time through jumps of its wall clock; a large offset is a node whose
+    /// clock was wrong when it started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_offset_ms: Option<i64>,
     /// Its version.
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
@@ -144,6 +149,7 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
                 state: m.state.to_string(),
                 address: Some(m.address.clone()),
                 heartbeat_rtt_ms: m.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                clock_offset_ms: m.clock_offset_ms,
                 version: status.map(|s| s.version.clone()),
                 roles: status.map(|s| s.roles.clone()),
                 slots: status.map(Slots::of),
@@ -158,6 +164,7 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
             state: "up".into(),
             address: None,
             heartbeat_rtt_ms: None,
+            clock_offset_ms: None,
             version: Some(me.version.clone()),
             roles: Some(me.roles.clone()),
             slots: Some(Slots::of(&me)),

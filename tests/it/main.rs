@@ -7,6 +7,7 @@ mod common;
 mod archive;
 mod bounds;
 mod cli;
+mod clock;
 mod cluster;
 mod contract;
 mod damaged;
