@@ -330,7 +330,8 @@ class Client:
         self.lock = threading.Lock()
         self.answers = collections.Counter()  # "ok" / "5xx" / "timeout" / "refused"
         self.bad_5xx = []
-        self.history = []  # (time sent, request class, node name, answered without 5xx/timeout)
+        # (time sent, request class, node name, answered without 5xx/timeout, what it got)
+        self.history = []
 
     def call(self, node, method, path, body=None, headers=None, timeout=10.0, token=None):
         """(status, headers dict, body bytes); raises OSError on connection errors/timeouts."""
@@ -346,21 +347,23 @@ class Client:
             data = r.read()
         except (OSError, http.client.HTTPException) as e:
             with self.lock:
-                self.answers["timeout" if isinstance(e, TimeoutError) else "refused"] += 1
-                self.history.append((sent, cls, node.name, False))
+                what = "timeout" if isinstance(e, TimeoutError) else "refused"
+                self.answers[what] += 1
+                self.history.append((sent, cls, node.name, False, what))
             raise OSError(str(e)) from e
         finally:
             conn.close()
         hdrs = {k.lower(): v for k, v in r.getheaders()}
+        code = None
+        if r.status >= 500:
+            try:
+                code = json.loads(data)["error"]["code"]
+            except Exception:
+                pass
         with self.lock:
-            self.history.append((sent, cls, node.name, r.status < 500))
+            self.history.append((sent, cls, node.name, r.status < 500, f"{r.status} {code or ''}".strip()))
             if r.status >= 500:
                 self.answers["5xx"] += 1
-                code = None
-                try:
-                    code = json.loads(data)["error"]["code"]
-                except Exception:
-                    pass
                 if not (r.status == 503 and code in ("owner_unavailable", "unavailable") and "retry-after" in hdrs):
                     self.bad_5xx.append(f"{method} {path} on {node.name}: {r.status} {data[:200]!r}")
             else:
@@ -974,19 +977,38 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
     def on_faulty(t, name):
         return any(a <= t <= b + 1.0 and name in on for a, b, on in nemesis.faulty)
 
+    def fault_at(t):
+        """The fault on at `t` (or that ended within 5 s before), and seconds since it began."""
+        near = [(kind, detail, a) for kind, detail, a, b in nemesis.log if a <= t <= b + 5.0]
+        if not near:
+            return "calm", None
+        kind, detail, a = near[-1]
+        return f"{kind} {detail}", t - a
+
     per = collections.defaultdict(lambda: [0, 0, 0, 0])  # all ok, all, elsewhere ok, elsewhere
-    for t, cls, name, ok in client.history:
+    misses = collections.defaultdict(list)  # class -> (what, fault, seconds into it, node)
+    for t, cls, name, ok, what in client.history:
         row = per[cls]
         row[0] += ok
         row[1] += 1
         if not on_faulty(t, name):
             row[2] += ok
             row[3] += 1
+            if not ok:
+                fault, into = fault_at(t)
+                misses[cls].append((what, fault, into, name))
     for cls in ["keyed submit", "submit", "status", "download", "list", "other"]:
         if cls in per:
             a, b, c, d = per[cls]
             lines.append(f"availability {cls}: {a / b:.1%} of {b}; not sent to the faulty node "
                          f"{c / d if d else 1:.2%} of {d}")
+            # What the requests not sent to the faulty node got instead, and when.
+            by = collections.Counter(f"{what} during {fault.split()[0]}" for what, fault, _, _ in misses[cls])
+            if by:
+                lines.append("  missed: " + ", ".join(f"{k} x{v}" for k, v in by.most_common()))
+                into = sorted(x for _, _, x, _ in misses[cls] if x is not None)
+                if into:
+                    lines.append(f"  seconds into the fault: p50 {into[len(into) // 2]:.1f}, max {into[-1]:.1f}")
     for line in lines:
         print("  " + line)
     if plan.get("report"):
@@ -994,7 +1016,7 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
             f.write("\n".join(lines) + "\n")
     with open(os.path.join(plan["work"], "history.json"), "w") as f:
         json.dump({"records": {k: dict(r, ids=sorted(r["ids"])) for k, r in records.items()},
-                   "faults": nemesis.log}, f, indent=1, default=str)
+                   "faults": nemesis.log, "misses": misses}, f, indent=1, default=str)
 
 
 def main():

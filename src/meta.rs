@@ -221,8 +221,10 @@ const CAUGHT_UP_WITHIN: u64 = 16;
 /// How long a write keeps trying while no leader can be reached.
 pub const WRITE_PATIENCE: Duration = Duration::from_secs(8);
 
-/// How long a write forwarded to the leader may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write forwarded to the leader, or a read index asked of it, may take. Past
+/// it the leader is taken as away (frozen, cut off): the write tries again (commands are
+/// idempotent), with whoever leads by then.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A node's member of the metadata group.
 #[derive(Clone)]
@@ -295,7 +297,13 @@ impl Meta {
     pub async fn write_within(&self, command: Command, patience: Duration) -> Result<Outcome, MetaError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            match self.write_once(&command).await {
+            // A leader on a minority side waits for a quorum for as long as the partition
+            // lasts: no attempt outlives the patience.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(left.max(Duration::from_millis(100)), self.write_once(&command))
+                .await
+                .unwrap_or_else(|_| Err(MetaError::NoLeader(format!("nothing committed within {patience:?}"))));
+            match attempt {
                 Err(MetaError::NoLeader(why)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(%why, "metadata write: no leader yet; trying again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -313,10 +321,38 @@ impl Meta {
                     .leader_node
                     .map(|n| n.addr)
                     .ok_or_else(|| MetaError::NoLeader("no leader elected".into()))?;
-                network::forward_write(&leader, command, FORWARD_TIMEOUT).await
+                match network::forward_write(&leader, command, FORWARD_TIMEOUT).await {
+                    Err(MetaError::NoLeader(why)) => self.relay(&leader, command).await.map_err(|e| {
+                        tracing::debug!(error = %e, "no member relayed the write");
+                        MetaError::NoLeader(why)
+                    }),
+                    answered => answered,
+                }
             }
             Err(e) => Err(MetaError::NoLeader(e.to_string())),
         }
+    }
+
+    /// A write this node could not bring to `leader` itself (a link down, a one-way cut
+    /// while the leader still leads the others): committed through another member, which
+    /// forwards it to the leader it knows. The first member that answers wins; the command
+    /// is idempotent, so one that committed without its answer arriving changes nothing.
+    async fn relay(&self, leader: &str, command: &Command) -> Result<Outcome, MetaError> {
+        let me = self.actor_name();
+        let mut last = MetaError::NoLeader("no other member to relay through".into());
+        for via in self.status().members() {
+            if via == me || via == leader {
+                continue;
+            }
+            match network::relay_write(&via, command).await {
+                Ok(outcome) => {
+                    tracing::debug!(%via, "a write relayed");
+                    return Ok(outcome);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Changes user `email` (lower case) through the log: the user after it, or why not.
@@ -421,6 +457,12 @@ impl Meta {
     /// when asked (Raft's read index): a read after it sees every write acknowledged
     /// before it.
     pub async fn fresh(&self) -> Result<(), MetaError> {
+        tokio::time::timeout(FORWARD_TIMEOUT * 2, self.fresh_once())
+            .await
+            .unwrap_or_else(|_| Err(MetaError::NoLeader("no read index in time".into())))
+    }
+
+    async fn fresh_once(&self) -> Result<(), MetaError> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to))) => {

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -64,6 +66,11 @@ pub enum MetaMsg {
     /// A command written at another node, for this one (the leader) to commit.
     #[rpc]
     Write(Wire, RpcReplyPort<Wire>),
+    /// A command a writer that cannot reach the leader (a one-way cut, a link down) asks this
+    /// node to commit: here if it leads, else at the leader it knows (one hop, never again
+    /// relayed).
+    #[rpc]
+    Relay(Wire, RpcReplyPort<Wire>),
     /// Asks this node (the leader) for a read index: the log index a follower must have
     /// applied before a read of its replica sees every acknowledged write.
     #[rpc]
@@ -141,6 +148,27 @@ impl Actor for MetaActor {
                             .map_err(|e| e.to_string())
                     };
                     let _ = reply.send(serve(&wire, write).await);
+                }
+                MetaMsg::Relay(wire, reply) => {
+                    let relay = |command: Command| async move {
+                        let write = async {
+                            match raft.client_write(command.clone()).await {
+                                Ok(done) => Ok(done.data),
+                                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => match to.leader_node
+                                {
+                                    Some(leader) => forward_write(&leader.addr, &command, RELAY_TIMEOUT)
+                                        .await
+                                        .map_err(|e| e.to_string()),
+                                    None => Err("no leader elected".to_string()),
+                                },
+                                Err(e) => Err(e.to_string()),
+                            }
+                        };
+                        tokio::time::timeout(RELAY_TIMEOUT, write)
+                            .await
+                            .unwrap_or_else(|_| Err("the relay got no commit in time".to_string()))
+                    };
+                    let _ = reply.send(serve(&wire, relay).await);
                 }
                 MetaMsg::ReadIndex(wire, reply) => {
                     let read = |(): ()| async {
@@ -299,6 +327,14 @@ async fn ask_member<Q: Serialize, A: DeserializeOwned>(
 /// Sends `command` to `leader` (a node name) to commit; what applying it gave.
 pub async fn forward_write(leader: &str, command: &Command, timeout: Duration) -> Result<Outcome, MetaError> {
     ask_member(leader, MetaMsg::Write, command, timeout).await
+}
+
+/// How long a relayed write may take at the relaying node.
+pub const RELAY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks member `via` to commit `command` at the leader it knows (see [`MetaMsg::Relay`]).
+pub async fn relay_write(via: &str, command: &Command) -> Result<Outcome, MetaError> {
+    ask_member(via, MetaMsg::Relay, command, RELAY_TIMEOUT + Duration::from_millis(500)).await
 }
 
 /// Asks `leader` (a node name) for its read index.

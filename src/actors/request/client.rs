@@ -177,10 +177,22 @@ async fn has(at: &At, id: &JobId) -> Result<bool, RemoteError> {
         }
         At::Node(node) => {
             let q = query(id, Some(&existence()), 0);
-            let answer = jobs::call(node, |reply| JobsMsg::Get(q, reply)).await?;
+            let answer = within(node, jobs::call(node, |reply| JobsMsg::Get(q, reply))).await?;
             Ok(Status::of(answer.status) != Status::NotFound)
         }
     }
+}
+
+/// How long a read waits for another node (a frozen or cut-off node is fenced only after
+/// ~3 s, and the remote call's own limit is 10 s): past it, the read is answered from the
+/// directory, as when that node is known to be away.
+const READ_WAIT: Duration = Duration::from_secs(2);
+
+/// `call` to `node`, given up (as a timeout) after [`READ_WAIT`].
+async fn within<T>(node: &str, call: impl Future<Output = Result<T, RemoteError>>) -> Result<T, RemoteError> {
+    tokio::time::timeout(READ_WAIT, call)
+        .await
+        .unwrap_or_else(|_| Err(RemoteError::Timeout(node.to_string())))
 }
 
 /// How long a cancel or delete waits for the directory to show it.
@@ -288,7 +300,7 @@ impl JobsClient {
                         At::Here => Ok(super::lifecycle::load(db, self.retention, &id, Some(&who)).await?),
                         At::Node(owner) => {
                             let q = query(&id, Some(&who), 0);
-                            let answer = jobs::call(&owner, |reply| JobsMsg::Get(q, reply)).await?;
+                            let answer = within(&owner, jobs::call(&owner, |reply| JobsMsg::Get(q, reply))).await?;
                             remote_job(answer)?.ok_or(JobsError::Job(JobError::NotFound))
                         }
                     }
@@ -307,12 +319,20 @@ impl JobsClient {
             }
         };
         match asked {
-            Err(JobsError::OwnerUnreachable(e)) => match self.listed(&id).await {
-                Some(job) if who.admin || job.owner_email == who.email => Ok(job),
-                // Someone else's job: what its node would say.
-                Some(_) => Err(JobsError::Job(JobError::NotFound)),
-                None => Err(JobsError::OwnerUnreachable(e)),
-            },
+            Err(JobsError::OwnerUnreachable(e)) => {
+                let mut listed = self.listed(&id).await;
+                // A replica that was cut off a moment ago may not have caught up yet: after
+                // the read index it has everything committed.
+                if listed.is_none() && self.meta.fresh().await.is_ok() {
+                    listed = self.listed(&id).await;
+                }
+                match listed {
+                    Some(job) if who.admin || job.owner_email == who.email => Ok(job),
+                    // Someone else's job: what its node would say.
+                    Some(_) => Err(JobsError::Job(JobError::NotFound)),
+                    None => Err(JobsError::OwnerUnreachable(e)),
+                }
+            }
             answered => answered,
         }
     }

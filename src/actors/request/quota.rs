@@ -220,9 +220,14 @@ pub async fn answer(q: UsageQuery) -> UsageAnswer {
     }
 }
 
-/// What `email` uses: the committed counters as this node's replica has them, and this
+/// What `email` uses: the committed counters (read index first), and this
 /// node's requests in flight.
 pub async fn usage(meta: &Meta, email: &str) -> Result<Usage, QuotaError> {
+    // Fresh: after the read index, this replica has applied every admission acknowledged
+    // anywhere before (a user who was just admitted on another node sees it counted).
+    if let Err(e) = meta.fresh().await {
+        tracing::debug!(error = %e, "usage as this replica has it");
+    }
     Ok(usage_counting(meta, email).await?.0)
 }
 
