@@ -335,24 +335,23 @@ impl Meta {
 
     /// A write this node could not bring to `leader` itself (a link down, a one-way cut
     /// while the leader still leads the others): committed through another member, which
-    /// forwards it to the leader it knows. The first member that answers wins; the command
-    /// is idempotent, so one that committed without its answer arriving changes nothing.
+    /// forwards it to the leader it knows. Asked of every other member at once, the first
+    /// answer wins; the command is idempotent, so the others commit nothing new.
     async fn relay(&self, leader: &str, command: &Command) -> Result<Outcome, MetaError> {
         let me = self.actor_name();
-        let mut last = MetaError::NoLeader("no other member to relay through".into());
-        for via in self.status().members() {
-            if via == me || via == leader {
-                continue;
-            }
-            match network::relay_write(&via, command).await {
-                Ok(outcome) => {
-                    tracing::debug!(%via, "a write relayed");
-                    return Ok(outcome);
-                }
-                Err(e) => last = e,
-            }
+        let relays: Vec<_> = self
+            .status()
+            .members()
+            .into_iter()
+            .filter(|via| *via != me && via != leader)
+            .map(|via| Box::pin(async move { network::relay_write(&via, command).await }))
+            .collect();
+        if relays.is_empty() {
+            return Err(MetaError::NoLeader("no other member to relay through".into()));
         }
-        Err(last)
+        futures_util::future::select_ok(relays)
+            .await
+            .map(|(outcome, _)| outcome)
     }
 
     /// Changes user `email` (lower case) through the log: the user after it, or why not.

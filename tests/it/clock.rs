@@ -87,14 +87,7 @@ async fn a_node_whose_wall_clock_jumps_an_hour_keeps_tokens_and_times_right() {
         assert!(b.log_text().contains("the wall clock jumped"), "{}", b.log_text());
 
         // a's token is still good on b (an hour ahead, b would find it expired).
-        let r = api_b
-            .http
-            .get(b.url("/v1/jobs"))
-            .bearer_auth(&token_a)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "a's token on b at {offset}");
+        assert_eq!(jobs_status(&b, &token_a).await, 200, "a's token on b at {offset}");
         // b's new token lives as long as any other, and works on a (an hour behind, it
         // would be born expired).
         let token_b = api_b.login(ADMIN.0, ADMIN.1).await;
@@ -103,14 +96,7 @@ async fn a_node_whose_wall_clock_jumps_an_hour_keeps_tokens_and_times_right() {
             (exp - real_secs() - 3600).abs() < 30,
             "b's token at {offset} expires at {exp}"
         );
-        let r = api_a
-            .http
-            .get(a.url("/v1/jobs"))
-            .bearer_auth(&token_b)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "b's token on a at {offset}");
+        assert_eq!(jobs_status(&a, &token_b).await, 200, "b's token on a at {offset}");
         // A job b accepts now carries the real time.
         let r = api_b
             .upload_as("/v1/jobs", &token_b, &input, Some(&format!("clock{offset}")))
@@ -125,14 +111,18 @@ async fn a_node_whose_wall_clock_jumps_an_hour_keeps_tokens_and_times_right() {
         assert!(offset_ms.abs() < 1000, "b's clock as a sees it at {offset}: {view}");
     }
     jump(&clock_file, "+0").await;
-    let r = api_b
-        .http
-        .get(b.url("/v1/jobs"))
-        .bearer_auth(&token_a)
+    assert_eq!(jobs_status(&b, &token_a).await, 200, "after the clock came back");
+}
+
+/// What `GET /v1/jobs` with `token` answers on `node`.
+async fn jobs_status(node: &Node, token: &str) -> u16 {
+    let r = reqwest::Client::new()
+        .get(node.url("/v1/jobs"))
+        .bearer_auth(token)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "after the clock came back");
+    r.status().as_u16()
 }
 
 /// Seconds since the epoch of an HTTP date (`Mon, 07 Dec 2026 10:01:04 GMT`).

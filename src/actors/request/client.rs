@@ -330,7 +330,10 @@ impl JobsClient {
                     Some(job) if who.admin || job.owner_email == who.email => Ok(job),
                     // Someone else's job: what its node would say.
                     Some(_) => Err(JobsError::Job(JobError::NotFound)),
-                    None => Err(JobsError::OwnerUnreachable(e)),
+                    None => {
+                        tracing::debug!(job = %id, error = %e, "owner unreachable and the job not in this replica's directory");
+                        Err(JobsError::OwnerUnreachable(e))
+                    }
                 }
             }
             answered => answered,
@@ -339,8 +342,18 @@ impl JobsClient {
 
     /// Job `id` as this node's replica of the directory has it.
     async fn listed(&self, id: &JobId) -> Option<Job> {
-        let listed = self.meta.listed(id.as_str()).await.ok()??;
-        super::directory::job(&listed)
+        let listed = match self.meta.listed(id.as_str()).await {
+            Ok(listed) => listed?,
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "cannot read the directory");
+                return None;
+            }
+        };
+        let job = super::directory::job(&listed);
+        if job.is_none() {
+            tracing::warn!(job = %id, "an unreadable directory entry");
+        }
+        job
     }
 
     /// Cancels or deletes a job: the canceled job, or `None` once deleted.
