@@ -330,7 +330,7 @@ class Client:
         self.lock = threading.Lock()
         self.answers = collections.Counter()  # "ok" / "5xx" / "timeout" / "refused"
         self.bad_5xx = []
-        # (time sent, request class, node name, answered without 5xx/timeout, what it got)
+        # (time sent, request class, node name, answered without 5xx/timeout, what it got, path)
         self.history = []
 
     def call(self, node, method, path, body=None, headers=None, timeout=10.0, token=None):
@@ -349,7 +349,7 @@ class Client:
             with self.lock:
                 what = "timeout" if isinstance(e, TimeoutError) else "refused"
                 self.answers[what] += 1
-                self.history.append((sent, cls, node.name, False, what))
+                self.history.append((sent, cls, node.name, False, what, path))
             raise OSError(str(e)) from e
         finally:
             conn.close()
@@ -361,7 +361,7 @@ class Client:
             except Exception:
                 pass
         with self.lock:
-            self.history.append((sent, cls, node.name, r.status < 500, f"{r.status} {code or ''}".strip()))
+            self.history.append((sent, cls, node.name, r.status < 500, f"{r.status} {code or ''}".strip(), path))
             if r.status >= 500:
                 self.answers["5xx"] += 1
                 if not (r.status == 503 and code in ("owner_unavailable", "unavailable") and "retry-after" in hdrs):
@@ -986,8 +986,8 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
         return f"{kind} {detail}", t - a
 
     per = collections.defaultdict(lambda: [0, 0, 0, 0])  # all ok, all, elsewhere ok, elsewhere
-    misses = collections.defaultdict(list)  # class -> (what, fault, seconds into it, node)
-    for t, cls, name, ok, what in client.history:
+    misses = collections.defaultdict(list)  # class -> (what, fault, seconds into it, node, path)
+    for t, cls, name, ok, what, path in client.history:
         row = per[cls]
         row[0] += ok
         row[1] += 1
@@ -996,17 +996,17 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
             row[3] += 1
             if not ok:
                 fault, into = fault_at(t)
-                misses[cls].append((what, fault, into, name))
+                misses[cls].append((what, fault, into, name, path))
     for cls in ["keyed submit", "submit", "status", "download", "list", "other"]:
         if cls in per:
             a, b, c, d = per[cls]
             lines.append(f"availability {cls}: {a / b:.1%} of {b}; not sent to the faulty node "
                          f"{c / d if d else 1:.2%} of {d}")
             # What the requests not sent to the faulty node got instead, and when.
-            by = collections.Counter(f"{what} during {fault.split()[0]}" for what, fault, _, _ in misses[cls])
+            by = collections.Counter(f"{what} during {fault.split()[0]}" for what, fault, *_ in misses[cls])
             if by:
                 lines.append("  missed: " + ", ".join(f"{k} x{v}" for k, v in by.most_common()))
-                into = sorted(x for _, _, x, _ in misses[cls] if x is not None)
+                into = sorted(x for _, _, x, *_ in misses[cls] if x is not None)
                 if into:
                     lines.append(f"  seconds into the fault: p50 {into[len(into) // 2]:.1f}, max {into[-1]:.1f}")
     for line in lines:

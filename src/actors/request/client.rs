@@ -331,7 +331,7 @@ impl JobsClient {
                     // Someone else's job: what its node would say.
                     Some(_) => Err(JobsError::Job(JobError::NotFound)),
                     None => {
-                        tracing::debug!(job = %id, error = %e, "owner unreachable and the job not in this replica's directory");
+                        tracing::info!(job = %id, error = %e, "owner unreachable and the job not in this replica's directory");
                         Err(JobsError::OwnerUnreachable(e))
                     }
                 }
