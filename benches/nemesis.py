@@ -544,8 +544,9 @@ class Workload:
 
 
 class Nemesis:
-    def __init__(self, nodes, rng, count):
+    def __init__(self, nodes, rng, count, voters):
         self.nodes = nodes
+        self.voters = voters  # the metadata group's voters (node names)
         self.rng = rng
         kinds = []
         while len(kinds) < count:
@@ -641,7 +642,9 @@ class Nemesis:
             self.active = False
             self.log.append((kind, detail, start, time.time()))
             if kind == "split":
-                on = {n.name for n in min(groups, key=len)}
+                # The faulty side is the one cut off from the Raft majority: the side with
+                # fewer voters (with 5 pods and 3 voters, it may be the larger one).
+                on = {n.name for n in min(groups, key=lambda g: (sum(n.name in self.voters for n in g), len(g)))}
             else:
                 on = {node.name}
             self.faulty.append((start, time.time(), on))
@@ -659,17 +662,20 @@ def login(client, rng, email, password):
 
 
 def wait_mesh(client, nodes, token):
+    """Waits for the full mesh and the metadata group's voters (up to 3); answers their names."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            ups = [sum(m["state"] == "up" for m in json.loads(client.call(n, "GET", "/v1/cluster", token=token)[2])
-                       ["members"]) for n in nodes]
-            if all(u >= len(nodes) - 1 for u in ups):
-                return
+            views = [json.loads(client.call(n, "GET", "/v1/cluster", token=token)[2]) for n in nodes]
+            ups = [sum(m["state"] == "up" for m in v["members"]) for v in views]
+            meta = views[0]["metadata"]
+            if (all(u >= len(nodes) - 1 for u in ups) and len(meta["voters"]) == min(3, len(nodes))
+                    and not meta.get("changing")):
+                return set(meta["voters"])
         except (OSError, KeyError, ValueError):
             pass
         time.sleep(0.3)
-    sys.exit("nemesis: the mesh did not form in 60 s")
+    sys.exit("nemesis: the mesh and the metadata group did not form in 60 s")
 
 
 def list_all(client, node, token):
@@ -699,14 +705,14 @@ def inside(plan_path):
     final = None
     try:
         admin = login(client, rng, *ADMIN)
-        wait_mesh(client, nodes, admin)
+        voters = wait_mesh(client, nodes, admin)
         for email, password in USERS:
             body = json.dumps({"email": email, "password": password}).encode()
             client.retrying(rng, "POST", "/v1/users", time.monotonic() + 60, body=body, token=admin,
                             headers={"Content-Type": "application/json"})
         time.sleep(1.5)  # users replicate
         tokens = [login(client, rng, e, p) for e, p in USERS]
-        nemesis = Nemesis(nodes, random.Random(f"{plan['seed']}:nemesis"), plan["faults"])
+        nemesis = Nemesis(nodes, random.Random(f"{plan['seed']}:nemesis"), plan["faults"], voters)
         work = Workload(plan, client, tokens, random.Random(f"{plan['seed']}:workload"))
         jobs = work.plan_jobs(plan["jobs"], nemesis.span())
         t0 = time.monotonic()
@@ -973,7 +979,8 @@ def report(plan, records, jobs, nemesis, client, durations, duplicates, extra_ma
         f"p99 {pct(durations['faults'], 0.99)} ({len(durations['faults'])} jobs)",
     ]
     # Per class of request, leaving out requests sent to the node a fault was on (the killed,
-    # frozen, isolated or cut-off node; a split's smaller side) while it was on.
+    # frozen, isolated or cut-off node; a split's side without a majority of the voters) while
+    # it was on.
     def on_faulty(t, name):
         return any(a <= t <= b + 1.0 and name in on for a, b, on in nemesis.faulty)
 
