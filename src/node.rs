@@ -132,6 +132,13 @@ async fn run_node(
     mirror.abort();
     queue.abort();
     meta.stop().await;
+    // Uploads still arriving when the node stopped were not accepted: their staged files go
+    // now, as they would at the next start.
+    let data_dir = config.data_dir.clone();
+    let cleared = tokio::task::spawn_blocking(move || Files::new(&data_dir).and_then(|files| files.clear_tmp())).await;
+    if !matches!(cleared, Ok(Ok(()))) {
+        tracing::warn!("unfinished uploads' staged files stay until the next start");
+    }
     Ok(())
 }
 
