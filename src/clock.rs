@@ -117,9 +117,16 @@ fn verdict(wall_minus_kept: i64, held: Duration, peers: &[(i64, i64)]) -> Verdic
     if wall_minus_kept.abs() <= TOLERANCE_MS {
         return Verdict::Follow;
     }
-    if !peers.is_empty() {
+    // Only a reading taken while the two clocks disagreed can tell which is right: one taken
+    // before the step (both offsets alike) would let a few milliseconds of noise decide.
+    let telling: Vec<(i64, i64)> = peers
+        .iter()
+        .copied()
+        .filter(|(to_wall, to_kept)| (to_wall - to_kept).abs() > TOLERANCE_MS)
+        .collect();
+    if !telling.is_empty() {
         let median = |pick: fn(&(i64, i64)) -> i64| {
-            let mut all: Vec<i64> = peers.iter().map(|p| pick(p).abs()).collect();
+            let mut all: Vec<i64> = telling.iter().map(|p| pick(p).abs()).collect();
             all.sort_unstable();
             all[(all.len() - 1) / 2]
         };
@@ -217,6 +224,19 @@ mod tests {
         // A majority decides: one peer with a wrong clock of its own does not.
         let peers = [(3, HOUR + 3), (-10, HOUR - 10), (-2 * HOUR, -HOUR)];
         assert_eq!(verdict(HOUR, Duration::ZERO, &peers), Verdict::Follow);
+    }
+
+    #[test]
+    fn readings_from_before_the_step_decide_nothing() {
+        // Taken while both clocks agreed: a peer 3 ms nearer the wall clock than the kept
+        // time then says nothing about an hour's step since (CI saw one decide).
+        let before = [(3, 5), (-2, 4)];
+        assert_eq!(verdict(HOUR, Duration::ZERO, &before), Verdict::Keep);
+        assert_eq!(verdict(-HOUR, Duration::from_secs(5), &before), Verdict::Keep);
+        assert_eq!(verdict(HOUR, STEP_HOLD, &before), Verdict::Follow);
+        // With one reading from after the step, that one decides.
+        let mixed = [(3, 5), (-HOUR + 3, 3)];
+        assert_eq!(verdict(HOUR, STEP_HOLD * 2, &mixed), Verdict::Keep);
     }
 
     #[test]
