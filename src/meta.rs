@@ -115,6 +115,30 @@ pub enum Command {
         /// When it was proposed (the proposer's clock: the day counted ends here).
         at_ms: i64,
     },
+    /// A keyed submission in one step: claims Idempotency-Key `key` of `email` for `id`
+    /// (taking over a claim `stale` holds) and, only if `id` then holds it, admits `id` as
+    /// [`Command::Admit`] does. A refused admission leaves the key as it was; a key held by
+    /// another job answers that job ([`Outcome::Claimed`]) and admits nothing.
+    KeyedAdmit {
+        /// The key.
+        key: String,
+        /// A job the caller found gone, whose claim may be taken over.
+        stale: Option<String>,
+        /// The job's (or upload's) id.
+        id: String,
+        /// Its user.
+        email: String,
+        /// Its node.
+        node: String,
+        /// The job's first directory entry (`None`: an upload).
+        entry: Option<Listed>,
+        /// The bytes it brings.
+        bytes: i64,
+        /// The user's limits as the proposer read them.
+        limits: Option<crate::store::Quota>,
+        /// When it was proposed.
+        at_ms: i64,
+    },
     /// Node `node` holds a copy of done job `id`'s MP3 (recorded only while the job is in
     /// the directory; removing the job removes its copies).
     Copied {
@@ -418,6 +442,16 @@ impl Meta {
         match self.write(command).await? {
             Outcome::Admitted(admitted) => Ok(admitted),
             other => Err(MetaError::Store(format!("an admission answered {other:?}"))),
+        }
+    }
+
+    /// Commits a [`Command::KeyedAdmit`]: `Err(job)` when another job holds the key, else
+    /// whether `id` was admitted (and now holds the key).
+    pub async fn keyed_admit(&self, command: Command) -> Result<Result<Result<(), quota::Over>, String>, MetaError> {
+        match self.write(command).await? {
+            Outcome::Admitted(admitted) => Ok(Ok(admitted)),
+            Outcome::Claimed { job } => Ok(Err(job)),
+            other => Err(MetaError::Store(format!("a keyed admission answered {other:?}"))),
         }
     }
 

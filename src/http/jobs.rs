@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::multipart::{self, MultipartForm};
+use super::quota::Keyed;
 use super::responses::{
     BadRequest, Forbidden, InsufficientStorage, NotFound, QuotaExceeded, TooLarge, Unauthorized, Unavailable,
     Unprocessable, UnsupportedMediaType,
@@ -26,6 +27,7 @@ use crate::actors::request::{JobError, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
 use crate::convert::Quality;
+use crate::meta::Listed;
 use crate::store::{Job, JobId, NewJob, Source, StagedInput, now_ms};
 use crate::view::JobJson;
 
@@ -97,7 +99,7 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 /// syntax of URLs), then its key is looked up, and a retry answers the earlier job (`200`)
 /// before anything about the world is checked (where a URL leads, room, quota). This look
 /// reads this node's replica of the claims (it may be a moment behind); the claim
-/// committed at submission ([`claim`]) decides.
+/// committed at submission ([`claim_and_admit`]) decides.
 pub(super) async fn earlier_job(state: &AppState, who: &Principal, key: Option<&str>) -> Result<Option<Job>, ApiError> {
     let Some(key) = key else {
         return Ok(None);
@@ -135,17 +137,27 @@ pub(super) enum Holder {
     Upload(JobId),
 }
 
-/// Claims `key` of `who` for job (or upload) `id` through the metadata log before anything
-/// is accepted: a claim that loses answers what holds the key. A holder that is neither a
-/// job nor an upload once [`CLAIM_PATIENCE`] has passed (deleted, expired, a submission
-/// that failed before its release) is taken over.
-pub(super) async fn claim(state: &AppState, who: &Principal, key: &str, id: &JobId) -> Result<Holder, ApiError> {
+/// Claims `key` of `who` for job (or upload) `id` and admits `id` (its quota, `entry` in
+/// the directory), in one metadata log entry, before anything is accepted
+/// ([`super::quota::admit_keyed`]): a claim that loses admits nothing and answers what holds
+/// the key. A holder that is neither a job nor an upload once [`CLAIM_PATIENCE`] has passed
+/// (deleted, expired, a submission that failed before its release) is taken over.
+pub(super) async fn claim_and_admit(
+    state: &AppState,
+    who: &Principal,
+    key: &str,
+    id: &JobId,
+    entry: Option<Listed>,
+    bytes: i64,
+) -> Result<Holder, ApiError> {
     let mut stale: Option<JobId> = None;
     loop {
-        let held = state.jobs.claim(&who.email, key, id, stale.as_ref()).await?;
-        if held == *id {
-            return Ok(Holder::Mine);
-        }
+        let admitted =
+            super::quota::admit_keyed(state, id, &who.email, entry.clone(), bytes, key, stale.as_ref()).await?;
+        let held = match admitted {
+            Keyed::Admitted => return Ok(Holder::Mine),
+            Keyed::HeldBy(held) => held,
+        };
         let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
         loop {
             match state.jobs.get(held.clone(), who.clone()).await {
@@ -192,24 +204,12 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
         admin: false,
     };
     let key = job.idempotency_key.clone();
-    if let Some(key) = &key {
-        match claim(state, &owner, key, &job.id).await? {
-            Holder::Mine => {}
-            Holder::Job(earlier) => return Ok(retry_answer(&earlier)),
-            Holder::Upload(id) => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("this Idempotency-Key belongs to upload {id}, not finished yet"),
-                ));
-            }
-        }
-    }
-    // Admitted and in the directory before it exists, in one log entry: the quota is
-    // checked against the committed counters (`429`), and once the client hears `202`
-    // every node answers for the job even if this one is lost a moment later. With no
-    // quorum (this node is cut off, or the group has lost its majority) nothing is
-    // created: `503`, and the client retries (through the Service, likely elsewhere), as it
-    // would for a key.
+    // Admitted and in the directory before it exists, in one log entry (with its key's
+    // claim): the quota is checked against the committed counters (`429`), and once the
+    // client hears `202` every node answers for the job even if this one is lost a moment
+    // later. With no quorum (this node is cut off, or the group has lost its majority)
+    // nothing is created: `503`, and the client retries (through the Service, likely
+    // elsewhere) with the same key.
     let id = job.id.clone();
     let bytes = match &staged {
         Some(staged) => tokio::fs::metadata(staged.path())
@@ -218,9 +218,26 @@ pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedI
         None => 0,
     };
     let entry = crate::actors::request::directory::listed(&job.queued(now_ms()), key.clone());
-    if let Err(e) = super::quota::admit(state, &id, &owner.email, Some(entry), bytes).await {
-        state.jobs.forget(id, owner.email, key);
-        return Err(e);
+    let admitted = match &key {
+        Some(key) => claim_and_admit(state, &owner, key, &id, Some(entry), bytes).await,
+        None => super::quota::admit(state, &id, &owner.email, Some(entry), bytes)
+            .await
+            .map(|()| Holder::Mine),
+    };
+    match admitted {
+        Ok(Holder::Mine) => {}
+        Ok(Holder::Job(earlier)) => return Ok(retry_answer(&earlier)),
+        Ok(Holder::Upload(id)) => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("this Idempotency-Key belongs to upload {id}, not finished yet"),
+            ));
+        }
+        Err(e) => {
+            // A write that timed out may still commit: take it back (compare-and-delete).
+            state.jobs.forget(id, owner.email, key);
+            return Err(e);
+        }
     }
     let submitted = ask(
         Role::Request,

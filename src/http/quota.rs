@@ -160,19 +160,83 @@ pub(super) async fn admit(
     entry: Option<Listed>,
     bytes: i64,
 ) -> Result<(), ApiError> {
+    match admit_as(state, id, email, entry, bytes, None).await? {
+        Keyed::Admitted => Ok(()),
+        Keyed::HeldBy(job) => Err(JobsError::Internal(format!("an unkeyed admission found key holder {job}")).into()),
+    }
+}
+
+/// What a keyed admission ([`admit_keyed`]) found.
+pub(super) enum Keyed {
+    /// Admitted: the key is the job's.
+    Admitted,
+    /// Another job (or upload) holds the key: nothing was admitted.
+    HeldBy(JobId),
+}
+
+/// [`admit`] with Idempotency-Key `key` claimed for `id` in the same log entry, taking over
+/// a claim that `stale` (found gone) holds: a keyed submission is one commit.
+pub(super) async fn admit_keyed(
+    state: &AppState,
+    id: &JobId,
+    email: &str,
+    entry: Option<Listed>,
+    bytes: i64,
+    key: &str,
+    stale: Option<&JobId>,
+) -> Result<Keyed, ApiError> {
+    admit_as(state, id, email, entry, bytes, Some((key, stale))).await
+}
+
+async fn admit_as(
+    state: &AppState,
+    id: &JobId,
+    email: &str,
+    entry: Option<Listed>,
+    bytes: i64,
+    key: Option<(&str, Option<&JobId>)>,
+) -> Result<Keyed, ApiError> {
     let limits = quota::admission_limits(&state.config, email).await?;
-    let command = Command::Admit {
-        id: id.to_string(),
-        email: email.to_ascii_lowercase(),
-        node: id.owner().to_string(),
-        entry,
-        bytes,
-        limits,
-        at_ms: now_ms(),
+    let (id_s, email_s, node, at_ms) = (
+        id.to_string(),
+        email.to_ascii_lowercase(),
+        id.owner().to_string(),
+        now_ms(),
+    );
+    let answer = match key {
+        None => {
+            let command = Command::Admit {
+                id: id_s,
+                email: email_s,
+                node,
+                entry,
+                bytes,
+                limits,
+                at_ms,
+            };
+            state.meta.admit(command).await.map(Ok)
+        }
+        Some((key, stale)) => {
+            let command = Command::KeyedAdmit {
+                key: key.to_string(),
+                stale: stale.map(JobId::to_string),
+                id: id_s,
+                email: email_s,
+                node,
+                entry,
+                bytes,
+                limits,
+                at_ms,
+            };
+            state.meta.keyed_admit(command).await
+        }
     };
-    match state.meta.admit(command).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(over)) => Err(quota::refusal(&state.config, &limits.unwrap_or_default(), &over, bytes).into()),
+    match answer {
+        Ok(Ok(Ok(()))) => Ok(Keyed::Admitted),
+        Ok(Ok(Err(over))) => Err(quota::refusal(&state.config, &limits.unwrap_or_default(), &over, bytes).into()),
+        Ok(Err(held)) => JobId::parse(&held)
+            .map(Keyed::HeldBy)
+            .ok_or_else(|| JobsError::Internal(format!("unreadable claim {held:?}")).into()),
         Err(e) => {
             tracing::warn!(job = %id, error = %e, "a new job or upload could not be admitted");
             Err(JobsError::Meta(e).into())

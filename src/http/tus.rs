@@ -233,36 +233,43 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     // Held until the upload is stored (it counts as unfinished itself then).
     let _place = super::quota::within_quota(state, who, length).await?;
     let id = JobId::new(&state.config.node_name);
-    if let Some(key) = &key {
-        // The key is claimed for this upload (its id is its job's) through the metadata
-        // log before anything is stored.
-        match super::jobs::claim(state, who, key, &id).await? {
-            Holder::Mine => {}
-            Holder::Job(job) => {
-                let done = Written {
-                    received: length,
-                    expires_ms: 0,
-                    job: Some(job.id.clone()),
-                };
-                return Ok(created_answer(&job.id, &done));
-            }
-            Holder::Upload(earlier) => {
-                let at = state.resumable.state(earlier.clone(), who.clone()).await?;
-                let w = Written {
-                    received: at.received,
-                    expires_ms: at.expires_ms,
-                    job: at.job,
-                };
-                return Ok(created_answer(&earlier, &w));
-            }
+    // Admitted through the log (the quota against the committed counters), with the key
+    // claimed for this upload (its id is its job's) in the same entry, before anything is
+    // stored.
+    let bytes = i64::try_from(length).unwrap_or(i64::MAX);
+    let admitted = match &key {
+        Some(key) => super::jobs::claim_and_admit(state, who, key, &id, None, bytes).await,
+        None => super::quota::admit(state, &id, &who.email, None, bytes)
+            .await
+            .map(|()| Holder::Mine),
+    };
+    match admitted {
+        Ok(Holder::Mine) => {}
+        Ok(Holder::Job(job)) => {
+            let done = Written {
+                received: length,
+                expires_ms: 0,
+                job: Some(job.id.clone()),
+            };
+            return Ok(created_answer(&job.id, &done));
         }
-    }
-    // Admitted through the log (the quota against the committed counters), then made.
-    if let Err(e) = super::quota::admit(state, &id, &who.email, None, i64::try_from(length).unwrap_or(i64::MAX)).await {
-        if let Some(key) = &key {
-            state.jobs.release(&who.email, key, &id).await;
+        Ok(Holder::Upload(earlier)) => {
+            let at = state.resumable.state(earlier.clone(), who.clone()).await?;
+            let w = Written {
+                received: at.received,
+                expires_ms: at.expires_ms,
+                job: at.job,
+            };
+            return Ok(created_answer(&earlier, &w));
         }
-        return Err(e);
+        Err(e) => {
+            // A write that timed out may still commit: its claim is taken back (in the
+            // background: compare-and-delete).
+            if key.is_some() {
+                state.jobs.forget(id, who.email.clone(), key);
+            }
+            return Err(e);
+        }
     }
     let upload = NewUpload {
         id: id.clone(),

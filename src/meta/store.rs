@@ -435,6 +435,43 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             }
             Ok(Outcome::Admitted(admitted))
         }
+        Command::KeyedAdmit {
+            key,
+            stale,
+            id,
+            email,
+            node,
+            entry,
+            bytes,
+            limits,
+            at_ms,
+        } => {
+            let held: Option<String> = tx
+                .query_row(
+                    "SELECT job FROM claims WHERE email = ?1 AND key = ?2",
+                    params![email, key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(held) = held
+                && held != *id
+                && Some(&held) != stale.as_ref()
+            {
+                return Ok(Outcome::Claimed { job: held });
+            }
+            let admitted = super::quota::admit(tx, id, email, *bytes, limits.as_ref(), *at_ms)?;
+            if admitted.is_ok() {
+                tx.execute(
+                    "INSERT INTO claims (email, key, job) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (email, key) DO UPDATE SET job = excluded.job",
+                    params![email, key, id],
+                )?;
+                if let Some(entry) = entry {
+                    publish(tx, index, node, std::slice::from_ref(entry), &[], true)?;
+                }
+            }
+            Ok(Outcome::Admitted(admitted))
+        }
         Command::Copied { id, node } => {
             // Only a copy of a job still in the directory is recorded.
             tx.execute(

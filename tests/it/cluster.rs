@@ -259,6 +259,23 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
     assert_eq!(retry.json::<Value>().await.unwrap()["id"], keyed.as_str());
     let stale: Vec<_> = std::fs::read_dir(b.data.join("tmp")).unwrap().collect();
     assert!(stale.is_empty(), "the retry's upload is not kept on b: {stale:?}");
+    // Eight submissions of one key at once, through both nodes: one job, every answer it.
+    let racing = (0..8).map(|i| {
+        let (api, token, input) = (if i % 2 == 0 { &api_a } else { &api_b }, &token, &input);
+        async move {
+            let r = api.upload_as("/v1/jobs", token, input, Some("race-1")).await;
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap()["id"].as_str().unwrap_or("").to_string())
+        }
+    });
+    let answers = futures_util::future::join_all(racing).await;
+    let made = answers.iter().filter(|(s, _)| *s == 202).count();
+    assert_eq!(made, 1, "one submission of a key makes its job: {answers:?}");
+    assert!(
+        answers.iter().all(|(s, id)| (*s == 202 || *s == 200) && *id == answers[0].1),
+        "every racer answers the one job: {answers:?}"
+    );
+    let raced = answers[0].1.clone();
     let bob = api_b.login("bob@example.com", "bob-password").await;
     let bobs = api_b.upload_as("/v1/jobs", &bob, &input, Some("retry-1")).await;
     assert_eq!(bobs.status(), reqwest::StatusCode::ACCEPTED, "another user's key");
@@ -271,7 +288,7 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
         .iter()
         .map(|j| j["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [keyed.as_str(), id.as_str()], "one job per key");
+    assert_eq!(ids, [raced.as_str(), keyed.as_str(), id.as_str()], "one job per key");
     let port_c = free_port();
     let peers_c = format!("127.0.0.10:{port_c},{peers}");
     let c = start(dir.path(), "node-c", "127.0.0.10", port_c, &peers_c, &open).await;

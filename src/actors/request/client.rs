@@ -21,7 +21,7 @@ use super::{JobError, Mp3File, RequestMsg};
 use crate::actors::{CALL_TIMEOUT, CallError, Role, ask};
 use crate::auth::Principal;
 use crate::config::Config;
-use crate::meta::{Command, Meta, MetaError, Outcome};
+use crate::meta::{Command, Meta, MetaError};
 use crate::store::{Db, Job, JobId};
 
 /// Why a call about a job got no answer from it.
@@ -393,29 +393,10 @@ impl JobsClient {
 
     /// The job (or resumable upload: they share ids) holding Idempotency-Key `key` of
     /// `email`, as this node's replica of the claims has it. A replica can be a moment
-    /// behind: the claim committed at submission ([`JobsClient::claim`]) decides.
+    /// behind: the claim committed at submission (a keyed admission, `Command::KeyedAdmit`) decides.
     pub async fn claimed(&self, email: &str, key: &str) -> Result<Option<JobId>, JobsError> {
         let held = self.meta.claim(email, key).await?;
         Ok(held.as_deref().and_then(JobId::parse))
-    }
-
-    /// Claims Idempotency-Key `key` of `email` for job `id` through the metadata log:
-    /// answers the job that holds it, `id` itself if this claim won. With `stale`, a claim
-    /// held by that job (found gone) is taken over. While no leader can be reached the
-    /// answer is [`JobsError::Meta`] (`503`, retry with the same key): never a second job.
-    pub async fn claim(&self, email: &str, key: &str, id: &JobId, stale: Option<&JobId>) -> Result<JobId, JobsError> {
-        let command = Command::ClaimKey {
-            email: email.to_string(),
-            key: key.to_string(),
-            job: id.to_string(),
-            stale: stale.map(JobId::to_string),
-        };
-        match self.meta.write(command).await? {
-            Outcome::Claimed { job } => {
-                JobId::parse(&job).ok_or_else(|| JobsError::Internal(format!("unreadable claim {job:?}")))
-            }
-            other => Err(JobsError::Internal(format!("a claim answered {other:?}"))),
-        }
     }
 
     /// Takes back what a refused submission of job `id` wrote to the metadata (its
@@ -444,19 +425,6 @@ impl JobsClient {
                 }
             }
         });
-    }
-
-    /// Releases the claim job `id` holds on `key` (its submission failed). Best effort: a
-    /// claim left behind is taken over once its job is found gone.
-    pub async fn release(&self, email: &str, key: &str, id: &JobId) {
-        let command = Command::ReleaseKey {
-            email: email.to_string(),
-            key: key.to_string(),
-            job: id.to_string(),
-        };
-        if let Err(e) = self.meta.write(command).await {
-            tracing::warn!(job = %id, error = %e, "could not release an Idempotency-Key claim");
-        }
     }
 
     /// The caller's jobs, newest first: this node's own as they are now, every other

@@ -388,3 +388,97 @@ async fn admissions_count_in_log_order_and_free_as_jobs_end_or_go() {
         "a removed user's counters: {used:?}"
     );
 }
+
+/// A keyed submission's one entry: the first claims its key and is admitted and listed; a
+/// second of the same key admits nothing and learns the first; a refused admission leaves
+/// the key free; a retry of the winner is admitted again; a stale holder is taken over.
+#[tokio::test]
+async fn a_keyed_admission_claims_admits_and_lists_in_one_entry_or_does_nothing() {
+    use crate::store::Quota;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut sm) = MetaDb::open(&dir.path().join("meta.db")).unwrap().stores();
+    let t = 100 * 24 * 3_600_000;
+    let one = Quota {
+        max_active: Some(1),
+        ..Quota::default()
+    };
+    let keyed = |id: &str, key: &str, stale: Option<&str>| Command::KeyedAdmit {
+        key: key.into(),
+        stale: stale.map(str::to_string),
+        id: id.into(),
+        email: "bob@example.com".into(),
+        node: "n-0".into(),
+        entry: Some(job(id, "queued", Some(key))),
+        bytes: 10,
+        limits: Some(one),
+        at_ms: t,
+    };
+    let out = sm
+        .apply([
+            entry(1, keyed("j1", "k1", None)),
+            entry(2, keyed("j2", "k1", None)),
+            entry(3, keyed("j3", "k2", None)),
+            entry(4, keyed("j1", "k1", None)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Outcome::Admitted(Ok(())));
+    assert_eq!(
+        out[1],
+        Outcome::Claimed { job: "j1".into() },
+        "the key's holder answers"
+    );
+    assert!(
+        matches!(&out[2], Outcome::Admitted(Err(_))),
+        "over max_active: {:?}",
+        out[2]
+    );
+    assert_eq!(out[3], Outcome::Admitted(Ok(())), "a retried entry");
+    assert_eq!(sm.claim("bob@example.com", "k1").await.unwrap().as_deref(), Some("j1"));
+    assert_eq!(
+        sm.claim("bob@example.com", "k2").await.unwrap(),
+        None,
+        "refused: key left free"
+    );
+    assert!(sm.listed("j1").await.unwrap().is_some());
+    assert!(sm.listed("j2").await.unwrap().is_none() && sm.listed("j3").await.unwrap().is_none());
+    let used = sm.used("bob@example.com", t).await.unwrap();
+    assert_eq!((used.active, used.stored_bytes), (1, 10), "only j1 counts");
+
+    // j1 goes; a claim it still held (left behind) is taken over by naming it stale, and
+    // naming a job that does not hold the key takes nothing.
+    sm.apply([entry(
+        5,
+        Command::ReleaseKey {
+            email: "bob@example.com".into(),
+            key: "k1".into(),
+            job: "nobody".into(),
+        },
+    )])
+    .await
+    .unwrap();
+    sm.apply([entry(6, publish("n-0", vec![], &["j1"], false))])
+        .await
+        .unwrap();
+    sm.apply([entry(
+        7,
+        Command::ClaimKey {
+            email: "bob@example.com".into(),
+            key: "k3".into(),
+            job: "gone".into(),
+            stale: None,
+        },
+    )])
+    .await
+    .unwrap();
+    let out = sm
+        .apply([
+            entry(8, keyed("j4", "k3", Some("other"))),
+            entry(9, keyed("j5", "k3", Some("gone"))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Outcome::Claimed { job: "gone".into() });
+    assert_eq!(out[1], Outcome::Admitted(Ok(())));
+    assert_eq!(sm.claim("bob@example.com", "k3").await.unwrap().as_deref(), Some("j5"));
+}
