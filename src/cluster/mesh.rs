@@ -37,6 +37,13 @@ pub const TICK: Duration = Duration::from_millis(500);
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Missed heartbeats in a row that fence a peer.
 pub const MAX_MISSES: u32 = 3;
+/// Most peers probed in one tick: those probed longest ago go first. Up to this many peers
+/// each is probed every tick; beyond, each node's heartbeats stay as many (its idle cost
+/// does not grow with the cluster, nor the cluster's with its square) and a peer is probed
+/// every `peers / PROBES_PER_TICK` ticks. A dead peer's session ends with its connection at
+/// once anyway; the heartbeats fence frozen and cut-off ones, and the converters' leases
+/// and the metadata group's own heartbeats do not wait for them.
+pub const PROBES_PER_TICK: usize = 8;
 /// Longest wait between dials of an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// What a connection to the cluster port may cost before it authenticates (our patch of
@@ -174,6 +181,8 @@ struct Member {
     session: ActorRef<NodeSessionMessage>,
     misses: u32,
     probing: bool,
+    /// When this node last sent it a heartbeat.
+    probed: Option<Instant>,
     since: Instant,
     status: Option<NodeStatus>,
     rtt: Option<Duration>,
@@ -294,10 +303,10 @@ impl ClusterState {
 
     fn probe(&mut self, myself: &ActorRef<ClusterMsg>) {
         let probes = ractor::pg::get_members(&PROBE_GROUP.to_string());
-        for (name, member) in &mut self.members {
-            if member.probing {
-                continue;
-            }
+        let mut due: Vec<(&String, &mut Member)> = self.members.iter_mut().filter(|(_, m)| !m.probing).collect();
+        due.sort_by_key(|(_, m)| m.probed);
+        for (name, member) in due.into_iter().take(PROBES_PER_TICK) {
+            member.probed = Some(Instant::now());
             let probe = probes
                 .iter()
                 .find(|p| !p.get_id().is_local() && p.get_id().node() == member.node_id)
@@ -461,6 +470,7 @@ impl Actor for ClusterActor {
                         session,
                         misses: 0,
                         probing: false,
+                        probed: None,
                         since: Instant::now(),
                         status: None,
                         rtt: None,
