@@ -45,6 +45,32 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
+/// Waits until `raft`'s replica has applied everything committed before the call (Raft's
+/// read index, at the leader if this member is not it), at most `FORWARD_TIMEOUT * 2`.
+async fn fresh(raft: &Raft<TypeConfig>) -> Result<(), MetaError> {
+    let once = async {
+        match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to))) => {
+                let leader = to
+                    .leader_node
+                    .map(|n| n.addr)
+                    .ok_or_else(|| MetaError::NoLeader("no leader elected".into()))?;
+                let index = network::read_index(&leader, FORWARD_TIMEOUT).await?;
+                raft.wait(Some(FORWARD_TIMEOUT))
+                    .applied_index_at_least(Some(index), "read index")
+                    .await
+                    .map_err(|e| MetaError::NoLeader(e.to_string()))?;
+                Ok(())
+            }
+            Err(e) => Err(MetaError::NoLeader(e.to_string())),
+        }
+    };
+    tokio::time::timeout(FORWARD_TIMEOUT * 2, once)
+        .await
+        .unwrap_or_else(|_| Err(MetaError::NoLeader("no read index in time".into())))
+}
+
 /// A change to the replicated state, as the log carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -276,7 +302,7 @@ impl Meta {
         let raft = Raft::new(node_id(name), config, MetaNetwork, log, state.clone())
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
-        let (actor, _) = ractor::Actor::spawn(None, MetaActor, (name.to_string(), raft.clone()))
+        let (actor, _) = ractor::Actor::spawn(None, MetaActor, (name.to_string(), raft.clone(), state.clone()))
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
         let meta = Meta { raft, state, actor };
@@ -490,29 +516,37 @@ impl Meta {
     /// when asked (Raft's read index): a read after it sees every write acknowledged
     /// before it.
     pub async fn fresh(&self) -> Result<(), MetaError> {
-        tokio::time::timeout(FORWARD_TIMEOUT * 2, self.fresh_once())
-            .await
-            .unwrap_or_else(|_| Err(MetaError::NoLeader("no read index in time".into())))
+        fresh(&self.raft).await
     }
 
-    async fn fresh_once(&self) -> Result<(), MetaError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to))) => {
-                let leader = to
-                    .leader_node
-                    .map(|n| n.addr)
-                    .ok_or_else(|| MetaError::NoLeader("no leader elected".into()))?;
-                let index = network::read_index(&leader, FORWARD_TIMEOUT).await?;
-                self.raft
-                    .wait(Some(FORWARD_TIMEOUT))
-                    .applied_index_at_least(Some(index), "read index")
-                    .await
-                    .map_err(|e| MetaError::NoLeader(e.to_string()))?;
-                Ok(())
-            }
-            Err(e) => Err(MetaError::NoLeader(e.to_string())),
+    /// Job `id`'s directory entry from another member that is up to date (asked of every
+    /// other member at once, the first entry found wins; within [`FORWARD_TIMEOUT`]): for a
+    /// reader that can reach neither the job's node nor the leader, whose replica may lag.
+    /// `None` when no member has it or none could answer.
+    pub async fn listed_elsewhere(&self, id: &str) -> Option<Listed> {
+        let me = self.actor_name();
+        let asks: Vec<_> = self
+            .status()
+            .members()
+            .into_iter()
+            .filter(|m| *m != me)
+            .map(|m| {
+                Box::pin(async move {
+                    match network::listed_at(&m, id, FORWARD_TIMEOUT).await {
+                        Ok(Some(listed)) => Ok(listed),
+                        Ok(None) => Err(MetaError::Store(format!("{m} does not have it"))),
+                        Err(e) => Err(e),
+                    }
+                })
+            })
+            .collect();
+        if asks.is_empty() {
+            return None;
         }
+        futures_util::future::select_ok(asks)
+            .await
+            .ok()
+            .map(|(listed, _)| listed)
     }
 
     /// Up to `limit` done jobs changed after log index `seq`, from this node's replica.

@@ -22,7 +22,8 @@ use ractor_cluster::RactorClusterMessage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Command, MetaError, Outcome, TypeConfig};
+use super::store::StateMachine;
+use super::{Command, Listed, MetaError, Outcome, TypeConfig};
 
 /// The process group prefix of the metadata actors (versioned, as every face).
 pub const GROUP: &str = "meta.v1";
@@ -79,6 +80,11 @@ pub enum MetaMsg {
     /// out): a change's writer waits for every member before acknowledging it.
     #[rpc]
     Applied(Wire, RpcReplyPort<Wire>),
+    /// A job's directory entry from this member's replica, once it has everything committed
+    /// (Raft's read index): for a reader that can reach neither the job's node nor the
+    /// leader (a one-way cut), whose own replica may lag.
+    #[rpc]
+    Listed(Wire, RpcReplyPort<Wire>),
 }
 
 fn encode<T: Serialize>(value: &T) -> Wire {
@@ -110,27 +116,27 @@ pub struct MetaActor;
 
 impl Actor for MetaActor {
     type Msg = MetaMsg;
-    type State = Raft<TypeConfig>;
-    type Arguments = (String, Raft<TypeConfig>);
+    type State = (Raft<TypeConfig>, StateMachine);
+    type Arguments = (String, Raft<TypeConfig>, StateMachine);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (node, raft): Self::Arguments,
+        (node, raft, state): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         ractor::pg::join(group(&node), vec![myself.get_cell()]);
-        Ok(raft)
+        Ok((raft, state))
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        raft: &mut Self::State,
+        (raft, state): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Each request runs on its own task: a slow one (a snapshot being installed) never
         // holds up heartbeats.
-        let raft = raft.clone();
+        let (raft, state) = (raft.clone(), state.clone());
         tokio::spawn(async move {
             match message {
                 MetaMsg::Append(wire, reply) => {
@@ -188,6 +194,13 @@ impl Actor for MetaActor {
                             .map_err(|e| e.to_string())
                     };
                     let _ = reply.send(serve(&wire, applied).await);
+                }
+                MetaMsg::Listed(wire, reply) => {
+                    let listed = |id: String| async move {
+                        super::fresh(&raft).await.map_err(|e| e.to_string())?;
+                        state.listed(&id).await.map_err(|e| e.to_string())
+                    };
+                    let _ = reply.send(serve(&wire, listed).await);
                 }
                 MetaMsg::Snapshot(wire, reply) => {
                     let answer = serve(&wire, |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r)).await;
@@ -335,6 +348,12 @@ pub const RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Asks member `via` to commit `command` at the leader it knows (see [`MetaMsg::Relay`]).
 pub async fn relay_write(via: &str, command: &Command) -> Result<Outcome, MetaError> {
     ask_member(via, MetaMsg::Relay, command, RELAY_TIMEOUT + Duration::from_millis(500)).await
+}
+
+/// Job `id`'s directory entry as member `name` has it once up to date (see
+/// [`MetaMsg::Listed`]), within `timeout`.
+pub async fn listed_at(name: &str, id: &str, timeout: Duration) -> Result<Option<Listed>, MetaError> {
+    ask_member(name, MetaMsg::Listed, &id, timeout).await
 }
 
 /// Asks `leader` (a node name) for its read index.

@@ -57,6 +57,32 @@ async fn three_members_elect_commit_from_anywhere_and_survive_the_leaders_loss()
             won(&job)
         );
     }
+    // A job's entry, asked of the other members (a reader whose own replica may lag): each
+    // finds it at once, and an unknown job nowhere.
+    let entry = Listed {
+        id: "n-0~job".into(),
+        node: String::new(),
+        owner_email: "bob@example.com".into(),
+        created_at_ms: 1,
+        key: None,
+        record: "{}".into(),
+        state: "queued".into(),
+        seq: 0,
+        bytes: 0,
+        ended_at_ms: None,
+    };
+    let publish = Command::Publish {
+        node: "n-0".into(),
+        put: vec![entry],
+        gone: Vec::new(),
+        only_new: true,
+    };
+    members[2].write(publish).await.unwrap();
+    for m in &members {
+        let found = m.listed_elsewhere("n-0~job").await.expect("another member has it");
+        assert_eq!((found.node.as_str(), found.state.as_str()), ("n-0", "queued"));
+        assert!(m.listed_elsewhere("n-0~none").await.is_none());
+    }
     // The leader goes; the two others elect one of themselves and keep every claim.
     let (gone, rest): (Vec<&Meta>, Vec<&Meta>) = members.iter().partition(|m| m.raft().metrics().borrow().id == leader);
     gone[0].stop().await;

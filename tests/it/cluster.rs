@@ -265,14 +265,22 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
         async move {
             let r = api.upload_as("/v1/jobs", token, input, Some("race-1")).await;
             let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap()["id"].as_str().unwrap_or("").to_string())
+            (
+                status,
+                r.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
         }
     });
     let answers = futures_util::future::join_all(racing).await;
     let made = answers.iter().filter(|(s, _)| *s == 202).count();
     assert_eq!(made, 1, "one submission of a key makes its job: {answers:?}");
     assert!(
-        answers.iter().all(|(s, id)| (*s == 202 || *s == 200) && *id == answers[0].1),
+        answers
+            .iter()
+            .all(|(s, id)| (*s == 202 || *s == 200) && *id == answers[0].1),
         "every racer answers the one job: {answers:?}"
     );
     let raced = answers[0].1.clone();

@@ -321,10 +321,29 @@ impl JobsClient {
         match asked {
             Err(JobsError::OwnerUnreachable(e)) => {
                 let mut listed = self.listed(&id).await;
-                // A replica that was cut off a moment ago may not have caught up yet: after
-                // the read index it has everything committed.
-                if listed.is_none() && self.meta.fresh().await.is_ok() {
-                    listed = self.listed(&id).await;
+                if listed.is_none() {
+                    // This replica may lag (cut off a moment ago, or cut off from the leader
+                    // now): it after Raft's read index, or another member's that is up to
+                    // date, whichever has the job first.
+                    let here = async {
+                        self.meta.fresh().await.ok()?;
+                        self.listed(&id).await
+                    };
+                    let elsewhere = async {
+                        let listed = self.meta.listed_elsewhere(id.as_str()).await?;
+                        super::directory::job(&listed)
+                    };
+                    tokio::pin!(here, elsewhere);
+                    listed = tokio::select! {
+                        found = &mut here => match found {
+                            Some(job) => Some(job),
+                            None => elsewhere.await,
+                        },
+                        found = &mut elsewhere => match found {
+                            Some(job) => Some(job),
+                            None => here.await,
+                        },
+                    };
                 }
                 match listed {
                     Some(job) if who.admin || job.owner_email == who.email => Ok(job),
