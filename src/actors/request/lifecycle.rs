@@ -133,9 +133,9 @@ impl RequestState {
             if let Err(e) = self.resume(myself, &job).await {
                 tracing::warn!(job_id = %job.id, error = %e, "cannot start the job yet");
             }
-            if let Err(e) = self.dispatch(myself).await {
-                tracing::warn!(error = %e, "dispatch failed");
-            }
+            // Placed once the client has its answer (asking the mesh where there is room is
+            // no part of accepting).
+            let _ = myself.cast(RequestMsg::Dispatch);
         }
         // Answer with the job as stored now (its state may have moved on).
         self.load(&job.id, None).await.map(|j| (j, new))
