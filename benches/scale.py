@@ -9,7 +9,9 @@ converter slot each), once the mesh and the metadata group are formed:
 - list: `GET /v1/jobs?limit=20` from node 0 (the user has 30 jobs spread over the nodes),
   200 requests one after another; p50/p95/p99;
 - keyed upload: `POST /v1/jobs` of a 1 s clip with a new Idempotency-Key, 60 one after
-  another; p50/p95/p99;
+  another (the earlier ones converting meanwhile); p50/p95/p99;
+- keyed upload, converters idle: 30 more, each once the job before it has ended (the
+  submission's own cost: its commit and the replicas' work, not the conversions');
 - status: `GET /v1/jobs/{id}` of a job another node owns, 200 one after another; p50/p99;
 - idle CPU: the CPU time of all N processes over 10 s of no requests, as % of one core.
 """
@@ -140,6 +142,23 @@ def one(args, n, clip):
         def keyed():
             return call(url[0] + "/v1/jobs", "POST", body, dict(form, **{"Idempotency-Key": uuid.uuid4().hex}), tok)[0]
         timed("keyed upload", 60, keyed)
+
+        # The same, one at a time on a cluster that has finished converting: what a keyed
+        # upload costs (its commit, its fan-out to N replicas), not the conversions of the
+        # uploads before it sharing the host's cores.
+        def settled():
+            s, out = call(url[0] + "/v1/jobs?limit=100", token=tok)
+            jobs = json.loads(out)["jobs"] if s == 200 else None
+            return jobs is not None and all(j["state"] in ("done", "failed", "canceled") for j in jobs)
+        wait("the conversions to end", 300, settled)
+        paced = []
+        for _ in range(30):
+            t = time.perf_counter()
+            s = keyed()
+            paced.append((time.perf_counter() - t) * 1000)
+            assert s == 202, ("paced keyed upload", s)
+            wait("the conversion to end", 120, settled)
+        figures["keyed upload, converters idle"] = (pct(paced, 0.5), pct(paced, 0.95), pct(paced, 0.99))
         time.sleep(5)
         pids = [p.pid for p in procs]
         a = cpu_ticks(pids)
