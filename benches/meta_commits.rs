@@ -99,7 +99,7 @@ async fn catch_up(jobs: usize) {
         .await
         .unwrap();
     let took = started.elapsed();
-    let listed = learner.list(None, u32::MAX).await.unwrap().len();
+    let listed = learner.list(None, "", u32::MAX).await.unwrap().len();
     assert_eq!(listed, jobs, "the learner has every job");
     println!(
         "{jobs} jobs: filled in {:.1} s; a new member caught up from the snapshot in {:.2} s",

@@ -503,11 +503,11 @@ impl Meta {
         self.state.listed(id).await.map_err(|e| MetaError::Store(e.to_string()))
     }
 
-    /// Up to `limit` jobs of `email` (everyone's with `None`), newest first, from this
-    /// node's replica of the directory.
-    pub async fn list(&self, email: Option<&str>, limit: u32) -> Result<Vec<Listed>, MetaError> {
+    /// Up to `limit` jobs of `email` (everyone's with `None`) that node `not` does not have
+    /// (it lists its own), newest first, from this node's replica of the directory.
+    pub async fn list(&self, email: Option<&str>, not: &str, limit: u32) -> Result<Vec<Listed>, MetaError> {
         self.state
-            .list(email, limit)
+            .list(email, not, limit)
             .await
             .map_err(|e| MetaError::Store(e.to_string()))
     }

@@ -746,17 +746,18 @@ impl StateMachine {
         self.0.users()
     }
 
-    /// Up to `limit` jobs of `email` (everyone's with `None`), newest first, from this
-    /// node's replica.
-    pub async fn list(&self, email: Option<&str>, limit: u32) -> anyhow::Result<Vec<Listed>> {
-        let email = email.map(str::to_string);
+    /// Up to `limit` jobs of `email` (everyone's with `None`) that node `not` does not have,
+    /// newest first, from this node's replica.
+    pub async fn list(&self, email: Option<&str>, not: &str, limit: u32) -> anyhow::Result<Vec<Listed>> {
+        let (email, not) = (email.map(str::to_string), not.to_string());
         self.0
             .read(move |conn| {
                 let mut q = conn.prepare_cached(&format!(
                     "SELECT {LISTED} FROM directory
-                     WHERE ?1 IS NULL OR owner_email = ?1 ORDER BY created_at_ms DESC, id DESC LIMIT ?2"
+                     WHERE (?1 IS NULL OR owner_email = ?1) AND node != ?3
+                     ORDER BY created_at_ms DESC, id DESC LIMIT ?2"
                 ))?;
-                let rows = q.query_map(params![email, limit], listed)?;
+                let rows = q.query_map(params![email, limit, not], listed)?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await

@@ -472,13 +472,11 @@ impl JobsClient {
                 tracing::debug!(error = %e, "listing from the directory as this replica has it");
             }
             let email = (!(all && who.admin)).then_some(who.email.as_str());
-            let listed = self.meta.list(email, want).await?;
-            found.extend(
-                listed
-                    .iter()
-                    .filter(|l| l.node != self.node_name)
-                    .filter_map(super::directory::job),
-            );
+            // This node's own entries are left out in the query, not after it: they would
+            // take places in the `want` newest that other nodes' jobs need (a page would
+            // end one job early and the next repeat it).
+            let listed = self.meta.list(email, &self.node_name, want).await?;
+            found.extend(listed.iter().filter_map(super::directory::job));
         }
         found.sort_by(|a, b| {
             b.created_at_ms

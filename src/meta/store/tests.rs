@@ -146,14 +146,18 @@ async fn the_directory_claims_and_copies_follow_their_rules() {
     assert_eq!(sm.uncopied("n-0", 1).await.unwrap(), 0);
     let done: Vec<String> = sm.done_since(2, 10).await.unwrap().into_iter().map(|l| l.id).collect();
     assert_eq!(done, ["j2"]);
-    let listed: Vec<String> = sm
-        .list(Some("bob@example.com"), 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.id)
-        .collect();
-    assert_eq!(listed.len(), 2);
+    let listed = |not: &'static str, limit: u32| {
+        let sm = sm.clone();
+        async move {
+            let found = sm.list(Some("bob@example.com"), not, limit).await.unwrap();
+            found.into_iter().map(|l| l.id).collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(listed("", 10).await.len(), 2);
+    // A node's own jobs are left out before the limit (it lists them itself): n-1 is
+    // given j1 even when asking for one job, though j2 (its own) is newer.
+    assert_eq!(listed("n-1", 1).await, ["j1"]);
+    assert_eq!(listed("n-0", 1).await, ["j2"]);
 
     // Another node's removal of j1 changes nothing; its own removes it, its key, its copies.
     sm.apply([entry(7, publish("n-1", vec![], &["j1"], false))])
