@@ -198,6 +198,16 @@ pub(super) fn retry_answer(job: &Job) -> Response {
 /// Hands a job (and its staged upload) to the request actor: `202` for a new job, `200`
 /// for an idempotent retry (whichever node holds the earlier job).
 pub(super) async fn submit(state: &AppState, job: NewJob, staged: Option<StagedInput>) -> Result<Response, ApiError> {
+    // On a task of its own: a client that goes away (or times out) while its job is being
+    // admitted does not cancel the rest half-way, which would leave the admission (a
+    // directory entry, a quota count) of a job never made. It is made, or taken back.
+    let state = state.clone();
+    tokio::spawn(async move { submit_whole(&state, job, staged).await })
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("a submission's task ended: {e}"))))
+}
+
+async fn submit_whole(state: &AppState, job: NewJob, staged: Option<StagedInput>) -> Result<Response, ApiError> {
     // What is not accepted is not kept: `staged` deletes its file unless a job adopts it.
     let owner = Principal {
         email: job.owner_email.clone(),

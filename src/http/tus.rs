@@ -197,8 +197,11 @@ async fn options(State(state): State<AppState>) -> Response {
 async fn create(State(state): State<AppState>, Authed(who): Authed, request: Request) -> Result<Response, Response> {
     let (parts, body) = request.into_parts();
     require_tus(&parts.headers).map_err(IntoResponse::into_response)?;
-    created(&state, &who, &parts.headers, body)
+    // On a task of its own: a client that goes away while its upload is being admitted
+    // does not leave an admission (a quota count, its key's claim) without its upload.
+    tokio::spawn(async move { created(&state, &who, &parts.headers, body).await })
         .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("an upload's creation task ended: {e}"))))
         .map_err(IntoResponse::into_response)
 }
 
