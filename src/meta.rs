@@ -122,48 +122,20 @@ pub enum Command {
         /// When it was proposed.
         at_ms: i64,
     },
-    /// Admits a new job or resumable upload `id` of user `email` (lower case) bringing
-    /// `bytes`, if `limits` allow it with what the user has now (`None`: no limits); a job
-    /// admitted goes into the directory as `entry` (published by `node`) in the same step.
-    Admit {
-        /// The job's (or upload's) id.
-        id: String,
-        /// Its user.
-        email: String,
-        /// Its node.
-        node: String,
-        /// The job's first directory entry (`None`: an upload, listed once it is a job).
-        entry: Option<Listed>,
-        /// The bytes it brings (its upload's length; 0 for a URL).
-        bytes: i64,
-        /// The user's limits as the proposer read them.
-        limits: Option<crate::store::Quota>,
-        /// When it was proposed (the proposer's clock: the day counted ends here).
-        at_ms: i64,
-    },
-    /// A keyed submission in one step: claims Idempotency-Key `key` of `email` for `id`
-    /// (taking over a claim `stale` holds) and, only if `id` then holds it, admits `id` as
-    /// [`Command::Admit`] does. A refused admission leaves the key as it was; a key held by
-    /// another job answers that job ([`Outcome::Claimed`]) and admits nothing.
+    /// Admits a new job or resumable upload (see [`Admission`]).
+    Admit(Admission),
+    /// A keyed submission in one step: claims Idempotency-Key `key` of the admission's user
+    /// for its id (taking over a claim `stale` holds) and, only if that id then holds it,
+    /// admits it as [`Command::Admit`] does. A refused admission leaves the key as it was; a
+    /// key held by another job answers that job ([`Outcome::Claimed`]) and admits nothing.
     KeyedAdmit {
         /// The key.
         key: String,
         /// A job the caller found gone, whose claim may be taken over.
         stale: Option<String>,
-        /// The job's (or upload's) id.
-        id: String,
-        /// Its user.
-        email: String,
-        /// Its node.
-        node: String,
-        /// The job's first directory entry (`None`: an upload).
-        entry: Option<Listed>,
-        /// The bytes it brings.
-        bytes: i64,
-        /// The user's limits as the proposer read them.
-        limits: Option<crate::store::Quota>,
-        /// When it was proposed.
-        at_ms: i64,
+        /// What is admitted.
+        #[serde(flatten)]
+        admission: Admission,
     },
     /// Node `node` holds a copy of done job `id`'s MP3 (recorded only while the job is in
     /// the directory; removing the job removes its copies).
@@ -173,6 +145,28 @@ pub enum Command {
         /// The node with the copy.
         node: String,
     },
+}
+
+/// A new job or resumable upload `id` of user `email` (lower case) bringing `bytes`,
+/// admitted if `limits` allow it with what the user has now (`None`: no limits); a job
+/// admitted goes into the directory as `entry` (published by `node`) in the same step. (On
+/// the wire as the fields of [`Command::Admit`] always were.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The job's (or upload's) id.
+    pub id: String,
+    /// Its user.
+    pub email: String,
+    /// Its node.
+    pub node: String,
+    /// The job's first directory entry (`None`: an upload, listed once it is a job).
+    pub entry: Option<Listed>,
+    /// The bytes it brings (its upload's length; 0 for a URL).
+    pub bytes: i64,
+    /// The user's limits as the proposer read them.
+    pub limits: Option<crate::store::Quota>,
+    /// When it was proposed (the proposer's clock: the day counted ends here).
+    pub at_ms: i64,
 }
 
 /// One job in the directory.

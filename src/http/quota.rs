@@ -15,7 +15,7 @@ use crate::actors::request::client::JobsError;
 use crate::actors::request::quota;
 use crate::actors::{CALL_TIMEOUT, Role, ask};
 use crate::auth::Principal;
-use crate::meta::{Command, Listed};
+use crate::meta::{Admission, Command, Listed};
 use crate::store::{JobId, Quota, Usage, now_ms};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -197,36 +197,22 @@ async fn admit_as(
     key: Option<(&str, Option<&JobId>)>,
 ) -> Result<Keyed, ApiError> {
     let limits = quota::admission_limits(&state.config, email).await?;
-    let (id_s, email_s, node, at_ms) = (
-        id.to_string(),
-        email.to_ascii_lowercase(),
-        id.owner().to_string(),
-        now_ms(),
-    );
+    let admission = Admission {
+        id: id.to_string(),
+        email: email.to_ascii_lowercase(),
+        node: id.owner().to_string(),
+        entry,
+        bytes,
+        limits,
+        at_ms: now_ms(),
+    };
     let answer = match key {
-        None => {
-            let command = Command::Admit {
-                id: id_s,
-                email: email_s,
-                node,
-                entry,
-                bytes,
-                limits,
-                at_ms,
-            };
-            state.meta.admit(command).await.map(Ok)
-        }
+        None => state.meta.admit(Command::Admit(admission)).await.map(Ok),
         Some((key, stale)) => {
             let command = Command::KeyedAdmit {
                 key: key.to_string(),
                 stale: stale.map(JobId::to_string),
-                id: id_s,
-                email: email_s,
-                node,
-                entry,
-                bytes,
-                limits,
-                at_ms,
+                admission,
             };
             state.meta.keyed_admit(command).await
         }

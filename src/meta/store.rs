@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::users::{UsersView, change};
-use super::{Command, Listed, Outcome, TypeConfig};
+use super::{Admission, Command, Listed, Outcome, TypeConfig};
 use crate::store::User;
 
 type NodeId = u64;
@@ -441,32 +441,9 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             }
             Ok(Outcome::User(changed))
         }
-        Command::Admit {
-            id,
-            email,
-            node,
-            entry,
-            bytes,
-            limits,
-            at_ms,
-        } => {
-            let admitted = super::quota::admit(tx, id, email, *bytes, limits.as_ref(), *at_ms)?;
-            if let (Ok(()), Some(entry)) = (&admitted, entry) {
-                publish(tx, index, node, std::slice::from_ref(entry), &[], true)?;
-            }
-            Ok(Outcome::Admitted(admitted))
-        }
-        Command::KeyedAdmit {
-            key,
-            stale,
-            id,
-            email,
-            node,
-            entry,
-            bytes,
-            limits,
-            at_ms,
-        } => {
+        Command::Admit(admission) => Ok(Outcome::Admitted(admit(tx, index, admission)?)),
+        Command::KeyedAdmit { key, stale, admission } => {
+            let (id, email) = (&admission.id, &admission.email);
             let held: Option<String> = tx
                 .query_row(
                     "SELECT job FROM claims WHERE email = ?1 AND key = ?2",
@@ -480,16 +457,13 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             {
                 return Ok(Outcome::Claimed { job: held });
             }
-            let admitted = super::quota::admit(tx, id, email, *bytes, limits.as_ref(), *at_ms)?;
+            let admitted = admit(tx, index, admission)?;
             if admitted.is_ok() {
                 tx.execute(
                     "INSERT INTO claims (email, key, job) VALUES (?1, ?2, ?3)
                      ON CONFLICT (email, key) DO UPDATE SET job = excluded.job",
                     params![email, key, id],
                 )?;
-                if let Some(entry) = entry {
-                    publish(tx, index, node, std::slice::from_ref(entry), &[], true)?;
-                }
             }
             Ok(Outcome::Admitted(admitted))
         }
@@ -502,6 +476,16 @@ fn apply_command(tx: &rusqlite::Transaction<'_>, index: u64, command: &Command) 
             Ok(Outcome::None)
         }
     }
+}
+
+/// Admits `a` (see [`Admission`]): counted, and its entry in the directory, or the limit
+/// that refuses it.
+fn admit(tx: &rusqlite::Transaction<'_>, index: u64, a: &Admission) -> anyhow::Result<Result<(), super::quota::Over>> {
+    let admitted = super::quota::admit(tx, &a.id, &a.email, a.bytes, a.limits.as_ref(), a.at_ms)?;
+    if let (Ok(()), Some(entry)) = (&admitted, &a.entry) {
+        publish(tx, index, &a.node, std::slice::from_ref(entry), &[], true)?;
+    }
+    Ok(admitted)
 }
 
 /// Applies node `node`'s publication of `put` and `gone` (see [`Command::Publish`]).

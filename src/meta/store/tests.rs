@@ -275,7 +275,7 @@ async fn users_change_in_log_order_reach_the_memory_view_at_once_and_travel_in_a
 }
 
 fn admit(id: &str, bytes: i64, limits: crate::store::Quota, at_ms: i64) -> Command {
-    Command::Admit {
+    Command::Admit(Admission {
         id: id.into(),
         email: "bob@example.com".into(),
         node: "n-0".into(),
@@ -283,7 +283,7 @@ fn admit(id: &str, bytes: i64, limits: crate::store::Quota, at_ms: i64) -> Comma
         bytes,
         limits: Some(limits),
         at_ms,
-    }
+    })
 }
 
 /// The quota counters: admissions are checked in log order against what is committed
@@ -409,13 +409,15 @@ async fn a_keyed_admission_claims_admits_and_lists_in_one_entry_or_does_nothing(
     let keyed = |id: &str, key: &str, stale: Option<&str>| Command::KeyedAdmit {
         key: key.into(),
         stale: stale.map(str::to_string),
-        id: id.into(),
-        email: "bob@example.com".into(),
-        node: "n-0".into(),
-        entry: Some(job(id, "queued", Some(key))),
-        bytes: 10,
-        limits: Some(one),
-        at_ms: t,
+        admission: Admission {
+            id: id.into(),
+            email: "bob@example.com".into(),
+            node: "n-0".into(),
+            entry: Some(job(id, "queued", Some(key))),
+            bytes: 10,
+            limits: Some(one),
+            at_ms: t,
+        },
     };
     let out = sm
         .apply([
@@ -485,4 +487,24 @@ async fn a_keyed_admission_claims_admits_and_lists_in_one_entry_or_does_nothing(
     assert_eq!(out[0], Outcome::Claimed { job: "gone".into() });
     assert_eq!(out[1], Outcome::Admitted(Ok(())));
     assert_eq!(sm.claim("bob@example.com", "k3").await.unwrap().as_deref(), Some("j5"));
+}
+
+/// Log entries written before `Admission` existed (a struct variant) read the same.
+#[test]
+fn an_admission_reads_as_the_log_has_always_written_it() {
+    let old = r#"{"Admit":{"id":"j","email":"bob@example.com","node":"n-0","entry":null,"bytes":7,"limits":null,"at_ms":5}}"#;
+    let command: Command = serde_json::from_str(old).unwrap();
+    let Command::Admit(a) = &command else {
+        panic!("{command:?}")
+    };
+    assert_eq!((a.id.as_str(), a.bytes, a.at_ms), ("j", 7, 5));
+    assert_eq!(serde_json::to_string(&command).unwrap(), old);
+    let keyed = Command::KeyedAdmit {
+        key: "k".into(),
+        stale: None,
+        admission: a.clone(),
+    };
+    let wire = serde_json::to_string(&keyed).unwrap();
+    assert!(wire.starts_with(r#"{"KeyedAdmit":{"key":"k","stale":null,"id":"j","#), "{wire}");
+    assert_eq!(serde_json::from_str::<Command>(&wire).unwrap(), keyed);
 }
