@@ -497,6 +497,15 @@ impl Meta {
         self.state.listed(id).await.map_err(|e| MetaError::Store(e.to_string()))
     }
 
+    /// Up to `limit` jobs the directory says node `node` has, still `queued` and created
+    /// before `before_ms`, from this node's replica.
+    pub async fn queued_of(&self, node: &str, before_ms: i64, limit: u32) -> Result<Vec<String>, MetaError> {
+        self.state
+            .queued_of(node, before_ms, limit)
+            .await
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
     /// Up to `limit` jobs of `email` (everyone's with `None`) that node `not` does not have
     /// (it lists its own), newest first, from this node's replica of the directory.
     pub async fn list(&self, email: Option<&str>, not: &str, limit: u32) -> Result<Vec<Listed>, MetaError> {

@@ -730,6 +730,21 @@ impl StateMachine {
         self.0.users()
     }
 
+    /// Up to `limit` jobs the directory says node `node` has, still `queued` and created
+    /// before `before_ms` (the node checks that it has them).
+    pub async fn queued_of(&self, node: &str, before_ms: i64, limit: u32) -> anyhow::Result<Vec<String>> {
+        let node = node.to_string();
+        self.0
+            .read(move |conn| {
+                let mut q = conn.prepare_cached(
+                    "SELECT id FROM directory WHERE node = ?1 AND state = 'queued' AND created_at_ms < ?2 LIMIT ?3",
+                )?;
+                let rows = q.query_map(params![node, before_ms, limit], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+            })
+            .await
+    }
+
     /// Up to `limit` jobs of `email` (everyone's with `None`) that node `not` does not have,
     /// newest first, from this node's replica.
     pub async fn list(&self, email: Option<&str>, not: &str, limit: u32) -> anyhow::Result<Vec<Listed>> {

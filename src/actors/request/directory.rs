@@ -53,7 +53,16 @@ pub fn job(listed: &Listed) -> Option<Job> {
 
 /// Publishes node `node`'s job changes from `db` for as long as the process runs.
 pub async fn publish(meta: Meta, db: Db, node: String) {
+    let mut swept = tokio::time::Instant::now();
     loop {
+        if swept.elapsed() >= SWEEP_EVERY {
+            swept = tokio::time::Instant::now();
+            match sweep(&meta, &db, &node, crate::store::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(jobs = n, "job directory: removed entries of jobs never made here"),
+                Err(e) => tracing::debug!(error = %e, "job directory: no sweep now"),
+            }
+        }
         let wait = match db.run(|s| s.job_changes(BATCH)).await {
             Ok(None) => IDLE,
             Ok(Some((seq, changed))) => {
@@ -94,6 +103,52 @@ pub async fn publish(meta: Meta, db: Db, node: String) {
     }
 }
 
+/// How often the directory is swept for entries of jobs never made here ([`sweep`]).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How old an entry of a job this node does not have must be to be swept: a submission
+/// is admitted (its entry committed) a moment before its job is stored.
+const STRAY_AFTER_MS: i64 = 60_000;
+
+/// Removes the directory's `queued` entries naming `node` that it does not have, admitted
+/// more than [`STRAY_AFTER_MS`] before `now_ms`: admissions whose job was never made (a
+/// write that committed after its client had been told `503` and the admission taken back,
+/// or a crash between the two). The node is the authority on its jobs. Answers how many.
+pub async fn sweep(meta: &Meta, db: &Db, node: &str, now_ms: i64) -> Result<usize, crate::meta::MetaError> {
+    let queued = meta.queued_of(node, now_ms - STRAY_AFTER_MS, 1000).await?;
+    if queued.is_empty() {
+        return Ok(0);
+    }
+    let missing = db
+        .run(move |s| {
+            let mut missing = Vec::new();
+            for id in queued {
+                let known = match crate::store::JobId::parse(&id) {
+                    Some(job) => s.job(&job)?.is_some(),
+                    None => false,
+                };
+                if !known {
+                    missing.push(id);
+                }
+            }
+            Ok(missing)
+        })
+        .await
+        .map_err(|e| crate::meta::MetaError::Store(e.to_string()))?;
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let n = missing.len();
+    let gone = Command::Publish {
+        node: node.to_string(),
+        put: Vec::new(),
+        gone: missing,
+        only_new: false,
+    };
+    meta.write(gone).await?;
+    Ok(n)
+}
+
 /// Waits (up to `patience`) until every change in `db`'s feed is published: a stopping node
 /// leaves the directory up to date. `false` if some were not.
 pub async fn settled(db: &Db, patience: Duration) -> bool {
@@ -104,5 +159,56 @@ pub async fn settled(db: &Db, patience: Duration) -> bool {
             Ok(Some(_)) if tokio::time::Instant::now() < deadline => tokio::time::sleep(IDLE).await,
             _ => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{JobId, NewJob, Source, Store};
+
+    /// An admitted job the node never made is swept once old enough; its own jobs, and one
+    /// just admitted, stay.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entries_of_jobs_never_made_here_are_swept_once_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = "sweep-t1";
+        let meta = Meta::start(node, dir.path(), &[node.to_string()]).await.unwrap();
+        let db = Db::from(Store::open(&dir.path().join("node.db")).unwrap());
+        let new = |id: &JobId| NewJob {
+            id: id.clone(),
+            owner_email: "a@example.com".into(),
+            source: Source::Upload,
+            file_name: "song.mp4".into(),
+            bitrate_kbps: None,
+            vbr_quality: None,
+            idempotency_key: None,
+            webhook_url: None,
+        };
+        let (made, never) = (JobId::new(node), JobId::new(node));
+        let job = new(&made);
+        let stored = db.run(move |s| s.insert_job(&job)).await.unwrap().0;
+        let t = stored.created_at_ms;
+        let ghost = listed(&new(&never).queued(t), None);
+        let put = vec![listed(&stored, None), ghost];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let publish = Command::Publish {
+                node: node.into(),
+                put: put.clone(),
+                gone: Vec::new(),
+                only_new: true,
+            };
+            match meta.write(publish).await {
+                Ok(_) => break,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+            }
+        }
+        assert_eq!(sweep(&meta, &db, node, t + 1_000).await.unwrap(), 0, "too young");
+        assert_eq!(sweep(&meta, &db, node, t + STRAY_AFTER_MS + 1).await.unwrap(), 1);
+        assert!(meta.listed(never.as_str()).await.unwrap().is_none(), "swept");
+        assert!(meta.listed(made.as_str()).await.unwrap().is_some(), "its own job stays");
+        assert_eq!(sweep(&meta, &db, node, t + STRAY_AFTER_MS + 1).await.unwrap(), 0);
+        meta.stop().await;
     }
 }

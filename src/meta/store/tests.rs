@@ -492,7 +492,8 @@ async fn a_keyed_admission_claims_admits_and_lists_in_one_entry_or_does_nothing(
 /// Log entries written before `Admission` existed (a struct variant) read the same.
 #[test]
 fn an_admission_reads_as_the_log_has_always_written_it() {
-    let old = r#"{"Admit":{"id":"j","email":"bob@example.com","node":"n-0","entry":null,"bytes":7,"limits":null,"at_ms":5}}"#;
+    let old =
+        r#"{"Admit":{"id":"j","email":"bob@example.com","node":"n-0","entry":null,"bytes":7,"limits":null,"at_ms":5}}"#;
     let command: Command = serde_json::from_str(old).unwrap();
     let Command::Admit(a) = &command else {
         panic!("{command:?}")
@@ -505,6 +506,9 @@ fn an_admission_reads_as_the_log_has_always_written_it() {
         admission: a.clone(),
     };
     let wire = serde_json::to_string(&keyed).unwrap();
-    assert!(wire.starts_with(r#"{"KeyedAdmit":{"key":"k","stale":null,"id":"j","#), "{wire}");
+    assert!(
+        wire.starts_with(r#"{"KeyedAdmit":{"key":"k","stale":null,"id":"j","#),
+        "{wire}"
+    );
     assert_eq!(serde_json::from_str::<Command>(&wire).unwrap(), keyed);
 }
