@@ -141,15 +141,21 @@ pub(super) enum Holder {
 /// the directory), in one metadata log entry, before anything is accepted
 /// ([`super::quota::admit_keyed`]): a claim that loses admits nothing and answers what holds
 /// the key. A holder that is neither a job nor an upload once [`CLAIM_PATIENCE`] has passed
-/// (deleted, expired, a submission that failed before its release) is taken over.
+/// (deleted, expired, a submission that failed before its release) is taken over. Without
+/// a key, `id` is only admitted.
 pub(super) async fn claim_and_admit(
     state: &AppState,
     who: &Principal,
-    key: &str,
+    key: Option<&str>,
     id: &JobId,
     entry: Option<Listed>,
     bytes: i64,
 ) -> Result<Holder, ApiError> {
+    let Some(key) = key else {
+        return super::quota::admit(state, id, &who.email, entry, bytes)
+            .await
+            .map(|()| Holder::Mine);
+    };
     let mut stale: Option<JobId> = None;
     loop {
         let admitted =
@@ -228,13 +234,7 @@ async fn submit_whole(state: &AppState, job: NewJob, staged: Option<StagedInput>
         None => 0,
     };
     let entry = crate::actors::request::directory::listed(&job.queued(now_ms()), key.clone());
-    let admitted = match &key {
-        Some(key) => claim_and_admit(state, &owner, key, &id, Some(entry), bytes).await,
-        None => super::quota::admit(state, &id, &owner.email, Some(entry), bytes)
-            .await
-            .map(|()| Holder::Mine),
-    };
-    match admitted {
+    match claim_and_admit(state, &owner, key.as_deref(), &id, Some(entry), bytes).await {
         Ok(Holder::Mine) => {}
         Ok(Holder::Job(earlier)) => return Ok(retry_answer(&earlier)),
         Ok(Holder::Upload(id)) => {

@@ -240,13 +240,7 @@ async fn created(state: &AppState, who: &Principal, headers: &HeaderMap, body: B
     // claimed for this upload (its id is its job's) in the same entry, before anything is
     // stored.
     let bytes = i64::try_from(length).unwrap_or(i64::MAX);
-    let admitted = match &key {
-        Some(key) => super::jobs::claim_and_admit(state, who, key, &id, None, bytes).await,
-        None => super::quota::admit(state, &id, &who.email, None, bytes)
-            .await
-            .map(|()| Holder::Mine),
-    };
-    match admitted {
+    match super::jobs::claim_and_admit(state, who, key.as_deref(), &id, None, bytes).await {
         Ok(Holder::Mine) => {}
         Ok(Holder::Job(job)) => {
             let done = Written {
