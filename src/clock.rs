@@ -37,8 +37,9 @@ struct Clock {
 
 #[derive(Default)]
 struct Watch {
-    /// Since when the wall clock has been away from the kept time.
-    step_since: Option<Instant>,
+    /// Since when the wall clock has been away from the kept time, and by how much it was
+    /// then (a second step starts a new hold).
+    step_since: Option<(Instant, i64)>,
     /// Each peer's latest reading: when, its time − our wall clock, its time − our kept time.
     peers: HashMap<String, (Instant, i64, i64)>,
 }
@@ -156,16 +157,19 @@ pub fn check() {
     let away = now.wall - now.kept;
     let stepped = away.abs() > TOLERANCE_MS;
     let held = if stepped {
-        let first = watch.step_since.is_none();
-        let since = *watch.step_since.get_or_insert_with(Instant::now);
-        if first {
+        let new = match watch.step_since {
+            Some((_, then)) => (away - then).abs() > TOLERANCE_MS,
+            None => true,
+        };
+        if new {
+            watch.step_since = Some((Instant::now(), away));
             tracing::warn!(
                 jump_ms = away,
                 "the wall clock jumped; this node keeps its own time until its peers confirm the new one \
                  (or, with none to ask, until it has held for {STEP_HOLD:?})"
             );
         }
-        since.elapsed()
+        watch.step_since.map_or(Duration::ZERO, |(since, _)| since.elapsed())
     } else {
         watch.step_since = None;
         Duration::ZERO
