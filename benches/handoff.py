@@ -87,7 +87,8 @@ def run(video, jobs):
         try:
             for i in range(2):
                 args = ["--cluster-listen", f"127.0.0.{i + 2}:{port}", "--discovery", "kube",
-                        "--kube-selector", "app=mp4tomp3", "--login-per-minute", "100000"]
+                        "--kube-selector", "app=mp4tomp3", "--login-per-minute", "100000",
+                        "--cluster-insecure"]
                 nodes.append(Node(root, f"mp4tomp3-{i}", args, slots=0, env={"KUBECONFIG": kubeconfig}))
             stay, leave = nodes
             token = wait(lambda: request(stay.url + "/login", method="POST", auth=ADMIN).decode(), "a login", 20)

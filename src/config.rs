@@ -184,6 +184,11 @@ pub struct ServeArgs {
     /// IP, so this shared name is what dialers verify).
     #[arg(long, env = "MP4TOMP3_CLUSTER_TLS_SERVER_NAME", default_value = "mp4tomp3-cluster")]
     pub cluster_tls_server_name: String,
+    /// Run the mesh in clear text under kube discovery (which otherwise requires
+    /// `--cluster-tls-*`): MP4 and MP3 bytes and replicated password hashes then cross the
+    /// pod network protected by the cookie alone. Every status says so.
+    #[arg(long, env = "MP4TOMP3_CLUSTER_INSECURE")]
+    pub cluster_insecure: bool,
     /// How peers are found.
     #[arg(long, env = "MP4TOMP3_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
     pub discovery: Discovery,
@@ -263,6 +268,8 @@ pub struct ClusterConfig {
     pub kube_namespace: Option<String>,
     /// TLS between nodes (`None`: plain TCP, authenticated by the cookie only).
     pub tls: Option<TlsFiles>,
+    /// Kube discovery without TLS, asked for (`--cluster-insecure`): every status says so.
+    pub insecure: bool,
 }
 
 /// TLS between nodes, as configured: the files (PEM) and the name every node certificate
@@ -456,6 +463,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(cluster) = cluster.as_mut()
+            && cluster.kube_selector.is_some()
+            && cluster.tls.is_none()
+        {
+            if !args.cluster_insecure {
+                return Err(invalid(
+                    "cluster-tls-cert",
+                    "kube discovery needs TLS between pods (--cluster-tls-cert, --cluster-tls-key, \
+                     --cluster-tls-ca: see statefulset/tls/), or --cluster-insecure to run the mesh in clear text",
+                ));
+            }
+            cluster.insecure = true;
+        }
         // Last: a generated key is written to the data dir, so only once all else is valid.
         let secret = match (args.jwt_secret, args.jwt_secret_file) {
             (Some(secret), _) => secret.into_bytes(),
@@ -612,6 +632,7 @@ fn cluster_config(
         kube_selector: None,
         kube_namespace: None,
         tls: None,
+        insecure: false,
     }))
 }
 

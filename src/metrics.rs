@@ -52,6 +52,7 @@ struct Metrics {
     queue_depth: Gauge,
     slots: Family<SlotLabels, Gauge>,
     members: Gauge,
+    replicas: Gauge,
     free_bytes: Gauge,
     low_storage: Gauge,
     stored_bytes: Family<KindLabels, Gauge>,
@@ -105,6 +106,13 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         "cluster_members",
         "Peers this node sees (itself excluded)",
         members.clone(),
+    );
+    let replicas = Gauge::default();
+    registry.register(
+        "cluster_replicas",
+        "Nodes the cluster should have, this one included: the StatefulSet's declared replicas \
+         (kube discovery), the configured peers and this node (static), 1 alone; -1 until known",
+        replicas.clone(),
     );
     let free_bytes = Gauge::default();
     registry.register(
@@ -162,6 +170,7 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
         queue_depth,
         slots,
         members,
+        replicas,
         free_bytes,
         low_storage,
         stored_bytes,
@@ -233,6 +242,8 @@ pub struct Snapshot {
     pub slots: (usize, usize),
     /// Peers seen.
     pub members: usize,
+    /// The nodes there should be (`None`: not known yet).
+    pub replicas: Option<usize>,
     /// The data volume.
     pub storage: crate::cluster::probe::Storage,
     /// The metadata group as this node sees it, and whether this node leads it.
@@ -254,6 +265,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         let free = total.saturating_sub(busy) as u64;
         m.slots.get_or_create(&SlotLabels { slot: "free" }).set(gauge(free));
         m.members.set(gauge(snapshot.members as u64));
+        m.replicas.set(snapshot.replicas.map_or(-1, |n| gauge(n as u64)));
         m.free_bytes.set(gauge(snapshot.storage.free_bytes));
         m.low_storage.set(i64::from(snapshot.storage.low));
         let (meta, leads) = &snapshot.meta;

@@ -69,20 +69,79 @@ pub struct Peers {
     pub leaving: Vec<String>,
 }
 
-/// Watches the pods matching `selector` and publishes the peer list on every change (the
-/// mesh consumes it). Runs until the task is aborted.
-pub async fn discover(namespace: Option<String>, selector: String, port: u16, publish: impl Fn(Peers)) {
+/// What discovery tells the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The pods, after the first complete listing and at every change.
+    Peers(Peers),
+    /// Listing or watching failed: what failed and what to fix (the last view is kept).
+    Failed(String),
+    /// Our StatefulSet's declared replicas (read every [`REPLICAS_EVERY`]).
+    Replicas(u32),
+}
+
+/// How often discovery reads the StatefulSet's declared replicas.
+const REPLICAS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A discovery failure as an operator reads it: what failed and what to fix, from the API
+/// status code when there is one.
+pub fn explain(code: Option<u16>, namespace: &str, selector: &str, error: &str) -> String {
+    match code {
+        Some(401) => {
+            format!("the kube API refused this pod's credentials (401): check its service account token ({error})")
+        }
+        Some(403) => format!(
+            "the service account may not list and watch pods in namespace {namespace} (403): \
+             apply statefulset/role.yaml and rolebinding.yaml ({error})"
+        ),
+        Some(code) => format!("the kube API answered {code} to the pod listing ({selector} in {namespace}): {error}"),
+        None => format!(
+            "cannot reach the kube API: check that this pod may connect to the API server \
+             (an egress NetworkPolicy) ({error})"
+        ),
+    }
+}
+
+/// The API status code a watcher error carries, if any.
+fn status_code(e: &watcher::Error) -> Option<u16> {
+    let client = |e: &kube::Error| match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    };
+    match e {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            client(e)
+        }
+        watcher::Error::WatchError(status) => Some(status.code),
+        watcher::Error::NoResourceVersion => Some(500),
+    }
+}
+
+/// Watches the pods matching `selector` and reports the peer list on every change (the
+/// mesh consumes it), and every failure; and, for a pod of StatefulSet `set`, the set's
+/// declared replicas. Runs until the task is aborted.
+pub async fn discover(
+    namespace: Option<String>,
+    selector: String,
+    set: Option<String>,
+    port: u16,
+    report: impl Fn(Report),
+) {
     let client = loop {
         match kube::Client::try_default().await {
             Ok(client) => break client,
             Err(e) => {
-                tracing::error!(error = %e, "cannot reach the kube API; retrying in 5 s");
+                let why = format!("no kube API configuration (in-cluster or KUBECONFIG): {e}");
+                tracing::error!("{why}; retrying in 5 s");
+                report(Report::Failed(why));
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
         }
     };
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
     tracing::info!(%namespace, %selector, "discovering peers through the kube API");
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let mut replicas = tokio::time::interval(REPLICAS_EVERY);
     let api: Api<Pod> = Api::namespaced(client, &namespace);
     let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
         .default_backoff()
@@ -91,12 +150,28 @@ pub async fn discover(namespace: Option<String>, selector: String, port: u16, pu
     let mut listing: Option<BTreeMap<String, PodPeer>> = None;
     let publish = |pods: &BTreeMap<String, PodPeer>| {
         let (leaving, wanted): (Vec<&PodPeer>, Vec<&PodPeer>) = pods.values().partition(|p| p.leaving);
-        publish(Peers {
+        report(Report::Peers(Peers {
             addresses: wanted.into_iter().map(|p| p.address.clone()).collect(),
             leaving: leaving.into_iter().map(|p| p.address.clone()).collect(),
-        });
+        }));
     };
-    while let Some(event) = events.next().await {
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            _ = replicas.tick(), if set.is_some() => {
+                let name = set.as_deref().unwrap_or_default();
+                match sets.get(name).await {
+                    Ok(s) => report(Report::Replicas(
+                        s.spec.replicas.map_or(1, |n| u32::try_from(n).unwrap_or(0)),
+                    )),
+                    Err(e) => tracing::debug!(error = %e, "cannot read the StatefulSet's replicas"),
+                }
+                continue;
+            }
+        };
         match event {
             Ok(Event::Init) => listing = Some(BTreeMap::new()),
             Ok(Event::InitApply(pod)) => {
@@ -122,8 +197,16 @@ pub async fn discover(namespace: Option<String>, selector: String, port: u16, pu
                 pods.remove(&pod.metadata.name.clone().unwrap_or_default());
                 publish(&pods);
             }
+            // A watch whose resource version is too old: the watcher lists again.
+            Err(e) if status_code(&e) == Some(410) => {
+                tracing::info!(error = %e, "kube watch expired; listing the pods again");
+            }
             // Keep the last view; the backoff retries.
-            Err(e) => tracing::warn!(error = %e, "kube watch failed; keeping the last view of the peers"),
+            Err(e) => {
+                let why = explain(status_code(&e), &namespace, &selector, &e.to_string());
+                tracing::warn!(error = %e, "kube watch failed; keeping the last view of the peers: {why}");
+                report(Report::Failed(why));
+            }
         }
     }
 }
@@ -163,6 +246,19 @@ mod tests {
                 .unwrap()
                 .leaving
         );
+    }
+
+    #[test]
+    fn failures_say_what_to_fix() {
+        let says = |code, needle: &str| {
+            let text = explain(code, "media", "app=mp4tomp3", "boom");
+            assert!(text.contains(needle) && text.contains("boom"), "{text}");
+        };
+        says(Some(403), "statefulset/role.yaml");
+        says(Some(403), "namespace media");
+        says(Some(401), "service account token");
+        says(None, "NetworkPolicy");
+        says(Some(500), "answered 500");
     }
 
     #[test]

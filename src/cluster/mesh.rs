@@ -153,13 +153,12 @@ pub enum ClusterMsg {
         /// The peer's time minus this node's, if it said its time.
         clock_offset: Option<i64>,
     },
-    /// Discovery found these peers (kube discovery; replaces the list).
-    Peers {
-        /// `host:port` of every wanted pod (ourselves included).
-        addresses: Vec<String>,
-        /// Terminating pods: not dialled, but their sessions stay until they exit (they
-        /// may be handing their jobs over).
-        leaving: Vec<String>,
+    /// What kube discovery found (the peers replace the list; a failure is shown).
+    Discovered(super::kube::Report),
+    /// Kube discovery as this node sees it (`None`: static peers).
+    Discovery {
+        /// The answer.
+        reply: RpcReplyPort<Option<DiscoveryView>>,
     },
     /// The current members.
     Members {
@@ -174,6 +173,21 @@ pub enum ClusterMsg {
 }
 
 impl ractor::Message for ClusterMsg {}
+
+/// Kube discovery as the mesh sees it.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryView {
+    /// The pods have been listed at least once.
+    pub listed: bool,
+    /// When they were first listed.
+    pub listed_at: Option<Instant>,
+    /// The pods seen running at the last listing or change (ourselves included).
+    pub pods: usize,
+    /// The last failure (what to fix), until the next listing or change.
+    pub error: Option<String>,
+    /// The StatefulSet's declared replicas, once read.
+    pub replicas: Option<u32>,
+}
 
 struct Member {
     address: String,
@@ -205,6 +219,8 @@ pub struct ClusterState {
     members: HashMap<String, Member>,
     dials: HashMap<String, Dialing>,
     discovery: Option<tokio::task::JoinHandle<()>>,
+    /// What kube discovery said last (`None`: static peers).
+    discovered: Option<DiscoveryView>,
     /// TLS between nodes (`None`: plain TCP, authenticated by the cookie only).
     tls: Option<ClusterTls>,
 }
@@ -426,15 +442,15 @@ impl Actor for ClusterActor {
         myself.send_interval(TICK, || ClusterMsg::Tick);
         let discovery = cluster.kube_selector.clone().map(|selector| {
             let (namespace, port, me) = (cluster.kube_namespace.clone(), cluster.listen.port(), myself.clone());
-            let publish = move |peers: super::kube::Peers| {
-                let _ = me.send_message(ClusterMsg::Peers {
-                    addresses: peers.addresses,
-                    leaving: peers.leaving,
-                });
+            let report = move |report| {
+                let _ = me.send_message(ClusterMsg::Discovered(report));
             };
-            tokio::spawn(super::kube::discover(namespace, selector, port, publish))
+            // A StatefulSet pod (`set-N`) also reads its set's declared replicas.
+            let set = super::kube::ordinal(&config.node_name).map(|(set, _)| set.to_string());
+            tokio::spawn(super::kube::discover(namespace, selector, set, port, report))
         });
         Ok(ClusterState {
+            discovered: discovery.is_some().then(DiscoveryView::default),
             discovery,
             tls,
             cluster,
@@ -522,7 +538,24 @@ impl Actor for ClusterActor {
                 }
                 state.fence();
             }
-            ClusterMsg::Peers { addresses, leaving } => {
+            ClusterMsg::Discovered(super::kube::Report::Failed(why)) => {
+                if let Some(view) = state.discovered.as_mut() {
+                    view.error = Some(why);
+                }
+            }
+            ClusterMsg::Discovered(super::kube::Report::Replicas(n)) => {
+                if let Some(view) = state.discovered.as_mut() {
+                    view.replicas = Some(n);
+                }
+            }
+            ClusterMsg::Discovery { reply } => {
+                let _ = reply.send(state.discovered.clone());
+            }
+            ClusterMsg::Discovered(super::kube::Report::Peers(super::kube::Peers { addresses, leaving })) => {
+                if let Some(view) = state.discovered.as_mut() {
+                    (view.listed, view.pods, view.error) = (true, addresses.len(), None);
+                    view.listed_at.get_or_insert_with(Instant::now);
+                }
                 let own = state.cluster.advertise.clone();
                 state.cluster.peers = addresses.into_iter().filter(|a| *a != own).collect();
                 // Pods that are gone (deleted) leave the cluster now.

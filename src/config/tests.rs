@@ -99,3 +99,42 @@ fn nodes_of_a_cluster_without_a_jwt_secret_share_one_key_derived_from_the_cookie
     assert!(single.path().join("jwt.key").exists());
     assert!(alone.keys.verify(&token).is_err());
 }
+
+#[test]
+fn kube_discovery_needs_cluster_tls_unless_clear_text_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = |extra: &[&str]| {
+        let mut argv = vec!["serve", "--data-dir", dir.path().to_str().unwrap()];
+        argv.extend_from_slice(&[
+            "--cluster-listen",
+            "127.0.0.2:4697",
+            "--cluster-cookie",
+            "c",
+            "--discovery",
+            "kube",
+        ]);
+        argv.extend_from_slice(extra);
+        Config::from_args(<Serve as clap::Parser>::parse_from(argv).args)
+    };
+    match parse(&[]) {
+        Err(ConfigError::Invalid { flag, reason }) => {
+            assert_eq!(flag, "cluster-tls-cert");
+            assert!(reason.contains("--cluster-insecure"), "{reason}");
+        }
+        other => panic!("kube discovery without TLS started: {:?}", other.map(|_| ())),
+    }
+    let insecure = parse(&["--cluster-insecure"]).unwrap();
+    assert!(insecure.cluster.unwrap().insecure);
+    // With TLS the files are named (they are loaded when the mesh starts).
+    let tls = parse(&[
+        "--cluster-tls-cert",
+        "/c.pem",
+        "--cluster-tls-key",
+        "/k.pem",
+        "--cluster-tls-ca",
+        "/ca.pem",
+    ])
+    .unwrap();
+    let cluster = tls.cluster.unwrap();
+    assert!(cluster.tls.is_some() && !cluster.insecure);
+}

@@ -28,6 +28,14 @@ struct ClusterView {
     members: Vec<NodeView>,
     /// The replicated metadata (Raft) as this node's member sees it.
     metadata: MetadataView,
+    /// How nodes talk: `mutual-tls`, `clear-text` (the cookie alone), or `none` (alone).
+    #[schema(example = "mutual-tls")]
+    transport: &'static str,
+    /// Kube discovery (absent with static peers or alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovery: Option<super::health::DiscoveryStatus>,
+    /// What an operator should know (a mesh in clear text, a failing discovery).
+    warnings: Vec<String>,
 }
 
 /// The metadata group as one member sees it.
@@ -139,6 +147,21 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
     } else {
         Vec::new()
     };
+    let (transport, mut warnings) = match state.config.cluster.as_ref() {
+        None => ("none", Vec::new()),
+        Some(c) if c.tls.is_some() => ("mutual-tls", Vec::new()),
+        Some(c) if c.insecure => ("clear-text", vec![super::health::INSECURE.to_string()]),
+        Some(_) => ("clear-text", Vec::new()),
+    };
+    let discovery = match state.config.cluster.as_ref().and_then(|c| c.kube_selector.as_ref()) {
+        Some(_) => ask(Role::Cluster, |reply| ClusterMsg::Discovery { reply }, CALL_TIMEOUT)
+            .await?
+            .map(super::health::DiscoveryStatus::of),
+        None => None,
+    };
+    if let Some(error) = discovery.as_ref().and_then(|d| d.error.as_ref()) {
+        warnings.push(format!("discovery: {error}"));
+    }
     let members = members
         .iter()
         .map(|m| {
@@ -183,5 +206,8 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
                 last_log_index: m.last_log,
             }
         },
+        transport,
+        discovery,
+        warnings,
     }))
 }

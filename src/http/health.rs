@@ -48,7 +48,42 @@ struct Readiness {
     missing: Vec<&'static str>,
     /// This node's name.
     node: String,
+    /// Kube discovery (absent with static peers or alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovery: Option<DiscoveryStatus>,
+    /// What an operator should know: the reason the node is not ready, a mesh in clear
+    /// text (`--cluster-insecure`), a failing discovery.
+    warnings: Vec<String>,
 }
+
+/// Kube discovery as this node sees it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct DiscoveryStatus {
+    /// The pods have been listed once (a node is not ready before).
+    listed: bool,
+    /// Running pods seen (this one included).
+    pods: usize,
+    /// The StatefulSet's declared replicas, once read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<u32>,
+    /// The last failure and what to fix, until the next listing or change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) error: Option<String>,
+}
+
+impl DiscoveryStatus {
+    pub(super) fn of(view: crate::cluster::mesh::DiscoveryView) -> Self {
+        DiscoveryStatus {
+            listed: view.listed,
+            pods: view.pods,
+            replicas: view.replicas,
+            error: view.error,
+        }
+    }
+}
+
+/// The warning every status of a node whose mesh runs in clear text carries.
+pub(super) const INSECURE: &str = "the mesh runs in clear text (--cluster-insecure): MP4/MP3 bytes and password hashes cross the pod network unencrypted";
 
 /// When this process started (the first readiness check forces it: the gateway's start).
 static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -61,8 +96,8 @@ fn started() {
     LazyLock::force(&STARTED);
 }
 
-/// Readiness: every role runs, the node is not shutting down, and (for its first seconds
-/// in a cluster) it has reached its peers. A full data volume does not make a node unready:
+/// Readiness: every role runs, the node is not shutting down, under kube discovery the pods
+/// have been listed once, and (for its first seconds in a cluster) it has reached its peers. A full data volume does not make a node unready:
 /// downloads and deletes still work there.
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
     responses(
@@ -76,15 +111,46 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         .map(|r| r.name())
         .collect();
     let stopping = state.stopping.load(Ordering::Relaxed);
-    // Just started in a cluster: not ready until it has a session with every wanted peer
-    // (a node that cannot reach the others cannot answer for their jobs), for at most
-    // JOINING; after that a missing peer is the peer's problem, not this node's.
-    let joining = state.config.cluster.is_some()
-        && STARTED.elapsed() < JOINING
+    let cluster = state.config.cluster.as_ref();
+    let kube = cluster.is_some_and(|c| c.kube_selector.is_some());
+    let view = match kube {
+        true => ask(Role::Cluster, |reply| ClusterMsg::Discovery { reply }, CALL_TIMEOUT)
+            .await
+            .ok()
+            .flatten(),
+        false => None,
+    };
+    let mut warnings = Vec::new();
+    // Kube discovery: not ready before the pods were listed once (a pod that cannot list
+    // them would run alone and take work as if it were the whole cluster).
+    let unlisted = kube && view.as_ref().is_none_or(|d| !d.listed);
+    if unlisted {
+        warnings.push("discovery has not listed the pods yet".to_string());
+    }
+    if let Some(error) = view.as_ref().and_then(|d| d.error.clone()) {
+        warnings.push(format!("discovery: {error}"));
+    }
+    if cluster.is_some_and(|c| c.insecure) {
+        warnings.push(INSECURE.to_string());
+    }
+    // Just started in a cluster (or just found its pods): not ready until it has a session
+    // with every wanted peer (a node that cannot reach the others cannot answer for their
+    // jobs), for at most JOINING; after that a missing peer is the peer's problem.
+    let since = view
+        .as_ref()
+        .and_then(|d| d.listed_at)
+        .map_or(STARTED.elapsed(), |at| at.elapsed().min(STARTED.elapsed()));
+    let joining = cluster.is_some()
+        && !unlisted
+        && since < JOINING
         && ask(Role::Cluster, |reply| ClusterMsg::Unreached { reply }, CALL_TIMEOUT)
             .await
             .map_or(true, |away| !away.is_empty());
-    let ready = missing.is_empty() && !stopping && !joining;
+    if joining {
+        warnings.push("joining: not every peer reached yet".to_string());
+    }
+    let discovery = view.map(DiscoveryStatus::of);
+    let ready = missing.is_empty() && !stopping && !joining && !unlisted;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -98,6 +164,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
             stopping,
             missing,
             node,
+            discovery,
+            warnings,
         }),
     )
 }

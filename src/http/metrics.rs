@@ -48,6 +48,18 @@ async fn scrape(State(state): State<AppState>) -> Response {
     {
         snapshot.members = members.len();
     }
+    // The pods there should be: the StatefulSet's declared replicas (kube discovery, once
+    // read), the configured peers and this node (static), or this node alone.
+    snapshot.replicas = match state.config.cluster.as_ref() {
+        None => Some(1),
+        Some(c) if c.kube_selector.is_none() => Some(c.peers.len() + 1),
+        Some(_) => ask(Role::Cluster, |reply| ClusterMsg::Discovery { reply }, SCRAPE_WAIT)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.replicas)
+            .map(|n| n as usize),
+    };
     (
         [(
             CONTENT_TYPE,

@@ -411,6 +411,9 @@ fn bad_cluster_tls_settings_are_one_line_and_exit_2() {
         &serve(&["--cluster-tls-cert", j, "--cluster-tls-key", j, "--cluster-tls-ca", j]),
         "junk.pem",
     );
+    // Kube discovery (the manifests' mode) will not run a clear-text mesh unless told to.
+    assert_bad_input(&serve(&["--discovery", "kube"]), "--cluster-insecure");
+    assert!(!data.join("meta.db").exists(), "refused before opening anything");
 }
 
 #[test]

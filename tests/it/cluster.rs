@@ -421,30 +421,11 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
     assert_eq!(again.status(), reqwest::StatusCode::OK);
 }
 
-/// Writes a CA and a node certificate (for `mp4tomp3-cluster`) signed by it under `dir`;
-/// returns (cert, key, ca) paths.
-fn node_pki(dir: &std::path::Path) -> [String; 3] {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["mp4tomp3-cluster".to_string()]).unwrap();
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let paths = ["node.pem", "node.key", "ca.pem"].map(|f| dir.join(f).to_string_lossy().into_owned());
-    std::fs::write(&paths[0], cert.pem()).unwrap();
-    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
-    std::fs::write(&paths[2], ca.pem()).unwrap();
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn with_tls_only_peers_certified_by_the_cluster_ca_join() {
     let dir = tempfile::tempdir().unwrap();
-    let [cert, key, ca] = node_pki(&dir.path().join("pki"));
-    let [rogue_cert, rogue_key, _] = node_pki(&dir.path().join("rogue"));
+    let [cert, key, ca] = crate::common::pki::node_pki(&dir.path().join("pki"));
+    let [rogue_cert, rogue_key, _] = crate::common::pki::node_pki(&dir.path().join("rogue"));
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
     let peers = (0..4).map(addr).collect::<Vec<_>>().join(",");
@@ -622,7 +603,7 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
         .map(String::from)
         .to_vec();
     if tls {
-        let [cert, key, ca] = node_pki(&dir.path().join("pki"));
+        let [cert, key, ca] = crate::common::pki::node_pki(&dir.path().join("pki"));
         extra.extend(
             [
                 "--cluster-tls-cert",

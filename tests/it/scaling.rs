@@ -51,7 +51,9 @@ fn args(i: usize, port: u16, slots: usize, extra: &[&str]) -> Vec<String> {
 }
 
 async fn start(dir: &Path, kubeconfig: &Path, i: usize, port: u16, slots: usize, extra: &[&str]) -> Node {
-    let args = args(i, port, slots, extra);
+    // Kube discovery runs with TLS between pods (the manifests' default).
+    let mut args = args(i, port, slots, extra);
+    args.extend(crate::common::pki::tls_args(&dir.join("pki")));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env = [("KUBECONFIG", kubeconfig.to_str().unwrap())];
     Node::start_with_env(&dir.join(format!("mp4tomp3-{i}")), &args, &env).await

@@ -10,6 +10,7 @@ pub mod files;
 pub mod kube_stub;
 #[path = "../../../crates/convert/tests/engine/media.rs"]
 mod media;
+pub mod pki;
 pub mod receiver;
 pub mod service;
 pub mod sse;

@@ -55,10 +55,17 @@ impl Node {
     pub async fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::spawn(data, args, env).await
+        Self::spawn(data, args, env, true).await
     }
 
-    async fn spawn(data: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Node {
+    /// Starts a node without waiting for it to be ready (only for it to serve HTTP).
+    pub async fn start_unready(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::spawn(data, args, env, false).await
+    }
+
+    async fn spawn(data: &Path, args: Vec<String>, env: Vec<(String, String)>, ready: bool) -> Node {
         std::fs::create_dir_all(data).unwrap();
         let log = data.with_extension(format!(
             "log{}",
@@ -106,6 +113,9 @@ impl Node {
             async move { found }
         })
         .await;
+        if !ready {
+            return node;
+        }
         let ready = node.url("/readyz");
         poll(Duration::from_secs(20), "/readyz", || {
             let ready = ready.clone();
@@ -156,7 +166,7 @@ impl Node {
     /// Restarts the node on the same data dir with the same flags (after a kill or stop).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
-        let fresh = Self::spawn(&self.data, self.args.clone(), self.env.clone()).await;
+        let fresh = Self::spawn(&self.data, self.args.clone(), self.env.clone(), true).await;
         *self = fresh;
     }
 
