@@ -235,10 +235,15 @@ fn run_serve(args: ServeArgs) -> Result<(), CliError> {
             reason,
         })?;
     }
-    let listener = std::net::TcpListener::bind(config.http)
-        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", config.http)))?;
+    let bind = |address: std::net::SocketAddr| {
+        std::net::TcpListener::bind(address).map_err(|e| CliError::Usage(format!("cannot listen on {address}: {e}")))
+    };
+    let listeners = crate::node::Listeners {
+        http: bind(config.http)?,
+        metrics: config.metrics_listen.map(bind).transpose()?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(crate::node::run(config, listener, Box::pin(shutdown_signal())))?;
+    runtime.block_on(crate::node::run(config, listeners, Box::pin(shutdown_signal())))?;
     Ok(())
 }
 

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// The HTTP listen address.
     #[arg(long, env = "MP4TOMP3_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Serve `/metrics` on this address alone (e.g. `0.0.0.0:9090`) instead of the API's
+    /// port, so scrapers need no route to the public port and users none to the metrics.
+    #[arg(long, env = "MP4TOMP3_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The base URL users reach this service at, for the links in emails.
     /// Default: `http://` + the HTTP listen address.
     #[arg(long, env = "MP4TOMP3_PUBLIC_URL")]
@@ -303,6 +307,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listen address.
     pub http: SocketAddr,
+    /// `/metrics` on its own address (`None`: on the API's port).
+    pub metrics_listen: Option<SocketAddr>,
     /// Base URL for links, without a trailing slash.
     pub public_url: String,
     /// `public_url` was configured (not derived from the listen address).
@@ -502,6 +508,7 @@ impl Config {
             cluster,
             data_dir: args.data_dir,
             http: args.http,
+            metrics_listen: args.metrics_listen,
             public_url,
             public_url_explicit,
             node_name,

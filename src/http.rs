@@ -99,9 +99,15 @@ impl AppState {
     }
 }
 
+/// `/metrics` alone, for its own port (`--metrics-listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    let (router, _) = metrics::router().split_for_parts();
+    router.fallback(no_route).with_state(state)
+}
+
 /// The whole API, and its OpenAPI document (published at `/openapi.json`).
 pub fn router(state: AppState) -> Router {
-    let (router, mut document) = openapi::router()
+    let api = openapi::router()
         .merge(health::router())
         .merge(auth::router())
         .merge(cluster::router())
@@ -114,9 +120,13 @@ pub fn router(state: AppState) -> Router {
         .merge(web::router())
         .merge(tus::router())
         .merge(download::router())
-        .merge(seed::router())
-        .merge(metrics::router())
-        .split_for_parts();
+        .merge(seed::router());
+    // `/metrics` is here unless it has a port of its own (`--metrics-listen`).
+    let api = match state.config.metrics_listen {
+        Some(_) => api,
+        None => api.merge(metrics::router()),
+    };
+    let (router, mut document) = api.split_for_parts();
     openapi::add_session_alternative(&mut document);
     openapi::publish(&document, state.config.max_upload_bytes);
     router

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::meta::Meta;
 use crate::store::{Db, Files, Store};
 use gateway::GatewayMsg;
+pub use gateway::Listeners;
 use supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 
 pub mod gateway;
@@ -38,25 +39,22 @@ pub mod users;
 /// build for that copy).
 pub fn run(
     config: Config,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     shutdown: BoxFuture<'static, ()>,
 ) -> BoxFuture<'static, anyhow::Result<()>> {
-    Box::pin(run_node(config, listener, shutdown))
+    Box::pin(run_node(config, listeners, shutdown))
 }
 
-async fn run_node(
-    config: Config,
-    listener: std::net::TcpListener,
-    shutdown: BoxFuture<'static, ()>,
-) -> anyhow::Result<()> {
-    let config = Arc::new(config.bound_to(listener.local_addr()?));
+async fn run_node(config: Config, listeners: Listeners, shutdown: BoxFuture<'static, ()>) -> anyhow::Result<()> {
+    let config = Arc::new(config.bound_to(listeners.http.local_addr()?));
     let prepared = config.clone();
     tokio::task::spawn_blocking(move || prepare(&prepared)).await??;
     // Held while serving: `mp4tomp3 user add` waits for its change to be committed when
     // it finds the lock held (`serving`).
     let _serving = serving_lock(&config.data_dir);
     let clock = tokio::spawn(crate::clock::watch());
-    let address = listener.local_addr()?;
+    let address = listeners.http.local_addr()?;
+    let metrics = listeners.metrics.as_ref().map(|m| m.local_addr()).transpose()?;
     // The replicated metadata outlives the roles' restarts: started here, beside the tree.
     let meta = Meta::start(&config.node_name, &config.data_dir, &[])
         .await
@@ -77,14 +75,19 @@ async fn run_node(
         NodeSupervisor,
         SupervisorArgs {
             config: config.clone(),
-            listener,
+            listeners,
             facts,
             meta: meta.clone(),
         },
     )
     .await
     .context("cannot start the node")?;
-    tracing::info!(%address, node = %config.node_name, slots = config.converter_slots, "mp4tomp3 serving");
+    match metrics {
+        Some(metrics) => {
+            tracing::info!(%address, %metrics, node = %config.node_name, slots = config.converter_slots, "mp4tomp3 serving")
+        }
+        None => tracing::info!(%address, node = %config.node_name, slots = config.converter_slots, "mp4tomp3 serving"),
+    }
     crate::memory::spawn_trimmer();
 
     tokio::select! {

@@ -31,12 +31,37 @@ pub enum GatewayMsg {
 
 impl ractor::Message for GatewayMsg {}
 
+/// The sockets the gateway serves: the API, and the metrics on their own port when
+/// `--metrics-listen` is set.
+pub struct Listeners {
+    /// The API (and `/metrics` without a port of their own).
+    pub http: std::net::TcpListener,
+    /// `/metrics` alone.
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Clones for a new gateway incarnation.
+    pub fn try_clone(&self) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            http: self.http.try_clone()?,
+            metrics: self.metrics.as_ref().map(|m| m.try_clone()).transpose()?,
+        })
+    }
+}
+
+impl From<std::net::TcpListener> for Listeners {
+    fn from(http: std::net::TcpListener) -> Self {
+        Listeners { http, metrics: None }
+    }
+}
+
 /// What the gateway starts with.
 pub struct GatewayArgs {
     /// The configuration.
     pub config: Arc<Config>,
-    /// The bound HTTP socket (a clone per incarnation).
-    pub listener: std::net::TcpListener,
+    /// The bound sockets (a clone per incarnation).
+    pub listeners: Listeners,
     /// What this node's roles publish (for `/v1/cluster`).
     pub facts: Facts,
     /// This node's ring of job events (for `/v1/events`).
@@ -53,6 +78,8 @@ pub struct GatewayState {
     shutdown: CancellationToken,
     stopping: Arc<AtomicBool>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The metrics server, when on its own port.
+    metrics: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for GatewayActor {
@@ -65,24 +92,35 @@ impl Actor for GatewayActor {
         _myself: ActorRef<GatewayMsg>,
         args: GatewayArgs,
     ) -> Result<GatewayState, ActorProcessingErr> {
-        args.listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(args.listener)?;
+        args.listeners.http.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(args.listeners.http)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let limits = args.config.http_limits;
         let shutdown = CancellationToken::new();
-        let app = http::router(AppState::new(
+        let state = AppState::new(
             args.config,
             stopping.clone(),
             shutdown.clone(),
             args.facts,
             args.events,
             args.meta,
-        ));
+        );
+        let metrics = match args.listeners.metrics {
+            Some(socket) => {
+                socket.set_nonblocking(true)?;
+                let socket = tokio::net::TcpListener::from_std(socket)?;
+                let app = http::metrics_router(state.clone());
+                Some(tokio::spawn(http::serve::serve(socket, app, shutdown.clone(), limits)))
+            }
+            None => None,
+        };
+        let app = http::router(state);
         let server = tokio::spawn(http::serve::serve(listener, app, shutdown.clone(), limits));
         Ok(GatewayState {
             shutdown,
             stopping,
             server: Some(server),
+            metrics,
         })
     }
 
@@ -116,6 +154,9 @@ impl Actor for GatewayActor {
     ) -> Result<(), ActorProcessingErr> {
         // A gateway that dies takes its server with it; the next incarnation serves the socket.
         state.shutdown.cancel();
+        if let Some(metrics) = state.metrics.take() {
+            metrics.abort();
+        }
         if let Some(server) = state.server.take() {
             server.abort();
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::gateway::{GatewayActor, GatewayArgs};
+use super::gateway::{GatewayActor, GatewayArgs, Listeners};
 use crate::actors::Role;
 use crate::actors::auth::AuthActor;
 use crate::actors::converter::ConverterActor;
@@ -58,8 +58,8 @@ pub struct NodeSupervisor;
 pub struct SupervisorArgs {
     /// The configuration.
     pub config: Arc<Config>,
-    /// The HTTP listener the gateway serves (cloned for each gateway incarnation).
-    pub listener: std::net::TcpListener,
+    /// The sockets the gateway serves (cloned for each gateway incarnation).
+    pub listeners: Listeners,
     /// What the roles publish for the mesh (outlives their restarts).
     pub facts: Facts,
     /// This node's member of the metadata group.
@@ -69,7 +69,7 @@ pub struct SupervisorArgs {
 /// The supervisor's state.
 pub struct SupervisorState {
     config: Arc<Config>,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     children: HashMap<ActorId, Role>,
     restarts: VecDeque<Instant>,
     stopping: bool,
@@ -124,7 +124,7 @@ impl NodeSupervisor {
             Role::Gateway => {
                 let args = GatewayArgs {
                     config,
-                    listener: state.listener.try_clone()?,
+                    listeners: state.listeners.try_clone()?,
                     facts: state.facts.clone(),
                     events: state.events.clone(),
                     meta: state.meta.clone(),
@@ -164,7 +164,7 @@ impl Actor for NodeSupervisor {
         let meta = args.meta.clone();
         let mut state = SupervisorState {
             config: args.config,
-            listener: args.listener,
+            listeners: args.listeners,
             children: HashMap::new(),
             restarts: VecDeque::new(),
             stopping: false,

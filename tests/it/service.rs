@@ -122,6 +122,43 @@ async fn login_upload_email_link_download_over_smtp() {
     assert!(value("mp4tomp3_http_requests_total{route=\"/v1/links/{token}\",method=\"GET\",status=\"401\"}") >= 1.0);
 }
 
+/// `--metrics-listen`: `/metrics` on its own port, and no longer on the API's.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_have_a_port_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &["--metrics-listen", "127.0.0.1:0"]).await;
+    let line = node
+        .log_text()
+        .lines()
+        .find(|l| l.contains("mp4tomp3 serving"))
+        .unwrap()
+        .to_string();
+    let at = line.find("metrics=").expect("the metrics address is logged") + "metrics=".len();
+    let metrics: std::net::SocketAddr = line[at..].split_whitespace().next().unwrap().parse().unwrap();
+    assert_ne!(metrics, node.addr);
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap();
+    assert_eq!(text.status(), StatusCode::OK);
+    let text = text.text().await.unwrap();
+    assert!(text.contains("mp4tomp3_cluster_replicas 1"), "{text}");
+    assert!(text.contains("mp4tomp3_jobs"), "{text}");
+    let public = reqwest::get(node.url("/metrics")).await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND, "not on the API's port");
+    let other = reqwest::get(format!("http://{metrics}/v1/jobs")).await.unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::NOT_FOUND,
+        "nothing else on the metrics port"
+    );
+    // Both stay in the OpenAPI document's terms: the API's port publishes no /metrics.
+    let doc: serde_json::Value = reqwest::get(node.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/metrics"].is_null());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn url_import_from_an_allow_listed_local_server() {
     let dir = tempfile::tempdir().unwrap();

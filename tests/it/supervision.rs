@@ -56,7 +56,7 @@ async fn killed_actors_are_restarted_and_the_service_keeps_working() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let node = tokio::spawn(mp4tomp3::node::run(
         config,
-        listener,
+        listener.into(),
         Box::pin(async move {
             let _ = stopped.await;
         }),
