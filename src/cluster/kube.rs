@@ -92,7 +92,7 @@ pub fn explain(code: Option<u16>, namespace: &str, selector: &str, error: &str) 
         }
         Some(403) => format!(
             "the service account may not list and watch pods in namespace {namespace} (403): \
-             apply statefulset/role.yaml and rolebinding.yaml ({error})"
+             apply statefulset/base/role.yaml and rolebinding.yaml ({error})"
         ),
         Some(code) => format!("the kube API answered {code} to the pod listing ({selector} in {namespace}): {error}"),
         None => format!(
@@ -254,7 +254,7 @@ mod tests {
             let text = explain(code, "media", "app=mp4tomp3", "boom");
             assert!(text.contains(needle) && text.contains("boom"), "{text}");
         };
-        says(Some(403), "statefulset/role.yaml");
+        says(Some(403), "statefulset/base/role.yaml");
         says(Some(403), "namespace media");
         says(Some(401), "service account token");
         says(None, "NetworkPolicy");

@@ -421,6 +421,44 @@ async fn any_node_serves_any_job_users_replicate_and_a_down_owners_jobs_stay_rea
     assert_eq!(again.status(), reqwest::StatusCode::OK);
 }
 
+/// The manifests' openssl way (`statefulset/tls/make-certs.sh`) makes a certificate Secret
+/// whose files a TLS mesh runs on: two nodes meet with them, and the Secret holds them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openssl_script_makes_what_a_tls_mesh_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tls");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/statefulset/tls/make-certs.sh");
+    let made = std::process::Command::new("sh").arg(script).arg(&out).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let secret: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(out.join("secret.yaml")).unwrap()).unwrap();
+    use base64::Engine;
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap();
+        assert_eq!(data, std::fs::read(out.join(key)).unwrap(), "{key} in the Secret");
+    }
+    let file = |f: &str| out.join(f).to_string_lossy().into_owned();
+    let (cert, key, ca) = (file("tls.crt"), file("tls.key"), file("ca.crt"));
+    let tls = [
+        "--cluster-tls-cert",
+        &cert,
+        "--cluster-tls-key",
+        &key,
+        "--cluster-tls-ca",
+        &ca,
+    ];
+    let ports = [free_port(), free_port()];
+    let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
+    let a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &tls).await;
+    let b = start(dir.path(), "node-b", "127.0.0.3", ports[1], &peers, &tls).await;
+    poll(Duration::from_secs(15), "a and b to meet over TLS", || async {
+        (members(&a).await == up(&["node-b"]) && members(&b).await == up(&["node-a"])).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_tls_only_peers_certified_by_the_cluster_ca_join() {
     let dir = tempfile::tempdir().unwrap();

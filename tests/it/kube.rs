@@ -174,7 +174,7 @@ async fn a_pod_the_api_refuses_stays_unready_and_says_what_to_fix() {
     assert_eq!(refused.1["discovery"]["listed"], false);
     let error = refused.1["discovery"]["error"].as_str().unwrap();
     assert!(
-        error.contains("403") && error.contains("statefulset/role.yaml"),
+        error.contains("403") && error.contains("statefulset/base/role.yaml"),
         "{error}"
     );
     // It stays so (no timeout makes a pod that cannot see its peers ready).
@@ -188,7 +188,7 @@ async fn a_pod_the_api_refuses_stays_unready_and_says_what_to_fix() {
     assert_eq!(view["transport"], "mutual-tls", "{view}");
     assert!(view["discovery"]["error"].as_str().unwrap().contains("403"), "{view}");
     assert!(
-        a.log_text().contains("statefulset/role.yaml"),
+        a.log_text().contains("statefulset/base/role.yaml"),
         "the log says what to fix"
     );
     // The Role is fixed: the pod lists its set and is ready.

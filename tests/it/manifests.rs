@@ -15,9 +15,31 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mp4tomp3::cli::Cli;
 
 fn load<T: serde::de::DeserializeOwned>(file: &str) -> T {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset").join(file);
+    let in_base = base().join(file);
+    let path = match in_base.exists() {
+        true => in_base,
+        false => Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset").join(file),
+    };
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// The base manifests' directory.
+fn base() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset/base")
+}
+
+/// The generated ConfigMap's keys and values (`config.env`, as kustomize reads it).
+fn config_env() -> BTreeMap<String, String> {
+    std::fs::read_to_string(base().join("config.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
 }
 
 fn container(sts: &StatefulSet) -> Container {
@@ -125,14 +147,17 @@ fn the_manifests_agree_with_each_other_and_with_the_code() {
         );
     }
     // ...and the ConfigMap and Secret keys it refers to exist.
-    let cm: ConfigMap = load("configmap.yaml");
-    let cm_keys: Vec<String> = cm.data.unwrap().into_keys().collect();
+    let kustomization: serde_yaml_ng::Value = load("kustomization.yaml");
+    let generated = &kustomization["configMapGenerator"][0];
+    assert_eq!(generated["envs"][0].as_str(), Some("config.env"));
+    let cm_name = generated["name"].as_str().unwrap().to_string();
+    let cm_keys: Vec<String> = config_env().into_keys().collect();
     let secret: Secret = load("secret.example.yaml");
     let secret_keys: Vec<String> = secret.string_data.unwrap().into_keys().collect();
     for e in c.env.iter().flatten() {
         let Some(from) = &e.value_from else { continue };
         if let Some(r) = &from.config_map_key_ref {
-            assert_eq!(r.name, cm.metadata.name.clone().unwrap());
+            assert_eq!(r.name, cm_name);
             assert!(cm_keys.contains(&r.key), "configmap key {}", r.key);
         }
         if let Some(r) = &from.secret_key_ref {
@@ -229,8 +254,7 @@ fn the_manifests_agree_with_each_other_and_with_the_code() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset");
-    for entry in std::fs::read_dir(dir).unwrap() {
+    for entry in std::fs::read_dir(base()).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if name.ends_with(".yaml") && name != "kustomization.yaml" && name != "secret.example.yaml" {
             assert!(listed.contains(&name.as_str()), "{name} is in the kustomization");
@@ -299,4 +323,213 @@ fn the_image_runs_as_the_pod_expects() {
             ".dockerignore leaves out {path}"
         );
     }
+}
+
+/// The pod's mutual TLS, probes, metrics port and spread; the cert-manager and openssl ways
+/// to make its certificate Secret; the monitoring component's scrape target and alert
+/// series: each agrees with the base and with the binary.
+#[test]
+fn the_operations_files_agree_with_the_base_and_the_code() {
+    let sts: StatefulSet = load("statefulset.yaml");
+    let c = container(&sts);
+    let pod = sts.spec.template.spec.clone().unwrap();
+    // TLS between pods: the three files from one mounted Secret, named as both makers name it.
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "cluster-tls")
+        .expect("the cluster certificate is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    for (var, key) in [
+        ("MP4TOMP3_CLUSTER_TLS_CERT", "tls.crt"),
+        ("MP4TOMP3_CLUSTER_TLS_KEY", "tls.key"),
+        ("MP4TOMP3_CLUSTER_TLS_CA", "ca.crt"),
+    ] {
+        assert_eq!(env_value(&c, var), format!("{}/{key}", mount.mount_path));
+    }
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == "cluster-tls").unwrap();
+    let secret = volume.secret.as_ref().unwrap().secret_name.clone().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset");
+    let certificate: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("components/cert-manager/certificate.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(certificate["spec"]["secretName"].as_str(), Some(secret.as_str()));
+    let server_name = Cli::command()
+        .find_subcommand("serve")
+        .unwrap()
+        .get_arguments()
+        .find(|a| a.get_id() == "cluster_tls_server_name")
+        .unwrap()
+        .get_default_values()[0]
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(certificate["spec"]["dnsNames"][0].as_str(), Some(server_name.as_str()));
+    let usages: Vec<&str> = certificate["spec"]["usages"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    assert!(usages.contains(&"server auth") && usages.contains(&"client auth"));
+    let script = std::fs::read_to_string(root.join("tls/make-certs.sh")).unwrap();
+    assert!(
+        script.contains(&format!("name: {secret}")),
+        "the script writes the mounted Secret"
+    );
+    assert!(script.contains(&format!("SERVER_NAME:-{server_name}")));
+
+    // A startup probe covers a long first start; liveness waits for it.
+    let startup = c.startup_probe.as_ref().expect("a startupProbe");
+    let get = startup.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/healthz"));
+    let patience = startup.period_seconds.unwrap() * startup.failure_threshold.unwrap();
+    assert!(patience >= 300, "{patience} s for migrations");
+
+    // Metrics on their own port, which the headless Service names for the ServiceMonitor.
+    let metrics_port = port_of(&env_value(&c, "MP4TOMP3_METRICS_LISTEN"));
+    assert_eq!(container_port(&c, "metrics"), metrics_port);
+    let headless: Service = load("service-cluster.yaml");
+    let port = headless
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("the headless Service has the metrics port");
+    assert_eq!(port.target_port, Some(IntOrString::String("metrics".into())));
+    let monitoring = root.join("components/monitoring");
+    let monitor: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(monitoring.join("servicemonitor.yaml")).unwrap()).unwrap();
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"].as_str(), Some("metrics"));
+    let np: NetworkPolicy =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(monitoring.join("networkpolicy.yaml")).unwrap()).unwrap();
+    let ports = np.spec.unwrap().ingress.unwrap()[0].ports.clone().unwrap();
+    assert_eq!(ports[0].port, Some(IntOrString::Int(metrics_port)));
+
+    // Every series the alerts and the dashboard read is one the binary exports.
+    // (A family is exported once it has a series: one of each.)
+    mp4tomp3::metrics::http_request("/healthz", "GET", 200);
+    mp4tomp3::metrics::email(true);
+    mp4tomp3::metrics::webhook_call("delivered");
+    let exported = mp4tomp3::metrics::render(&mp4tomp3::metrics::Snapshot {
+        jobs: vec![("failed", 0)],
+        ..Default::default()
+    });
+    let families: Vec<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for file in ["prometheusrule.yaml", "dashboard.json"] {
+        let text = std::fs::read_to_string(monitoring.join(file)).unwrap();
+        let mut seen = 0;
+        for (at, _) in text.match_indices("mp4tomp3_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_total", "_count", "_sum", "_bucket"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                families.contains(&family),
+                "{file} reads {name}, which is not exported: {families:?}"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 5, "{file} reads the metrics");
+    }
+
+    // Soft spread over nodes and zones.
+    let spread = pod.topology_spread_constraints.unwrap();
+    let keys: Vec<&str> = spread.iter().map(|t| t.topology_key.as_str()).collect();
+    assert_eq!(keys, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]);
+    assert!(spread.iter().all(|t| t.when_unsatisfiable == "ScheduleAnyway"));
+}
+
+/// `kubectl kustomize` (offline) renders the base and the production overlay: TLS mounted
+/// and set, the ConfigMap generated under a content hash the pod template refers to (an
+/// edit rolls the pods), the image pinned by digest, the optional components present.
+#[test]
+fn the_kustomizations_render_with_tls_a_hashed_config_and_a_pinned_image() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("statefulset");
+    let render = |dir: &Path| -> Vec<serde_yaml_ng::Value> {
+        let out = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(dir)
+            .output()
+            .expect("kubectl (kubectl kustomize renders offline)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect()
+    };
+    let kinds = |objects: &[serde_yaml_ng::Value]| -> Vec<String> {
+        objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let base = render(&root);
+    let production = render(&root.join("overlays/production"));
+    for objects in [&base, &production] {
+        let sts: StatefulSet =
+            serde_yaml_ng::from_value(objects.iter().find(|o| o["kind"] == "StatefulSet").unwrap().clone()).unwrap();
+        let c = container(&sts);
+        assert!(env_value(&c, "MP4TOMP3_CLUSTER_TLS_CERT").ends_with("tls.crt"));
+        assert_eq!(env_value(&c, "MP4TOMP3_DISCOVERY"), "kube");
+        let cm: ConfigMap = serde_yaml_ng::from_value(
+            objects
+                .iter()
+                .find(|o| {
+                    o["kind"] == "ConfigMap"
+                        && o["metadata"]["name"].as_str().unwrap().starts_with("mp4tomp3-")
+                        && o["metadata"]["name"] != "mp4tomp3-dashboard"
+                })
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        let hashed = cm.metadata.name.unwrap();
+        assert_eq!(cm.data.unwrap(), config_env(), "the generated ConfigMap is config.env");
+        let refs: Vec<String> = c
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                e.value_from
+                    .as_ref()?
+                    .config_map_key_ref
+                    .as_ref()
+                    .map(|r| r.name.clone())
+            })
+            .collect();
+        assert!(
+            !refs.is_empty() && refs.iter().all(|r| *r == hashed),
+            "{refs:?} → {hashed}"
+        );
+    }
+    let base_kinds = kinds(&base);
+    assert!(
+        !base_kinds.contains(&"Certificate".to_string()),
+        "the base needs no CRD"
+    );
+    let prod_kinds = kinds(&production);
+    for kind in ["Certificate", "Issuer", "ServiceMonitor", "PrometheusRule"] {
+        assert!(
+            prod_kinds.contains(&kind.to_string()),
+            "{kind} in the production overlay"
+        );
+    }
+    let sts = production.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
+    let image = sts["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    let digest = image.split_once("@sha256:").expect("pinned by digest").1;
+    assert_eq!(digest.len(), 64);
 }
