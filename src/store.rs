@@ -32,12 +32,18 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The database was written by a newer version of mp4tomp3.
-    #[error("database schema version {found} is newer than this build understands ({supported}); upgrade mp4tomp3")]
+    #[error(
+        "database schema version {found} is newer than this build understands ({supported}) and needs at least \
+         version {min_reader} to be read; run a newer mp4tomp3, or restore the backup taken before the upgrade \
+         (mp4tomp3 restore)"
+    )]
     TooNew {
         /// Version found in the file.
         found: i64,
         /// Highest version this build knows.
         supported: i64,
+        /// The oldest build's schema version that may read the file.
+        min_reader: i64,
     },
     /// A job row holds a value this build does not know (e.g. an unknown state).
     #[error("job {job}: unreadable value {value:?} in column {column}")]
@@ -67,7 +73,48 @@ pub enum StoreError {
 /// The store's result type.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The schema's versions: `migrations[i]` takes the schema from version `i` to `i + 1`.
+///
+/// **Compatibility rule** (upgrades and rollbacks, README "Operating on Kubernetes"): a
+/// migration *expands* (adds tables, columns with a default or NULL, indexes, triggers) so
+/// that the build before it can still open and use the database it leaves; one that changes
+/// or removes what an older build reads *contracts* and is listed in `contracts`. The
+/// database records the oldest schema version whose build may open it (`schema_compat`): a
+/// build older than the file opens it, without migrating, when it is at least that.
+struct Schema {
+    migrations: &'static [&'static str],
+    /// The versions whose migration contracts.
+    contracts: &'static [i64],
+}
+
+impl Schema {
+    /// The version this schema writes.
+    fn version(&self) -> i64 {
+        self.migrations.len() as i64
+    }
+
+    /// The oldest schema version whose build can use a database of this schema: the last
+    /// contracting version (a build from before it reads what that migration changed).
+    fn min_reader(&self) -> i64 {
+        let version = self.version();
+        self.contracts
+            .iter()
+            .copied()
+            .filter(|c| *c <= version)
+            .max()
+            .unwrap_or(1)
+    }
+}
+
+/// This build's schema.
+const SCHEMA: Schema = Schema {
+    migrations: MIGRATIONS,
+    // v11: users moved to the replicated metadata; a build before it would write them here.
+    contracts: &[11],
+};
+
 /// Forward-only migrations; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+/// Each expands unless [`SCHEMA`] lists it in `contracts` (see [`Schema`]).
 const MIGRATIONS: &[&str] = &[
     // v1: users, jobs, and the transactional email outbox.
     "CREATE TABLE users (
@@ -322,27 +369,58 @@ impl Store {
         // (most of a status read's time, under `perf`).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         let mut store = Store { conn, reserve: None };
-        store.migrate()?;
+        store.migrate(&SCHEMA)?;
         Ok(store)
     }
 
     /// The schema version this build writes.
     pub fn schema_version() -> i64 {
-        MIGRATIONS.len() as i64
+        SCHEMA.version()
     }
 
-    fn migrate(&mut self) -> Result<()> {
+    /// Migrates the database forward to `schema`, recording the oldest build that may open
+    /// it; a newer database opens as it is when `schema` is at least that.
+    fn migrate(&mut self, schema: &Schema) -> Result<()> {
         let found: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let supported = Self::schema_version();
+        let supported = schema.version();
+        self.conn
+            .execute_batch("CREATE TABLE IF NOT EXISTS schema_compat (min_reader INTEGER NOT NULL)")?;
         if found > supported {
-            return Err(StoreError::TooNew { found, supported });
+            // Written by a newer build: it says who may still read it (a database from before
+            // the rule existed says nothing: refused, as then).
+            let min_reader: i64 = self
+                .conn
+                .query_row("SELECT max(min_reader) FROM schema_compat", [], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })?
+                .unwrap_or(found);
+            if min_reader > supported {
+                return Err(StoreError::TooNew {
+                    found,
+                    supported,
+                    min_reader,
+                });
+            }
+            tracing::warn!(
+                found,
+                supported,
+                "the database was written by a newer mp4tomp3 whose changes this build can use; opened without migrating"
+            );
+            return Ok(());
         }
-        for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        for (version, sql) in schema.migrations.iter().enumerate().skip(found as usize) {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", version as i64 + 1)?;
             tx.commit()?;
         }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM schema_compat", [])?;
+        tx.execute(
+            "INSERT INTO schema_compat (min_reader) VALUES (?1)",
+            [schema.min_reader()],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -473,6 +551,77 @@ mod tests {
         match Store::open(&path) {
             Err(StoreError::TooNew { found: 99, .. }) => {}
             other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// The next build's schema: this one and one more migration.
+    fn next(extra: &'static str, contracts: bool) -> Schema {
+        let migrations: Vec<&'static str> = MIGRATIONS.iter().copied().chain([extra]).collect();
+        let version = migrations.len() as i64;
+        let mut all: Vec<i64> = SCHEMA.contracts.to_vec();
+        if contracts {
+            all.push(version);
+        }
+        Schema {
+            migrations: Vec::leak(migrations),
+            contracts: Vec::leak(all),
+        }
+    }
+
+    /// The rollback half of the upgrade contract: this build (N − 1) opens and uses what the
+    /// next one (N) migrated when N only expanded, and refuses, saying why, when it
+    /// contracted.
+    #[test]
+    fn a_database_the_next_build_expanded_opens_here_and_a_contracted_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        drop(Store::open(&path).unwrap());
+        let expanded = next(
+            "ALTER TABLE jobs ADD COLUMN loudness_lufs REAL; CREATE TABLE presets (name TEXT PRIMARY KEY);",
+            false,
+        );
+        {
+            let mut n = Store::setup(Connection::open(&path).unwrap()).unwrap();
+            n.migrate(&expanded).unwrap();
+            let version: i64 = n.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+            assert_eq!(version, Store::schema_version() + 1, "N migrated");
+        }
+        // N − 1 opens it, leaves it at N's version, and writes and reads as usual.
+        let mut store = Store::open(&path).expect("N - 1 opens what N expanded");
+        let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, Store::schema_version() + 1, "not touched");
+        let job = NewJob {
+            id: JobId::new("node-0"),
+            owner_email: "a@example.com".into(),
+            source: Source::Upload,
+            file_name: "song.mp4".into(),
+            bitrate_kbps: None,
+            vbr_quality: None,
+            idempotency_key: None,
+            webhook_url: None,
+        };
+        let id = store.insert_job(&job).unwrap().0.id;
+        assert!(store.job(&id).unwrap().is_some());
+        drop(store);
+        // N opens it again (what N − 1 wrote is there).
+        let mut n = Store::setup(Connection::open(&path).unwrap()).unwrap();
+        n.migrate(&expanded).unwrap();
+        assert!(n.job(&id).unwrap().is_some());
+        drop(n);
+
+        let other = dir.path().join("contracted.db");
+        drop(Store::open(&other).unwrap());
+        let contracted = next("ALTER TABLE jobs DROP COLUMN warnings;", true);
+        Store::setup(Connection::open(&other).unwrap())
+            .unwrap()
+            .migrate(&contracted)
+            .unwrap();
+        match Store::open(&other) {
+            Err(e @ StoreError::TooNew { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("restore"), "{text}");
+            }
+            other => panic!("N - 1 opened a contracted database: {:?}", other.map(|_| ())),
         }
     }
 }
