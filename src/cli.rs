@@ -64,6 +64,40 @@ pub enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Copy a node's data dir (databases through SQLite's online backup, then the files)
+    /// into a new directory. Works while the node serves.
+    Backup(BackupArgs),
+    /// Put a backup back into a data dir (the node must be stopped).
+    Restore(RestoreArgs),
+}
+
+/// `mp4tomp3 backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new directory to write the backup into (absent or empty).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// The service's data dir.
+    #[arg(long, env = "MP4TOMP3_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// `mp4tomp3 restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup's directory.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The service's data dir (empty, unless `--force`).
+    #[arg(long, env = "MP4TOMP3_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Replace the data the data dir holds.
+    #[arg(long)]
+    pub force: bool,
+    /// Leave the replicated metadata out (a pod of a running cluster: it comes back as an
+    /// empty member and the others send it their state).
+    #[arg(long)]
+    pub without_metadata: bool,
 }
 
 /// `mp4tomp3 user ...`.
@@ -223,6 +257,39 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(UserCommand::Add(args)) => run_user_add(&args),
         Command::User(UserCommand::Remove(args)) => run_user_remove(&args),
         Command::User(UserCommand::Set(args)) => run_user_set(&args),
+        Command::Backup(args) => {
+            let copied = crate::backup::backup(&args.data_dir, &args.to).map_err(backup_error)?;
+            writeln!(
+                io::stderr(),
+                "mp4tomp3: backed up {} database(s) and {} file(s), {} bytes, into {}",
+                copied.databases,
+                copied.files,
+                copied.bytes,
+                args.to.display()
+            )?;
+            Ok(())
+        }
+        Command::Restore(args) => {
+            let copied = crate::backup::restore(&args.from, &args.data_dir, !args.without_metadata, args.force)
+                .map_err(backup_error)?;
+            writeln!(
+                io::stderr(),
+                "mp4tomp3: restored {} database(s) and {} file(s), {} bytes, into {}",
+                copied.databases,
+                copied.files,
+                copied.bytes,
+                args.data_dir.display()
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// A refused backup or restore is bad input (exit 2); a failed one, exit 1.
+fn backup_error(e: crate::backup::BackupError) -> CliError {
+    match e {
+        crate::backup::BackupError::Refused(why) => CliError::Usage(why),
+        other => CliError::Service(other.into()),
     }
 }
 

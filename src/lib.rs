@@ -4,7 +4,7 @@
 //!
 //! | layer | modules | where to find |
 //! |---|---|---|
-//! | the node's wiring | [`cli`], [`node`] | commands; start-up and shutdown order, the supervisor, the gateway actor |
+//! | the node's wiring | [`cli`], [`node`], [`backup`] | commands; start-up and shutdown order, the supervisor, the gateway actor; backup and restore of a data dir |
 //! | HTTP | [`http`] | one module per resource (jobs, multipart uploads, resumable uploads (tus), downloads, archive, auth, session, webhooks, quota, events, cluster, seed routes); errors and their codes in `http/error.rs`; the OpenAPI document |
 //! | roles | [`actors`] | `auth` (users, tokens), `request` (jobs: intake, lifecycle, placement, handoff, resumable uploads, events, quotas; `request::client` reaches any job, `request::resumable::client` any resumable upload), `converter` (conversion slots, other nodes' conversions), `notifier` (mail, webhooks) |
 //! | shared types | [`view`], [`store`], [`auth`], [`mail`], [`metrics`] | a job as the API shows it; SQLite and files; passwords and JWT; emails; metrics |
@@ -12,6 +12,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -925,3 +925,73 @@ async fn a_damaged_upload_is_done_with_a_warning_in_the_job_and_the_email() {
     let text = mail_text(&mail);
     assert!(text.contains(&format!("the MP3 is partial: {warnings}.")), "{text}");
 }
+
+/// `mp4tomp3 backup` while the node serves, then `restore` into a new data dir: a node
+/// started on it has the users, the job, its MP3 and its idempotency key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_taken_while_serving_restores_users_jobs_and_mp3s() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = crate::common::tone("backup_440.m4a", 440, 44100, 2.0, 1, &["-c:a", "aac"]);
+    let data = dir.path().join("a");
+    let mut node = Node::start(&data, &[]).await;
+    let api = Api::new(&node);
+    let admin = api.login(ADMIN.0, ADMIN.1).await;
+    api.create_user(&admin, "bob@example.com", "bob-password-1").await;
+    let bob = api.login("bob@example.com", "bob-password-1").await;
+    let r = api.upload_as("/v1/jobs", &bob, &input, Some("backup-key")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.finished(&bob, &id).await;
+    let mp3 = api.mp3(&bob, &id).await;
+    let backup = dir.path().join("backup");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mp4tomp3"))
+            .args(args)
+            .env_remove("MP4TOMP3_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "backup",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--to",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backed up 2 database(s)"));
+    // Work after the backup is not in it.
+    let later = api.upload(&bob, &input).await["id"].as_str().unwrap().to_string();
+    node.kill9();
+    // Restoring onto the served data dir is refused while it holds data (without --force).
+    let restored = dir.path().join("restored");
+    let refused = run(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    let out = run(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = Node::start(&restored, &[]).await;
+    let api = Api::new(&again);
+    let bob = api.login("bob@example.com", "bob-password-1").await;
+    assert_eq!(api.finished(&bob, &id).await["state"], "done");
+    assert_eq!(api.mp3(&bob, &id).await, mp3, "the same MP3");
+    assert_eq!(api.job(&bob, &later).await.status(), StatusCode::NOT_FOUND);
+    let retry = api.upload_as("/v1/jobs", &bob, &input, Some("backup-key")).await;
+    assert_eq!(retry.status(), StatusCode::OK, "the key still names the job");
+    assert_eq!(retry.json::<serde_json::Value>().await.unwrap()["id"], id.as_str());
+}
