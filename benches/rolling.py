@@ -17,6 +17,9 @@ that was seen `done`.
 Faults. `term`: each node in turn leaves the ready set, gets SIGTERM one second later (the
 manifests' preStop pause is five), stays away `--absent` seconds (default 5), comes back
 and rejoins the ready set once `/readyz` answers 200; the next node goes five seconds later.
+With `--upgrade-to NEW` (term mode), each node comes back running the binary NEW: a rolling
+upgrade; `--roll-back` then rolls every node back to `--bin` the same way (benches/upgrade.py
+builds the two).
 `kill`: one node gets `kill -9` and stays away `--absent` seconds (default 15); requests
 in flight to it when it dies are counted apart (they hit the faulty node itself).
 
@@ -251,8 +254,12 @@ class Run:
             self.split()
             time.sleep(args.tail)
             return
-        order = range(len(self.nodes)) if args.mode == "term" else [1 % len(self.nodes)]
-        for i in order:
+        order = list(range(len(self.nodes))) if args.mode == "term" else [1 % len(self.nodes)]
+        # A rolling upgrade (and back): a pass over every node per binary.
+        passes = [None]
+        if args.upgrade_to:
+            passes = [args.upgrade_to] + ([args.bin] if args.roll_back else [])
+        for binary, i in [(b, i) for b in passes for i in order]:
             node = self.nodes[i]
             if args.mode == "term":
                 with self.lock:
@@ -267,6 +274,9 @@ class Run:
                 print(f"  {time.monotonic() - self.t0:6.1f} s  kill -9 {node.name}", flush=True)
                 node.stop(signal.SIGKILL)
             time.sleep(args.absent)
+            if binary:
+                node.argv[0] = binary
+                print(f"  {time.monotonic() - self.t0:6.1f} s  {node.name} starts {binary}", flush=True)
             node.start()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -371,7 +381,11 @@ def main():
     p.add_argument("--tail", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--report")
+    p.add_argument("--upgrade-to", help="term mode: restart each node with this binary")
+    p.add_argument("--roll-back", action="store_true", help="then restart each with --bin again")
     args = p.parse_args()
+    if args.upgrade_to and args.mode != "term":
+        sys.exit("--upgrade-to needs --mode term")
     if args.absent is None:
         args.absent = 5.0 if args.mode == "term" else 15.0
     if args.mode == "split":
@@ -455,6 +469,8 @@ def main():
         bad_retries = [r for r in run.retries if r[1] != r[2]]
         lines = [f"mode {args.mode}, {args.nodes} nodes, absent {args.absent:.0f} s, "
                  f"{time.monotonic() - run.t0:.0f} s of load"]
+        if args.upgrade_to:
+            lines.append(f"upgrade: {args.bin} -> {args.upgrade_to}" + (f" -> {args.bin}" if args.roll_back else ""))
         violations = []
         for cls in CLASSES:
             c = run.counts[cls]
