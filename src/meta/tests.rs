@@ -159,3 +159,108 @@ async fn a_one_voter_group_grows_to_three_voters_and_then_loses_its_first() {
         m.stop().await;
     }
 }
+
+/// One command of each kind (and each user change), as this version writes them.
+fn every_command() -> Vec<Command> {
+    use crate::store::Quota;
+    use users::UserOp;
+    let listed = Listed {
+        id: "n-0~a".into(),
+        node: "n-0".into(),
+        owner_email: "bob@example.com".into(),
+        created_at_ms: 1_700_000_000_000,
+        key: Some("k".into()),
+        record: "{}".into(),
+        state: "queued".into(),
+        seq: 3,
+        bytes: 10,
+        ended_at_ms: None,
+    };
+    let admission = Admission {
+        id: "n-0~a".into(),
+        email: "bob@example.com".into(),
+        node: "n-0".into(),
+        entry: Some(listed.clone()),
+        bytes: 10,
+        limits: Some(Quota {
+            max_active: Some(2),
+            max_jobs_per_day: None,
+            max_stored_bytes: Some(1000),
+        }),
+        at_ms: 1_700_000_000_001,
+    };
+    let user = |op| Command::User {
+        email: "bob@example.com".into(),
+        op,
+        at_ms: 1_700_000_000_002,
+    };
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_string();
+    vec![
+        claim("bob@example.com", "k", "n-0~a"),
+        Command::ReleaseKey {
+            email: "bob@example.com".into(),
+            key: "k".into(),
+            job: "n-0~a".into(),
+        },
+        Command::Publish {
+            node: "n-0".into(),
+            put: vec![listed],
+            gone: vec!["n-0~b".into()],
+            only_new: true,
+        },
+        user(UserOp::Add {
+            password_hash: hash.clone(),
+            admin: false,
+        }),
+        user(UserOp::Put {
+            password_hash: hash.clone(),
+            admin: true,
+        }),
+        user(UserOp::SetPassword { password_hash: hash }),
+        user(UserOp::Remove),
+        user(UserOp::SignOut {
+            sid: "s1".into(),
+            until_ms: 1_700_000_003_600,
+        }),
+        user(UserOp::SetQuota(Quota::default())),
+        user(UserOp::SetAdmin(true)),
+        user(UserOp::SetWebhook {
+            url: Some("https://hooks.example.com/x".into()),
+            events: vec!["job.done".into()],
+            secret_if_none: Some("whsec".into()),
+        }),
+        user(UserOp::SetSecret("whsec2".into())),
+        Command::Admit(admission.clone()),
+        Command::KeyedAdmit {
+            key: "k".into(),
+            stale: Some("n-1~old".into()),
+            admission,
+        },
+        Command::Copied {
+            id: "n-0~a".into(),
+            node: "n-1".into(),
+        },
+    ]
+}
+
+/// The upgrade contract for the replicated log: what an earlier version wrote
+/// (`tests/fixtures/meta-log-v1.jsonl`, one command per line, never edited) is read by this
+/// one as the same commands, and this one writes those commands the same way. A change that
+/// breaks either fails here; a new kind of command is added to the file (and, until every
+/// pod runs a version that reads it, must not be written: README "Operating on Kubernetes").
+#[test]
+fn the_log_written_by_earlier_versions_reads_the_same() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/meta-log-v1.jsonl");
+    let ours: Vec<String> = every_command()
+        .iter()
+        .map(|c| serde_json::to_string(c).unwrap())
+        .collect();
+    let written = std::fs::read_to_string(fixture).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), ours.len(), "one line per command kind");
+    for (line, (ours, command)) in lines.iter().zip(ours.iter().zip(every_command())) {
+        let read: Command = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(read, command, "{line}");
+        assert_eq!(line, ours, "this version writes it as before");
+    }
+}
