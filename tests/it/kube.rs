@@ -207,3 +207,35 @@ async fn a_pod_the_api_refuses_stays_unready_and_says_what_to_fix() {
     .await;
     assert!(metrics.contains("mp4tomp3_cluster_members 0"), "{metrics}");
 }
+
+/// `--cluster-insecure`: kube discovery runs a clear-text mesh only when told to, and then
+/// every status says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clear_text_mesh_is_said_in_every_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stub, kubeconfig) = Stub::serve(dir.path()).await;
+    stub.event("ADDED", pod("node-a", "Running", Some("127.0.0.2")));
+    let listen = format!("127.0.0.2:{}", free_port());
+    let args = [
+        "--cluster-listen",
+        &listen,
+        "--discovery",
+        "kube",
+        "--kube-selector",
+        "app=mp4tomp3",
+        "--cluster-insecure",
+    ];
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap())];
+    let a = Node::start_with_env(&dir.path().join("a"), &args, &env).await;
+    let ready: serde_json::Value = reqwest::get(a.url("/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let warnings = ready["warnings"].to_string();
+    assert!(warnings.contains("clear text"), "{ready}");
+    let api = crate::common::api::Api::new(&a);
+    let token = api
+        .login(crate::common::service::ADMIN.0, crate::common::service::ADMIN.1)
+        .await;
+    let view = api.get_json(&token, "/v1/cluster").await;
+    assert_eq!(view["transport"], "clear-text", "{view}");
+    assert!(view["warnings"].to_string().contains("clear text"), "{view}");
+}
