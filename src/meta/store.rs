@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS directory (
 );
 CREATE INDEX IF NOT EXISTS directory_by_owner ON directory (owner_email, created_at_ms);
 CREATE INDEX IF NOT EXISTS directory_by_seq ON directory (seq);
+CREATE INDEX IF NOT EXISTS directory_by_node ON directory (node, state, created_at_ms);
 CREATE TABLE IF NOT EXISTS copies (id TEXT NOT NULL, node TEXT NOT NULL, PRIMARY KEY (id, node));
 CREATE TABLE IF NOT EXISTS users (email TEXT PRIMARY KEY, record TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS users_by_seq ON users (seq);
