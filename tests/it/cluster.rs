@@ -440,15 +440,8 @@ async fn the_openssl_script_makes_what_a_tls_mesh_runs_on() {
         assert_eq!(data, std::fs::read(out.join(key)).unwrap(), "{key} in the Secret");
     }
     let file = |f: &str| out.join(f).to_string_lossy().into_owned();
-    let (cert, key, ca) = (file("tls.crt"), file("tls.key"), file("ca.crt"));
-    let tls = [
-        "--cluster-tls-cert",
-        &cert,
-        "--cluster-tls-key",
-        &key,
-        "--cluster-tls-ca",
-        &ca,
-    ];
+    let tls = crate::common::pki::flags(&file("tls.crt"), &file("tls.key"), &file("ca.crt"));
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
     let ports = [free_port(), free_port()];
     let peers = format!("127.0.0.2:{},127.0.0.3:{}", ports[0], ports[1]);
     let a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &tls).await;
@@ -467,16 +460,7 @@ async fn with_tls_only_peers_certified_by_the_cluster_ca_join() {
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let addr = |i: usize| format!("127.0.0.{}:{}", i + 2, ports[i]);
     let peers = (0..4).map(addr).collect::<Vec<_>>().join(",");
-    let tls = |cert: &str, key: &str| {
-        vec![
-            "--cluster-tls-cert".to_string(),
-            cert.to_string(),
-            "--cluster-tls-key".to_string(),
-            key.to_string(),
-            "--cluster-tls-ca".to_string(),
-            ca.clone(),
-        ]
-    };
+    let tls = |cert: &str, key: &str| crate::common::pki::flags(cert, key, &ca);
     let good = tls(&cert, &key);
     let good: Vec<&str> = good.iter().map(String::as_str).collect();
     let a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &good).await;
@@ -641,18 +625,7 @@ async fn the_cluster_port_survives_unauthenticated_attacks(tls: bool) {
         .map(String::from)
         .to_vec();
     if tls {
-        let [cert, key, ca] = crate::common::pki::node_pki(&dir.path().join("pki"));
-        extra.extend(
-            [
-                "--cluster-tls-cert",
-                &cert,
-                "--cluster-tls-key",
-                &key,
-                "--cluster-tls-ca",
-                &ca,
-            ]
-            .map(String::from),
-        );
+        extra.extend(crate::common::pki::tls_args(&dir.path().join("pki")));
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut a = start(dir.path(), "node-a", "127.0.0.2", ports[0], &peers, &extra).await;

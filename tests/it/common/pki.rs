@@ -26,13 +26,18 @@ pub fn node_pki(dir: &std::path::Path) -> [String; 3] {
 /// The `--cluster-tls-*` flags of a node using the PKI under `dir`.
 pub fn tls_args(dir: &std::path::Path) -> Vec<String> {
     let [cert, key, ca] = node_pki(dir);
+    flags(&cert, &key, &ca)
+}
+
+/// The `--cluster-tls-*` flags for these files.
+pub fn flags(cert: &str, key: &str, ca: &str) -> Vec<String> {
     [
         "--cluster-tls-cert",
-        &cert,
+        cert,
         "--cluster-tls-key",
-        &key,
+        key,
         "--cluster-tls-ca",
-        &ca,
+        ca,
     ]
     .map(String::from)
     .to_vec()
