@@ -293,9 +293,26 @@ impl Meta {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| MetaError::Store(e.to_string()))?);
-        let raft = Raft::new(node_id(name), config, MetaNetwork, log, state.clone())
+        let network = MetaNetwork::default();
+        let known_voters = network.voters.clone();
+        let raft = Raft::new(node_id(name), config, network, log, state.clone())
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
+        // The network delays appends to learners (LEARNER_BATCH): it follows the voters.
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let now: BTreeSet<u64> = metrics.borrow().membership_config.membership().voter_ids().collect();
+                if let Ok(mut v) = known_voters.write()
+                    && *v != now
+                {
+                    *v = now;
+                }
+                if metrics.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
         let (actor, _) = ractor::Actor::spawn(None, MetaActor, (name.to_string(), raft.clone(), state.clone()))
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;

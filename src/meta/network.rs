@@ -212,9 +212,17 @@ impl Actor for MetaActor {
     }
 }
 
+/// How long an append to a learner waits before it goes: the entries committed meanwhile
+/// go with it, and the voters (whose answers make a commit) are not scheduled among every
+/// learner's work for each entry.
+pub const LEARNER_BATCH: Duration = Duration::from_millis(20);
+
 /// openraft's network: a connection per target node, through the mesh.
 #[derive(Clone, Default)]
-pub struct MetaNetwork;
+pub struct MetaNetwork {
+    /// The voters as this node's member knows them (empty: not known, none is delayed).
+    pub voters: std::sync::Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for MetaNetwork {
     type Network = Conn;
@@ -223,6 +231,7 @@ impl RaftNetworkFactory<TypeConfig> for MetaNetwork {
         Conn {
             target,
             name: node.addr.clone(),
+            voters: self.voters.clone(),
         }
     }
 }
@@ -231,6 +240,17 @@ impl RaftNetworkFactory<TypeConfig> for MetaNetwork {
 pub struct Conn {
     target: u64,
     name: String,
+    voters: std::sync::Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
+}
+
+impl Conn {
+    /// Whether the target is a learner (known voters, and it is not one of them).
+    fn learner(&self) -> bool {
+        self.voters
+            .read()
+            .map(|v| !v.is_empty() && !v.contains(&self.target))
+            .unwrap_or(false)
+    }
 }
 
 /// Why a call got no answer.
@@ -293,6 +313,10 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        // Entries for a learner wait a moment (heartbeats go at once): see LEARNER_BATCH.
+        if !rpc.entries.is_empty() && self.learner() {
+            tokio::time::sleep(LEARNER_BATCH).await;
+        }
         let answer = self.call(encode(&rpc), MetaMsg::Append, option.hard_ttl()).await;
         answer.map_err(|e| self.failed(e))?.map_err(|e| self.remote(e))
     }
@@ -327,6 +351,7 @@ async fn ask_member<Q: Serialize, A: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<A, MetaError> {
     let conn = Conn {
+        voters: Default::default(),
         target: node_id(name),
         name: name.to_string(),
     };
