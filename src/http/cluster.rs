@@ -147,21 +147,14 @@ async fn cluster(State(state): State<AppState>, Authed(who): Authed) -> Result<J
     } else {
         Vec::new()
     };
-    let (transport, mut warnings) = match state.config.cluster.as_ref() {
-        None => ("none", Vec::new()),
-        Some(c) if c.tls.is_some() => ("mutual-tls", Vec::new()),
-        Some(c) if c.insecure => ("clear-text", vec![super::health::INSECURE.to_string()]),
-        Some(_) => ("clear-text", Vec::new()),
+    let transport = match state.config.cluster.as_ref() {
+        None => "none",
+        Some(c) if c.tls.is_some() => "mutual-tls",
+        Some(_) => "clear-text",
     };
-    let discovery = match state.config.cluster.as_ref().and_then(|c| c.kube_selector.as_ref()) {
-        Some(_) => ask(Role::Cluster, |reply| ClusterMsg::Discovery { reply }, CALL_TIMEOUT)
-            .await?
-            .map(super::health::DiscoveryStatus::of),
-        None => None,
-    };
-    if let Some(error) = discovery.as_ref().and_then(|d| d.error.as_ref()) {
-        warnings.push(format!("discovery: {error}"));
-    }
+    let view = super::health::discovery(&state.config).await?;
+    let warnings = super::health::mesh_warnings(&state.config, view.as_ref());
+    let discovery = view.map(super::health::DiscoveryStatus::of);
     let members = members
         .iter()
         .map(|m| {

@@ -82,8 +82,34 @@ impl DiscoveryStatus {
     }
 }
 
+/// Kube discovery as the mesh reports it (`None`: static peers or alone).
+pub(super) async fn discovery(
+    config: &crate::config::Config,
+) -> Result<Option<crate::cluster::mesh::DiscoveryView>, crate::actors::CallError> {
+    match config.cluster.as_ref().and_then(|c| c.kube_selector.as_ref()) {
+        Some(_) => ask(Role::Cluster, |reply| ClusterMsg::Discovery { reply }, CALL_TIMEOUT).await,
+        None => Ok(None),
+    }
+}
+
+/// What every status tells an operator about the mesh: a failing discovery (what to fix)
+/// and a mesh in clear text.
+pub(super) fn mesh_warnings(
+    config: &crate::config::Config,
+    discovery: Option<&crate::cluster::mesh::DiscoveryView>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(error) = discovery.and_then(|d| d.error.as_ref()) {
+        warnings.push(format!("discovery: {error}"));
+    }
+    if config.cluster.as_ref().is_some_and(|c| c.insecure) {
+        warnings.push(INSECURE.to_string());
+    }
+    warnings
+}
+
 /// The warning every status of a node whose mesh runs in clear text carries.
-pub(super) const INSECURE: &str = "the mesh runs in clear text (--cluster-insecure): MP4/MP3 bytes and password hashes cross the pod network unencrypted";
+const INSECURE: &str = "the mesh runs in clear text (--cluster-insecure): MP4/MP3 bytes and password hashes cross the pod network unencrypted";
 
 /// When this process started (the first readiness check forces it: the gateway's start).
 static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -97,8 +123,8 @@ fn started() {
 }
 
 /// Readiness: every role runs, the node is not shutting down, under kube discovery the pods
-/// have been listed once, and (for its first seconds in a cluster) it has reached its peers. A full data volume does not make a node unready:
-/// downloads and deletes still work there.
+/// have been listed once, and (for its first seconds in a cluster) it has reached its peers.
+/// A full data volume does not make a node unready: downloads and deletes still work there.
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -113,13 +139,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     let stopping = state.stopping.load(Ordering::Relaxed);
     let cluster = state.config.cluster.as_ref();
     let kube = cluster.is_some_and(|c| c.kube_selector.is_some());
-    let view = match kube {
-        true => ask(Role::Cluster, |reply| ClusterMsg::Discovery { reply }, CALL_TIMEOUT)
-            .await
-            .ok()
-            .flatten(),
-        false => None,
-    };
+    let view = discovery(&state.config).await.ok().flatten();
     let mut warnings = Vec::new();
     // Kube discovery: not ready before the pods were listed once (a pod that cannot list
     // them would run alone and take work as if it were the whole cluster).
@@ -127,12 +147,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     if unlisted {
         warnings.push("discovery has not listed the pods yet".to_string());
     }
-    if let Some(error) = view.as_ref().and_then(|d| d.error.clone()) {
-        warnings.push(format!("discovery: {error}"));
-    }
-    if cluster.is_some_and(|c| c.insecure) {
-        warnings.push(INSECURE.to_string());
-    }
+    warnings.extend(mesh_warnings(&state.config, view.as_ref()));
     // Just started in a cluster (or just found its pods): not ready until it has a session
     // with every wanted peer (a node that cannot reach the others cannot answer for their
     // jobs), for at most JOINING; after that a missing peer is the peer's problem.
