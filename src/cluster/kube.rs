@@ -54,7 +54,11 @@ pub fn ordinal(pod: &str) -> Option<(&str, u32)> {
 pub async fn desired_replicas(namespace: Option<String>, name: &str) -> Result<u32, kube::Error> {
     let client = kube::Client::try_default().await?;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-    let api: Api<StatefulSet> = Api::namespaced(client, &namespace);
+    read_replicas(&Api::namespaced(client, &namespace), name).await
+}
+
+/// The desired replicas of StatefulSet `name`, read through `api`.
+async fn read_replicas(api: &Api<StatefulSet>, name: &str) -> Result<u32, kube::Error> {
     let set = api.get(name).await?;
     let replicas = set.spec.replicas.unwrap_or(1);
     Ok(u32::try_from(replicas).unwrap_or(0))
@@ -163,10 +167,8 @@ pub async fn discover(
             },
             _ = replicas.tick(), if set.is_some() => {
                 let name = set.as_deref().unwrap_or_default();
-                match sets.get(name).await {
-                    Ok(s) => report(Report::Replicas(
-                        s.spec.replicas.map_or(1, |n| u32::try_from(n).unwrap_or(0)),
-                    )),
+                match read_replicas(&sets, name).await {
+                    Ok(n) => report(Report::Replicas(n)),
                     Err(e) => tracing::debug!(error = %e, "cannot read the StatefulSet's replicas"),
                 }
                 continue;
