@@ -199,10 +199,17 @@ pub struct ConvertArgs {
     /// Overwrite the output if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Encode in one piece on one core (by default long CBR inputs are encoded as two
-    /// halves at once and spliced).
-    #[arg(long)]
+    /// Encoder threads: a long input is cut into segments on the MP3 frame grid, encoded
+    /// on N cores at once and joined into the same stream one core would write (VBR audio
+    /// bit-identical). Default: every core; 1 encodes in one piece.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+    /// The same as `--threads 1`.
+    #[arg(long, conflicts_with = "threads")]
     pub sequential: bool,
+    /// Segment length in seconds (default: 60–120 s, several per thread).
+    #[arg(long, hide = true, value_parser = parse_segment_secs)]
+    pub segment_secs: Option<f64>,
     /// Refuse a damaged input rather than keep what could be recovered from it (exit 2,
     /// no output).
     #[arg(long)]
@@ -432,6 +439,13 @@ fn run_user_set(args: &UserSetArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+fn parse_segment_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (1.0..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err("a number of seconds from 1 to 3600".into()),
+    }
+}
+
 fn run_convert(args: &ConvertArgs) -> Result<(), CliError> {
     let quality = match (args.bitrate, args.vbr) {
         (_, Some(quality)) => Quality::Vbr { quality },
@@ -443,7 +457,13 @@ fn run_convert(args: &ConvertArgs) -> Result<(), CliError> {
         quality,
         track: args.track,
         max_duration: args.max_duration.map(Duration::from_secs),
-        sequential: args.sequential,
+        threads: if args.sequential {
+            1
+        } else {
+            args.threads.map_or(0, usize::from)
+        },
+        slots: None,
+        segment_secs: args.segment_secs,
     };
     let from_stdin = args.input.as_os_str() == "-";
     let output = match (&args.output, from_stdin) {

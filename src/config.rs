@@ -562,8 +562,10 @@ impl Config {
             quality,
             track: None,
             max_duration: Some(self.max_duration),
-            // The pool runs one conversion per core already.
-            sequential: true,
+            // The pool runs one conversion per slot already.
+            threads: 1,
+            slots: None,
+            segment_secs: None,
         }
     }
 

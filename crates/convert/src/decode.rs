@@ -172,6 +172,15 @@ impl Decoder {
         SymphoniaAudio::new(params).map(|d| Decoder::Symphonia(Box::new(d)))
     }
 
+    /// The decoder a segment of an N-way encoding uses: the kind (`name`) the whole
+    /// track's probe chose, without probing again (its first packets are only warm-up).
+    pub(crate) fn chosen(params: &AudioCodecParameters, name: &str) -> Result<Self, ConvertError> {
+        match name {
+            "fdk-aac" => FdkAac::new(params).map(|d| Decoder::Fdk(Box::new(d))),
+            _ => SymphoniaAudio::new(params).map(|d| Decoder::Symphonia(Box::new(d))),
+        }
+    }
+
     /// Decodes one packet. `Ok(None)` when it produced no audio (e.g. decoder warm-up, or
     /// AAC packets held while the profile is being found out).
     pub(crate) fn decode(&mut self, packet: &Packet) -> Result<Option<Pcm>, PacketError> {

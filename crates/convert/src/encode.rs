@@ -7,7 +7,7 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::num::NonZeroU32;
 
-use mp3lame_encoder::{Builder, DualPcm, FlushGap, Mode, MonoPcm, VbrMode};
+use mp3lame_encoder::{Builder, DualPcm, FlushGap, FlushNoGap, Mode, MonoPcm, VbrMode};
 
 use super::error::{ConvertError, Result};
 use super::settings::Quality;
@@ -49,7 +49,7 @@ impl Mp3Encoder {
         Self::build(in_rate, channels, quality, true)
     }
 
-    /// The same without the info frame: for the second half of a split encoding.
+    /// The same without the info frame: for the later segments of an N-way encoding.
     pub(crate) fn untagged(in_rate: u32, channels: usize, quality: Quality) -> Result<Self> {
         Self::build(in_rate, channels, quality, false)
     }
@@ -94,16 +94,22 @@ impl Mp3Encoder {
 
     /// Encodes one block of planes (as many as the encoder's channels) and writes the MP3
     /// bytes LAME hands back.
-    pub(crate) fn encode(&mut self, planes: &[Vec<f32>], out: &mut impl Write) -> Result<()> {
-        let frames = planes.first().map_or(0, Vec::len);
+    pub(crate) fn encode<P: AsRef<[f32]>>(&mut self, planes: &[P], out: &mut impl Write) -> Result<()> {
+        let frames = planes.first().map_or(0, |p| p.as_ref().len());
         if frames == 0 {
             return Ok(());
         }
         self.buf.clear();
         self.buf.reserve(mp3lame_encoder::max_required_buffer_size(frames));
         let written = match (self.channels, planes) {
-            (1, [mono, ..]) => self.lame.encode_to_vec(MonoPcm(mono), &mut self.buf),
-            (2, [left, right, ..]) => self.lame.encode_to_vec(DualPcm { left, right }, &mut self.buf),
+            (1, [mono, ..]) => self.lame.encode_to_vec(MonoPcm(mono.as_ref()), &mut self.buf),
+            (2, [left, right, ..]) => self.lame.encode_to_vec(
+                DualPcm {
+                    left: left.as_ref(),
+                    right: right.as_ref(),
+                },
+                &mut self.buf,
+            ),
             _ => return Err(ConvertError::Encoder("channel count changed mid-stream".into())),
         }
         .map_err(|e| lame_error("encode", e))?;
@@ -128,6 +134,28 @@ impl Mp3Encoder {
             .map_err(|e| lame_error("flush", e))?;
         out.write_all(&self.buf[..n])?;
         Ok(())
+    }
+
+    /// Writes every frame encoded so far with the bit reservoir drained (LAME's
+    /// `lame_encode_flush_nogap`): the next frame's main data starts in that frame, while
+    /// the filterbank and psychoacoustic state go on. Nothing is padded.
+    pub(crate) fn flush_nogap(&mut self, out: &mut impl Write) -> Result<()> {
+        self.buf.clear();
+        self.buf.reserve(7200 * 2);
+        let n = self
+            .lame
+            .flush_to_vec::<FlushNoGap>(&mut self.buf)
+            .map_err(|e| lame_error("flush", e))?;
+        out.write_all(&self.buf[..n])?;
+        Ok(())
+    }
+
+    /// LAME's info frame for what it encoded (`lame_get_lametag_frame`), if it writes one.
+    pub(crate) fn tag_frame(&mut self) -> Option<Vec<u8>> {
+        self.buf.clear();
+        self.buf.reserve(self.lame.lame_tag_size().max(2880));
+        let len = self.lame.lame_tag_encode_to_vec(&mut self.buf)?;
+        Some(self.buf[..len.get()].to_vec())
     }
 
     /// Overwrites the info frame at `audio_start` (after [`Self::flush`]).

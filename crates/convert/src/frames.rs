@@ -14,13 +14,8 @@ pub(crate) struct Frame {
     pub(crate) side_len: u16,
     /// How many bytes before its header its main data starts (the bit reservoir).
     pub(crate) main_data_begin: u16,
-}
-
-impl Frame {
-    /// The frame's main data area, as a byte range of the stream.
-    pub(crate) fn main_data(&self) -> std::ops::Range<u64> {
-        self.offset + u64::from(self.side_len)..self.offset + u64::from(self.len)
-    }
+    /// Its bitrate (what LAME's seek table sums).
+    pub(crate) kbps: u16,
 }
 
 /// Bytes of a frame needed to read its header, CRC and `main_data_begin`.
@@ -78,6 +73,7 @@ pub(crate) fn parse(bytes: &[u8], offset: u64) -> Option<Frame> {
         len,
         side_len: (4 + crc + side) as u16,
         main_data_begin,
+        kbps: kbps as u16,
     })
 }
 
@@ -170,8 +166,7 @@ mod tests {
         // MPEG-1 layer III, 192 kbps, 44.1 kHz, no padding, joint stereo; mdb = 0x1ab.
         let bytes = [0xff, 0xfb, 0xb0, 0x44, 0xd5, 0x80, 0, 0];
         let f = parse(&bytes, 10).unwrap();
-        assert_eq!((f.len, f.side_len, f.main_data_begin), (626, 36, 0x1ab));
-        assert_eq!(f.main_data(), 46..636);
+        assert_eq!((f.len, f.side_len, f.main_data_begin, f.kbps), (626, 36, 0x1ab, 192));
         assert_eq!(parse(&[0u8; 8], 0), None);
     }
 }

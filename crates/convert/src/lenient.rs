@@ -330,6 +330,23 @@ impl<R: Read + Seek> Reader<R> {
     /// the file ends before the samples do; a decode error for a sample that cannot be
     /// read (outside the file, or forged large), after which reading goes on.
     pub(crate) fn next_packet(&mut self) -> Result<Option<Packet>, SymphoniaError> {
+        let Some(at) = self.advance()? else {
+            return Ok(None);
+        };
+        let mut data = vec![0u8; at.bytes as usize];
+        self.source.seek(SeekFrom::Start(at.offset))?;
+        self.source.read_exact(&mut data)?;
+        Ok(Some(Packet::new(
+            self.track_id,
+            Timestamp::new(i64::try_from(at.pts).unwrap_or(i64::MAX)),
+            Duration::new(at.dur),
+            data,
+        )))
+    }
+
+    /// Where the next packet is and how long it lasts, without reading it (the same
+    /// walk and the same errors as [`Self::next_packet`]).
+    pub(crate) fn advance(&mut self) -> Result<Option<PacketAt>, SymphoniaError> {
         while self.at.left_in_chunk == 0 {
             if self.at.chunk + 1 >= self.tables.chunks.len() || self.at.sample >= self.tables.samples {
                 return Ok(None);
@@ -375,16 +392,22 @@ impl<R: Read + Seek> Reader<R> {
                 "a sample the tables place outside the file",
             ));
         }
-        let mut data = vec![0u8; bytes as usize];
-        self.source.seek(SeekFrom::Start(offset))?;
-        self.source.read_exact(&mut data)?;
-        Ok(Some(Packet::new(
-            self.track_id,
-            Timestamp::new(i64::try_from(pts).unwrap_or(i64::MAX)),
-            Duration::new(dur),
-            data,
-        )))
+        Ok(Some(PacketAt {
+            offset,
+            bytes,
+            pts,
+            dur,
+        }))
     }
+}
+
+/// One packet's place in the file and in time (in the track's timescale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PacketAt {
+    pub(crate) offset: u64,
+    pub(crate) bytes: u64,
+    pub(crate) pts: u64,
+    pub(crate) dur: u64,
 }
 
 #[cfg(test)]

@@ -23,11 +23,10 @@ mod encode;
 mod error;
 mod frames;
 mod lenient;
-mod parallel;
 mod pipeline;
+mod segments;
 mod settings;
 mod source;
-mod split;
 mod tags;
 mod track;
 
@@ -40,11 +39,11 @@ use std::time::Duration;
 
 pub use encode::{MP3_SAMPLE_RATES, mp3_rate_for};
 pub use error::{ConvertError, Result};
+pub use segments::Slots;
 pub use settings::{ConvertOptions, DEFAULT_KBPS, Quality, STANDARD_BITRATES};
 
 use container::EditList;
 use decode::Decoder;
-use parallel::{SplitContext, SplitPlan, convert_split};
 use pipeline::{DecodeJob, Demuxer, run_sequential};
 pub use source::spool;
 use source::{Tracked, classify_container_io, demuxer_panic};
@@ -88,8 +87,8 @@ pub struct Summary {
     pub ended_early: Option<String>,
     /// The decoder that did the work: `symphonia` or `fdk-aac`.
     pub decoder: &'static str,
-    /// Encoded as two halves at once and spliced (see `parallel.rs`).
-    pub split: bool,
+    /// Segments encoded at once and joined (see `segments.rs`); 1 when in one piece.
+    pub segments: usize,
 }
 
 impl Summary {
@@ -157,7 +156,7 @@ pub fn convert<W: Write + Seek>(
     hooks: Hooks<'_>,
 ) -> Result<Summary> {
     let quality = opts.quality.validate()?;
-    // A second and third view of the same file, for the halves of a split encoding.
+    // More views of the same file, for the segments of an N-way encoding.
     let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&input));
     let container = container::read_container(&mut input).map_err(classify_container_io)?;
     if let Some((samples, size)) = container.impossible_run {
@@ -257,7 +256,8 @@ fn expected_duration(known_secs: Option<f64>) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
-/// The conversion through symphonia's reader: split in two halves when long enough.
+/// The conversion through symphonia's reader: in segments on several cores when long
+/// enough (`segments.rs`), else in one piece.
 fn convert_symphonia<W: Write + Seek>(
     input: File,
     reopen: &str,
@@ -275,27 +275,44 @@ fn convert_symphonia<W: Write + Seek>(
     let decoder = Decoder::new(&track.params)?;
     let codec = decode::codec_name(&track.params);
     tracing::debug!(%codec, track = track.id, ?edit, "converting");
-    // The halves read the file afresh, without the zeros a cut moov is padded with.
-    let whole = container.moov_cut.is_none();
-    if let Some(plan) = SplitPlan::new(&track, ctx.quality, known_secs).filter(|_| !ctx.opts.sequential && whole)
-        && let Some(summary) = convert_split(
-            &plan,
-            reopen,
-            SplitContext {
-                track: ctx.opts.track,
-                truncated: container.truncated,
-                edit,
-                max_duration: ctx.opts.max_duration,
-                quality: ctx.quality,
-                hooks: ctx.hooks,
-                id3: &id3,
-                codec: codec.clone(),
-                expected,
-            },
-            out,
-        )?
-    {
-        return Ok(summary);
+    // Segments read the file afresh, without the zeros a cut moov is padded with.
+    let whole = container.moov_cut.is_none() && !container.truncated;
+    let threads = ctx.opts.threads();
+    if whole && threads > 1 {
+        let input = segments::PlanInput {
+            track: &track,
+            wanted: ctx.opts.track,
+            edit,
+            quality: ctx.quality,
+            threads,
+            segment_secs: ctx.opts.segment_secs,
+        };
+        match segments::plan(reopen, &input) {
+            Ok(plan) => {
+                let start = out.stream_position()?;
+                let slots = ctx.opts.slots.as_deref();
+                let done = segments::run(
+                    &plan,
+                    reopen,
+                    ctx.opts.track,
+                    threads,
+                    slots,
+                    ctx.hooks,
+                    &id3,
+                    codec.clone(),
+                    expected,
+                    out,
+                )?;
+                match done {
+                    Ok(summary) => return Ok(summary),
+                    Err(why) => {
+                        tracing::debug!(why = %why.0, "encoding in one piece");
+                        out.seek(SeekFrom::Start(start))?;
+                    }
+                }
+            }
+            Err(why) => tracing::debug!(why = %why.0, "encoding in one piece"),
+        }
     }
     let job = ctx.job(&track, edit, position);
     run_sequential(

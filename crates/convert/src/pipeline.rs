@@ -79,7 +79,7 @@ pub(crate) fn run_sequential<W: Write + Seek>(
             concealed_packets: stats.concealed,
             ended_early: stats.ended_early,
             decoder: stats.decoder,
-            split: false,
+            segments: 1,
         })
     })
 }
@@ -442,21 +442,7 @@ impl DecodeJob<'_> {
     /// beyond the end of the track, or a kept length under half of the rest (a damaged
     /// timescale), when the track's duration is known. Then the whole track is kept.
     pub(crate) fn trim_for(&self, rate: u32) -> Trim {
-        let Some(edit) = self.edit else {
-            return Trim { skip: 0, keep: None };
-        };
-        let (skip, keep) = (edit.skip_frames(rate), edit.keep_frames(rate));
-        let total = self.duration_ts.map(|(d, tb)| (d as f64 * tb * f64::from(rate)) as u64);
-        let plausible = match total {
-            Some(total) if total > 0 => skip < total && keep.is_none_or(|k| k.saturating_mul(2) >= total - skip),
-            _ => skip < u64::from(rate) * 60,
-        };
-        if plausible {
-            Trim { skip, keep }
-        } else {
-            tracing::debug!(?edit, ?total, "ignoring an edit list that cannot be right");
-            Trim { skip: 0, keep: None }
-        }
+        trim_for(self.edit, self.duration_ts, rate)
     }
 
     pub(crate) fn report_progress(&self, pts: i64, last: &mut f64) {
@@ -472,6 +458,25 @@ impl DecodeJob<'_> {
             *last = fraction;
             progress(fraction);
         }
+    }
+}
+
+/// The edit list's trim at `rate` (see [`DecodeJob::trim_for`]).
+pub(crate) fn trim_for(edit: Option<EditList>, duration_ts: Option<(u64, f64)>, rate: u32) -> Trim {
+    let Some(edit) = edit else {
+        return Trim { skip: 0, keep: None };
+    };
+    let (skip, keep) = (edit.skip_frames(rate), edit.keep_frames(rate));
+    let total = duration_ts.map(|(d, tb)| (d as f64 * tb * f64::from(rate)) as u64);
+    let plausible = match total {
+        Some(total) if total > 0 => skip < total && keep.is_none_or(|k| k.saturating_mul(2) >= total - skip),
+        _ => skip < u64::from(rate) * 60,
+    };
+    if plausible {
+        Trim { skip, keep }
+    } else {
+        tracing::debug!(?edit, ?total, "ignoring an edit list that cannot be right");
+        Trim { skip: 0, keep: None }
     }
 }
 

@@ -55,9 +55,26 @@ pub struct ConvertOptions {
     pub track: Option<usize>,
     /// Refuse inputs whose audio is longer than this.
     pub max_duration: Option<Duration>,
-    /// Encode in one piece even where two halves could be encoded at once (for comparisons;
-    /// the output is equivalent either way).
-    pub sequential: bool,
+    /// Encoder threads for one long input (`segments.rs`): 1 encodes in one piece; 0 uses
+    /// every core. The output is the same MP3 stream either way (bit-identical audio for
+    /// VBR).
+    pub threads: usize,
+    /// Where threads beyond the first are borrowed from, one segment at a time (the
+    /// service's converter slots); `None`: `threads` are used as given.
+    pub slots: Option<std::sync::Arc<dyn crate::Slots>>,
+    /// A fixed segment length in seconds (for tests); otherwise 60–120 s, several per
+    /// thread.
+    pub segment_secs: Option<f64>,
+}
+
+impl ConvertOptions {
+    /// The encoder threads to use.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 #[cfg(test)]
