@@ -491,3 +491,41 @@ fn a_panic_inside_symphonia_is_one_line_and_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
 }
+
+#[test]
+fn convert_threads_encodes_segments_into_the_stream_one_thread_writes() {
+    // A 50 s input on 1 and on 3 threads (20 s segments): the same length to the sample
+    // (ffprobe reads the info frame's delay and padding), the same frame count, and
+    // VBR V5 audio bit-identical (the engine's `nway` tests widen this).
+    let input = crate::common::tone(
+        "threads-50s.m4a",
+        440,
+        44_100,
+        50.0,
+        2,
+        &["-c:a", "aac", "-aac_pns", "0"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut decoded = Vec::new();
+    for threads in ["1", "3"] {
+        let out_path = dir.path().join(format!("out-{threads}.mp3"));
+        let out = run(&[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            out_path.to_str().unwrap(),
+            "--vbr",
+            "5",
+            "--threads",
+            threads,
+            "--segment-secs",
+            "20",
+        ]);
+        assert!(out.status.success(), "--threads {threads}: {}", stderr(&out));
+        decoded.push(crate::common::decode(&out_path, 2));
+    }
+    assert_eq!(decoded[0].planes[0].len(), 50 * 44_100);
+    assert!(decoded[0].planes == decoded[1].planes, "segments change the audio");
+    let out = run(&["convert", input.to_str().unwrap(), "--threads", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -18,6 +18,13 @@ pub(crate) struct Frame {
     pub(crate) kbps: u16,
 }
 
+impl Frame {
+    /// The byte just past the frame.
+    pub(crate) fn end(&self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
+}
+
 /// Bytes of a frame needed to read its header, CRC and `main_data_begin`.
 const PEEK: usize = 8;
 

@@ -15,12 +15,21 @@
 //!   keeps what it wrote; the last segment ends with the ordinary flush.
 //! - Every segment has the same settings and no resampling, so its frames lie on the same
 //!   grid; they are concatenated in order and one Xing/LAME info frame is written for the
-//!   whole stream (frame and byte counts, TOC, delay and padding, music length, CRCs).
+//!   whole stream (frame and byte counts, LAME's own TOC algorithm, delay and padding,
+//!   music length, CRCs).
 //! - Each segment decodes only its own packets plus a few before them (decoder warm-up:
 //!   AAC's overlap-add, an MP3's reservoir), whose output is dropped. The samples it hands
 //!   LAME are checked packet by packet against the sample tables; anything that does not
 //!   add up (a damaged packet, a rate change, a count that differs) makes the whole
 //!   conversion fall back to one piece, before anything is written.
+//!
+//! What differs from one piece (measured in the engine's `nway` tests): the drained
+//! reservoir makes LAME choose other frame sizes for a while after a join, which VBR's
+//! quantization ignores (V2/V5 audio is bit-identical) except where a demanding frame hits
+//! the largest frame plus reservoir (V0; 22.05 kHz stereo); in CBR the reservoir carries
+//! the difference through the segment. AAC with perceptual noise substitution decodes its
+//! noise bands from a random generator whose state depends on every earlier packet, so
+//! those bands differ (they are noise either way).
 //!
 //! The segment's work ([`encode_segment`]) takes its packets from any iterator: a reader
 //! over the local file, or packets sent by another node.
@@ -49,6 +58,7 @@ use super::{Hooks, Summary};
 
 /// Frames encoded before a segment's first kept frame, then dropped.
 pub(crate) const PREROLL_FRAMES: u64 = 32;
+
 /// Inputs shorter than this are encoded in one piece.
 pub(crate) const MIN_NWAY_SECS: f64 = 20.0;
 /// Segment lengths for long inputs: several per core, for balance.
@@ -91,11 +101,14 @@ pub(crate) struct SegmentJob {
     /// The samples LAME is given: `[feed_from, feed_to)`.
     pub(crate) feed_from: u64,
     pub(crate) feed_to: u64,
-    /// Samples fed before the warm-up frames are flushed and dropped (0: none).
+    /// Samples fed before the warm-up frames are flushed with the reservoir drained and
+    /// dropped (0: none).
     pub(crate) preroll_samples: u64,
     /// Frames dropped there.
     pub(crate) preroll_frames: u64,
-    /// Frames kept (0 for the last segment: whatever the final flush writes).
+    /// The global number of its first kept frame (`F_k`).
+    pub(crate) first_frame: u64,
+    /// Frames it writes (0 for the last segment: whatever the final flush writes).
     pub(crate) frames: u64,
     /// The first segment writes LAME's info frame; the last ends with LAME's padding.
     pub(crate) first: bool,
@@ -114,6 +127,15 @@ pub(crate) struct EncodedSegment {
     pub(crate) tag: Option<Vec<u8>>,
     /// Samples LAME was given.
     pub(crate) fed: u64,
+    /// The global number of its first audio frame.
+    pub(crate) first_frame: u64,
+}
+
+impl EncodedSegment {
+    fn frame(&self, global: u64) -> Option<&Frame> {
+        self.frames
+            .get(usize::try_from(global.checked_sub(self.first_frame)?).ok()?)
+    }
 }
 
 /// The cut of one input into segments.
@@ -247,7 +269,7 @@ pub(crate) fn plan(reopen: &str, input: &PlanInput<'_>) -> std::result::Result<P
         }
     });
     let grid = total / frame_samples; // whole frames of audio
-    let count = ((secs / segment_secs).round() as u64).clamp(1, grid / (PREROLL_FRAMES * 2).max(1));
+    let count = ((secs / segment_secs).round() as u64).clamp(1, grid / (4 * PREROLL_FRAMES));
     if count < 2 {
         return Err(no("one segment"));
     }
@@ -273,14 +295,13 @@ pub(crate) fn plan(reopen: &str, input: &PlanInput<'_>) -> std::result::Result<P
     for k in 0..count as usize {
         let (first, last) = (k == 0, k + 1 == count as usize);
         let from_frame = cuts[k].saturating_sub(if first { 0 } else { PREROLL_FRAMES });
-        let preroll_frames = cuts[k] - from_frame;
+        let to_frame = cuts.get(k + 1).copied();
         let feed_from = trim.skip + from_frame * frame_samples;
         // The last segment takes what the decoder gives up to the edit list's end: the
         // track's last packet may decode to more than the tables say it lasts.
-        let feed_to = if last {
-            trim.keep.map_or(u64::MAX, |keep| trim.skip.saturating_add(keep))
-        } else {
-            trim.skip + fed_for_frames(cuts[k + 1], frame_samples)
+        let feed_to = match to_frame {
+            Some(to) if !last => trim.skip + fed_for_frames(to, frame_samples),
+            _ => trim.keep.map_or(u64::MAX, |keep| trim.skip.saturating_add(keep)),
         };
         let first_needed = packet_of(feed_from);
         let first_packet = first_needed.saturating_sub(warmup);
@@ -296,10 +317,11 @@ pub(crate) fn plan(reopen: &str, input: &PlanInput<'_>) -> std::result::Result<P
             preroll_samples: if first {
                 0
             } else {
-                fed_for_frames(preroll_frames, frame_samples)
+                fed_for_frames(cuts[k] - from_frame, frame_samples)
             },
-            preroll_frames,
-            frames: if last { 0 } else { cuts[k + 1] - cuts[k] },
+            preroll_frames: cuts[k] - from_frame,
+            first_frame: cuts[k],
+            frames: if last { 0 } else { to_frame.unwrap_or(0) - cuts[k] },
             first,
             last,
         });
@@ -461,6 +483,7 @@ pub(crate) fn encode_segment(
         frames,
         tag,
         fed,
+        first_frame: job.first_frame,
     }))
 }
 
@@ -495,7 +518,9 @@ pub(crate) fn local_packets(
     }))
 }
 
-/// Joins the segments (in order) into one MP3 with one info frame, after `id3`.
+/// Joins the segments (in order) into one MP3 with one info frame, after `id3`. Each
+/// segment drained its reservoir at its first frame, so its frames follow the previous
+/// segment's as they are. Returns the samples in it.
 pub(crate) fn stitch<W: Write + Seek>(
     mut segments: Vec<EncodedSegment>,
     plan: &Plan,
@@ -504,6 +529,7 @@ pub(crate) fn stitch<W: Write + Seek>(
 ) -> Result<u64> {
     segments.sort_by_key(|s| s.index);
     let total = plan.total_after(&segments);
+    let starts: Vec<u64> = segments.iter().map(|s| s.first_frame).collect();
     let mut info = segments
         .first_mut()
         .and_then(|s| s.tag.take())
@@ -517,21 +543,33 @@ pub(crate) fn stitch<W: Write + Seek>(
     let mut all = Vec::new();
     let mut music_crc = 0u16;
     let mut buf = vec![0u8; 64 * 1024];
-    for segment in &mut segments {
-        let (Some(first), Some(last)) = (segment.frames.first(), segment.frames.last()) else {
+    for (k, segment) in segments.iter_mut().enumerate() {
+        let from = segment.first_frame;
+        let to = starts
+            .get(k + 1)
+            .copied()
+            .unwrap_or(segment.first_frame + segment.frames.len() as u64);
+        if to != segment.first_frame + segment.frames.len() as u64 {
+            return Err(ConvertError::Encoder(format!(
+                "segment {k} does not end where the next starts"
+            )));
+        }
+        let (Some(&first), Some(&last)) = (segment.frame(from), to.checked_sub(1).and_then(|t| segment.frame(t)))
+        else {
             continue;
         };
-        let (start, end) = (first.offset, last.offset + u64::from(last.len));
+        let (start, end) = (first.offset, last.end());
         segment.file.seek(SeekFrom::Start(start))?;
-        let mut left = end - start;
-        while left > 0 {
-            let n = (buf.len() as u64).min(left) as usize;
+        let mut at = start;
+        while at < end {
+            let n = (buf.len() as u64).min(end - at) as usize;
             segment.file.read_exact(&mut buf[..n])?;
             music_crc = crc16(music_crc, &buf[..n]);
             out.write_all(&buf[..n])?;
-            left -= n as u64;
+            at += n as u64;
         }
-        all.extend_from_slice(&segment.frames);
+        let range = (from - segment.first_frame) as usize..(to - segment.first_frame) as usize;
+        all.extend_from_slice(&segment.frames[range]);
     }
     let end = out.stream_position()?;
     rewrite_info(&mut info, &all, plan.frame_samples, total, music_crc)?;
