@@ -562,7 +562,7 @@ impl Config {
             quality,
             track: None,
             max_duration: Some(self.max_duration),
-            // The pool runs one conversion per slot already.
+            // The converter lends a conversion its free slots (converter.rs).
             threads: 1,
             slots: None,
             segment_secs: None,

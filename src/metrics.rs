@@ -98,7 +98,7 @@ static METRICS: LazyLock<Mutex<Metrics>> = LazyLock::new(|| {
     let slots = Family::<SlotLabels, Gauge>::default();
     registry.register(
         "converter_slots",
-        "This node's converter slots (busy, free)",
+        "This node's converter slots: busy (a job each), free, and lent (free slots a running job encodes segments on, given back to the next job)",
         slots.clone(),
     );
     let members = Gauge::default();
@@ -213,6 +213,11 @@ pub fn stored(inputs: u64, mp3s: u64, uploads: u64) {
 /// Counts a webhook call attempt by how it ended.
 pub fn webhook_call(outcome: &'static str) {
     with(|m| m.webhook_calls.get_or_create(&OutcomeLabels { outcome }).inc());
+}
+
+/// Sets how many converter slots are lent to running jobs for their segments.
+pub fn lent_slots(n: usize) {
+    with(|m| m.slots.get_or_create(&SlotLabels { slot: "lent" }).set(gauge(n as u64)));
 }
 
 /// Records a finished conversion: its wall time and the audio it produced.

@@ -37,7 +37,7 @@ fuzz_target!(
     // makes millions of executions.
     let opts = ConvertOptions {
         max_duration: Some(std::time::Duration::from_millis(500)),
-        sequential: true,
+        threads: 1,
         ..Default::default()
     };
     let mut out = Cursor::new(Vec::new());

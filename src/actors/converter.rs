@@ -1,6 +1,11 @@
 //! The converter pool: a fixed number of slots, each running one conversion on a blocking
 //! thread (the engine in `convert/` is synchronous and CPU-bound).
 //!
+//! A long conversion borrows the slots no job is using, one segment at a time (the
+//! engine's N-way encoding, [`SlotPool`]): a job that arrives takes a slot at once (a
+//! borrowed slot still counts as free), and the borrower gives it back when its current
+//! segment ends — a 30 s upload never waits for a 10-hour file's remaining segments.
+//!
 //! The request actor places work with [`ConverterMsg::Convert`], which is refused when every
 //! slot is busy. Progress and the result go back to the request actor (found by name when
 //! they are sent, so they reach a restarted one), tagged with the attempt number so a
@@ -9,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -164,6 +169,58 @@ impl Failure {
     }
 }
 
+/// The slots, as conversions borrow them for segments.
+#[derive(Debug)]
+pub struct SlotPool {
+    slots: usize,
+    /// Conversions running (one slot each).
+    running: AtomicUsize,
+    /// Slots lent to running conversions for a segment.
+    borrowed: AtomicUsize,
+}
+
+impl SlotPool {
+    /// A pool of `slots`.
+    pub fn new(slots: usize) -> Arc<SlotPool> {
+        Arc::new(SlotPool {
+            slots,
+            running: AtomicUsize::new(0),
+            borrowed: AtomicUsize::new(0),
+        })
+    }
+
+    /// Slots lent for segments now.
+    pub fn borrowed(&self) -> usize {
+        self.borrowed.load(Ordering::Relaxed)
+    }
+
+    fn set_running(&self, n: usize) {
+        self.running.store(n, Ordering::Relaxed);
+    }
+}
+
+impl convert::Slots for SlotPool {
+    fn try_take(&self) -> bool {
+        let running = self.running.load(Ordering::Relaxed);
+        let taken = self.borrowed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+            (running + b < self.slots).then_some(b + 1)
+        });
+        if let Ok(before) = taken {
+            crate::metrics::lent_slots(before + 1);
+        }
+        taken.is_ok()
+    }
+
+    fn give_back(&self) {
+        if let Ok(before) = self
+            .borrowed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
+        {
+            crate::metrics::lent_slots(before - 1);
+        }
+    }
+}
+
 /// The converter's messages.
 pub enum ConverterMsg {
     /// Run a conversion; `false` if no slot is free.
@@ -199,12 +256,15 @@ pub struct ConverterActor;
 pub struct ConverterState {
     slots: usize,
     running: HashMap<JobId, Arc<AtomicBool>>,
+    /// What segments borrow.
+    pool: Arc<SlotPool>,
     /// Where busy/total slots are published for the mesh's probe.
     facts: Facts,
 }
 
 impl ConverterState {
     fn publish(&self) {
+        self.pool.set_running(self.running.len());
         self.facts.publish_slots((self.running.len(), self.slots));
     }
 }
@@ -222,6 +282,7 @@ impl Actor for ConverterActor {
         let state = ConverterState {
             slots: config.converter_slots,
             running: HashMap::new(),
+            pool: SlotPool::new(config.converter_slots),
             facts,
         };
         state.publish();
@@ -253,10 +314,11 @@ impl Actor for ConverterActor {
                 state.running.insert(task.id.clone(), cancel.clone());
                 state.publish();
                 let _ = reply.send(true);
+                let pool = state.pool.clone();
                 tokio::task::spawn_blocking(move || {
                     let id = task.id.clone();
                     let attempt = task.attempt;
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&task, &cancel)))
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&task, &cancel, pool)))
                         .unwrap_or(Err(Failure::Crashed));
                     match &outcome {
                         Ok(p) => tracing::info!(job_id = %id, attempt, warnings = p.warnings, "converted"),
@@ -302,7 +364,7 @@ pub async fn start(task: ConvertTask) -> bool {
 }
 
 /// One conversion, on a blocking thread: MP4 → temp file beside the output → fsync → rename.
-fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
+fn run(task: &ConvertTask, cancel: &AtomicBool, pool: Arc<SlotPool>) -> Outcome {
     // A full disk is not the job's fault: the owner queues it again (request/storage.rs).
     let internal = |what: &str, e: &std::io::Error| {
         let message = format!("{what}: {e}");
@@ -331,7 +393,13 @@ fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
         cancel: Some(cancel),
     };
     let started = Instant::now();
-    let result = convert::convert(input, tmp.as_file_mut(), &task.options, hooks);
+    // Every slot at most: the others only while no job needs them.
+    let options = convert::ConvertOptions {
+        threads: pool.slots,
+        slots: Some(pool),
+        ..task.options.clone()
+    };
+    let result = convert::convert(input, tmp.as_file_mut(), &options, hooks);
     match result {
         Ok(summary) => {
             crate::metrics::conversion(started.elapsed(), summary.duration);
@@ -353,5 +421,30 @@ fn run(task: &ConvertTask, cancel: &AtomicBool) -> Outcome {
         }
         Err(convert::ConvertError::Io(e)) => Err(internal("I/O error while converting", &e)),
         Err(e) => Err(Failure::Media(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::Slots;
+
+    #[test]
+    fn segments_borrow_free_slots_and_jobs_come_first() {
+        let pool = SlotPool::new(3);
+        pool.set_running(1);
+        assert!(pool.try_take() && pool.try_take(), "two free slots are lent");
+        assert!(!pool.try_take(), "no third");
+        // A job arrives: it runs at once (borrowed slots count as free for jobs), and no
+        // segment takes a slot again until the borrowers gave enough back.
+        pool.set_running(2);
+        pool.give_back();
+        assert!(!pool.try_take(), "the freed slot is the new job's");
+        pool.give_back();
+        assert_eq!(pool.borrowed(), 0);
+        assert!(pool.try_take(), "with 2 jobs on 3 slots one is free again");
+        pool.give_back();
+        pool.give_back();
+        assert_eq!(pool.borrowed(), 0, "never below zero");
     }
 }

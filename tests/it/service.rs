@@ -995,3 +995,54 @@ async fn a_backup_taken_while_serving_restores_users_jobs_and_mp3s() {
     assert_eq!(retry.status(), StatusCode::OK, "the key still names the job");
     assert_eq!(retry.json::<serde_json::Value>().await.unwrap()["id"], id.as_str());
 }
+
+/// A gauge's value in a node's `/metrics`.
+async fn gauge(node: &Node, line_start: &str) -> Option<f64> {
+    let text = reqwest::get(node.url("/metrics")).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_job_borrows_free_slots_and_a_short_one_does_not_wait_for_them() {
+    // Two slots, one long job: it encodes its segments on both. A short job then takes
+    // the lent slot back at the long job's next segment and is done long before it.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &["--converter-slots", "2"]).await;
+    let api = Api::new(&node);
+    let token = api.login(ADMIN.0, ADMIN.1).await;
+    let long = crate::common::tone(
+        "mixed-long-30min.m4a",
+        330,
+        44_100,
+        1800.0,
+        2,
+        &["-c:a", "aac", "-b:a", "96k"],
+    );
+    let short = crate::common::tone("mixed-short-30s.m4a", 550, 44_100, 30.0, 2, &["-c:a", "aac"]);
+    let long_job = api.upload(&token, &long).await;
+    let long_id = long_job["id"].as_str().unwrap().to_string();
+    let lent = r#"mp4tomp3_converter_slots{slot="lent"}"#;
+    poll(WAIT, "the long job encoding on the free slot too", || async {
+        (gauge(&node, lent).await? >= 1.0).then_some(())
+    })
+    .await;
+    let short_job = api.upload(&token, &short).await;
+    let short_id = short_job["id"].as_str().unwrap().to_string();
+    let done = api.finished(&token, &short_id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let long_now: Value = api.job(&token, &long_id).await.json().await.unwrap();
+    assert_ne!(long_now["state"], "done", "the short job finished first: {long_now}");
+    assert_eq!(long_now["state"], "converting", "{long_now}");
+    let done = api.finished(&token, &long_id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let mp3 = api.mp3(&token, &long_id).await;
+    let path = save(dir.path(), "long.mp3", &mp3);
+    assert!(
+        (crate::common::duration(&path) - 1800.0).abs() < 0.05,
+        "gapless: {}",
+        crate::common::duration(&path)
+    );
+    assert_eq!(gauge(&node, lent).await, Some(0.0), "every lent slot came back");
+}

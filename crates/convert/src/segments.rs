@@ -65,6 +65,8 @@ pub(crate) const MIN_NWAY_SECS: f64 = 20.0;
 pub(crate) const SEGMENT_SECS: std::ops::RangeInclusive<f64> = 60.0..=120.0;
 /// No segment is shorter than this (the warm-up would cost too much).
 pub(crate) const MIN_SEGMENT_SECS: f64 = 10.0;
+/// How often a thread whose slot went to a job asks again.
+const BORROW_RETRY: Duration = Duration::from_millis(200);
 /// LAME's encoder delay, in samples.
 const ENCODER_DELAY: u64 = 576;
 
@@ -609,8 +611,8 @@ pub trait Slots: Send + Sync + std::fmt::Debug {
     fn give_back(&self);
 }
 
-/// Runs the plan on `threads` threads (the first always; the others while `slots` lends
-/// them) and writes the MP3. `Ok(Err(_))`: encode in one piece instead (nothing written).
+/// Runs the plan on `threads` threads (the first always; each other one a segment at a
+/// time, while `slots` lends it a slot) and writes the MP3. `Ok(Err(_))`: encode in one piece instead (nothing written).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run<W: Write + Seek>(
     plan: &Plan,
@@ -638,8 +640,16 @@ pub(crate) fn run<W: Write + Seek>(
             if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                 return Ok(());
             }
-            if borrowed && !slots.is_none_or(|s| s.try_take()) {
+            if next.load(Ordering::Relaxed) >= plan.segments.len() {
                 return Ok(());
+            }
+            if borrowed && !slots.is_none_or(|s| s.try_take()) {
+                // Lent to a job for now: try again shortly, while segments remain.
+                if hooks.canceled() {
+                    return Ok(());
+                }
+                std::thread::sleep(BORROW_RETRY);
+                continue;
             }
             let index = next.fetch_add(1, Ordering::Relaxed);
             let Some(job) = plan.segments.get(index) else {
