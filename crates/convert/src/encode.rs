@@ -126,11 +126,15 @@ impl Mp3Encoder {
 
     /// Flushes LAME's last frames into `out`.
     pub(crate) fn flush(&mut self, out: &mut impl Write) -> Result<()> {
+        self.flush_with::<FlushGap>(out)
+    }
+
+    fn flush_with<F: mp3lame_encoder::EncoderFlush>(&mut self, out: &mut impl Write) -> Result<()> {
         self.buf.clear();
         self.buf.reserve(7200 * 2);
         let n = self
             .lame
-            .flush_to_vec::<FlushGap>(&mut self.buf)
+            .flush_to_vec::<F>(&mut self.buf)
             .map_err(|e| lame_error("flush", e))?;
         out.write_all(&self.buf[..n])?;
         Ok(())
@@ -140,14 +144,7 @@ impl Mp3Encoder {
     /// `lame_encode_flush_nogap`): the next frame's main data starts in that frame, while
     /// the filterbank and psychoacoustic state go on. Nothing is padded.
     pub(crate) fn flush_nogap(&mut self, out: &mut impl Write) -> Result<()> {
-        self.buf.clear();
-        self.buf.reserve(7200 * 2);
-        let n = self
-            .lame
-            .flush_to_vec::<FlushNoGap>(&mut self.buf)
-            .map_err(|e| lame_error("flush", e))?;
-        out.write_all(&self.buf[..n])?;
-        Ok(())
+        self.flush_with::<FlushNoGap>(out)
     }
 
     /// LAME's info frame for what it encoded (`lame_get_lametag_frame`), if it writes one.
