@@ -542,7 +542,6 @@ pub(crate) fn stitch<W: Write + Seek>(
     }
     let tag_start = out.stream_position()?;
     out.write_all(&info)?;
-    let mut all = Vec::new();
     let mut music_crc = 0u16;
     let mut buf = vec![0u8; 64 * 1024];
     for (k, segment) in segments.iter_mut().enumerate() {
@@ -570,11 +569,11 @@ pub(crate) fn stitch<W: Write + Seek>(
             out.write_all(&buf[..n])?;
             at += n as u64;
         }
-        let range = (from - segment.first_frame) as usize..(to - segment.first_frame) as usize;
-        all.extend_from_slice(&segment.frames[range]);
     }
     let end = out.stream_position()?;
-    rewrite_info(&mut info, &all, plan.frame_samples, total, music_crc)?;
+    // Each segment's frames are all in the stream (checked above): no copy of the list.
+    let all = segments.iter().flat_map(|s| s.frames.iter());
+    rewrite_info(&mut info, all, plan.frame_samples, total, music_crc)?;
     out.seek(SeekFrom::Start(tag_start))?;
     out.write_all(&info)?;
     out.seek(SeekFrom::Start(end))?;
@@ -754,9 +753,9 @@ fn lame_toc(kbps: impl Iterator<Item = u16>) -> [u8; 100] {
 }
 
 /// Rewrites a LAME info frame for a stream of these audio frames.
-pub(crate) fn rewrite_info(
+pub(crate) fn rewrite_info<'a>(
     info: &mut [u8],
-    frames: &[Frame],
+    frames: impl Iterator<Item = &'a Frame> + Clone,
     frame_samples: u64,
     total_samples: u64,
     music_crc: u16,
@@ -768,12 +767,12 @@ pub(crate) fn rewrite_info(
     if info.len() < t + 156 || &info[t + 120..t + 124] != b"LAME" {
         return Err(bad());
     }
-    let count = frames.len() as u32;
-    let audio_bytes: u64 = frames.iter().map(|f| u64::from(f.len)).sum();
+    let count = frames.clone().count() as u32;
+    let audio_bytes: u64 = frames.clone().map(|f| u64::from(f.len)).sum();
     let stream_size = u32::try_from(audio_bytes + info.len() as u64).unwrap_or(u32::MAX);
     info[t + 8..t + 12].copy_from_slice(&count.to_be_bytes());
     info[t + 12..t + 16].copy_from_slice(&stream_size.to_be_bytes());
-    info[t + 16..t + 116].copy_from_slice(&lame_toc(frames.iter().map(|f| f.kbps)));
+    info[t + 16..t + 116].copy_from_slice(&lame_toc(frames.map(|f| f.kbps)));
     let lame = t + 120;
     let delay = (u64::from(info[lame + 21]) << 4) | (u64::from(info[lame + 22]) >> 4);
     let padding = (u64::from(count) * frame_samples)
@@ -828,7 +827,7 @@ mod tests {
         ] {
             let (info, frames, audio) = lame_stream(samples, quality);
             let mut ours = info.clone();
-            rewrite_info(&mut ours, &frames[1..], 1152, samples as u64, crc16(0, &audio)).unwrap();
+            rewrite_info(&mut ours, frames[1..].iter(), 1152, samples as u64, crc16(0, &audio)).unwrap();
             // Counts, seek table, padding, length, music CRC and tag CRC: all LAME's.
             assert_eq!(ours, info, "{quality:?}, {samples} samples");
         }
