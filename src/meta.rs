@@ -276,6 +276,8 @@ pub struct Meta {
     raft: Raft<TypeConfig>,
     state: StateMachine,
     actor: ActorRef<MetaMsg>,
+    /// Appends (heartbeats included) this member received from a leader.
+    appends: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Meta {
@@ -294,29 +296,42 @@ impl Meta {
         };
         let config = Arc::new(config.validate().map_err(|e| MetaError::Store(e.to_string()))?);
         let network = MetaNetwork::default();
-        let known_voters = network.voters.clone();
+        let roster = network.roster.clone();
         let raft = Raft::new(node_id(name), config, network, log, state.clone())
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
-        // The network delays appends to learners (LEARNER_BATCH): it follows the voters.
+        // The network treats learners apart (LEARNER_BATCH, LEARNER_HEARTBEAT): it follows
+        // the voters and what this member applied.
         let mut metrics = raft.metrics();
         tokio::spawn(async move {
             loop {
-                let now: BTreeSet<u64> = metrics.borrow().membership_config.membership().voter_ids().collect();
-                if let Ok(mut v) = known_voters.write()
-                    && *v != now
-                {
-                    *v = now;
+                let (voters, applied) = {
+                    let m = metrics.borrow();
+                    let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+                    (voters, m.last_applied)
+                };
+                if let Ok(mut r) = roster.write() {
+                    if r.voters != voters {
+                        r.voters = voters;
+                    }
+                    r.applied = applied;
                 }
                 if metrics.changed().await.is_err() {
                     break;
                 }
             }
         });
-        let (actor, _) = ractor::Actor::spawn(None, MetaActor, (name.to_string(), raft.clone(), state.clone()))
+        let appends = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let args = (name.to_string(), raft.clone(), state.clone(), appends.clone());
+        let (actor, _) = ractor::Actor::spawn(None, MetaActor, args)
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
-        let meta = Meta { raft, state, actor };
+        let meta = Meta {
+            raft,
+            state,
+            actor,
+            appends,
+        };
         if !voters.is_empty() {
             meta.initialize(voters).await?;
         }
@@ -651,6 +666,11 @@ impl Meta {
         let metrics = self.raft.metrics().borrow().clone();
         let config = metrics.membership_config.membership();
         named(config, config.voter_ids())
+    }
+
+    /// How many appends (heartbeats included) this member has received from a leader.
+    pub fn appends_received(&self) -> u64 {
+        self.appends.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node's Raft (metrics, waits).

@@ -6,6 +6,8 @@
 //! Node ids are derived from the stable node names ([`node_id`]); the member's
 //! `BasicNode::addr` holds the name, which is what the mesh knows a node by.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{
@@ -16,7 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{BasicNode, Raft};
+use openraft::{BasicNode, LogId, Raft};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::Serialize;
@@ -116,24 +118,28 @@ pub struct MetaActor;
 
 impl Actor for MetaActor {
     type Msg = MetaMsg;
-    type State = (Raft<TypeConfig>, StateMachine);
-    type Arguments = (String, Raft<TypeConfig>, StateMachine);
+    type State = (Raft<TypeConfig>, StateMachine, Arc<AtomicU64>);
+    /// The node's name, its Raft and state machine, and the count of appends it received.
+    type Arguments = (String, Raft<TypeConfig>, StateMachine, Arc<AtomicU64>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (node, raft, state): Self::Arguments,
+        (node, raft, state, appends): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         ractor::pg::join(group(&node), vec![myself.get_cell()]);
-        Ok((raft, state))
+        Ok((raft, state, appends))
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        (raft, state): &mut Self::State,
+        (raft, state, appends): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if matches!(message, MetaMsg::Append(..)) {
+            appends.fetch_add(1, Ordering::Relaxed);
+        }
         // Each request runs on its own task: a slow one (a snapshot being installed) never
         // holds up heartbeats.
         let (raft, state) = (raft.clone(), state.clone());
@@ -217,11 +223,31 @@ impl Actor for MetaActor {
 /// learner's work for each entry.
 pub const LEARNER_BATCH: Duration = Duration::from_millis(20);
 
+/// How often a learner that has been told everything still gets a heartbeat. openraft
+/// heartbeats every target every `heartbeat_interval` (150 ms) and after each commit; a
+/// voter needs that (its election timer, the leader's lease), a learner only needs the log
+/// and the commit. So a heartbeat to a learner that would tell it nothing new (same leader,
+/// same last entry, no newer commit) is answered here, as the learner answered the last
+/// one, until this long after the last that went: the leader's idle cost no longer grows
+/// with every learner, and a learner that went away is still seen within about a second.
+pub const LEARNER_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What the network follows of its member (kept by a task watching openraft's metrics).
+#[derive(Default)]
+pub struct Roster {
+    /// The voters (empty: not known; no target is treated as a learner).
+    pub voters: std::collections::BTreeSet<u64>,
+    /// The last entry this member applied (so committed): an append to a learner carries it
+    /// as the commit when it is newer than the one openraft put in, which saves the learner
+    /// a second message to learn that the entries it just got are committed.
+    pub applied: Option<LogId<u64>>,
+}
+
 /// openraft's network: a connection per target node, through the mesh.
 #[derive(Clone, Default)]
 pub struct MetaNetwork {
-    /// The voters as this node's member knows them (empty: not known, none is delayed).
-    pub voters: std::sync::Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
+    /// What the member's metrics say (see [`Roster`]).
+    pub roster: Arc<std::sync::RwLock<Roster>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for MetaNetwork {
@@ -231,7 +257,8 @@ impl RaftNetworkFactory<TypeConfig> for MetaNetwork {
         Conn {
             target,
             name: node.addr.clone(),
-            voters: self.voters.clone(),
+            roster: self.roster.clone(),
+            told: None,
         }
     }
 }
@@ -240,16 +267,35 @@ impl RaftNetworkFactory<TypeConfig> for MetaNetwork {
 pub struct Conn {
     target: u64,
     name: String,
-    voters: std::sync::Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
+    roster: Arc<std::sync::RwLock<Roster>>,
+    /// What the target last acknowledged (learners only, see [`LEARNER_HEARTBEAT`]).
+    told: Option<Told>,
+}
+
+/// A learner's last acknowledged append.
+struct Told {
+    /// When it was sent.
+    at: std::time::Instant,
+    /// The leader's vote it carried.
+    vote: openraft::Vote<u64>,
+    /// The learner's last entry after it.
+    matched: Option<LogId<u64>>,
+    /// The commit it carried.
+    commit: Option<LogId<u64>>,
 }
 
 impl Conn {
     /// Whether the target is a learner (known voters, and it is not one of them).
     fn learner(&self) -> bool {
-        self.voters
+        self.roster
             .read()
-            .map(|v| !v.is_empty() && !v.contains(&self.target))
+            .map(|r| !r.voters.is_empty() && !r.voters.contains(&self.target))
             .unwrap_or(false)
+    }
+
+    /// The last entry this member applied.
+    fn applied(&self) -> Option<LogId<u64>> {
+        self.roster.read().ok().and_then(|r| r.applied)
     }
 }
 
@@ -310,15 +356,42 @@ impl Conn {
 impl RaftNetwork<TypeConfig> for Conn {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        // Entries for a learner wait a moment (heartbeats go at once): see LEARNER_BATCH.
-        if !rpc.entries.is_empty() && self.learner() {
-            tokio::time::sleep(LEARNER_BATCH).await;
+        let learner = self.learner();
+        if learner {
+            if rpc.entries.is_empty() {
+                // Nothing new for it: answered as it answered the last (LEARNER_HEARTBEAT).
+                if let Some(told) = &self.told
+                    && told.vote == rpc.vote
+                    && told.matched == rpc.prev_log_id
+                    && rpc.leader_commit <= told.commit
+                    && told.at.elapsed() < LEARNER_HEARTBEAT
+                {
+                    return Ok(AppendEntriesResponse::Success);
+                }
+            } else {
+                // Entries wait a moment (see LEARNER_BATCH); the commit reached meanwhile goes
+                // with them (a learner commits at most what it accepted from this leader).
+                tokio::time::sleep(LEARNER_BATCH).await;
+            }
+            rpc.leader_commit = rpc.leader_commit.max(self.applied());
         }
+        let sent = (std::time::Instant::now(), rpc.vote, rpc.leader_commit);
+        let matched = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
         let answer = self.call(encode(&rpc), MetaMsg::Append, option.hard_ttl()).await;
-        answer.map_err(|e| self.failed(e))?.map_err(|e| self.remote(e))
+        let answer = answer.map_err(|e| self.failed(e))?.map_err(|e| self.remote(e));
+        self.told = match (&answer, learner) {
+            (Ok(AppendEntriesResponse::Success), true) => Some(Told {
+                at: sent.0,
+                vote: sent.1,
+                matched,
+                commit: sent.2,
+            }),
+            _ => None,
+        };
+        answer
     }
 
     async fn install_snapshot(
@@ -351,9 +424,10 @@ async fn ask_member<Q: Serialize, A: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<A, MetaError> {
     let conn = Conn {
-        voters: Default::default(),
+        roster: Default::default(),
         target: node_id(name),
         name: name.to_string(),
+        told: None,
     };
     match conn.call::<A, String>(encode(request), message, timeout).await {
         Ok(Ok(answer)) => Ok(answer),

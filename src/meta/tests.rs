@@ -160,6 +160,71 @@ async fn a_one_voter_group_grows_to_three_voters_and_then_loses_its_first() {
     }
 }
 
+/// A learner costs the leader a heartbeat a second, not one every 150 ms and one per commit
+/// (LEARNER_HEARTBEAT), and still has each committed entry applied right after its append.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learner_is_heartbeaten_once_a_second_and_still_applies_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        let name = name.to_string();
+        async move { Meta::start(&name, &path, &["hb-0".to_string()]).await.unwrap() }
+    };
+    let first = start("hb-0").await;
+    wait_for_leader(&[&first], None).await;
+    let mut members = vec![first];
+    for i in 1..4 {
+        members.push(start(&format!("hb-{i}")).await);
+    }
+    let wanted: Vec<String> = (0..4).map(|i| format!("hb-{i}")).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while members[0].voters().len() < membership::VOTERS || members[0].reconcile(&wanted).await.unwrap() {
+        members[0].reconcile(&wanted).await.unwrap();
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", members[0].status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = members[0].status();
+    assert_eq!(status.learners.len(), 1, "{status:?}");
+    let learner = &members[wanted.iter().position(|n| status.learners.contains(n)).unwrap()];
+    let voter = &members[wanted
+        .iter()
+        .position(|n| status.voters.contains(n) && Some(n) != status.leader.as_ref())
+        .unwrap()];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (l0, v0) = (learner.appends_received(), voter.appends_received());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (l1, v1) = (learner.appends_received(), voter.appends_received());
+    // 150 ms heartbeats: 20 in 3 s; a learner gets about 3.
+    assert!(v1 - v0 >= 8, "a voter got {} heartbeats in 3 s", v1 - v0);
+    assert!(l1 - l0 <= 5, "a learner got {} heartbeats in 3 s", l1 - l0);
+    // A write reaches the learner's state machine with its first append (the commit rides
+    // along): well before the next heartbeat a second later.
+    for i in 0..5 {
+        let before = learner.appends_received();
+        members[0]
+            .write(claim("ann@example.com", &format!("hb{i}"), &format!("job-{i}")))
+            .await
+            .unwrap();
+        let index = members[0].status().applied;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while learner.status().applied < index {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the learner did not apply entry {index} in 500 ms"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            learner.appends_received() - before <= 2,
+            "more than one append for one write"
+        );
+    }
+    for m in &members {
+        m.stop().await;
+    }
+}
+
 /// One command of each kind (and each user change), as this version writes them.
 fn every_command() -> Vec<Command> {
     use crate::store::Quota;
