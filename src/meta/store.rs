@@ -71,6 +71,72 @@ pub struct MetaDb {
     /// at a failed write, so the log must never meet a full disk (something else filling
     /// the volume must not stop the metadata).
     reserve: Arc<Mutex<crate::store::Reserve>>,
+    /// The newest log entries, in memory ([`Recent`]).
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The newest log entries (up to [`Recent::KEEP`], contiguous), as appended: the leader
+/// reads each new entry once per follower and learner to replicate it, which from SQLite
+/// was a blocking task per target per entry, queued on the writing connection in front of
+/// the entry's own apply. Entries go in when their append starts (a replication may read
+/// an entry whose local write is still under way, as openraft allows), and out with the
+/// log's truncation and purge; a range not all here is read from the file as before.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<Entry<TypeConfig>>,
+}
+
+impl Recent {
+    /// Entries kept.
+    const KEEP: usize = 4096;
+
+    /// The index of the first entry kept.
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    /// Takes in `new` (contiguous, as openraft appends): what follows its first index goes.
+    fn push(&mut self, new: &[Entry<TypeConfig>]) {
+        let Some(start) = new.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        self.truncate(start);
+        let next = self.first().map(|f| f + self.entries.len() as u64);
+        if next.is_some_and(|n| n != start) {
+            self.entries.clear();
+        }
+        self.entries.extend(new.iter().cloned());
+        while self.entries.len() > Self::KEEP {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Drops the entries from index `from` on.
+    fn truncate(&mut self, from: u64) {
+        if let Some(first) = self.first() {
+            let keep = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+            self.entries.truncate(keep);
+        }
+    }
+
+    /// Drops the entries up to index `upto`.
+    fn purge(&mut self, upto: u64) {
+        while self.first().is_some_and(|f| f <= upto) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Entries `start..end`, if every one of them is here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.first()?;
+        let last = first + self.entries.len() as u64; // exclusive
+        if start < first || end > last || start > end {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end - start).ok()?;
+        Some(self.entries.iter().skip(skip).take(take).cloned().collect())
+    }
 }
 
 const SCHEMA: &str = "
@@ -110,7 +176,13 @@ impl MetaDb {
             reader: Arc::new(Mutex::new(reader)),
             users,
             reserve: Arc::new(Mutex::new(crate::store::Reserve::at(path))),
+            recent: Arc::default(),
         })
+    }
+
+    /// The newest log entries.
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The users as this replica has applied them, in memory.
@@ -244,6 +316,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i as i64,
             Bound::Unbounded => i64::MAX,
         };
+        if let Some(hit) = self.0.recent().get(start.max(0) as u64, end.max(0) as u64) {
+            return Ok(hit);
+        }
         self.0
             .run(move |conn| {
                 let mut q =
@@ -321,9 +396,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        self.0.recent().push(&entries);
         let rows = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index as i64, serde_json::to_vec(&e)?)))
+            .iter()
+            .map(|e| Ok((e.log_id.index as i64, serde_json::to_vec(e)?)))
             .collect::<anyhow::Result<Vec<_>>>()
             .map_err(|e| failed(|e| StorageIOError::write_logs(e), e))?;
         let written = self
@@ -355,6 +432,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let from = log_id.index as i64;
+        self.0.recent().truncate(log_id.index);
         self.0
             .run_unsynced(move |conn| {
                 conn.execute("DELETE FROM raft_log WHERE idx >= ?1", [from])?;
@@ -365,6 +443,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.0.recent().purge(log_id.index);
         self.0
             .run_unsynced(move |conn| {
                 let tx = conn.transaction()?;

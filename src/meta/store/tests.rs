@@ -512,3 +512,38 @@ fn an_admission_reads_as_the_log_has_always_written_it() {
     );
     assert_eq!(serde_json::from_str::<Command>(&wire).unwrap(), keyed);
 }
+
+/// The in-memory tail of the log answers only ranges it holds whole, and follows appends
+/// that overwrite (after a truncation), gaps (after a snapshot), truncation and purge.
+#[test]
+fn the_recent_entries_answer_only_what_they_hold_whole() {
+    let mut recent = Recent::default();
+    let ids = |v: Option<Vec<Entry<TypeConfig>>>| v.map(|v| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>());
+    assert_eq!(ids(recent.get(1, 2)), None);
+    recent.push(&(1..=5).map(|i| claim(i, "a@x", "k", "j")).collect::<Vec<_>>());
+    assert_eq!(ids(recent.get(2, 5)), Some(vec![2, 3, 4]));
+    assert_eq!(ids(recent.get(1, 6)), Some(vec![1, 2, 3, 4, 5]));
+    assert_eq!(ids(recent.get(0, 3)), None, "index 0 was never here");
+    assert_eq!(ids(recent.get(4, 7)), None, "6 is not appended yet");
+    // An append from index 4 replaces 4 and 5 (a new leader's entries).
+    recent.push(&[claim(4, "b@x", "k", "j2")]);
+    assert_eq!(ids(recent.get(1, 5)), Some(vec![1, 2, 3, 4]));
+    assert_eq!(ids(recent.get(5, 6)), None);
+    let replaced = recent.get(4, 5).unwrap();
+    assert!(matches!(&replaced[0].payload, EntryPayload::Normal(Command::ClaimKey { email, .. }) if email == "b@x"));
+    recent.truncate(3);
+    assert_eq!(ids(recent.get(1, 3)), Some(vec![1, 2]));
+    assert_eq!(ids(recent.get(3, 4)), None);
+    recent.purge(1);
+    assert_eq!(ids(recent.get(1, 3)), None);
+    assert_eq!(ids(recent.get(2, 3)), Some(vec![2]));
+    // A gap (entries after an installed snapshot) starts again from the new entries.
+    recent.push(&[claim(10, "c@x", "k", "j3")]);
+    assert_eq!(ids(recent.get(2, 3)), None);
+    assert_eq!(ids(recent.get(10, 11)), Some(vec![10]));
+    for i in 11..(11 + Recent::KEEP as u64) {
+        recent.push(&[claim(i, "c@x", "k", "j3")]);
+    }
+    assert_eq!(recent.entries.len(), Recent::KEEP);
+    assert_eq!(ids(recent.get(10, 11)), None, "the oldest went");
+}
