@@ -124,20 +124,27 @@ impl RequestState {
             })
             .await;
         let (job, new) = result?;
-        if new {
-            tracing::info!(job_id = %job.id, owner = %job.owner_email, "job accepted");
-            self.announce(Kind::Created, &job);
-            tell(Role::Notifier, NotifierMsg::Wake); // a job.created webhook may be due
-            // The job is stored: a failure from here on is retried (the tick dispatches, a
-            // restart resumes), so it is logged rather than answered.
-            if let Err(e) = self.resume(myself, &job).await {
-                tracing::warn!(job_id = %job.id, error = %e, "cannot start the job yet");
-            }
-            // Placed once the client has its answer (asking the mesh where there is room is
-            // no part of accepting).
-            let _ = myself.cast(RequestMsg::Dispatch);
+        if !new {
+            // Answer with the earlier job as stored now (its state may have moved on).
+            return self.load(&job.id, None).await.map(|j| (j, new));
         }
-        // Answer with the job as stored now (its state may have moved on).
+        tracing::info!(job_id = %job.id, owner = %job.owner_email, "job accepted");
+        self.announce(Kind::Created, &job);
+        tell(Role::Notifier, NotifierMsg::Wake); // a job.created webhook may be due
+        // Placed once the client has its answer (asking the mesh where there is room is no
+        // part of accepting).
+        let _ = myself.cast(RequestMsg::Dispatch);
+        if has_input {
+            // Its input was put in place with the row: queued, as stored.
+            self.queue.push_back(job.id.clone());
+            return Ok((job, new));
+        }
+        // The job is stored: a failure from here on is retried (the tick dispatches, a
+        // restart resumes), so it is logged rather than answered.
+        if let Err(e) = self.resume(myself, &job).await {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot start the job yet");
+        }
+        // Answer with the job as stored now (a URL import is fetching).
         self.load(&job.id, None).await.map(|j| (j, new))
     }
 
