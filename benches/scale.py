@@ -10,7 +10,7 @@ converter slot each), once the mesh and the metadata group are formed:
   200 requests one after another; p50/p95/p99;
 - keyed upload: `POST /v1/jobs` of a 1 s clip with a new Idempotency-Key, 60 one after
   another (the earlier ones converting meanwhile); p50/p95/p99;
-- keyed upload, converters idle: 30 more, each once the job before it has ended (the
+- keyed upload, converters idle: 60 more, each once the job before it has ended (the
   submission's own cost: its commit and the replicas' work, not the conversions');
 - status: `GET /v1/jobs/{id}` of a job another node owns, 200 one after another; p50/p99;
 - idle CPU: the CPU time of all N processes over 10 s of no requests, as % of one core.
@@ -115,6 +115,9 @@ def one(args, n, clip):
             meta = view["metadata"]
             return up == n - 1 and meta["leader"] and len(meta["voters"]) + len(meta["learners"]) == n
         wait("the mesh and the metadata group", 300, formed)
+        # Where the leader is changes a write's path (pod 0 leads, votes, or only learns).
+        meta = json.loads(call(url[0] + "/v1/cluster", token=tok)[1])["metadata"]
+        print(f"N={n}: leader {meta['leader']}, voters {', '.join(meta['voters'])}", flush=True)
         boundary = uuid.uuid4().hex
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.mp4\"\r\n"
                 f"Content-Type: video/mp4\r\n\r\n").encode() + clip + f"\r\n--{boundary}--\r\n".encode()
@@ -152,7 +155,7 @@ def one(args, n, clip):
             return jobs is not None and all(j["state"] in ("done", "failed", "canceled") for j in jobs)
         wait("the conversions to end", 300, settled)
         paced = []
-        for _ in range(30):
+        for _ in range(60):
             t = time.perf_counter()
             s = keyed()
             paced.append((time.perf_counter() - t) * 1000)
