@@ -68,7 +68,8 @@ pub(crate) struct Reader<R> {
     source: R,
     len: u64,
     track_id: u32,
-    tables: Tables,
+    /// Shared by the readers [`Reader::with_source`] makes (a long file's segments).
+    tables: std::sync::Arc<Tables>,
     /// Consecutive samples per packet (PCM), else 1.
     group: u32,
     /// The last chunk that starts inside the file.
@@ -161,7 +162,7 @@ pub(crate) fn open<R: Read + Seek>(
         source,
         len,
         track_id: id,
-        tables,
+        tables: std::sync::Arc::new(tables),
         group,
         last_in_file,
         at: Next::default(),
@@ -306,6 +307,37 @@ fn read_first_bytes<R: Read + Seek>(r: &mut R, tables: &Tables, len: u64) -> io:
     let mut buf = [0u8; 4];
     let got = read_up_to(r, &mut buf)?;
     Ok(buf[..got].to_vec())
+}
+
+/// Where a [`Reader`] is in its track: another reader of the same file, made with
+/// [`Reader::with_source`], goes on from there without walking the packets before it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cursor(Next);
+
+impl<R> Reader<R> {
+    /// Where this reader is.
+    pub(crate) fn cursor(&self) -> Cursor {
+        Cursor(self.at)
+    }
+
+    /// Goes on from `cursor` (taken from this reader or one of its copies).
+    pub(crate) fn resume(&mut self, cursor: Cursor) {
+        self.at = cursor.0;
+    }
+
+    /// A reader of the same track over `source` (the same file opened again), at this
+    /// one's place, sharing its sample tables (not parsed again).
+    pub(crate) fn with_source<S>(&self, source: S) -> Reader<S> {
+        Reader {
+            source,
+            len: self.len,
+            track_id: self.track_id,
+            tables: self.tables.clone(),
+            group: self.group,
+            last_in_file: self.last_in_file,
+            at: self.at,
+        }
+    }
 }
 
 impl<R: Read + Seek> Reader<R> {

@@ -294,7 +294,6 @@ fn convert_symphonia<W: Write + Seek>(
                 let done = segments::run(
                     &plan,
                     reopen,
-                    ctx.opts.track,
                     threads,
                     slots,
                     ctx.hooks,

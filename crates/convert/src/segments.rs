@@ -150,6 +150,34 @@ pub(crate) struct Plan {
     /// Samples the edit list drops at the start.
     pub(crate) skip: u64,
     pub(crate) frame_samples: u64,
+    /// The track's sample tables, and where each segment's first packet is in them.
+    pub(crate) local: LocalTrack,
+}
+
+/// The planner's reader of the track (without its file) and each segment's place in it:
+/// a segment's reader opens the file again and starts there, with the tables parsed once.
+pub(crate) struct LocalTrack {
+    reader: lenient::Reader<()>,
+    cursors: Vec<lenient::Cursor>,
+}
+
+impl std::fmt::Debug for LocalTrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalTrack({} segment starts)", self.cursors.len())
+    }
+}
+
+impl LocalTrack {
+    /// A reader of `path` at the place `cursor` (none: the track's start).
+    fn open(&self, path: &str, cursor: Option<lenient::Cursor>) -> io::Result<lenient::Reader<Tracked>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut reader = self.reader.with_source(Tracked::new(file, Default::default(), len));
+        if let Some(cursor) = cursor {
+            reader.resume(cursor);
+        }
+        Ok(reader)
+    }
 }
 
 impl Plan {
@@ -232,6 +260,7 @@ pub(crate) fn plan(reopen: &str, input: &PlanInput<'_>) -> std::result::Result<P
     if info.id != input.track.id {
         return Err(no("the sample tables are another track's"));
     }
+    let origin = reader.cursor();
     let mut ticks = Vec::new();
     loop {
         match reader.advance() {
@@ -240,7 +269,12 @@ pub(crate) fn plan(reopen: &str, input: &PlanInput<'_>) -> std::result::Result<P
             Err(_) => return Err(no("a packet cannot be read")),
         }
     }
-    let (decoder, rate, channels) = probe(reopen, input)?;
+    reader.resume(origin);
+    let mut local = LocalTrack {
+        reader: reader.with_source(()),
+        cursors: Vec::new(),
+    };
+    let (decoder, rate, channels) = probe(&local, reopen, input)?;
     if mp3_rate_for(rate) != rate {
         return Err(no("the rate is resampled"));
     }
@@ -328,25 +362,37 @@ pub(crate) fn plan(reopen: &str, input: &PlanInput<'_>) -> std::result::Result<P
             last,
         });
     }
+    // Each segment's first packet's place in the tables (a second walk: the first one
+    // could not know where the segments start).
+    let mut packet = 0usize;
+    for job in &segments {
+        while packet < job.first_packet {
+            match reader.advance() {
+                Ok(Some(_)) => packet += 1,
+                _ => return Err(no("a packet cannot be read")),
+            }
+        }
+        local.cursors.push(reader.cursor());
+    }
     Ok(Plan {
         setup,
         segments,
         total,
         skip: trim.skip,
         frame_samples,
+        local,
     })
 }
 
 /// Decodes the track's first packets to learn what the whole-file decode will give: the
 /// decoder chosen, the rate and the channels.
-fn probe(reopen: &str, input: &PlanInput<'_>) -> std::result::Result<(&'static str, u32, usize), NotExact> {
+fn probe(
+    local: &LocalTrack,
+    reopen: &str,
+    input: &PlanInput<'_>,
+) -> std::result::Result<(&'static str, u32, usize), NotExact> {
     let no = |why: &str| NotExact(why.to_string());
-    let file = File::open(reopen).map_err(|e| no(&e.to_string()))?;
-    let len = file.metadata().map_err(|e| no(&e.to_string()))?.len();
-    let Ok(Some((mut reader, _))) = lenient::open(Tracked::new(file, Default::default(), len), len, input.wanted)
-    else {
-        return Err(no("the sample tables could not be read"));
-    };
+    let mut reader = local.open(reopen, None).map_err(|e| no(&e.to_string()))?;
     let mut decoder = Decoder::new(&input.track.params).map_err(|e| no(&e.to_string()))?;
     for _ in 0..64 {
         let Ok(Some(packet)) = reader.next_packet() else { break };
@@ -489,20 +535,19 @@ pub(crate) fn encode_segment(
     }))
 }
 
-/// The packets of `job` read from the local file.
+/// The packets of `plan`'s segment `job` read from the local file.
 pub(crate) fn local_packets(
     reopen: &str,
-    wanted: Option<usize>,
+    plan: &Plan,
     job: &SegmentJob,
 ) -> io::Result<impl Iterator<Item = io::Result<Packet>>> {
-    let file = File::open(reopen)?;
-    let len = file.metadata()?.len();
-    let Some((mut reader, _)) = lenient::open(Tracked::new(file, Default::default(), len), len, wanted)? else {
-        return Err(io::Error::other("the sample tables could not be read"));
-    };
-    for _ in 0..job.first_packet {
-        reader.advance().map_err(io::Error::other)?;
-    }
+    let cursor = plan
+        .local
+        .cursors
+        .get(job.index)
+        .copied()
+        .ok_or_else(|| io::Error::other("a segment the plan has no place for"))?;
+    let mut reader = plan.local.open(reopen, Some(cursor))?;
     let mut left = job.durations.len();
     Ok(std::iter::from_fn(move || {
         if left == 0 {
@@ -616,7 +661,6 @@ pub trait Slots: Send + Sync + std::fmt::Debug {
 pub(crate) fn run<W: Write + Seek>(
     plan: &Plan,
     reopen: &str,
-    wanted: Option<usize>,
     threads: usize,
     slots: Option<&dyn Slots>,
     hooks: Hooks<'_>,
@@ -657,7 +701,7 @@ pub(crate) fn run<W: Write + Seek>(
                 }
                 return Ok(());
             };
-            let done = local_packets(reopen, wanted, job)
+            let done = local_packets(reopen, plan, job)
                 .map_err(ConvertError::Io)
                 .and_then(|packets| encode_segment(&plan.setup, job, packets, hooks, &|n| progress.add(n)));
             if borrowed && let Some(s) = slots {
