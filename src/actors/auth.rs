@@ -73,8 +73,8 @@ async fn commit(meta: &Meta, db: &Db, email: &str, op: UserOp) -> Result<User, A
         crate::meta::users::commit_queued(meta, db, Some(email)).await;
     }
     let user = meta.change_user(email, op).await??;
-    let mirrored = user.clone();
-    db.run(move |s| s.mirror_user(&mirrored)).await?;
+    let (mirrored, view) = (user.clone(), meta.users());
+    db.run(move |s| s.mirror_user(&view.latest(mirrored))).await?;
     // Acknowledged once every reachable member has applied it: a revoked token is then
     // refused by every pod that can be reached.
     let behind = meta.applied_everywhere().await;

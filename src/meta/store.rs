@@ -908,12 +908,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     });
                 }
-                tx.commit()?;
-                // Users changed: in memory once written, before anyone hears of the change.
-                view.set(out.iter().filter_map(|o| match o {
+                // Users changed: in memory before the transaction that writes them is
+                // visible, so the view is never older than the file (the node's mirror
+                // writes the view's version, see `UsersView::latest`); a failed commit
+                // stops the member's Raft, and a restart reloads the view from the file.
+                let changed = view.put(out.iter().filter_map(|o| match o {
                     Outcome::User(Ok(user)) => Some(user.clone()),
                     _ => None,
                 }));
+                tx.commit()?;
+                // Woken once the file shows it too (the mirror reads the file).
+                if changed {
+                    view.notify();
+                }
                 Ok(out)
             })
             .await
@@ -943,8 +950,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 set_kv(&tx, "applied", &meta.last_log_id)?;
                 set_kv(&tx, "membership", &meta.last_membership)?;
                 keep_snapshot(&tx, &meta, &data)?;
-                tx.commit()?;
+                // In memory before the file, as in `apply`.
                 view.replace(state.users.into_iter().map(|(user, _)| user));
+                tx.commit()?;
+                view.notify();
                 Ok(())
             })
             .await

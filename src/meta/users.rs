@@ -212,30 +212,40 @@ impl UsersView {
         self.users.read().unwrap_or_else(|p| p.into_inner()).get(email).cloned()
     }
 
+    /// `user` as this view has it now if it has it (never older: the state machine
+    /// updates the view before its file), else `user`. What this node's mirror writes: two
+    /// writers (the mirror task, the node that made a change) each writing the newest at
+    /// the moment of writing, one after the other, never put an older version back.
+    pub fn latest(&self, user: User) -> User {
+        self.get(&user.email).map_or(user, |u| (*u).clone())
+    }
+
     /// Whether the view holds no user at all.
     pub fn is_empty(&self) -> bool {
         self.users.read().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
-    /// Takes in `users` (applied just now).
-    pub(super) fn set(&self, users: impl IntoIterator<Item = User>) {
+    /// Takes in `users` without waking anyone (the state machine wakes them once its file
+    /// shows them too, [`UsersView::notify`]); whether there were any.
+    pub(super) fn put(&self, users: impl IntoIterator<Item = User>) -> bool {
         let mut map = self.users.write().unwrap_or_else(|p| p.into_inner());
         let mut any = false;
         for user in users {
             map.insert(user.email.clone(), Arc::new(user));
             any = true;
         }
-        drop(map);
-        if any {
-            self.changed.notify_waiters();
-        }
+        any
     }
 
-    /// Replaces every user (a snapshot was installed).
+    /// Wakes whoever waits for a change ([`UsersView::changed`]).
+    pub(super) fn notify(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Replaces every user (a snapshot is being installed), without waking anyone.
     pub(super) fn replace(&self, users: impl IntoIterator<Item = User>) {
         let fresh: HashMap<String, Arc<User>> = users.into_iter().map(|u| (u.email.clone(), Arc::new(u))).collect();
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        self.changed.notify_waiters();
     }
 
     /// Completes at the next change after this call (not after its first poll).
@@ -297,7 +307,11 @@ async fn commit_one(meta: &Meta, db: &Db, id: i64, email: &str, op: Option<Strin
                     meta.users().get(email).map(|u| (*u).clone())
                 }
             };
-            match db.run(move |s| s.user_op_done(id, now.as_ref())).await {
+            let view = meta.users();
+            match db
+                .run(move |s| s.user_op_done(id, now.map(|u| view.latest(u)).as_ref()))
+                .await
+            {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot record a committed user change");
@@ -321,6 +335,23 @@ mod tests {
             password_hash: hash.into(),
             admin: false,
         }
+    }
+
+    /// What the node's mirror writes is the view's version whenever the view has the user:
+    /// a batch read before a change cannot put the older version back after it.
+    #[test]
+    fn the_mirror_writes_the_views_newer_version_over_a_stale_one() {
+        let v1 = change("ann@x.test", None, &add("h1"), 1_000).unwrap();
+        let v2 = change("ann@x.test", Some(&v1), &UserOp::SetSecret("whsec_2".into()), 2_000).unwrap();
+        let bob = change("bob@x.test", None, &add("h2"), 1_000).unwrap();
+        let view = UsersView::default();
+        view.put([v2.clone()]);
+        assert_eq!(view.latest(v1.clone()), v2, "the stale version is replaced");
+        assert_eq!(
+            view.latest(bob.clone()),
+            bob,
+            "a user the view lacks is written as given"
+        );
     }
 
     #[test]

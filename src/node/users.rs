@@ -33,11 +33,14 @@ pub async fn mirror(meta: Meta, db: Db) {
             Ok(users) => {
                 full = users.len() == BATCH as usize;
                 let last = users.last().map(|(_, s)| *s);
+                // Each user as the view has it when written (never older than the batch):
+                // a change mirrored meanwhile by the node that made it stays.
+                let latest = view.clone();
                 let written = db
                     .run(move |s| {
                         let mut n = 0;
-                        for (user, _) in &users {
-                            n += usize::from(s.mirror_user(user)?);
+                        for (user, _) in users {
+                            n += usize::from(s.mirror_user(&latest.latest(user))?);
                         }
                         Ok(n)
                     })
