@@ -318,8 +318,7 @@ impl Actor for ConverterActor {
                 tokio::task::spawn_blocking(move || {
                     let id = task.id.clone();
                     let attempt = task.attempt;
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&task, &cancel, pool)))
-                        .unwrap_or(Err(Failure::Crashed));
+                    let outcome = in_background(|| run(&task, &cancel, pool)).unwrap_or(Err(Failure::Crashed));
                     match &outcome {
                         Ok(p) => tracing::info!(job_id = %id, attempt, warnings = p.warnings, "converted"),
                         Err(failure) => {
@@ -349,6 +348,49 @@ impl Actor for ConverterActor {
         }
         Ok(())
     }
+}
+
+/// How much lower than the node's other threads a conversion runs (a nice increment):
+/// conversions are batch work, and on a busy pod the requests (an upload's admission, a
+/// status read, a download) must not wait behind them for a core. A nice of 10 gives a
+/// conversion about a tenth of a core's share against a request thread that wants to run;
+/// with nothing else to run it has the whole core.
+const CONVERT_NICE: i32 = 10;
+
+/// Runs `work` on a thread of its own at [`CONVERT_NICE`] (on Linux a thread's nice value
+/// is its own and is inherited by the threads it starts: the engine's decoder and segment
+/// threads), so the blocking pool's threads keep their priority for the SQLite and file
+/// work of requests. `Err` if `work` panicked. If no thread can be started, `work` runs on
+/// this one, at its priority.
+fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> std::thread::Result<T> {
+    let work = std::sync::Mutex::new(Some(work));
+    let take = || work.lock().unwrap_or_else(|p| p.into_inner()).take();
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("mp4tomp3-convert".into())
+            .spawn_scoped(scope, || {
+                let now = rustix::process::getpriority_process(None).unwrap_or(0);
+                if let Err(e) = rustix::process::setpriority_process(None, (now + CONVERT_NICE).min(19)) {
+                    tracing::debug!(error = %e, "a conversion runs at the node's priority");
+                }
+                take().map(|work| work())
+            });
+        let ran = match spawned {
+            Ok(thread) => thread.join(),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for a conversion; it runs on a pool thread");
+                Ok(None)
+            }
+        };
+        match ran {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => match take() {
+                Some(work) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)),
+                None => Err(Box::new("a conversion's work was taken and not done") as Box<dyn std::any::Any + Send>),
+            },
+            Err(panic) => Err(panic),
+        }
+    })
 }
 
 /// Hands `task` to this node's converter: `false` if no slot is free (or the converter is
@@ -428,6 +470,30 @@ fn run(task: &ConvertTask, cancel: &AtomicBool, pool: Arc<SlotPool>) -> Outcome 
 mod tests {
     use super::*;
     use crate::convert::Slots;
+
+    #[test]
+    fn a_conversion_runs_below_the_nodes_priority_and_its_threads_too() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let (own, child) = in_background(|| {
+            let own = rustix::process::getpriority_process(None).unwrap();
+            let child = std::thread::spawn(|| rustix::process::getpriority_process(None).unwrap())
+                .join()
+                .unwrap();
+            (own, child)
+        })
+        .unwrap();
+        assert_eq!(own, (before + CONVERT_NICE).min(19));
+        assert_eq!(child, own, "the engine's decoder and segment threads inherit it");
+        assert_eq!(
+            rustix::process::getpriority_process(None).unwrap(),
+            before,
+            "the caller keeps its own"
+        );
+        assert!(
+            in_background(|| panic!("a hostile input")).is_err(),
+            "a panic is an answer, not a crash"
+        );
+    }
 
     #[test]
     fn segments_borrow_free_slots_and_jobs_come_first() {
