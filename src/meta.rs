@@ -56,7 +56,8 @@ async fn fresh(raft: &Raft<TypeConfig>) -> Result<(), MetaError> {
                     .leader_node
                     .map(|n| n.addr)
                     .ok_or_else(|| MetaError::NoLeader("no leader elected".into()))?;
-                let index = network::read_index(&leader, FORWARD_TIMEOUT).await?;
+                let me = raft.metrics().borrow().id;
+                let index = network::read_index(&leader, me, FORWARD_TIMEOUT).await?;
                 raft.wait(Some(FORWARD_TIMEOUT))
                     .applied_index_at_least(Some(index), "read index")
                     .await
@@ -278,6 +279,8 @@ pub struct Meta {
     actor: ActorRef<MetaMsg>,
     /// Appends (heartbeats included) this member received from a leader.
     appends: Arc<std::sync::atomic::AtomicU64>,
+    /// What readers at learners wait for, when this member leads (see [`network::Hurry`]).
+    hurry: Arc<network::Hurry>,
 }
 
 impl Meta {
@@ -296,7 +299,7 @@ impl Meta {
         };
         let config = Arc::new(config.validate().map_err(|e| MetaError::Store(e.to_string()))?);
         let network = MetaNetwork::default();
-        let roster = network.roster.clone();
+        let (roster, hurry) = (network.roster.clone(), network.hurry.clone());
         let raft = Raft::new(node_id(name), config, network, log, state.clone())
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
@@ -322,7 +325,13 @@ impl Meta {
             }
         });
         let appends = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let args = (name.to_string(), raft.clone(), state.clone(), appends.clone());
+        let args = (
+            name.to_string(),
+            raft.clone(),
+            state.clone(),
+            appends.clone(),
+            hurry.clone(),
+        );
         let (actor, _) = ractor::Actor::spawn(None, MetaActor, args)
             .await
             .map_err(|e| MetaError::Store(e.to_string()))?;
@@ -331,6 +340,7 @@ impl Meta {
             state,
             actor,
             appends,
+            hurry,
         };
         if !voters.is_empty() {
             meta.initialize(voters).await?;
@@ -671,6 +681,12 @@ impl Meta {
     /// How many appends (heartbeats included) this member has received from a leader.
     pub fn appends_received(&self) -> u64 {
         self.appends.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The log index a reader at member `name` last waited for, as this member (when it
+    /// leads) was asked for it (see [`network::Hurry`]).
+    pub fn wanted_by(&self, name: &str) -> u64 {
+        self.hurry.wanted(node_id(name))
     }
 
     /// This node's Raft (metrics, waits).

@@ -163,7 +163,7 @@ async fn a_one_voter_group_grows_to_three_voters_and_then_loses_its_first() {
 /// A learner costs the leader a heartbeat a second, not one every 150 ms and one per commit
 /// (LEARNER_HEARTBEAT), and still has each committed entry applied right after its append.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_learner_is_heartbeaten_once_a_second_and_still_applies_at_once() {
+async fn a_learner_is_heartbeaten_once_a_second_fed_in_batches_and_hurried_by_readers() {
     let dir = tempfile::tempdir().unwrap();
     let start = |name: &str| {
         let path = dir.path().join(name);
@@ -220,6 +220,28 @@ async fn a_learner_is_heartbeaten_once_a_second_and_still_applies_at_once() {
             "more than one append for one write"
         );
     }
+    // Writes back to back reach a learner in batches (LEARNER_BATCH), the voters one by one.
+    let (l0, v0) = (learner.appends_received(), voter.appends_received());
+    for i in 0..40 {
+        members[0]
+            .write(claim("ann@example.com", &format!("burst{i}"), &format!("job-b{i}")))
+            .await
+            .unwrap();
+    }
+    // A reader at the learner that must see every acknowledged write (Raft's read index)
+    // sees the last of them: the leader sends it what it lacks.
+    let index = members[0].status().applied;
+    learner.fresh().await.unwrap();
+    assert!(learner.status().applied >= index, "{:?}", learner.status());
+    let (l1, v1) = (learner.appends_received(), voter.appends_received());
+    assert!(v1 - v0 >= 40, "a voter got {} appends for 40 writes", v1 - v0);
+    assert!(l1 - l0 <= 10, "a learner got {} appends for 40 writes", l1 - l0);
+    let name = &wanted[members.iter().position(|m| std::ptr::eq(m, learner)).unwrap()];
+    let leader = &members[wanted.iter().position(|n| status.leader.as_ref() == Some(n)).unwrap()];
+    assert!(
+        leader.wanted_by(name) >= index,
+        "the leader was not told what the learner's reader waits for"
+    );
     for m in &members {
         m.stop().await;
     }

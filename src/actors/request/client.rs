@@ -397,6 +397,10 @@ impl JobsClient {
     async fn settled(&self, id: &JobId, state: Option<&str>) {
         let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
         loop {
+            // Up to date first: a learner's replica is otherwise fed a few times a second.
+            if let Err(e) = self.meta.fresh().await {
+                tracing::debug!(error = %e, "settling on the directory as this replica has it");
+            }
             match self.meta.listed(id.as_str()).await {
                 Ok(entry) if entry.as_ref().map(|e| e.state.as_str()) == state => return,
                 Ok(_) if tokio::time::Instant::now() < deadline => {
