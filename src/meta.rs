@@ -616,6 +616,19 @@ impl Meta {
         self.state.copies(id).await.map_err(|e| MetaError::Store(e.to_string()))
     }
 
+    /// Whether a leader is known (what [`Meta::status`] tells, without building it: the
+    /// node's loops ask this several times a second).
+    pub fn leader_known(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    /// Whether this member leads.
+    pub fn leads(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(m.id)
+    }
+
     /// What this member knows of the group, for `/v1/cluster` and `/metrics`.
     pub fn status(&self) -> MetaStatus {
         let m = self.raft.metrics().borrow().clone();

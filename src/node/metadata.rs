@@ -98,7 +98,7 @@ async fn reconcile(
         return Ok(());
     };
     let members = members(seen).await?;
-    if meta.status().leader.as_deref() != Some(me.as_str()) {
+    if !meta.leads() {
         return Ok(());
     }
     let mut wanted: BTreeSet<String> = members.iter().map(|m| m.node.clone()).collect();

@@ -70,7 +70,7 @@ pub async fn mirror(meta: Meta, db: Db) {
 pub async fn commit_queued(meta: Meta, db: Db) {
     loop {
         tokio::time::sleep(QUEUE_EVERY).await;
-        if meta.status().leader.is_some() {
+        if meta.leader_known() {
             crate::meta::users::commit_queued(&meta, &db, None).await;
         }
     }
