@@ -271,8 +271,23 @@ function jobRow(job) {
   return li;
 }
 
+const ENDED = new Set(["done", "failed", "canceled"]);
+
+// Which of two versions of a job is the newer: answers and events can arrive out of order
+// (a URL import that fails at once sends its job.failed event before the page has read
+// the answer that created it, which still says "downloading"). The later `updated_at`
+// wins; at the same time, an ended state, then the further progress.
+function newer(old, job) {
+  if (!old) return job;
+  const t = (j) => Date.parse(j.updated_at) || 0;
+  if (t(old) !== t(job)) return t(old) > t(job) ? old : job;
+  if (ENDED.has(old.state) !== ENDED.has(job.state)) return ENDED.has(old.state) ? old : job;
+  return (old.progress || 0) > (job.progress || 0) ? old : job;
+}
+
 function upsert(job, prepend) {
   const known = S.jobs.has(job.id);
+  job = newer(S.jobs.get(job.id), job);
   S.jobs.set(job.id, job);
   const li = jobRow(job);
   if (!known) {
@@ -283,6 +298,16 @@ function upsert(job, prepend) {
   // An upload of this session follows its job.
   const local = S.local.get(job.id);
   if (local) renderJob(local, job);
+}
+
+// Reads a job the page just made once more: an event sent before the page knew the job
+// (or while the event stream was reconnecting) is not missed.
+async function reconcile(id) {
+  try {
+    upsert(await json("GET", `/v1/jobs/${encodeURIComponent(id)}`), false);
+  } catch (_) {
+    // Gone or unreachable: the event stream and the next list say what it is.
+  }
 }
 
 async function loadJobs(reset) {
@@ -520,6 +545,7 @@ $("url-form").addEventListener("submit", async (ev) => {
     $("uploads").prepend(li);
     $("uploads-empty").hidden = true;
     upsert(job, true);
+    reconcile(job.id);
   } catch (e) {
     out.textContent = e.message;
   }

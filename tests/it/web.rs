@@ -297,6 +297,39 @@ async fn an_upload_cut_by_a_server_restart_resumes_by_itself_and_a_queued_job_ca
     b.close().await;
 }
 
+/// Issue 37, point 1: a URL import the server fails within milliseconds (a 404) used to
+/// stay "downloading" until a reload — its `job.failed` event arrived before the page had
+/// read the answer that created the job, and the answer ("fetching") overwrote it. Twenty
+/// in a row must each end *failed* on the page by themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_import_that_fails_at_once_ends_failed_without_a_reload_20_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = crate::common::files::file_server("127.0.0.1", None, None).await;
+    let node = Node::start(&dir.path().join("a"), &["--fetch-allow-hosts", "127.0.0.1"]).await;
+    let b = Browser::start(&dir.path().join("downloads")).await;
+    open_signed_in(&b, &node.url("/")).await;
+    let url = format!("http://{}/a.mp4", missing.addr);
+    for i in 1..=20 {
+        b.fill("url", &url).await;
+        b.click("#url-form button[type=submit]").await;
+        b.until(
+            Duration::from_secs(10),
+            &format!("import {i} to be shown failed"),
+            &format!("document.querySelectorAll('#uploads li.failed').length === {i}"),
+        )
+        .await;
+    }
+    let stuck = b
+        .js("return document.querySelectorAll('#uploads li.fetching, #uploads li.queued').length")
+        .await;
+    assert_eq!(stuck, serde_json::json!(0), "an import still shown as in progress");
+    assert!(
+        missing.hits.load(std::sync::atomic::Ordering::SeqCst) >= 20,
+        "each import asked the server"
+    );
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_converted_on_another_node_moves_live_on_the_page() {
     let dir = tempfile::tempdir().unwrap();
